@@ -1,0 +1,138 @@
+//! `amortize bench …`: throughput of the engine, on the real model or on random
+//! weights of a real shape (speed does not depend on the values). Results are
+//! ratios within one run where a baseline is named, and absolute tokens/s.
+
+use std::time::Instant;
+
+use amortize::decode::logits::{draw, log_softmax_in_place, sampling_logprobs};
+use amortize::decode::{self, SampleConfig};
+use amortize::model::{parse_device, parse_dtype, LanguageModel};
+use clap::{Args, Subcommand};
+use rand::{Rng, SeedableRng};
+
+use super::common::DEFAULT_MODEL;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// New tokens per second of batched sampling, with the KV cache and (optionally)
+    /// without it (every step recomputes the whole sequence) for the speed-up.
+    Decode(DecodeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SourceArgs {
+    /// A `.gguf` file or HF directory (ignored with --random).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: std::path::PathBuf,
+    /// Random weights of a real shape: smollm2-135m, smollm2-360m, smollm2-1.7b, llama-8b, tiny.
+    #[arg(long)]
+    pub random: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl SourceArgs {
+    fn load(&self) -> anyhow::Result<LanguageModel> {
+        let device = parse_device(&self.device)?;
+        let dtype = parse_dtype(&self.dtype)?;
+        Ok(match &self.random {
+            Some(shape) => LanguageModel::random(shape, &device, dtype, 0)?,
+            None => LanguageModel::load(&self.model, &device, dtype)?,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub batch: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_len: usize,
+    /// Also time decoding without the KV cache and report the speed-up.
+    #[arg(long)]
+    pub recompute: bool,
+    /// Print one JSON object per batch size.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Decode(a) => decode_bench(a),
+    }
+}
+
+fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
+    if a.batch.contains(&0) || a.new_tokens == 0 || a.prompt_len == 0 {
+        anyhow::bail!("invalid bench: batch sizes, --new-tokens and --prompt-len must be positive");
+    }
+    let lm = a.source.load()?;
+    let vocab = lm.tokenizer.vocab_size().min(lm.config().vocab_size) as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    if !a.json {
+        println!("model {} on {:?} ({:?}), prompt {} tokens, {} new tokens", lm.name, lm.device(), lm.llama.dtype(), a.prompt_len, a.new_tokens);
+        println!("{:>6} {:>14} {:>16} {:>10}", "batch", "cached tok/s", "recompute tok/s", "speed-up");
+    }
+    // Warm-up (allocations, kernels).
+    let warm: Vec<u32> = (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect();
+    decode::sample(&lm, &[warm], &bench_cfg(1, 2), None, None)?;
+    for &b in &a.batch {
+        let prompts: Vec<Vec<u32>> = (0..b).map(|_| (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect();
+        let t0 = Instant::now();
+        let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), None, None)?;
+        let cached = elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum());
+        let recompute = if a.recompute { Some(recompute_rate(&lm, &prompts, a.new_tokens)?) } else { None };
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"bench": "decode", "batch": b, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
+                    "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
+                    "device": format!("{:?}", lm.device()), "model": lm.name})
+            );
+        } else {
+            let (r, s) = match recompute {
+                Some(r) => (format!("{r:.1}"), format!("{:.2}x", cached / r)),
+                None => ("-".into(), "-".into()),
+            };
+            println!("{b:>6} {cached:>14.1} {r:>16} {s:>10}");
+        }
+    }
+    Ok(())
+}
+
+fn bench_cfg(n: usize, new_tokens: usize) -> SampleConfig {
+    // No stop tokens: every row generates exactly `new_tokens`.
+    SampleConfig { n, max_new_tokens: new_tokens, stop_tokens: Some(vec![]), ..SampleConfig::default() }
+}
+
+fn elapsed_rate(t0: Instant, tokens: usize) -> f64 {
+    tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// The same sampling loop as `decode::sample`, but every step re-runs the whole
+/// sequence from an empty cache (what generation costs without a KV cache).
+fn recompute_rate(lm: &LanguageModel, prompts: &[Vec<u32>], new_tokens: usize) -> anyhow::Result<f64> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut seqs = prompts.to_vec();
+    let t0 = Instant::now();
+    for _ in 0..new_tokens {
+        let mut cache = lm.llama.new_cache();
+        let hidden = lm.llama.forward(&seqs, &mut cache, None)?;
+        let t = hidden.dim(1)?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let logits: Vec<Vec<f32>> = lm.llama.logits(&last)?.to_vec2()?;
+        for (seq, mut l) in seqs.iter_mut().zip(logits) {
+            log_softmax_in_place(&mut l);
+            let s = sampling_logprobs(&l, 1.0, None, None);
+            seq.push(draw(&s, &mut rng) as u32);
+        }
+    }
+    Ok(elapsed_rate(t0, prompts.len() * new_tokens))
+}

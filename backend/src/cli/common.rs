@@ -1,0 +1,43 @@
+//! Arguments shared by the commands: which model, adapter, device and dtype.
+
+use std::path::PathBuf;
+
+use amortize::model::{parse_device, parse_dtype, LanguageModel, LoraAdapter, LoraView, Mode};
+use anyhow::Context;
+use clap::Args;
+
+/// Where `scripts/setup.sh` puts SmolLM2.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A `.gguf` file or a Hugging Face directory (config.json + safetensors + tokenizer.json).
+    #[arg(long, default_value = DEFAULT_MODEL, env = "AMORTIZE_MODEL")]
+    pub model: PathBuf,
+    /// A LoRA adapter directory in the PEFT layout.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<(LanguageModel, Option<LoraView>)> {
+        let device = parse_device(&self.device)?;
+        let dtype = parse_dtype(&self.dtype)?;
+        let lm = LanguageModel::load(&self.model, &device, dtype)?;
+        let view = match &self.adapter {
+            Some(dir) => {
+                let a = LoraAdapter::load_peft(dir, lm.config(), &device)
+                    .with_context(|| format!("loading adapter {}", dir.display()))?;
+                Some(a.view(Mode::Infer, lm.llama.dtype())?)
+            }
+            None => None,
+        };
+        Ok((lm, view))
+    }
+}

@@ -1,0 +1,37 @@
+//! Command-line interface: `sample`, `score`, `bench`. Each command is a small
+//! function over the engine's public API; nothing here reaches into internals.
+
+mod bench;
+mod common;
+mod sample;
+mod score;
+
+use clap::{Parser, Subcommand};
+
+pub use common::ModelArgs;
+
+#[derive(Parser)]
+#[command(name = "amortize", version, about = "GFlowNet fine-tuning of language models: sample, score, benchmark")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Sample continuations of a prompt from the base model or an adapter.
+    Sample(sample::SampleArgs),
+    /// Score a text: per-token log-probabilities under the model.
+    Score(score::ScoreArgs),
+    /// Benchmarks (tokens/s) on the real model or random weights of a real shape.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Sample(a) => sample::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Bench(b) => bench::run(b),
+    }
+}

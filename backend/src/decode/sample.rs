@@ -1,0 +1,260 @@
+//! Batched ancestral sampling: each prompt is run once, its KV cache forked per
+//! sample, and rows advance together (finished rows sit idle as padding).
+//! Returns, per sample, the tokens, the text and the per-token log-probability
+//! under the policy (masks applied, temperature 1) — what the trainer needs —
+//! and under the distribution actually sampled from.
+
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::logits::{argmax, draw, log_softmax_in_place, sampling_logprobs, TokenMask};
+use super::tool::ToolHook;
+use crate::model::{LanguageModel, LoraView};
+use crate::{Error, Result};
+
+/// How to sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleConfig {
+    /// Samples per prompt.
+    pub n: usize,
+    /// Policy tokens at most (tool tokens not counted).
+    pub max_new_tokens: usize,
+    /// Stop tokens are forbidden before this many policy tokens.
+    pub min_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    /// Take the most likely token (ignores temperature, top-k, top-p).
+    pub greedy: bool,
+    pub mask: TokenMask,
+    /// Additive logit penalty for masked tokens.
+    pub mask_penalty: f32,
+    /// Ids that end a sample (kept in `tokens`, not in `text`). `None`: the
+    /// tokenizer's EOS-like tokens.
+    pub stop_tokens: Option<Vec<u32>>,
+    /// Strings that end a sample once the generated text contains them (kept).
+    pub stop_strings: Vec<String>,
+    pub seed: u64,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig {
+            n: 1,
+            max_new_tokens: 64,
+            min_new_tokens: 0,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            greedy: false,
+            mask: TokenMask::None,
+            mask_penalty: -99.0,
+            stop_tokens: None,
+            stop_strings: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+impl SampleConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.n == 0 {
+            return Err(Error::invalid("n", "must be at least 1"));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(Error::invalid("max_new_tokens", "must be at least 1"));
+        }
+        if self.min_new_tokens > self.max_new_tokens {
+            return Err(Error::invalid("min_new_tokens", "exceeds max_new_tokens"));
+        }
+        if !self.greedy && !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::invalid("temperature", "must be > 0 when sampling"));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::invalid("top_k", "must be at least 1"));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::invalid("top_p", "must be in (0, 1]"));
+            }
+        }
+        if !self.mask_penalty.is_finite() || self.mask_penalty > 0.0 {
+            return Err(Error::invalid("mask_penalty", "must be finite and ≤ 0"));
+        }
+        if self.stop_strings.iter().any(|s| s.is_empty()) {
+            return Err(Error::invalid("stop", "stop strings must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    StopToken,
+    StopString,
+    MaxTokens,
+}
+
+/// One sampled continuation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Which prompt it continues.
+    pub prompt_index: usize,
+    /// Generated ids: policy tokens, tool tokens and the stop token if any.
+    pub tokens: Vec<u32>,
+    /// `tool[i]`: token i was appended by a tool (not a policy action).
+    pub tool: Vec<bool>,
+    /// log q(token | prefix) at temperature 1 with masks; 0 for tool tokens.
+    pub logprobs: Vec<f32>,
+    /// log-probability under the distribution sampled from; 0 for tool tokens.
+    pub sample_logprobs: Vec<f32>,
+    /// Decoded text of the generated tokens (special tokens dropped).
+    pub text: String,
+    pub stop: StopReason,
+}
+
+impl Sample {
+    /// Sum of the policy log-probabilities.
+    pub fn logprob(&self) -> f32 {
+        self.logprobs.iter().sum()
+    }
+}
+
+struct Row {
+    tokens: Vec<u32>,
+    tool: Vec<bool>,
+    logprobs: Vec<f32>,
+    sample_logprobs: Vec<f32>,
+    actions: usize,
+    stop: Option<StopReason>,
+}
+
+/// Samples `cfg.n` continuations of every prompt; results are grouped by prompt
+/// (`n` consecutive samples each). `lora: None` samples from the base model.
+pub fn sample(
+    lm: &LanguageModel,
+    prompts: &[Vec<u32>],
+    cfg: &SampleConfig,
+    lora: Option<&LoraView>,
+    tool: Option<&dyn ToolHook>,
+) -> Result<Vec<Sample>> {
+    cfg.validate()?;
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(Error::invalid("prompt", format!("prompt {i} is empty")));
+    }
+    let ctx = lm.config().max_position_embeddings;
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    if longest + cfg.max_new_tokens > ctx {
+        return Err(Error::TooLong { len: longest + cfg.max_new_tokens, max: ctx });
+    }
+    let vocab = lm.config().vocab_size;
+    let stop_ids = cfg.stop_tokens.clone().unwrap_or_else(|| lm.tokenizer.stop_ids.clone());
+    let bias = cfg.mask.bias(vocab, cfg.mask_penalty);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+
+    // Prefill each prompt once, then fork the cache per sample.
+    let mut cache = lm.llama.new_cache();
+    let hidden = lm.llama.forward(prompts, &mut cache, lora)?;
+    let t = hidden.dim(1)?;
+    let mut last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // [P, H]
+    if cfg.n > 1 {
+        cache = cache.repeat_rows(cfg.n)?;
+        let idx: Vec<u32> = (0..prompts.len() as u32).flat_map(|p| std::iter::repeat_n(p, cfg.n)).collect();
+        last = last.contiguous()?.index_select(&candle_core::Tensor::new(idx, lm.device())?, 0)?;
+    }
+    let b = prompts.len() * cfg.n;
+    let mut rows: Vec<Row> = (0..b)
+        .map(|_| Row { tokens: vec![], tool: vec![], logprobs: vec![], sample_logprobs: vec![], actions: 0, stop: None })
+        .collect();
+
+    loop {
+        let logits: Vec<Vec<f32>> = lm.llama.logits(&last)?.to_vec2()?;
+        let mut next: Vec<Vec<u32>> = vec![Vec::new(); b];
+        for (i, (row, mut l)) in rows.iter_mut().zip(logits).enumerate() {
+            if row.stop.is_some() {
+                continue;
+            }
+            if let Some(bias) = &bias {
+                l.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+            }
+            if row.actions < cfg.min_new_tokens {
+                for &s in &stop_ids {
+                    if let Some(x) = l.get_mut(s as usize) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            log_softmax_in_place(&mut l);
+            let (tok, slp) = if cfg.greedy {
+                (argmax(&l), 0.0)
+            } else {
+                let s = sampling_logprobs(&l, cfg.temperature, cfg.top_k, cfg.top_p);
+                let tok = draw(&s, &mut rng);
+                (tok, s[tok])
+            };
+            row.tokens.push(tok as u32);
+            row.tool.push(false);
+            row.logprobs.push(l[tok]);
+            row.sample_logprobs.push(slp);
+            row.actions += 1;
+            next[i].push(tok as u32);
+
+            if stop_ids.contains(&(tok as u32)) {
+                row.stop = Some(StopReason::StopToken);
+                continue;
+            }
+            if !cfg.stop_strings.is_empty() || tool.is_some() {
+                let text = lm.tokenizer.decode(&row.tokens, true)?;
+                if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                    row.stop = Some(StopReason::StopString);
+                    continue;
+                }
+                if let Some(extra) = tool.and_then(|h| h.after_token(&text)) {
+                    let ids = lm.tokenizer.encode(&extra)?;
+                    for id in ids {
+                        row.tokens.push(id);
+                        row.tool.push(true);
+                        row.logprobs.push(0.0);
+                        row.sample_logprobs.push(0.0);
+                        next[i].push(id);
+                    }
+                }
+            }
+            if row.actions >= cfg.max_new_tokens {
+                row.stop = Some(StopReason::MaxTokens);
+            }
+        }
+        if rows.iter().all(|r| r.stop.is_some()) {
+            break;
+        }
+        // Finished rows contribute nothing (an all-padding slot).
+        for (i, r) in rows.iter().enumerate() {
+            if r.stop.is_some() {
+                next[i].clear();
+            }
+        }
+        let hidden = lm.llama.forward(&next, &mut cache, lora)?;
+        let t = hidden.dim(1)?;
+        last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+    }
+
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Ok(Sample {
+                prompt_index: i / cfg.n,
+                text: lm.tokenizer.decode(&r.tokens, true)?,
+                tokens: r.tokens,
+                tool: r.tool,
+                logprobs: r.logprobs,
+                sample_logprobs: r.sample_logprobs,
+                stop: r.stop.unwrap_or(StopReason::MaxTokens),
+            })
+        })
+        .collect()
+}

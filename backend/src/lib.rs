@@ -1,0 +1,16 @@
+//! Amortize: GFlowNet fine-tuning of language models.
+//!
+//! The library is the engine; the `amortize` binary (`main.rs`, `cli/`) is a thin
+//! edge over it. Data flows top to bottom through the modules:
+//! - [`model`]  the Llama-family decoder, LoRA adapters, KV cache, loaders, tokenizer.
+//! - [`decode`] sampling, beam search, scoring, tool hooks — over any model + adapter.
+//!
+//! The server, the browser app and the baselines use the engine through these
+//! public APIs only.
+
+pub mod decode;
+pub mod error;
+pub mod model;
+pub mod util;
+
+pub use error::{Error, Result};

@@ -1,0 +1,102 @@
+//! The key/value cache of a batch of sequences, with per-position validity.
+//!
+//! Positions are stored per row; a position may be invalid (left padding, or a
+//! row that had nothing to add at a step), so rows of different lengths share
+//! one rectangular cache. Forking duplicates rows (one prompt → many samples),
+//! truncation drops the tail (rewind to a prefix). The cache owns no weights.
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+#[derive(Clone)]
+pub struct KvCache {
+    /// Per layer: keys and values, [B, n_kv_heads, S, head_dim].
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `valid[b][s]`: position `s` of row `b` holds a real token.
+    pub(crate) valid: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache { layers: vec![None; num_layers], valid: Vec::new() }
+    }
+
+    /// Rows in the cache (0 before the first forward pass).
+    pub fn batch_size(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Cached positions per row (including invalid ones).
+    pub fn len(&self) -> usize {
+        self.valid.first().map_or(0, |v| v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of real tokens in each row: the next token's position id.
+    pub fn next_positions(&self) -> Vec<usize> {
+        self.valid.iter().map(|r| r.iter().filter(|&&v| v).count()).collect()
+    }
+
+    /// A cache whose row `i` is a copy of row `rows[i]` of this one.
+    pub fn select(&self, rows: &[usize]) -> Result<KvCache> {
+        if self.is_empty() {
+            return Ok(KvCache { layers: self.layers.clone(), valid: rows.iter().map(|_| Vec::new()).collect() });
+        }
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), self.device())?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
+        Ok(KvCache { layers, valid })
+    }
+
+    /// Each row repeated `n` times in a row (`[a, b]` → `[a, a, b, b]` for n = 2).
+    pub fn repeat_rows(&self, n: usize) -> Result<KvCache> {
+        let rows: Vec<usize> = (0..self.batch_size()).flat_map(|r| std::iter::repeat_n(r, n)).collect();
+        self.select(&rows)
+    }
+
+    /// Keeps the first `len` positions.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len() {
+            return Ok(());
+        }
+        for l in self.layers.iter_mut().flatten() {
+            *l = (l.0.narrow(2, 0, len)?, l.1.narrow(2, 0, len)?);
+        }
+        for r in &mut self.valid {
+            r.truncate(len);
+        }
+        Ok(())
+    }
+
+    /// Drops gradient tracking from the cached tensors.
+    pub fn detach(&mut self) {
+        for l in self.layers.iter_mut().flatten() {
+            *l = (l.0.detach(), l.1.detach());
+        }
+    }
+
+    fn device(&self) -> &candle_core::Device {
+        self.layers.iter().flatten().next().map(|(k, _)| k.device()).unwrap_or(&candle_core::Device::Cpu)
+    }
+
+    /// Appends one layer's new keys/values; returns the full keys/values.
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = match self.layers[layer].take() {
+            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
+            None => (k, v),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}

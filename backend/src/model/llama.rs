@@ -1,0 +1,281 @@
+//! The Llama-family decoder (Llama, SmolLM2, Mistral, Qwen2): RMSNorm, rotary
+//! embeddings (HF half-split layout), grouped-query attention, SwiGLU MLP, tied or
+//! untied output head.
+//!
+//! Written for both sampling and training: rows of different lengths are
+//! left-padded into one batch, each position carries its own validity and
+//! position id, and a LoRA view (or none: the base model) is chosen per call.
+//! Base weights are plain tensors; only the adapter carries gradients.
+//! Loading weights from files lives in `loader.rs`, not here.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use super::lora::{LoraView, Proj};
+use crate::{Error, Result};
+
+/// Additive bias for masked attention scores (finite: a fully masked row stays NaN-free).
+const MASKED: f32 = -1e9;
+
+/// A dense projection `y = x Wᵀ (+ b)`, W: [out, in].
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// One decoder block's weights.
+#[derive(Clone)]
+pub struct Block {
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// All weights of the base model, in HF layout.
+pub struct Weights {
+    pub embed: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: Tensor,
+    /// `None` when tied to the embeddings.
+    pub lm_head: Option<Tensor>,
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    w: Weights,
+    /// cos/sin tables [max_positions, head_dim] (f32).
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+/// Per-call context shared by the blocks.
+struct Ctx<'a> {
+    lora: Option<&'a LoraView>,
+    /// Differentiable ops are needed (an adapter is being trained).
+    grad: bool,
+    cos: Tensor, // [B, 1, T, hd]
+    sin: Tensor,
+    mask: Tensor, // [B, 1, 1, T, S] additive, f32
+}
+
+impl Llama {
+    pub fn new(config: LlamaConfig, w: Weights, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let dtype = w.embed.dtype();
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Llama { config, w, cos, sin, dtype, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.w
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Runs the new tokens of each row after what `cache` holds and appends them
+    /// to it. Rows may differ in length (even be empty): they are left-padded to
+    /// the longest, padding is masked out. Returns the final hidden states
+    /// [B, T, hidden] (T = longest row); row `b`'s last real token is at T-1.
+    pub fn forward(&self, rows: &[Vec<u32>], cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
+        let b = rows.len();
+        if b == 0 {
+            return Err(Error::invalid("batch", "empty batch"));
+        }
+        if cache.batch_size() == 0 && cache.is_empty() {
+            cache.valid = vec![Vec::new(); b];
+        } else if cache.batch_size() != b {
+            return Err(Error::invalid("batch", format!("{b} rows for a cache of {}", cache.batch_size())));
+        }
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+        let s0 = cache.len();
+        let vocab = self.config.vocab_size as u32;
+
+        // Left-pad; positions continue each row's count of real tokens.
+        let mut ids = Vec::with_capacity(b * t);
+        let mut pos = Vec::with_capacity(b * t);
+        let mut step_valid = vec![vec![false; t]; b];
+        let next = cache.next_positions();
+        for (i, r) in rows.iter().enumerate() {
+            let pad = t - r.len();
+            for j in 0..t {
+                if j < pad {
+                    ids.push(0u32);
+                    pos.push(next[i] as u32);
+                } else {
+                    let tok = r[j - pad];
+                    if tok >= vocab {
+                        return Err(Error::invalid("token", format!("id {tok} outside the vocabulary of {vocab}")));
+                    }
+                    ids.push(tok);
+                    pos.push((next[i] + j - pad) as u32);
+                    step_valid[i][j] = true;
+                }
+            }
+        }
+        let max_pos = pos.iter().copied().max().unwrap_or(0) as usize;
+        if max_pos >= self.config.max_position_embeddings {
+            return Err(Error::TooLong { len: max_pos + 1, max: self.config.max_position_embeddings });
+        }
+
+        // Mask [B, 1, 1, T, S]: a query sees valid keys up to itself, and always itself.
+        let s = s0 + t;
+        let mut mask = vec![MASKED; b * t * s];
+        for i in 0..b {
+            for q in 0..t {
+                let row = &mut mask[(i * t + q) * s..(i * t + q + 1) * s];
+                for (k, m) in row.iter_mut().enumerate().take(s0) {
+                    if cache.valid[i][k] {
+                        *m = 0.0;
+                    }
+                }
+                for k in 0..=q {
+                    if step_valid[i][k] {
+                        row[s0 + k] = 0.0;
+                    }
+                }
+                row[s0 + q] = 0.0;
+            }
+        }
+        for (i, v) in step_valid.into_iter().enumerate() {
+            cache.valid[i].extend(v);
+        }
+        let dev = &self.device;
+        let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), dev)?;
+        let pos = Tensor::from_vec(pos, b * t, dev)?;
+        let hd = self.config.head_dim;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, hd))?.to_dtype(self.dtype)?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, hd))?.to_dtype(self.dtype)?;
+        let ctx = Ctx { lora, grad: lora.is_some_and(|l| l.tracked), cos, sin, mask };
+
+        let ids = Tensor::from_vec(ids, (b, t), dev)?;
+        let mut x = self.w.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
+        for (l, block) in self.w.blocks.iter().enumerate() {
+            x = self.block(l, block, &x, cache, &ctx)?;
+        }
+        self.rms_norm(&x, &self.w.norm, ctx.grad)
+    }
+
+    /// Output logits (f32) for hidden states [.., hidden] → [.., vocab].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.w.lm_head.as_ref().unwrap_or(&self.w.embed);
+        Ok(hidden.broadcast_matmul(&head.t()?)?.to_dtype(DType::F32)?)
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        if grad {
+            // Differentiable composition (candle's fused op has no backward).
+            let x32 = x.to_dtype(DType::F32)?;
+            let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
+            let y = x32.broadcast_div(&(var + eps as f64)?.sqrt()?)?.to_dtype(self.dtype)?;
+            Ok(y.broadcast_mul(w)?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(x, w, eps)?)
+        }
+    }
+
+    fn proj(&self, l: usize, p: Proj, lin: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = lin.forward(x)?;
+        match ctx.lora.map(|v| v.delta(l, p, x)).transpose()?.flatten() {
+            Some(d) => Ok((y + d.to_dtype(self.dtype)?)?),
+            None => Ok(y),
+        }
+    }
+
+    fn block(&self, l: usize, w: &Block, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
+        let h = self.rms_norm(x, &w.attn_norm, ctx.grad)?;
+        let x = (x + self.attention(l, w, &h, cache, ctx)?)?;
+        let h = self.rms_norm(&x, &w.mlp_norm, ctx.grad)?;
+        let gate = self.proj(l, Proj::Gate, &w.gate, &h, ctx)?.silu()?;
+        let up = self.proj(l, Proj::Up, &w.up, &h, ctx)?;
+        let mlp = self.proj(l, Proj::Down, &w.down, &(gate * up)?, ctx)?;
+        Ok((x + mlp)?)
+    }
+
+    fn attention(&self, l: usize, w: &Block, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rep = nh / nkv;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+        let q = heads(self.proj(l, Proj::Q, &w.q, x, ctx)?, nh)?; // [B, H, T, hd]
+        let k = heads(self.proj(l, Proj::K, &w.k, x, ctx)?, nkv)?; // [B, KV, T, hd]
+        let v = heads(self.proj(l, Proj::V, &w.v, x, ctx)?, nkv)?;
+        let q = apply_rope(&q, &ctx.cos, &ctx.sin)?;
+        let k = apply_rope(&k, &ctx.cos, &ctx.sin)?;
+        let (k, v) = cache.append(l, k, v)?; // [B, KV, S, hd]
+        let s = k.dim(2)?;
+
+        // Group the query heads that share a kv head: no copy of K/V.
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, rep·T, S]
+        let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?.broadcast_add(&ctx.mask)?;
+        let probs = if ctx.grad {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = probs.to_dtype(self.dtype)?.reshape((b, nkv, rep * t, s))?;
+        let y = probs.matmul(&v)?; // [B, KV, rep·T, hd]
+        let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        self.proj(l, Proj::O, &w.o, &y, ctx)
+    }
+}
+
+/// cos/sin of position × inverse frequency, repeated for the two halves: [P, hd].
+fn rope_tables(c: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let hd = c.head_dim;
+    let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+    let p = c.max_position_embeddings;
+    let mut cos = Vec::with_capacity(p * hd);
+    let mut sin = Vec::with_capacity(p * hd);
+    for pos in 0..p {
+        for _half in 0..2 {
+            for &f in &inv {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    Ok((Tensor::from_vec(cos, (p, hd), dev)?, Tensor::from_vec(sin, (p, hd), dev)?))
+}
+
+/// `x·cos + rotate_half(x)·sin` with rotate_half([a, b]) = [-b, a]; x: [B, H, T, hd].
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let a = x.narrow(D::Minus1, 0, hd / 2)?;
+    let b = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rot = Tensor::cat(&[&b.neg()?, &a], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}

@@ -1,0 +1,89 @@
+//! The model engine: a Llama-family decoder with LoRA adapters and a KV cache,
+//! its loaders and its tokenizer. Owns weights and the forward pass; sampling and
+//! scoring strategies live in `decode`, training objectives in `gfn`.
+
+pub mod cache;
+pub mod config;
+pub mod llama;
+pub mod loader;
+pub mod lora;
+pub mod tiny;
+pub mod tokenizer;
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+
+pub use cache::KvCache;
+pub use config::LlamaConfig;
+pub use llama::Llama;
+pub use lora::{LoraAdapter, LoraConfig, LoraView, Mode, Proj};
+pub use tokenizer::{Tokenizer, TokenizerSpec};
+
+use crate::{Error, Result};
+
+/// A base model with its tokenizer: what every adapter, sampler and trainer shares.
+pub struct LanguageModel {
+    pub llama: Llama,
+    pub tokenizer: Tokenizer,
+    /// A display name (file name or shape name).
+    pub name: String,
+}
+
+impl LanguageModel {
+    /// Loads a `.gguf` file or an HF directory.
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let (llama, tokenizer) = loader::load(path, device, dtype)?;
+        if tokenizer.vocab_size() > llama.config.vocab_size {
+            return Err(Error::file(
+                path,
+                format!("tokenizer has {} tokens but the model only {}", tokenizer.vocab_size(), llama.config.vocab_size),
+            ));
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+        Ok(LanguageModel { llama, tokenizer, name })
+    }
+
+    /// Random weights of a named real shape (`smollm2-135m`, …), with the tiny
+    /// test tokenizer (ids beyond it are valid model tokens that decode to nothing).
+    pub fn random(shape: &str, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
+        let spec = TokenizerSpec::tiny();
+        let cfg = if shape == "tiny" { LlamaConfig::tiny(spec.tokens.len()) } else { LlamaConfig::named_shape(shape)? };
+        let llama = loader::random(&cfg, device, dtype, seed)?;
+        Ok(LanguageModel { llama, tokenizer: Tokenizer::from_spec(&spec)?, name: format!("random-{shape}") })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.llama.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.llama.device()
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when built with it and present).
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ord = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| Error::invalid("device", format!("bad ordinal in `{s}`")))?;
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::invalid("device", "this binary was built without CUDA (build with --features cuda)"));
+            }
+            Device::new_cuda(ord.unwrap_or(0)).map_err(|e| Error::invalid("device", e.to_string()))
+        }
+        other => Err(Error::invalid("device", format!("`{other}` (use cpu, cuda, cuda:N or auto)"))),
+    }
+}
+
+/// Parses `f32`, `bf16` or `f16`.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(Error::invalid("dtype", format!("`{other}` (use f32, bf16 or f16)"))),
+    }
+}

@@ -1,0 +1,332 @@
+//! The model engine on a tiny random model written to disk and loaded back
+//! through the real GGUF / HF loaders: LoRA identities, gradients, KV cache,
+//! padding, adapter files, and agreement between sampler, scorer and beams.
+
+use amortize::decode::{self, beam_search, BeamConfig, SampleConfig, ToolHook};
+use amortize::model::tiny::write_tiny_model;
+use amortize::model::{LanguageModel, LoraAdapter, LoraConfig, Mode, Proj};
+use candle_core::{DType, Device, Tensor};
+
+fn tiny(dir: &tempfile::TempDir) -> LanguageModel {
+    let paths = write_tiny_model(dir.path(), 7).unwrap();
+    LanguageModel::load(&paths.gguf, &Device::Cpu, DType::F32).unwrap()
+}
+
+/// Full logits [T, V] of one sequence, no cache reuse.
+fn logits_of(lm: &LanguageModel, ids: &[u32], lora: Option<&amortize::model::LoraView>) -> Tensor {
+    let mut cache = lm.llama.new_cache();
+    let h = lm.llama.forward(&[ids.to_vec()], &mut cache, lora).unwrap();
+    lm.llama.logits(&h).unwrap().squeeze(0).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Gives every B matrix random values so the adapter changes the model.
+fn perturb(adapter: &LoraAdapter, seed: u64) {
+    Device::Cpu.set_seed(seed).ok();
+    for (i, v) in adapter.vars().iter().enumerate() {
+        if v.dims()[1] == adapter.config.r && i % 2 == 1 {
+            let t = Tensor::randn(0f32, 0.3, v.dims(), &Device::Cpu).unwrap();
+            v.set(&t).unwrap();
+        }
+    }
+}
+
+const TEXT: &str = "the cat and the hat sat on the mat, 12 + 30 = 42.";
+
+#[test]
+fn gguf_and_hf_loaders_give_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_tiny_model(dir.path(), 7).unwrap();
+    let a = LanguageModel::load(&paths.gguf, &Device::Cpu, DType::F32).unwrap();
+    let b = LanguageModel::load(&paths.hf_dir, &Device::Cpu, DType::F32).unwrap();
+    let ids = a.tokenizer.encode(TEXT).unwrap();
+    assert_eq!(ids, b.tokenizer.encode(TEXT).unwrap());
+    // Identical weights after GGUF's Q/K permutation is undone.
+    assert_eq!(max_abs_diff(&logits_of(&a, &ids, None), &logits_of(&b, &ids, None)), 0.0);
+}
+
+#[test]
+fn lora_with_zero_b_is_the_base_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let ids = lm.tokenizer.encode(TEXT).unwrap();
+    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: Proj::ALL.to_vec() };
+    let adapter = LoraAdapter::new(lm.config(), cfg, &Device::Cpu, 1).unwrap();
+    let view = adapter.view(Mode::Infer, DType::F32).unwrap();
+    assert_eq!(max_abs_diff(&logits_of(&lm, &ids, None), &logits_of(&lm, &ids, Some(&view))), 0.0);
+    perturb(&adapter, 3);
+    let view = adapter.view(Mode::Infer, DType::F32).unwrap();
+    assert!(max_abs_diff(&logits_of(&lm, &ids, None), &logits_of(&lm, &ids, Some(&view))) > 1e-3);
+}
+
+#[test]
+fn gradients_reach_only_lora_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let ids = lm.tokenizer.encode(TEXT).unwrap();
+    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: vec![Proj::Q, Proj::V, Proj::Down] };
+    let adapter = LoraAdapter::new(lm.config(), cfg, &Device::Cpu, 1).unwrap();
+    perturb(&adapter, 5);
+    let view = adapter.view(Mode::Train, DType::F32).unwrap();
+    let logits = logits_of(&lm, &ids, Some(&view));
+    let loss = candle_nn::ops::log_softmax(&logits, 1).unwrap().mean_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for v in adapter.vars() {
+        let g = grads.get(v.as_tensor()).expect("every LoRA parameter gets a gradient");
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0 && norm.is_finite());
+    }
+    let w = lm.llama.weights();
+    for base in [&w.embed, &w.norm, &w.blocks[0].q.weight, &w.blocks[1].down.weight] {
+        assert!(grads.get(base).is_none(), "base weights must not be trained");
+    }
+    assert_eq!(adapter.vars().len(), 2 * 3 * lm.config().num_hidden_layers);
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recomputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let ids = lm.tokenizer.encode(TEXT).unwrap();
+    let full = logits_of(&lm, &ids, None);
+    // Prefill 5 tokens, then one token at a time, then a chunk of 3.
+    let mut cache = lm.llama.new_cache();
+    let mut parts = vec![lm.llama.logits(&lm.llama.forward(&[ids[..5].to_vec()], &mut cache, None).unwrap()).unwrap()];
+    for i in 5..ids.len() - 3 {
+        parts.push(lm.llama.logits(&lm.llama.forward(&[vec![ids[i]]], &mut cache, None).unwrap()).unwrap());
+    }
+    parts.push(lm.llama.logits(&lm.llama.forward(&[ids[ids.len() - 3..].to_vec()], &mut cache, None).unwrap()).unwrap());
+    let inc = Tensor::cat(&parts, 1).unwrap().squeeze(0).unwrap();
+    assert!(max_abs_diff(&full, &inc) < 1e-5, "{}", max_abs_diff(&full, &inc));
+}
+
+#[test]
+fn left_padded_batch_equals_rows_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let rows: Vec<Vec<u32>> = ["the cat", "and the hat sat on it", "12 + 3 = 15, done"]
+        .iter()
+        .map(|t| lm.tokenizer.encode(t).unwrap())
+        .collect();
+    let mut cache = lm.llama.new_cache();
+    let batch = lm.llama.logits(&lm.llama.forward(&rows, &mut cache, None).unwrap()).unwrap();
+    let t = batch.dim(1).unwrap();
+    // One more step on the padded cache, per row.
+    let next: Vec<Vec<u32>> = vec![vec![40], vec![41], vec![42]];
+    let step = lm.llama.logits(&lm.llama.forward(&next, &mut cache, None).unwrap()).unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let alone = logits_of(&lm, r, None);
+        let padded = batch.get(i).unwrap().narrow(0, t - r.len(), r.len()).unwrap();
+        assert!(max_abs_diff(&alone, &padded) < 1e-5);
+        let mut longer = r.clone();
+        longer.push(next[i][0]);
+        let alone_next = logits_of(&lm, &longer, None).get(r.len()).unwrap();
+        assert!(max_abs_diff(&alone_next, &step.get(i).unwrap().get(0).unwrap()) < 1e-5);
+    }
+}
+
+#[test]
+fn cache_fork_and_truncate() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let a = lm.tokenizer.encode("the cat and").unwrap();
+    let b = lm.tokenizer.encode(" the hat").unwrap();
+    let c = lm.tokenizer.encode(" on the mat").unwrap();
+    let mut cache = lm.llama.new_cache();
+    lm.llama.forward(&[a.clone()], &mut cache, None).unwrap();
+    let mut forked = cache.repeat_rows(2).unwrap();
+    lm.llama.forward(&[b.clone()], &mut cache, None).unwrap();
+    cache.truncate(a.len()).unwrap();
+    let after_truncate = lm.llama.logits(&lm.llama.forward(&[c.clone()], &mut cache, None).unwrap()).unwrap();
+    let both = lm.llama.logits(&lm.llama.forward(&[c.clone(), b.clone()], &mut forked, None).unwrap()).unwrap();
+    let fresh = logits_of(&lm, &[a.clone(), c.clone()].concat(), None).narrow(0, a.len(), c.len()).unwrap();
+    assert!(max_abs_diff(&after_truncate.squeeze(0).unwrap(), &fresh) < 1e-5);
+    let t = both.dim(1).unwrap();
+    assert!(max_abs_diff(&both.get(0).unwrap().narrow(0, t - c.len(), c.len()).unwrap(), &fresh) < 1e-5);
+}
+
+#[test]
+fn adapter_files_round_trip_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let cfg = LoraConfig { r: 3, alpha: 6.0, dropout: 0.1, targets: vec![Proj::K, Proj::O, Proj::Gate, Proj::Up] };
+    let adapter = LoraAdapter::new(lm.config(), cfg.clone(), &Device::Cpu, 9).unwrap();
+    perturb(&adapter, 11);
+    let out = dir.path().join("adapter");
+    adapter.save_peft(&out, "tiny").unwrap();
+    let back = LoraAdapter::load_peft(&out, lm.config(), &Device::Cpu).unwrap();
+    let mut targets = back.config.targets.clone();
+    targets.sort();
+    assert_eq!((back.config.r, back.config.alpha, back.config.dropout, targets), (cfg.r, cfg.alpha, cfg.dropout, cfg.targets));
+    let (x, y) = (adapter.tensors(), back.tensors());
+    assert_eq!(x.len(), y.len());
+    for (k, t) in &x {
+        assert_eq!(max_abs_diff(t, &y[k]), 0.0, "{k}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(json["peft_type"], "LORA");
+    assert!(x.contains_key("base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight"));
+    // An adapter for another shape is refused with a message, not a panic.
+    let mut other = lm.config().clone();
+    other.hidden_size = 64;
+    other.head_dim = 16;
+    assert!(LoraAdapter::load_peft(&out, &other, &Device::Cpu).is_err());
+}
+
+#[test]
+fn sampler_logprobs_match_the_scorer_and_seeds_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let adapter = LoraAdapter::new(lm.config(), LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Proj::V] }, &Device::Cpu, 2).unwrap();
+    perturb(&adapter, 13);
+    let view = adapter.view(Mode::Infer, DType::F32).unwrap();
+    let prompts = vec![lm.tokenizer.encode("the cat").unwrap(), lm.tokenizer.encode("12 + 3 =").unwrap()];
+    let cfg = SampleConfig { n: 3, max_new_tokens: 12, temperature: 0.7, top_p: Some(0.9), seed: 4, ..Default::default() };
+    let a = decode::sample(&lm, &prompts, &cfg, Some(&view), None).unwrap();
+    let b = decode::sample(&lm, &prompts, &cfg, Some(&view), None).unwrap();
+    assert_eq!(a.len(), 6);
+    assert_eq!(a.iter().map(|s| &s.tokens).collect::<Vec<_>>(), b.iter().map(|s| &s.tokens).collect::<Vec<_>>());
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = a.iter().map(|s| (prompts[s.prompt_index].clone(), s.tokens.clone())).collect();
+    let scored = decode::score(&lm, &pairs, Some(&view), 4).unwrap();
+    for (s, sc) in a.iter().zip(&scored) {
+        for (x, y) in s.logprobs.iter().zip(&sc.logprobs) {
+            assert!((x - y).abs() < 1e-4, "sampler {x} vs scorer {y}");
+        }
+        // Sampled tokens are inside the nucleus: finite sampling log-probs.
+        assert!(s.sample_logprobs.iter().all(|x| x.is_finite()));
+    }
+}
+
+#[test]
+fn masks_min_length_and_stop_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let digits: Vec<u32> = "0123456789".chars().map(|c| lm.tokenizer.token_to_id(&c.to_string()).unwrap()).collect();
+    let stop = lm.tokenizer.eos.unwrap();
+    let prompt = vec![lm.tokenizer.encode("x =").unwrap()];
+    let mut allowed = digits.clone();
+    allowed.push(stop);
+    let cfg = SampleConfig {
+        n: 8,
+        max_new_tokens: 6,
+        min_new_tokens: 3,
+        mask: decode::TokenMask::Allow(allowed),
+        seed: 1,
+        ..Default::default()
+    };
+    for s in decode::sample(&lm, &prompt, &cfg, None, None).unwrap() {
+        assert!(s.tokens.len() >= 3);
+        assert!(s.tokens.iter().all(|t| digits.contains(t) || *t == stop), "{:?}", s.tokens);
+    }
+    let cfg = SampleConfig { n: 4, max_new_tokens: 40, stop_strings: vec!["e".into()], stop_tokens: Some(vec![]), seed: 2, ..Default::default() };
+    for s in decode::sample(&lm, &prompt, &cfg, None, None).unwrap() {
+        match s.stop {
+            decode::StopReason::StopString => assert!(s.text.ends_with('e') || s.text.contains('e')),
+            _ => assert!(!s.text.contains('e') && s.tokens.len() == 40),
+        }
+    }
+}
+
+/// Appends " 7" after every "=" (a calculator stand-in).
+struct Seven;
+impl ToolHook for Seven {
+    fn after_token(&self, generated: &str) -> Option<String> {
+        generated.ends_with('=').then(|| " 7".to_string())
+    }
+}
+
+#[test]
+fn tool_tokens_are_fed_but_not_policy_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let eq = lm.tokenizer.token_to_id("=").unwrap();
+    let prompt = vec![lm.tokenizer.encode("1 + 2").unwrap()];
+    // Make "=" likely by allowing only a few tokens.
+    let allowed = vec![eq, lm.tokenizer.token_to_id("+").unwrap(), lm.tokenizer.token_to_id("1").unwrap()];
+    let cfg = SampleConfig { n: 6, max_new_tokens: 8, mask: decode::TokenMask::Allow(allowed), stop_tokens: Some(vec![]), seed: 3, ..Default::default() };
+    let samples = decode::sample(&lm, &prompt, &cfg, None, Some(&Seven)).unwrap();
+    assert!(samples.iter().any(|s| s.tool.iter().any(|&t| t)), "the tool never fired");
+    for s in &samples {
+        assert_eq!(s.tool.iter().filter(|&&t| !t).count(), 8, "8 policy actions");
+        for (i, &t) in s.tool.iter().enumerate() {
+            if t {
+                assert_eq!(s.logprobs[i], 0.0);
+                assert!(i > 0 && (s.tokens[i - 1] == eq || s.tool[i - 1]));
+            }
+        }
+    }
+    // KV cache stays consistent: policy log-probs equal teacher-forced scores.
+    let cfg = SampleConfig { n: 4, max_new_tokens: 10, stop_tokens: Some(vec![]), seed: 5, ..Default::default() };
+    let always = AlwaysTool;
+    for s in decode::sample(&lm, &prompt, &cfg, None, Some(&always)).unwrap() {
+        let scored = decode::score(&lm, &[(prompt[0].clone(), s.tokens.clone())], None, 1).unwrap();
+        for i in 0..s.tokens.len() {
+            if !s.tool[i] {
+                assert!((s.logprobs[i] - scored[0].logprobs[i]).abs() < 1e-4);
+            }
+        }
+        assert!(s.tool.iter().filter(|&&t| t).count() >= 9);
+    }
+}
+
+/// Appends "x" after every policy token.
+struct AlwaysTool;
+impl ToolHook for AlwaysTool {
+    fn after_token(&self, _: &str) -> Option<String> {
+        Some("x".into())
+    }
+}
+
+#[test]
+fn beams_score_consistently_and_groups_diversify() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let prompt = lm.tokenizer.encode("the cat and").unwrap();
+    let cfg = BeamConfig { beams: 4, max_new_tokens: 6, stop_tokens: Some(vec![]), ..Default::default() };
+    let hyps = beam_search(&lm, &prompt, &cfg, None).unwrap();
+    assert_eq!(hyps.len(), 4);
+    let pairs: Vec<_> = hyps.iter().map(|h| (prompt.clone(), h.tokens.clone())).collect();
+    for (h, s) in hyps.iter().zip(decode::score(&lm, &pairs, None, 4).unwrap()) {
+        assert!((h.logprob - s.total).abs() < 1e-3, "{} vs {}", h.logprob, s.total);
+        assert_eq!(h.tokens.len(), 6);
+    }
+    assert!(hyps.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+    // Greedy = one beam.
+    let one = beam_search(&lm, &prompt, &BeamConfig { beams: 1, ..cfg.clone() }, None).unwrap();
+    let greedy = decode::sample(&lm, &[prompt.clone()], &SampleConfig { greedy: true, max_new_tokens: 6, stop_tokens: Some(vec![]), ..Default::default() }, None, None).unwrap();
+    assert_eq!(one[0].tokens, greedy[0].tokens);
+    // A strong Hamming penalty makes each group start differently.
+    let diverse = BeamConfig { beams: 4, groups: 4, diversity_penalty: 100.0, ..cfg };
+    let hyps = beam_search(&lm, &prompt, &diverse, None).unwrap();
+    let mut firsts: Vec<u32> = hyps.iter().map(|h| h.tokens[0]).collect();
+    firsts.sort();
+    firsts.dedup();
+    assert_eq!(firsts.len(), 4);
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let p = vec![lm.tokenizer.encode("the").unwrap()];
+    for cfg in [
+        SampleConfig { n: 0, ..Default::default() },
+        SampleConfig { temperature: 0.0, ..Default::default() },
+        SampleConfig { top_p: Some(1.5), ..Default::default() },
+        SampleConfig { top_p: Some(0.0), ..Default::default() },
+        SampleConfig { max_new_tokens: 10_000, ..Default::default() },
+    ] {
+        assert!(decode::sample(&lm, &p, &cfg, None, None).is_err(), "{cfg:?}");
+    }
+    assert!(decode::sample(&lm, &[vec![]], &SampleConfig::default(), None, None).is_err());
+    let mut cache = lm.llama.new_cache();
+    assert!(lm.llama.forward(&[vec![100_000]], &mut cache, None).is_err());
+    // Corrupt and missing files.
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF nonsense").unwrap();
+    assert!(LanguageModel::load(&bad, &Device::Cpu, DType::F32).is_err());
+    assert!(LanguageModel::load(&dir.path().join("missing.gguf"), &Device::Cpu, DType::F32).is_err());
+}

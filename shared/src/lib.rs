@@ -1,0 +1,1 @@
+//! Shared API types and metrics.
