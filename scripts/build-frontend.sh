@@ -39,17 +39,25 @@ if [ -z "$WB_VERSION" ] || [ "$(printf '%s\n' "$WB_VERSION" | wc -l)" -ne 1 ]; t
 fi
 
 # (b) the tools. cargo install builds in a temporary directory of its own.
+# --locked first; if the tool's own lock file names a crate version that the
+# registry no longer serves (yanked: wasm-bindgen-cli 0.2.130 pins
+# webpki-roots 1.0.11), resolve its dependencies afresh instead.
+install() {
+  env -u CARGO_TARGET_DIR cargo install --locked "$@" ||
+    { say "cargo install --locked $* failed; retrying without --locked"
+      env -u CARGO_TARGET_DIR cargo install "$@"; }
+}
 if ! command -v trunk >/dev/null 2>&1; then
   say "installing trunk $TRUNK_VERSION (takes a while)"
   t=$SECONDS
-  env -u CARGO_TARGET_DIR cargo install --locked trunk --version "$TRUNK_VERSION"
+  install trunk --version "$TRUNK_VERSION"
   say "trunk installed in $((SECONDS - t)) s"
 fi
 have_wb=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have_wb" != "$WB_VERSION" ]; then
   say "installing wasm-bindgen-cli $WB_VERSION (found: ${have_wb:-none})"
   t=$SECONDS
-  env -u CARGO_TARGET_DIR cargo install --locked wasm-bindgen-cli --version "$WB_VERSION"
+  install wasm-bindgen-cli --version "$WB_VERSION"
   say "wasm-bindgen-cli installed in $((SECONDS - t)) s"
   have_wb=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
   if [ "$have_wb" != "$WB_VERSION" ]; then

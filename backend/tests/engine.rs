@@ -7,9 +7,17 @@ use amortize::model::tiny::write_tiny_model;
 use amortize::model::{LanguageModel, LoraAdapter, LoraConfig, Mode, Proj};
 use candle_core::{DType, Device, Tensor};
 
+/// CPU unless `AMORTIZE_TEST_DEVICE=cuda` (the GPU run of the same checks).
+fn dev() -> Device {
+    match std::env::var("AMORTIZE_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
+        _ => Device::Cpu,
+    }
+}
+
 fn tiny(dir: &tempfile::TempDir) -> LanguageModel {
     let paths = write_tiny_model(dir.path(), 7).unwrap();
-    LanguageModel::load(&paths.gguf, &Device::Cpu, DType::F32).unwrap()
+    LanguageModel::load(&paths.gguf, &dev(), DType::F32).unwrap()
 }
 
 /// Full logits [T, V] of one sequence, no cache reuse.
@@ -25,10 +33,14 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Gives every B matrix random values so the adapter changes the model.
 fn perturb(adapter: &LoraAdapter, seed: u64) {
-    Device::Cpu.set_seed(seed).ok();
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0f32, 0.3).unwrap();
     for (i, v) in adapter.vars().iter().enumerate() {
         if v.dims()[1] == adapter.config.r && i % 2 == 1 {
-            let t = Tensor::randn(0f32, 0.3, v.dims(), &Device::Cpu).unwrap();
+            let data: Vec<f32> = (0..v.elem_count()).map(|_| normal.sample(&mut rng)).collect();
+            let t = Tensor::from_vec(data, v.dims(), v.device()).unwrap();
             v.set(&t).unwrap();
         }
     }
@@ -40,8 +52,8 @@ const TEXT: &str = "the cat and the hat sat on the mat, 12 + 30 = 42.";
 fn gguf_and_hf_loaders_give_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let paths = write_tiny_model(dir.path(), 7).unwrap();
-    let a = LanguageModel::load(&paths.gguf, &Device::Cpu, DType::F32).unwrap();
-    let b = LanguageModel::load(&paths.hf_dir, &Device::Cpu, DType::F32).unwrap();
+    let a = LanguageModel::load(&paths.gguf, &dev(), DType::F32).unwrap();
+    let b = LanguageModel::load(&paths.hf_dir, &dev(), DType::F32).unwrap();
     let ids = a.tokenizer.encode(TEXT).unwrap();
     assert_eq!(ids, b.tokenizer.encode(TEXT).unwrap());
     // Identical weights after GGUF's Q/K permutation is undone.
@@ -54,7 +66,7 @@ fn lora_with_zero_b_is_the_base_model() {
     let lm = tiny(&dir);
     let ids = lm.tokenizer.encode(TEXT).unwrap();
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: Proj::ALL.to_vec() };
-    let adapter = LoraAdapter::new(lm.config(), cfg, &Device::Cpu, 1).unwrap();
+    let adapter = LoraAdapter::new(lm.config(), cfg, &dev(), 1).unwrap();
     let view = adapter.view(Mode::Infer, DType::F32).unwrap();
     assert_eq!(max_abs_diff(&logits_of(&lm, &ids, None), &logits_of(&lm, &ids, Some(&view))), 0.0);
     perturb(&adapter, 3);
@@ -68,7 +80,7 @@ fn gradients_reach_only_lora_parameters() {
     let lm = tiny(&dir);
     let ids = lm.tokenizer.encode(TEXT).unwrap();
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets: vec![Proj::Q, Proj::V, Proj::Down] };
-    let adapter = LoraAdapter::new(lm.config(), cfg, &Device::Cpu, 1).unwrap();
+    let adapter = LoraAdapter::new(lm.config(), cfg, &dev(), 1).unwrap();
     perturb(&adapter, 5);
     let view = adapter.view(Mode::Train, DType::F32).unwrap();
     let logits = logits_of(&lm, &ids, Some(&view));
@@ -153,11 +165,11 @@ fn adapter_files_round_trip_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let lm = tiny(&dir);
     let cfg = LoraConfig { r: 3, alpha: 6.0, dropout: 0.1, targets: vec![Proj::K, Proj::O, Proj::Gate, Proj::Up] };
-    let adapter = LoraAdapter::new(lm.config(), cfg.clone(), &Device::Cpu, 9).unwrap();
+    let adapter = LoraAdapter::new(lm.config(), cfg.clone(), &dev(), 9).unwrap();
     perturb(&adapter, 11);
     let out = dir.path().join("adapter");
     adapter.save_peft(&out, "tiny").unwrap();
-    let back = LoraAdapter::load_peft(&out, lm.config(), &Device::Cpu).unwrap();
+    let back = LoraAdapter::load_peft(&out, lm.config(), &dev()).unwrap();
     let mut targets = back.config.targets.clone();
     targets.sort();
     assert_eq!((back.config.r, back.config.alpha, back.config.dropout, targets), (cfg.r, cfg.alpha, cfg.dropout, cfg.targets));
@@ -173,14 +185,14 @@ fn adapter_files_round_trip_exactly() {
     let mut other = lm.config().clone();
     other.hidden_size = 64;
     other.head_dim = 16;
-    assert!(LoraAdapter::load_peft(&out, &other, &Device::Cpu).is_err());
+    assert!(LoraAdapter::load_peft(&out, &other, &dev()).is_err());
 }
 
 #[test]
 fn sampler_logprobs_match_the_scorer_and_seeds_reproduce() {
     let dir = tempfile::tempdir().unwrap();
     let lm = tiny(&dir);
-    let adapter = LoraAdapter::new(lm.config(), LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Proj::V] }, &Device::Cpu, 2).unwrap();
+    let adapter = LoraAdapter::new(lm.config(), LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Proj::V] }, &dev(), 2).unwrap();
     perturb(&adapter, 13);
     let view = adapter.view(Mode::Infer, DType::F32).unwrap();
     let prompts = vec![lm.tokenizer.encode("the cat").unwrap(), lm.tokenizer.encode("12 + 3 =").unwrap()];
@@ -327,6 +339,6 @@ fn bad_inputs_are_errors_not_panics() {
     // Corrupt and missing files.
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, b"GGUF nonsense").unwrap();
-    assert!(LanguageModel::load(&bad, &Device::Cpu, DType::F32).is_err());
-    assert!(LanguageModel::load(&dir.path().join("missing.gguf"), &Device::Cpu, DType::F32).is_err());
+    assert!(LanguageModel::load(&bad, &dev(), DType::F32).is_err());
+    assert!(LanguageModel::load(&dir.path().join("missing.gguf"), &dev(), DType::F32).is_err());
 }

@@ -16,7 +16,12 @@ fn model() -> LanguageModel {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     assert!(path.exists(), "{} is missing: run scripts/setup.sh first", path.display());
-    LanguageModel::load(&path, &Device::Cpu, DType::F32).expect("load SmolLM2")
+    // CPU unless AMORTIZE_TEST_DEVICE=cuda (the GPU run of the same check).
+    let device = match std::env::var("AMORTIZE_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
+        _ => Device::Cpu,
+    };
+    LanguageModel::load(&path, &device, DType::F32).expect("load SmolLM2")
 }
 
 fn cases(name: &str) -> Vec<serde_json::Value> {

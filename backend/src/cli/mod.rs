@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 pub use common::ModelArgs;
 
 #[derive(Parser)]
-#[command(name = "amortize", version, about = "GFlowNet fine-tuning of language models: sample, score, benchmark")]
+#[command(name = "amortize", version, allow_negative_numbers = true, about = "GFlowNet fine-tuning of language models: sample, score, benchmark")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

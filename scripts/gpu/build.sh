@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds the CUDA flavour of `amortize` and of the engine's test binaries on this
+# (GPU-less) machine with ../shared/gpu/build-cuda.sh, then packs them into .gpu/
+# (git-ignored) for one device call: carry [".gpu"], run scripts/gpu/run.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
+mkdir -p .gpu
+../shared/gpu/build-cuda.sh -p amortize --features cuda --bins --tests
+T=${CARGO_TARGET_DIR:-target-cuda}/release
+xz -T2 -6 -c "$T/amortize" > .gpu/amortize.xz
+# The newest test binary of each integration test.
+for t in engine parity; do
+  bin=$(ls -t "$T"/deps/$t-* | grep -v '\.d$' | head -n 1)
+  xz -T2 -6 -c "$bin" > ".gpu/test-$t.xz"
+done
+ls -la .gpu
