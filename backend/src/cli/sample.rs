@@ -6,6 +6,7 @@ use clap::Args;
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
 pub struct SampleArgs {
     #[command(flatten)]
     pub model: ModelArgs,
