@@ -9,6 +9,7 @@
 //! public APIs only.
 
 pub mod decode;
+pub mod gfn;
 pub mod error;
 pub mod model;
 pub mod util;

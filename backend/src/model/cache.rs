@@ -79,6 +79,21 @@ impl KvCache {
         Ok(())
     }
 
+    /// Hides every position at or after `ends[r]` in row `r` (the keys stay in
+    /// memory but are masked out, and later tokens get positions as if the row
+    /// ended there): one cache then holds several prefixes of a sequence.
+    pub fn mask_after(&mut self, ends: &[usize]) -> Result<()> {
+        if ends.len() != self.batch_size() {
+            return Err(crate::Error::invalid("ends", format!("{} ends for {} rows", ends.len(), self.batch_size())));
+        }
+        for (row, &end) in self.valid.iter_mut().zip(ends) {
+            for v in row.iter_mut().skip(end) {
+                *v = false;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops gradient tracking from the cached tensors.
     pub fn detach(&mut self) {
         for l in self.layers.iter_mut().flatten() {

@@ -1,0 +1,14 @@
+//! GFlowNet fine-tuning: per-prefix rewards, the balance losses (modified SubTB,
+//! TB, modified DB), the replay buffer, exploration, schedules and the trainer.
+//! Uses the model and decoding engines through their public APIs; knows nothing
+//! of HTTP, storage or the browser.
+
+pub mod buffer;
+pub mod loss;
+pub mod optim;
+pub mod reward;
+pub mod schedule;
+pub mod trajectory;
+
+pub use reward::{LmReward, Reward};
+pub use trajectory::{Problem, Trajectory};
