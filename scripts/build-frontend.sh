@@ -9,10 +9,13 @@
 #
 # wasm-opt: index.html turns Trunk's wasm-opt step off (data-wasm-opt="0"),
 # because Trunk would otherwise need a wasm-opt binary and, offline, fail
-# without one. If a `wasm-opt` is on PATH (Debian: apt-get install binaryen),
-# this script runs it on the built .wasm afterwards; then Trunk is told to
-# skip subresource-integrity hashes (--no-sri), which the rewrite would break.
-# Set WASM_OPT=0 to skip it.
+# without one. If a `wasm-opt` of binaryen >= 116 is on PATH (package
+# binaryen), this script runs it on the built .wasm afterwards;
+# Trunk is then told to skip subresource-integrity hashes (--no-sri), which
+# that rewrite would invalidate. Older ones are skipped: Debian 12's binaryen
+# 108 turns wasm-bindgen's externref table into one the browser rejects
+# ("WebAssembly.Table.set(): ... must be null or a Wasm function object"),
+# even at -O0; 116 and 123 were tested fine. Set WASM_OPT=0 to skip it.
 #
 # Env: TRUNK_VERSION (default below), WASM_OPT=0.
 set -euo pipefail
@@ -73,7 +76,13 @@ cargo fetch --target "$TARGET"
 # (c) wasm-opt afterwards, only if present (see the top of this file).
 WASM_OPT_BIN=""
 if [ "${WASM_OPT:-1}" != 0 ] && command -v wasm-opt >/dev/null 2>&1; then
-  WASM_OPT_BIN=$(command -v wasm-opt)
+  # "wasm-opt version 123 (version_123)" -> 123
+  wo_version=$(wasm-opt --version | awk '{print $3}' | tr -cd 0-9)
+  if [ "${wo_version:-0}" -ge 116 ]; then
+    WASM_OPT_BIN=$(command -v wasm-opt)
+  else
+    say "ignoring wasm-opt ${wo_version:-?} on PATH: binaryen < 116 breaks the app"
+  fi
 fi
 
 # (d) the build: Trunk.toml points it at frontend/index.html and frontend/dist.
@@ -93,15 +102,15 @@ wasm=${wasm[0]}
 
 if [ -n "$WASM_OPT_BIN" ]; then
   before=$(stat -c %s "$wasm")
-  # Current rustc emits these post-MVP features for wasm32 by default; older
-  # binaryen releases (Debian's) reject them unless they are enabled.
+  # rustc emits these post-MVP features for wasm32 by default; binaryen
+  # rejects them unless they are enabled.
   "$WASM_OPT_BIN" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-mutable-globals --enable-reference-types \
     --enable-multivalue "$wasm" -o "$wasm.opt"
   mv "$wasm.opt" "$wasm"
   say "wasm-opt ($("$WASM_OPT_BIN" --version)): $before -> $(stat -c %s "$wasm") bytes"
 else
-  say "wasm-opt not on PATH: .wasm left unoptimised by binaryen"
+  say "no usable wasm-opt: .wasm not optimised by binaryen"
 fi
 
 # (e) sizes
