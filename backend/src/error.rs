@@ -22,6 +22,14 @@ pub enum Error {
     #[error("input of {len} tokens exceeds the model's context of {max} tokens")]
     TooLong { len: usize, max: usize },
 
+    /// Training produced NaN/inf (the last good checkpoint is kept).
+    #[error("non-finite value: {0}")]
+    NonFinite(String),
+
+    /// A long-running job was asked to stop.
+    #[error("cancelled")]
+    Cancelled,
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

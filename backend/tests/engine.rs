@@ -258,7 +258,7 @@ fn tool_tokens_are_fed_but_not_policy_actions() {
     let prompt = vec![lm.tokenizer.encode("1 + 2").unwrap()];
     // Make "=" likely by allowing only a few tokens.
     let allowed = vec![eq, lm.tokenizer.token_to_id("+").unwrap(), lm.tokenizer.token_to_id("1").unwrap()];
-    let cfg = SampleConfig { n: 6, max_new_tokens: 8, mask: decode::TokenMask::Allow(allowed), stop_tokens: Some(vec![]), seed: 3, ..Default::default() };
+    let cfg = SampleConfig { n: 6, max_new_tokens: 8, temperature: 20.0, mask: decode::TokenMask::Allow(allowed), stop_tokens: Some(vec![]), seed: 3, ..Default::default() };
     let samples = decode::sample(&lm, &prompt, &cfg, None, Some(&Seven)).unwrap();
     assert!(samples.iter().any(|s| s.tool.iter().any(|&t| t)), "the tool never fired");
     for s in &samples {

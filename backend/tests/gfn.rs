@@ -39,3 +39,121 @@ fn prefix_shared_reward_equals_naive() {
         }
     }
 }
+
+mod exact_posterior {
+    use super::*;
+    use amortize::gfn::policy::policy_logprobs;
+    use amortize::gfn::{Objective, TrainConfig, TrainTask, Trainer};
+    use amortize::model::Mode;
+
+    /// Every Z over `alphabet` of length 0..=max_len.
+    fn all_sequences(alphabet: &[u32], max_len: usize) -> Vec<Trajectory> {
+        let mut out = vec![vec![]];
+        let mut frontier = vec![vec![]];
+        for _ in 0..max_len {
+            let mut next = Vec::new();
+            for s in &frontier {
+                for &a in alphabet {
+                    let mut t: Vec<u32> = s.clone();
+                    t.push(a);
+                    next.push(t);
+                }
+            }
+            out.extend(next.iter().cloned());
+            frontier = next;
+        }
+        out.into_iter().map(Trajectory::from_actions).collect()
+    }
+
+    fn log_normalize(v: &[f64]) -> Vec<f64> {
+        let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        v.iter().map(|x| x - lse).collect()
+    }
+
+    /// KL(true posterior ‖ learned sampler) over every terminal Z.
+    fn kl_true_learned(trainer: &Trainer, lm: &LanguageModel, problem: &Problem, zs: &[Trajectory], temp: f64, stop: u32, mask: &TokenMask, max_len: usize) -> f64 {
+        let reward = LmReward::new(lm, vec![], mask, -99.0, None).unwrap();
+        let log_r = reward.log_rewards(lm, problem, zs).unwrap();
+        let target = log_normalize(&log_r.iter().map(|r| *r.last().unwrap() as f64 / temp).collect::<Vec<_>>());
+        let view = trainer.adapter.view(Mode::Infer, DType::F32).unwrap();
+        let bias = Tensor::from_vec(mask.bias(lm.config().vocab_size, -99.0).unwrap(), lm.config().vocab_size, &Device::Cpu).unwrap();
+        let (pf, pt) = policy_logprobs(lm, Some(&view), &problem.policy_prompt, zs, Some(&bias), &[stop], max_len).unwrap();
+        let (pf, pt): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (pf.to_vec2().unwrap(), pt.to_vec2().unwrap());
+        let learned: Vec<f64> = zs.iter().enumerate().map(|(b, z)| {
+            let n = z.num_actions();
+            pf[b][..n].iter().map(|&x| x as f64).sum::<f64>() + pt[b][n] as f64
+        }).collect();
+        target.iter().zip(&learned).map(|(p, q)| p.exp() * (p - q)).sum()
+    }
+
+    use candle_core::Tensor;
+
+    fn train_to_posterior(objective: Objective) -> (f64, f64) {
+        let dir = tempfile::tempdir().unwrap();
+        let lm = tiny(&dir);
+        let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
+        let alphabet: Vec<u32> = ["a", "b", "c", "d"].iter().map(|s| lm.tokenizer.token_to_id(s).unwrap()).collect();
+        let stop = lm.tokenizer.eos.unwrap();
+        let mask = TokenMask::Allow([alphabet.clone(), vec![stop]].concat());
+        let max_len = 3;
+        let problem = Problem { key: "toy".into(), policy_prompt: enc("the cat"), reward_context: enc("the cat"), reward_suffix: enc(" sat on the mat"), seeds: vec![] };
+        let temp = 0.5;
+        let cfg = TrainConfig {
+            objective,
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            lr: 5e-3,
+            logz_lr: 5e-2,
+            warmup_steps: 5,
+            weight_decay: 0.0,
+            batch_size: 16,
+            steps: 500,
+            p_replay: 0.2,
+            p_tempered: 0.4,
+            pf_temp_low: 1.0,
+            pf_temp_high: 2.0,
+            reward_temp_start: temp,
+            reward_temp_end: temp,
+            max_len,
+            min_len: 0,
+            checkpoint_every: 0,
+            seed: 1,
+            ..TrainConfig::default()
+        };
+        let task = TrainTask {
+            problems: vec![problem.clone()],
+            reward: Box::new(LmReward::new(&lm, vec![], &mask, -99.0, None).unwrap()),
+            stop_tokens: vec![stop],
+            mask: mask.clone(),
+            mask_penalty: -99.0,
+            tool: None,
+        };
+        let mut trainer = Trainer::new(&lm, task, cfg, None).unwrap();
+        let zs = all_sequences(&alphabet, max_len);
+        let before = kl_true_learned(&trainer, &lm, &problem, &zs, temp, stop, &mask, max_len);
+        trainer.run(|_| std::ops::ControlFlow::Continue(())).unwrap();
+        let after = kl_true_learned(&trainer, &lm, &problem, &zs, temp, stop, &mask, max_len);
+        eprintln!("{objective:?}: KL(true ‖ learned) {before:.4} → {after:.4}");
+        (before, after)
+    }
+
+    #[test]
+    fn subtb_learns_the_exact_posterior() {
+        let (before, after) = train_to_posterior(Objective::Subtb);
+        assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
+    }
+
+    #[test]
+    fn tb_learns_the_exact_posterior() {
+        let (before, after) = train_to_posterior(Objective::Tb);
+        assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
+    }
+
+    #[test]
+    fn db_learns_the_exact_posterior() {
+        let (before, after) = train_to_posterior(Objective::Db);
+        assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
+    }
+}

@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// `G_i = log R_i − log pt_i − Σ_{k≤i} log pf_k`: the log-flow of s_i minus the
 /// log-probability of reaching it. Every balance term is a difference of two G's.
@@ -34,11 +34,12 @@ fn pair_weights(lens: &[usize], n_states: usize, w: impl Fn(usize) -> f64, like:
     Ok(Tensor::from_vec(out, (lens.len(), n_states, n_states), like.device())?.to_dtype(like.dtype())?)
 }
 
-/// Σ_{pairs} w_ij (G_i − G_j)² / Σ w_ij.
+/// Σ_{pairs} w_ij (G_i − G_j)² / Σ w_ij (0 when there is no pair: a batch of
+/// empty trajectories constrains nothing).
 fn weighted_pairs(gs: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let total = weights.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if total <= 0.0 {
-        return Err(Error::invalid("trajectories", "no state pairs to balance (all trajectories empty?)"));
+        return Ok(Tensor::zeros((), gs.dtype(), gs.device())?);
     }
     let diff = gs.unsqueeze(2)?.broadcast_sub(&gs.unsqueeze(1)?)?; // [B, i, j] = G_i − G_j
     Ok(((diff.sqr()? * weights)?.sum_all()? / total)?)
@@ -68,6 +69,13 @@ pub fn tb_loss(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize],
     let idx = Tensor::new(lens.iter().map(|&n| n as u32).collect::<Vec<_>>(), gs.device())?.unsqueeze(1)?;
     let g_end = gs.gather(&idx, 1)?.squeeze(1)?; // [B]
     Ok((log_z - g_end)?.sqr()?.mean_all()?)
+}
+
+/// The log Z that zeroes TB's mean residual on this batch: mean_b G_n (no gradient).
+pub fn tb_log_z_estimate(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize]) -> Result<f64> {
+    let gs = g(log_pf, log_pt, log_r)?.detach();
+    let idx = Tensor::new(lens.iter().map(|&n| n as u32).collect::<Vec<_>>(), gs.device())?.unsqueeze(1)?;
+    Ok(gs.gather(&idx, 1)?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
 #[cfg(test)]
@@ -125,9 +133,10 @@ mod tests {
     }
 
     #[test]
-    fn empty_batches_are_errors() {
+    fn empty_trajectories_have_no_balance_terms() {
         let pf = Tensor::zeros((1, 0), DType::F32, &Device::Cpu).unwrap();
-        let pt = Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
-        assert!(subtb_loss(&pf, &pt, &pt, &[0], 1.0).is_err());
+        let pt = Tensor::new(&[[-0.3f32]], &Device::Cpu).unwrap();
+        assert_eq!(val(subtb_loss(&pf, &pt, &pt, &[0], 1.0).unwrap()), 0.0);
+        assert_eq!(val(db_loss(&pf, &pt, &pt, &[0]).unwrap()), 0.0);
     }
 }

@@ -12,3 +12,10 @@ pub mod trajectory;
 
 pub use reward::{LmReward, Reward};
 pub use trajectory::{Problem, Trajectory};
+pub mod checkpoint;
+pub mod config;
+pub mod policy;
+pub mod trainer;
+
+pub use config::{Objective, TrainConfig};
+pub use trainer::{StepMetrics, TrainTask, Trainer};

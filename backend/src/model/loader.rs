@@ -289,24 +289,33 @@ pub fn load_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Llama, 
 
 // ---------------------------------------------------------------- random weights and writers
 
-/// Random weights of the given shape: N(0, 0.02) projections/embeddings, unit norms.
-/// Reproducible from `seed` (on CPU; on CUDA the device generator is seeded).
+/// Random weights of the given shape: projections N(0, 1/fan_in) (so signals keep
+/// their scale through the blocks), embeddings N(0, 0.25) (so a tied output head
+/// can express peaked distributions), unit norms. Reproducible from `seed` (on
+/// CPU; on CUDA the device generator is seeded).
 pub fn random(cfg: &LlamaConfig, device: &Device, dtype: DType, seed: u64) -> Result<Llama> {
     cfg.validate()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     if !device.is_cpu() {
         device.set_seed(seed)?;
     }
-    let normal = Normal::new(0.0f32, 0.02).map_err(|e| Error::invalid("std", e.to_string()))?;
     let weights = build_weights(cfg, |name, shape, _| {
+        let std = if name.contains("embed_tokens") || name == "lm_head.weight" {
+            0.5
+        } else {
+            1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt()
+        };
         let t = if name.ends_with("norm.weight") {
             Tensor::ones(shape, DType::F32, device)?
+        } else if name.ends_with(".bias") {
+            Tensor::zeros(shape, DType::F32, device)?
         } else if device.is_cpu() {
+            let normal = Normal::new(0.0f32, std).map_err(|e| Error::invalid("std", e.to_string()))?;
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
             Tensor::from_vec(data, shape, device)?
         } else {
-            Tensor::randn(0f32, 0.02, shape, device)?
+            Tensor::randn(0f32, std, shape, device)?
         };
         Ok(t.to_dtype(dtype)?)
     })?;

@@ -139,6 +139,17 @@ pub struct LoraView {
     dropout: f32,
     pub(crate) tracked: bool,
     layers: Vec<[Option<(Tensor, Tensor)>; 7]>,
+    /// SplitMix64 state for dropout masks (reproducible on CPU from the seed).
+    rng: std::sync::Mutex<u64>,
+}
+
+/// SplitMix64: a tiny, fast, seedable generator for dropout masks.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl LoraView {
@@ -147,10 +158,27 @@ impl LoraView {
         let Some((a, b)) = self.layers.get(layer).and_then(|l| l[proj.index()].as_ref()) else {
             return Ok(None);
         };
-        let x = if self.dropout > 0.0 { candle_nn::ops::dropout(x, self.dropout)? } else { x.clone() };
+        let x = if self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
         let x = x.to_dtype(a.dtype())?;
         let h = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
         Ok(Some((h * self.scale)?))
+    }
+}
+
+impl LoraView {
+    /// Inverted dropout with a mask drawn from the view's seeded generator (CPU)
+    /// or the device's seeded generator (CUDA).
+    fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        let keep = 1.0 - self.dropout as f64;
+        let mask = if x.device().is_cpu() {
+            let mut st = self.rng.lock().map_err(|_| Error::invalid("dropout", "rng poisoned"))?;
+            let threshold = (self.dropout as f64 * u64::MAX as f64) as u64;
+            let m: Vec<f32> = (0..x.elem_count()).map(|_| if splitmix(&mut st) >= threshold { 1.0 } else { 0.0 }).collect();
+            Tensor::from_vec(m, x.dims(), x.device())?.to_dtype(x.dtype())?
+        } else {
+            x.rand_like(0.0, 1.0)?.ge(self.dropout as f64)?.to_dtype(x.dtype())?
+        };
+        Ok(((x * mask)? / keep)?)
     }
 }
 
@@ -194,6 +222,11 @@ impl LoraAdapter {
 
     /// The adapter's tensors for one forward pass, cast to the model's dtype.
     pub fn view(&self, mode: Mode, dtype: DType) -> Result<LoraView> {
+        self.view_seeded(mode, dtype, 0)
+    }
+
+    /// As [`LoraAdapter::view`], with dropout masks drawn from `seed`.
+    pub fn view_seeded(&self, mode: Mode, dtype: DType, seed: u64) -> Result<LoraView> {
         let tracked = mode == Mode::Train;
         let get = |v: &Var| -> Result<Tensor> {
             let t = if tracked { v.as_tensor().clone() } else { v.as_tensor().detach() };
@@ -210,7 +243,7 @@ impl LoraAdapter {
             layers.push(slots);
         }
         let dropout = if tracked { self.config.dropout as f32 } else { 0.0 };
-        Ok(LoraView { scale: self.config.scale(), dropout, tracked, layers })
+        Ok(LoraView { scale: self.config.scale(), dropout, tracked, layers, rng: std::sync::Mutex::new(seed) })
     }
 
     fn peft_key(layer: usize, p: Proj, ab: &str) -> String {

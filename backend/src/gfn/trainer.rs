@@ -1,0 +1,335 @@
+//! The training loop: exploration (policy / tempered policy / replay), rewards,
+//! the balance loss, AdamW with warm-up, gradient accumulation and clipping,
+//! checkpoints with exact resume, a NaN guard, and a metrics stream (a JSONL
+//! file and a callback the server can forward). Every step's randomness is a
+//! pure function of (seed, step), so a resumed run repeats the same steps.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::buffer::{BufferEntry, ReplayBuffer};
+use super::config::{Objective, TrainConfig};
+use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use super::policy::policy_logprobs;
+use super::reward::Reward;
+use super::schedule::warmup_lr;
+use super::trajectory::{Problem, Trajectory};
+use super::{checkpoint, loss};
+use crate::decode::{self, SampleConfig, StopReason, TokenMask, ToolHook};
+use crate::model::{LanguageModel, LoraAdapter, Mode};
+use crate::{Error, Result};
+
+/// What a task gives the trainer.
+pub struct TrainTask {
+    pub problems: Vec<Problem>,
+    pub reward: Box<dyn Reward>,
+    pub stop_tokens: Vec<u32>,
+    pub mask: TokenMask,
+    pub mask_penalty: f32,
+    pub tool: Option<Box<dyn ToolHook>>,
+}
+
+/// One optimiser step, as streamed to the JSONL file and the callback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub loss: f64,
+    /// Mean learned log Z of the step's problems (TB only).
+    pub log_z: Option<f64>,
+    /// Untempered log-reward of the full trajectories: mean and max.
+    pub mean_log_r: f64,
+    pub max_log_r: f64,
+    /// Mean number of policy actions.
+    pub mean_len: f64,
+    pub lr: f64,
+    pub reward_temp: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub traj_per_s: f64,
+    /// Micro-batches from the policy, the tempered policy and the replay buffer.
+    pub sources: [usize; 3],
+    pub buffer_size: usize,
+    pub seconds: f64,
+}
+
+pub struct Trainer<'a> {
+    lm: &'a LanguageModel,
+    task: TrainTask,
+    pub cfg: TrainConfig,
+    pub adapter: LoraAdapter,
+    opt: AdamW,
+    log_z: Vec<Var>,
+    logz_opt: Option<AdamW>,
+    pub buffer: ReplayBuffer,
+    /// Steps completed.
+    pub step: usize,
+    out: Option<PathBuf>,
+    bias: Option<Tensor>,
+}
+
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    // Distinct, well-spread seeds per (run, step, micro-batch).
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ a.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ b.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7)
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run: new adapter, empty optimiser, buffer seeded with the task's Z's.
+    pub fn new(lm: &'a LanguageModel, task: TrainTask, cfg: TrainConfig, out: Option<&Path>) -> Result<Self> {
+        cfg.validate()?;
+        if task.problems.is_empty() {
+            return Err(Error::invalid("dataset", "the task has no problems to train on"));
+        }
+        let adapter = LoraAdapter::new(lm.config(), cfg.lora()?, lm.device(), cfg.seed)?;
+        let mut t = Self::assemble(lm, task, cfg, adapter, out)?;
+        t.seed_buffer()?;
+        Ok(t)
+    }
+
+    /// Continues the run saved under `out` from its latest checkpoint.
+    pub fn resume(lm: &'a LanguageModel, task: TrainTask, cfg: TrainConfig, out: &Path) -> Result<Self> {
+        cfg.validate()?;
+        let ck = checkpoint::latest(out)?.ok_or_else(|| Error::file(out, "no checkpoint to resume from"))?;
+        let adapter = LoraAdapter::load_peft(&ck.join("adapter"), lm.config(), lm.device())?;
+        let mut t = Self::assemble(lm, task, cfg, adapter, Some(out))?;
+        checkpoint::load(&ck, &mut t.opt, &t.log_z, t.logz_opt.as_mut(), &mut t.buffer, &mut t.step)?;
+        checkpoint::truncate_metrics(out, t.step)?;
+        Ok(t)
+    }
+
+    fn assemble(lm: &'a LanguageModel, task: TrainTask, cfg: TrainConfig, adapter: LoraAdapter, out: Option<&Path>) -> Result<Self> {
+        let opt = AdamW::new(adapter.vars(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
+        let (log_z, logz_opt) = if cfg.objective == Objective::Tb {
+            let z = (0..task.problems.len()).map(|_| Var::zeros(1, DType::F32, lm.device())).collect::<candle_core::Result<Vec<_>>>()?;
+            let o = AdamW::new(z.clone(), AdamWConfig { weight_decay: 0.0, ..Default::default() })?;
+            (z, Some(o))
+        } else {
+            (Vec::new(), None)
+        };
+        let bias = match task.mask.bias(lm.config().vocab_size, task.mask_penalty) {
+            Some(b) => Some(Tensor::from_vec(b, lm.config().vocab_size, lm.device())?),
+            None => None,
+        };
+        if let Some(out) = out {
+            std::fs::create_dir_all(out)?;
+        }
+        Ok(Trainer {
+            lm,
+            buffer: ReplayBuffer::new(cfg.buffer_capacity, cfg.buffer_tolerance)?,
+            task,
+            cfg,
+            adapter,
+            opt,
+            log_z,
+            logz_opt,
+            step: 0,
+            out: out.map(Path::to_path_buf),
+            bias,
+        })
+    }
+
+    /// Untempered log-rewards with the minimum-length penalty.
+    fn rewards(&self, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
+        let mut r = self.task.reward.log_rewards(self.lm, problem, trajs)?;
+        for row in &mut r {
+            for v in row.iter_mut().take(self.cfg.min_len) {
+                *v += self.cfg.min_len_penalty as f32;
+            }
+        }
+        Ok(r)
+    }
+
+    fn remember(&mut self, key: &str, trajs: &[Trajectory], rewards: &[Vec<f32>]) -> Result<()> {
+        for (t, r) in trajs.iter().zip(rewards) {
+            let text = self.lm.tokenizer.decode(&t.tokens, false)?;
+            self.buffer.add(key, BufferEntry { tokens: t.tokens.clone(), tool: t.tool.clone(), text, log_rewards: r.clone() });
+        }
+        Ok(())
+    }
+
+    fn seed_buffer(&mut self) -> Result<()> {
+        for pi in 0..self.task.problems.len() {
+            let p = self.task.problems[pi].clone();
+            if p.seeds.is_empty() {
+                continue;
+            }
+            for chunk in p.seeds.chunks(self.cfg.batch_size) {
+                let r = self.rewards(&p, chunk)?;
+                self.remember(&p.key, chunk, &r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `cfg.steps`, checkpointing on schedule; `on_step` may stop it.
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<()> {
+        while self.step < self.cfg.steps {
+            let m = self.train_step()?;
+            if let Some(out) = &self.out {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join("metrics.jsonl"))?;
+                writeln!(f, "{}", serde_json::to_string(&m)?)?;
+            }
+            let every = self.cfg.checkpoint_every;
+            if self.out.is_some() && ((every > 0 && self.step % every == 0) || self.step == self.cfg.steps) {
+                self.save_checkpoint()?;
+            }
+            if on_step(&m).is_break() {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint for the current step (a no-op without an output dir).
+    pub fn save_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let Some(out) = &self.out else { return Ok(None) };
+        let dir = checkpoint::save(out, self.step, &self.adapter, &self.lm.name, &self.opt, &self.log_z, self.logz_opt.as_ref(), &self.buffer)?;
+        Ok(Some(dir))
+    }
+
+    /// One optimiser step over `grad_accum` micro-batches.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let t0 = Instant::now();
+        let step = self.step;
+        let temp = self.cfg.reward_temperature(step);
+        let vars = self.adapter.vars();
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut z_grads: Vec<Option<Tensor>> = vec![None; self.log_z.len()];
+        let (mut loss_sum, mut sources, mut finals, mut lens, mut tokens) = (0.0, [0usize; 3], Vec::new(), Vec::new(), 0usize);
+        let mut logz_used = Vec::new();
+        for micro in 0..self.cfg.grad_accum {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, step as u64, micro as u64));
+            if !self.lm.device().is_cpu() {
+                self.lm.device().set_seed(rng.random())?;
+            }
+            let pi = rng.random_range(0..self.task.problems.len());
+            let problem = self.task.problems[pi].clone();
+            let u: f64 = rng.random();
+            let (trajs, rewards) = if u < self.cfg.p_replay && self.buffer.len(&problem.key) > 0 {
+                sources[2] += 1;
+                let e = self.buffer.sample(&problem.key, self.cfg.batch_size, temp, &mut rng);
+                let trajs = e.iter().map(|e| Trajectory { tokens: e.tokens.clone(), tool: e.tool.clone() }).collect::<Vec<_>>();
+                (trajs, e.into_iter().map(|e| e.log_rewards).collect::<Vec<_>>())
+            } else {
+                let tempered = u < self.cfg.p_replay + self.cfg.p_tempered;
+                sources[usize::from(tempered)] += 1;
+                let pf_temp = if tempered { rng.random_range(self.cfg.pf_temp_low..=self.cfg.pf_temp_high) } else { 1.0 };
+                let trajs = self.explore(&problem, pf_temp as f32, rng.random())?;
+                let rewards = self.rewards(&problem, &trajs)?;
+                self.remember(&problem.key, &trajs, &rewards)?;
+                (trajs, rewards)
+            };
+            let lens_b: Vec<usize> = trajs.iter().map(|t| t.num_actions()).collect();
+            let n_max = lens_b.iter().copied().max().unwrap_or(0);
+            // log R / T, padded with zeros past each row's last state.
+            let mut lr_flat = vec![0f32; trajs.len() * (n_max + 1)];
+            for (b, r) in rewards.iter().enumerate() {
+                for (i, v) in r.iter().enumerate().take(n_max + 1) {
+                    lr_flat[b * (n_max + 1) + i] = (*v as f64 / temp) as f32;
+                }
+                finals.push(*r.last().unwrap_or(&0.0) as f64);
+            }
+            let log_r = Tensor::from_vec(lr_flat, (trajs.len(), n_max + 1), self.lm.device())?;
+            let view = self.adapter.view_seeded(Mode::Train, self.lm.llama.dtype(), rng.random())?;
+            let (log_pf, log_pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), &self.task.stop_tokens, self.cfg.max_len)?;
+            let l = match self.cfg.objective {
+                Objective::Subtb => loss::subtb_loss(&log_pf, &log_pt, &log_r, &lens_b, self.cfg.subtb_lambda)?,
+                Objective::Db => loss::db_loss(&log_pf, &log_pt, &log_r, &lens_b)?,
+                Objective::Tb => {
+                    if self.log_z[pi].as_tensor().to_vec1::<f32>()?[0] == 0.0 {
+                        // First use: start log Z at the batch's mean of log R_n − log q(Z),
+                        // so TB's gradients are sane from the first step.
+                        let est = loss::tb_log_z_estimate(&log_pf, &log_pt, &log_r, &lens_b)?;
+                        self.log_z[pi].set(&Tensor::new(&[est as f32], self.lm.device())?)?;
+                    }
+                    let z = self.log_z[pi].as_tensor().broadcast_as(trajs.len())?;
+                    logz_used.push(self.log_z[pi].as_tensor().to_vec1::<f32>()?[0] as f64);
+                    loss::tb_loss(&log_pf, &log_pt, &log_r, &lens_b, &z)?
+                }
+            };
+            let l = (l / self.cfg.grad_accum as f64)?;
+            let lv = l.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                return Err(Error::NonFinite(format!("loss at step {step}")));
+            }
+            loss_sum += lv;
+            let g = l.backward()?;
+            accumulate(&mut grads, &vars, &g)?;
+            accumulate(&mut z_grads, &self.log_z, &g)?;
+            lens.extend(lens_b);
+            tokens += trajs.iter().map(|t| t.tokens.len()).sum::<usize>();
+        }
+        let norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        if !norm.is_finite() {
+            return Err(Error::NonFinite(format!("gradient norm at step {step}")));
+        }
+        let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, step);
+        self.opt.step(&grads, lr)?;
+        if let Some(o) = self.logz_opt.as_mut() {
+            o.step(&z_grads, self.cfg.logz_lr)?;
+        }
+        self.step += 1;
+        let secs = t0.elapsed().as_secs_f64();
+        let n = finals.len().max(1) as f64;
+        Ok(StepMetrics {
+            step: self.step,
+            loss: loss_sum,
+            log_z: (!logz_used.is_empty()).then(|| logz_used.iter().sum::<f64>() / logz_used.len() as f64),
+            mean_log_r: finals.iter().sum::<f64>() / n,
+            max_log_r: finals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            mean_len: lens.iter().sum::<usize>() as f64 / n,
+            lr,
+            reward_temp: temp,
+            grad_norm: norm,
+            tokens_per_s: tokens as f64 / secs,
+            traj_per_s: finals.len() as f64 / secs,
+            sources,
+            buffer_size: self.buffer.total_len(),
+            seconds: secs,
+        })
+    }
+
+    /// Samples a batch from the current policy at temperature `pf_temp`.
+    fn explore(&self, problem: &Problem, pf_temp: f32, seed: u64) -> Result<Vec<Trajectory>> {
+        let cfg = SampleConfig {
+            n: self.cfg.batch_size,
+            max_new_tokens: self.cfg.max_len,
+            min_new_tokens: self.cfg.min_len,
+            temperature: pf_temp,
+            mask: self.task.mask.clone(),
+            mask_penalty: self.task.mask_penalty,
+            stop_tokens: Some(self.task.stop_tokens.clone()),
+            seed,
+            ..SampleConfig::default()
+        };
+        let view = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
+        let samples = decode::sample(self.lm, &[problem.policy_prompt.clone()], &cfg, Some(&view), self.task.tool.as_deref())?;
+        Ok(samples
+            .into_iter()
+            .map(|mut s| {
+                if s.stop == StopReason::StopToken {
+                    s.tokens.pop();
+                    s.tool.pop();
+                }
+                Trajectory { tokens: s.tokens, tool: s.tool }
+            })
+            .collect())
+    }
+}
+
+fn accumulate(acc: &mut [Option<Tensor>], vars: &[Var], g: &candle_core::backprop::GradStore) -> Result<()> {
+    for (slot, v) in acc.iter_mut().zip(vars) {
+        if let Some(gv) = g.get(v.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(prev) => (prev + gv)?,
+                None => gv.clone(),
+            });
+        }
+    }
+    Ok(())
+}
