@@ -12,6 +12,7 @@ pub mod decode;
 pub mod gfn;
 pub mod error;
 pub mod model;
+pub mod tasks;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ mod bench;
 mod common;
 mod sample;
 mod score;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,10 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// Score a text: per-token log-probabilities under the model.
     Score(score::ScoreArgs),
+    /// GFlowNet fine-tuning of an adapter on a task preset.
+    Train(train::TrainArgs),
+    /// A task's metrics for the base model or an adapter.
+    Eval(train::EvalArgs),
     /// Benchmarks (tokens/s) on the real model or random weights of a real shape.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -32,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sample(a) => sample::run(a),
         Command::Score(a) => score::run(a),
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => train::eval(a),
         Command::Bench(b) => bench::run(b),
     }
 }

@@ -1,0 +1,134 @@
+//! `amortize train` and `amortize eval`: a task preset, its config overrides,
+//! a progress bar, checkpoints and metrics under `--out`.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use amortize::gfn::Trainer;
+use amortize::tasks::{self, EvalOptions};
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Task preset: rng, arithmetic, continuation, infill, subj, custom.
+    #[arg(long)]
+    pub task: String,
+    /// TOML overrides of the preset (top-level keys) and task options ([task]).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output directory (checkpoints, metrics.jsonl, adapter/); default runs/TASK.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar (log lines instead).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub task: String,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Samples (rng) or samples per question; the task's default otherwise.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Test questions per set (tasks with test sets).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON object with the metric names as keys.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn task_and_config(name: &str, file: Option<&std::path::Path>) -> anyhow::Result<(Box<dyn tasks::Task>, amortize::gfn::TrainConfig)> {
+    // The preset needs the task's options, which live in the same file.
+    let (_, options) = tasks::config::load(&amortize::gfn::TrainConfig::default(), file)?;
+    let task = tasks::load(name, &options)?;
+    let (cfg, _) = tasks::config::load(&task.default_config(), file)?;
+    Ok((task, cfg))
+}
+
+pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let (task, mut cfg) = task_and_config(&a.task, a.config.as_deref())?;
+    if let Some(s) = a.steps {
+        cfg.steps = s;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    cfg.validate()?;
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.task));
+    if !a.resume && out.join("checkpoints").exists() {
+        anyhow::bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display());
+    }
+    if a.model.adapter.is_some() {
+        anyhow::bail!("invalid --adapter: train starts a new adapter (use --resume to continue a run)");
+    }
+    let (lm, _) = a.model.load()?;
+    let train_task = task.train_task(&lm)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(
+        out.join("run.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"task": a.task, "model": a.model.model, "config": cfg}))?,
+    )?;
+    let mut trainer = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out)? } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out))? };
+    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.steps as u64) };
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_position(trainer.step as u64);
+    let started = std::time::Instant::now();
+    trainer.run(|m| {
+        bar.set_position(m.step as u64);
+        bar.set_message(format!("loss {:.3}  log R {:.2}  len {:.1}  T {:.2}", m.loss, m.mean_log_r, m.mean_len, m.reward_temp));
+        if a.quiet && (m.step % 10 == 0 || m.step == cfg.steps) {
+            eprintln!("step {} loss {:.4} mean_log_r {:.3} len {:.2}", m.step, m.loss, m.mean_log_r, m.mean_len);
+        }
+        ControlFlow::Continue(())
+    })?;
+    bar.finish();
+    let adapter = out.join("adapter");
+    trainer.adapter.save_peft(&adapter, &lm.name)?;
+    eprintln!("trained {} steps in {:.1} s", cfg.steps, started.elapsed().as_secs_f64());
+    println!("{}", adapter.display());
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    if a.samples == Some(0) || a.batch == 0 {
+        anyhow::bail!("invalid --samples/--batch: must be at least 1");
+    }
+    let (task, _) = task_and_config(&a.task, a.config.as_deref())?;
+    let (lm, lora) = a.model.load()?;
+    let opts = EvalOptions { samples: a.samples, batch: a.batch, seed: a.seed, limit: a.limit };
+    let report = task.evaluate(&lm, lora.as_ref(), &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report.metrics)?);
+    } else {
+        for (k, v) in &report.metrics {
+            println!("{k:>16} {v:.6}");
+        }
+        for e in report.examples.iter().take(5) {
+            println!("  e.g. {e}");
+        }
+    }
+    Ok(())
+}

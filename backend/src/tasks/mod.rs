@@ -1,0 +1,94 @@
+//! Task presets: what to infer, how to reward it, how to evaluate it, with the
+//! paper's hyper-parameters (Tables C.2, D.3, E.2; §4.1/B) scaled to the model at
+//! hand. A task turns its options (the `[task]` table of a config file) into a
+//! [`TrainTask`] for the trainer and computes its metrics for `eval`.
+//! Owns datasets and prompts; knows nothing of training internals.
+
+pub mod arithmetic;
+pub mod config;
+pub mod rng;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gfn::{TrainConfig, TrainTask};
+use crate::model::{LanguageModel, LoraView};
+use crate::{Error, Result};
+
+/// How much evaluation to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalOptions {
+    /// Samples (rng) or samples per question (arithmetic, subj, …); task default when `None`.
+    pub samples: Option<usize>,
+    /// Rows sampled together.
+    pub batch: usize,
+    pub seed: u64,
+    /// Cap on the number of test items (the task's default when `None`).
+    pub limit: Option<usize>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { samples: None, batch: 64, seed: 0, limit: None }
+    }
+}
+
+/// A task's metrics (names are stable: the CLI's `--json` keys) and some examples.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub metrics: BTreeMap<String, f64>,
+    pub examples: Vec<serde_json::Value>,
+}
+
+/// A task preset.
+pub trait Task: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    /// The paper's hyper-parameters for this task, scaled to a small model.
+    fn default_config(&self) -> TrainConfig;
+    /// Problems, reward, stop tokens, masks and tools for training.
+    fn train_task(&self, lm: &LanguageModel) -> Result<TrainTask>;
+    /// The task's metrics for the base model (`lora: None`) or an adapter.
+    fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport>;
+}
+
+/// The preset names.
+pub const NAMES: [&str; 2] = ["rng", "arithmetic"];
+
+/// Builds task `name` from its options (`[task]` table; unknown keys are errors).
+pub fn load(name: &str, options: &toml::Table) -> Result<Box<dyn Task>> {
+    match name {
+        "rng" => Ok(Box::new(rng::RandomNumber::from_options(options)?)),
+        "arithmetic" => Ok(Box::new(arithmetic::Arithmetic::from_options(options)?)),
+        other => Err(Error::invalid("task", format!("unknown task `{other}` (known: {})", NAMES.join(", ")))),
+    }
+}
+
+/// Deserializes a task's options with unknown keys rejected (field named).
+pub(crate) fn options<T: serde::de::DeserializeOwned>(task: &str, table: &toml::Table) -> Result<T> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::invalid(format!("task.{task}"), e.message().to_string()))
+}
+
+/// Where the paper's public data lives: `$AMORTIZE_DATA`, else `../shared/data`
+/// or `shared-data/` next to the working directory, if present.
+pub fn data_root() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("AMORTIZE_DATA") {
+        return Some(PathBuf::from(p));
+    }
+    ["../shared/data", "../../shared/data"].iter().map(PathBuf::from).find(|p| p.is_dir())
+}
+
+/// Token ids of the tokens whose text is exactly one of `texts` (e.g. "." or "\n").
+pub fn single_token_ids(lm: &LanguageModel, texts: &[&str]) -> Vec<u32> {
+    texts
+        .iter()
+        .filter_map(|t| match lm.tokenizer.encode(t) {
+            Ok(ids) if ids.len() == 1 => Some(ids[0]),
+            _ => None,
+        })
+        .collect()
+}
