@@ -72,13 +72,17 @@ mod exact_posterior {
     }
 
     /// KL(true posterior ‖ learned sampler) over every terminal Z.
-    fn kl_true_learned(trainer: &Trainer, lm: &LanguageModel, problem: &Problem, zs: &[Trajectory], temp: f64, stop: u32, mask: &TokenMask, max_len: usize) -> f64 {
+    fn kl_true_learned(trainer: &Trainer, lm: &LanguageModel, problem: &Problem, zs: &[Trajectory], temp: f64, stop: u32, mask: &TokenMask, (min_len, max_len): (usize, usize)) -> f64 {
+        // Terminal states shorter than min_len do not exist; the sampler never stops
+        // below min_len (the stop logit is penalised there, as when sampling).
+        let zs: Vec<Trajectory> = zs.iter().filter(|z| z.num_actions() >= min_len).cloned().collect();
+        let zs = &zs[..];
         let reward = LmReward::new(lm, vec![], mask, -99.0, None).unwrap();
         let log_r = reward.log_rewards(lm, problem, zs).unwrap();
         let target = log_normalize(&log_r.iter().map(|r| *r.last().unwrap() as f64 / temp).collect::<Vec<_>>());
         let view = trainer.adapter.view(Mode::Infer, DType::F32).unwrap();
         let bias = Tensor::from_vec(mask.bias(lm.config().vocab_size, -99.0).unwrap(), lm.config().vocab_size, &Device::Cpu).unwrap();
-        let (pf, pt) = policy_logprobs(lm, Some(&view), &problem.policy_prompt, zs, Some(&bias), &[stop], max_len).unwrap();
+        let (pf, pt) = policy_logprobs(lm, Some(&view), &problem.policy_prompt, zs, Some(&bias), &[stop], (min_len, -99.0), max_len).unwrap();
         let (pf, pt): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (pf.to_vec2().unwrap(), pt.to_vec2().unwrap());
         let learned: Vec<f64> = zs.iter().enumerate().map(|(b, z)| {
             let n = z.num_actions();
@@ -89,7 +93,7 @@ mod exact_posterior {
 
     use candle_core::Tensor;
 
-    fn train_to_posterior(objective: Objective) -> (f64, f64) {
+    fn train_to_posterior(objective: Objective, min_len: usize) -> (f64, f64) {
         let dir = tempfile::tempdir().unwrap();
         let lm = tiny(&dir);
         let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
@@ -105,11 +109,11 @@ mod exact_posterior {
             lora_alpha: 16.0,
             lora_dropout: 0.0,
             lr: 5e-3,
-            logz_lr: 5e-2,
+            logz_lr: if min_len > 0 { 2e-1 } else { 5e-2 },
             warmup_steps: 5,
             weight_decay: 0.0,
             batch_size: 16,
-            steps: 500,
+            steps: if min_len > 0 { 900 } else { 500 },
             p_replay: 0.2,
             p_tempered: 0.4,
             pf_temp_low: 1.0,
@@ -117,7 +121,7 @@ mod exact_posterior {
             reward_temp_start: temp,
             reward_temp_end: temp,
             max_len,
-            min_len: 0,
+            min_len,
             checkpoint_every: 0,
             seed: 1,
             ..TrainConfig::default()
@@ -132,28 +136,35 @@ mod exact_posterior {
         };
         let mut trainer = Trainer::new(&lm, task, cfg, None).unwrap();
         let zs = all_sequences(&alphabet, max_len);
-        let before = kl_true_learned(&trainer, &lm, &problem, &zs, temp, stop, &mask, max_len);
+        let before = kl_true_learned(&trainer, &lm, &problem, &zs, temp, stop, &mask, (min_len, max_len));
         trainer.run(|_| std::ops::ControlFlow::Continue(())).unwrap();
-        let after = kl_true_learned(&trainer, &lm, &problem, &zs, temp, stop, &mask, max_len);
-        eprintln!("{objective:?}: KL(true ‖ learned) {before:.4} → {after:.4}");
+        let after = kl_true_learned(&trainer, &lm, &problem, &zs, temp, stop, &mask, (min_len, max_len));
+        eprintln!("{objective:?}, min_len {min_len}: KL(true ‖ learned) {before:.4} → {after:.4}");
         (before, after)
     }
 
     #[test]
     fn subtb_learns_the_exact_posterior() {
-        let (before, after) = train_to_posterior(Objective::Subtb);
+        let (before, after) = train_to_posterior(Objective::Subtb, 0);
+        assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
+    }
+
+    /// States below the minimum length cannot terminate; the balance still holds.
+    #[test]
+    fn subtb_learns_the_exact_posterior_with_a_minimum_length() {
+        let (before, after) = train_to_posterior(Objective::Subtb, 2);
         assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
     }
 
     #[test]
     fn tb_learns_the_exact_posterior() {
-        let (before, after) = train_to_posterior(Objective::Tb);
+        let (before, after) = train_to_posterior(Objective::Tb, 0);
         assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
     }
 
     #[test]
     fn db_learns_the_exact_posterior() {
-        let (before, after) = train_to_posterior(Objective::Db);
+        let (before, after) = train_to_posterior(Objective::Db, 0);
         assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
     }
 }

@@ -53,7 +53,8 @@ pub struct TrainConfig {
     /// Policy actions: stopping is masked below `min_len`; termination is forced at `max_len`.
     pub min_len: usize,
     pub max_len: usize,
-    /// Added to the log-reward of states shorter than `min_len`.
+    /// Added to the stop logits below `min_len` in the policy's log-probabilities
+    /// (the sampler masks them outright), so log q matches what is sampled.
     pub min_len_penalty: f64,
     pub buffer_capacity: usize,
     pub buffer_tolerance: f64,

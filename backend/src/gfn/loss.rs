@@ -7,6 +7,11 @@
 //! - `lens`   [B]:      n_b, the number of actions of row b (states past n_b are padding)
 //!
 //! Padding entries must be finite (they are weighted by zero).
+//!
+//! With a minimum length, states s_1..s_{min_len−1} cannot terminate, so they
+//! have no flow R/q(⊤) and are not used as endpoints; s_0 then takes its flow
+//! from a learned log Z (the partition function of the problem). [`Start`] says
+//! which states are endpoints.
 
 use candle_core::{DType, Tensor};
 
@@ -21,13 +26,41 @@ fn g(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor) -> Result<Tensor> {
     Ok(((log_r - log_pt)? - prefix)?)
 }
 
-/// Weights of the pairs (i, j) of each row: `w(j − i)` for 0 ≤ i < j ≤ n_b, else 0.
-fn pair_weights(lens: &[usize], n_states: usize, w: impl Fn(usize) -> f64, like: &Tensor) -> Result<Tensor> {
+/// Which states are balance endpoints: s_0 (with its own flow when given a
+/// log Z) and every state from `min_len` on.
+#[derive(Clone, Copy, Default)]
+pub struct Start<'a> {
+    pub min_len: usize,
+    /// log F(s_0) per row [B], required when `min_len > 0`.
+    pub log_z: Option<&'a Tensor>,
+}
+
+impl Start<'_> {
+    fn endpoint(&self, i: usize) -> bool {
+        i >= self.min_len || (i == 0 && self.log_z.is_some())
+    }
+
+    /// G with s_0's flow replaced by log Z when s_0 cannot terminate.
+    fn apply(&self, gs: Tensor) -> Result<Tensor> {
+        match (self.min_len, self.log_z) {
+            (0, _) | (_, None) => Ok(gs),
+            (_, Some(z)) => {
+                let s = gs.dim(1)?;
+                Ok(Tensor::cat(&[&z.unsqueeze(1)?, &gs.narrow(1, 1, s - 1)?], 1)?)
+            }
+        }
+    }
+}
+
+/// Weights of the pairs (i, j) of each row: `w(j − i, rank gap)` for endpoints
+/// 0 ≤ i < j ≤ n_b (the rank gap counts endpoints between them), else 0.
+fn pair_weights(lens: &[usize], n_states: usize, start: Start, w: impl Fn(usize, usize) -> f64, like: &Tensor) -> Result<Tensor> {
     let mut out = vec![0f32; lens.len() * n_states * n_states];
     for (b, &n) in lens.iter().enumerate() {
-        for i in 0..=n {
-            for j in i + 1..=n {
-                out[(b * n_states + i) * n_states + j] = w(j - i) as f32;
+        let ends: Vec<usize> = (0..=n).filter(|&i| start.endpoint(i)).collect();
+        for (ri, &i) in ends.iter().enumerate() {
+            for (rj, &j) in ends.iter().enumerate().skip(ri + 1) {
+                out[(b * n_states + i) * n_states + j] = w(j - i, rj - ri) as f32;
             }
         }
     }
@@ -48,17 +81,18 @@ fn weighted_pairs(gs: &Tensor, weights: &Tensor) -> Result<Tensor> {
 /// Modified subtrajectory balance (paper Eq. 3): for every pair i < j of states,
 /// `log [R_i Π_{k=i+1..j} q(z_k) q(⊤|s_j) / (R_j q(⊤|s_i))]²`, weighted by
 /// λ^(j−i−1) and normalised by the total weight.
-pub fn subtb_loss(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize], lambda: f64) -> Result<Tensor> {
-    let gs = g(log_pf, log_pt, log_r)?;
-    let w = pair_weights(lens, gs.dim(1)?, |d| lambda.powi(d as i32 - 1), &gs)?;
+pub fn subtb_loss(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize], lambda: f64, start: Start) -> Result<Tensor> {
+    let gs = start.apply(g(log_pf, log_pt, log_r)?)?;
+    let w = pair_weights(lens, gs.dim(1)?, start, |d, _| lambda.powi(d as i32 - 1), &gs)?;
     weighted_pairs(&gs, &w)
 }
 
 /// Modified detailed balance: the SubTB terms of adjacent states only,
-/// `log [R_{k−1} q(z_k) q(⊤|s_k) / (R_k q(⊤|s_{k−1}))]²`, averaged.
-pub fn db_loss(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize]) -> Result<Tensor> {
-    let gs = g(log_pf, log_pt, log_r)?;
-    let w = pair_weights(lens, gs.dim(1)?, |d| if d == 1 { 1.0 } else { 0.0 }, &gs)?;
+/// `log [R_{k−1} q(z_k) q(⊤|s_k) / (R_k q(⊤|s_{k−1}))]²`, averaged (adjacent
+/// endpoints, when a minimum length removes some).
+pub fn db_loss(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize], start: Start) -> Result<Tensor> {
+    let gs = start.apply(g(log_pf, log_pt, log_r)?)?;
+    let w = pair_weights(lens, gs.dim(1)?, start, |_, rank| if rank == 1 { 1.0 } else { 0.0 }, &gs)?;
     weighted_pairs(&gs, &w)
 }
 
@@ -71,10 +105,11 @@ pub fn tb_loss(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize],
     Ok((log_z - g_end)?.sqr()?.mean_all()?)
 }
 
-/// The log Z that zeroes TB's mean residual on this batch: mean_b G_n (no gradient).
-pub fn tb_log_z_estimate(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize]) -> Result<f64> {
+/// A starting log Z for a problem: the batch mean of G at state `at(n_b)`
+/// (the final state for TB, the first terminable one otherwise), no gradient.
+pub fn log_z_estimate(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize], at: impl Fn(usize) -> usize) -> Result<f64> {
     let gs = g(log_pf, log_pt, log_r)?.detach();
-    let idx = Tensor::new(lens.iter().map(|&n| n as u32).collect::<Vec<_>>(), gs.device())?.unsqueeze(1)?;
+    let idx = Tensor::new(lens.iter().map(|&n| at(n) as u32).collect::<Vec<_>>(), gs.device())?.unsqueeze(1)?;
     Ok(gs.gather(&idx, 1)?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
@@ -104,15 +139,15 @@ mod tests {
     fn subtb_matches_hand_computation() {
         let (pf, pt, r) = example();
         // λ = 1: (1 + 6.25 + 12.25) / 3
-        assert!((val(subtb_loss(&pf, &pt, &r, &[2], 1.0).unwrap()) - 6.5).abs() < 1e-6);
+        assert!((val(subtb_loss(&pf, &pt, &r, &[2], 1.0, Start::default()).unwrap()) - 6.5).abs() < 1e-6);
         // λ = 0.5: (1 + 6.25 + 0.5 · 12.25) / 2.5
-        assert!((val(subtb_loss(&pf, &pt, &r, &[2], 0.5).unwrap()) - 5.35).abs() < 1e-6);
+        assert!((val(subtb_loss(&pf, &pt, &r, &[2], 0.5, Start::default()).unwrap()) - 5.35).abs() < 1e-6);
     }
 
     #[test]
     fn db_and_tb_match_hand_computation() {
         let (pf, pt, r) = example();
-        assert!((val(db_loss(&pf, &pt, &r, &[2]).unwrap()) - 3.625).abs() < 1e-6);
+        assert!((val(db_loss(&pf, &pt, &r, &[2], Start::default()).unwrap()) - 3.625).abs() < 1e-6);
         // TB: log Z + P_2 + log pt_2 − log R_2 = 0.7 − 3 − 0.5 + 1 = −1.8 → 3.24
         let log_z = Tensor::new(&[0.7f32], &Device::Cpu).unwrap();
         assert!((val(tb_loss(&pf, &pt, &r, &[2], &log_z).unwrap()) - 3.24).abs() < 1e-5);
@@ -125,7 +160,7 @@ mod tests {
         let pt = t(&[&[-3.0, -1.0, -0.5], &[-2.0, -0.1, 9.0]]);
         let r = t(&[&[-4.0, -2.0, -1.0], &[-2.0, -0.8, 7.0]]);
         // Row 2: G0 = 0, G1 = -0.8 + 0.1 + 0.7 = 0 → balanced; row 1 as before.
-        let both = val(subtb_loss(&pf, &pt, &r, &[2, 1], 1.0).unwrap());
+        let both = val(subtb_loss(&pf, &pt, &r, &[2, 1], 1.0, Start::default()).unwrap());
         assert!((both - 19.5 / 4.0).abs() < 1e-5, "{both}");
         let lz = Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap();
         let tb = val(tb_loss(&pf, &pt, &r, &[2, 1], &lz).unwrap());
@@ -133,10 +168,20 @@ mod tests {
     }
 
     #[test]
+    fn a_minimum_length_uses_log_z_for_s0_and_skips_non_terminable_states() {
+        let (pf, pt, r) = example();
+        // min_len 2: endpoints s_0 (flow = log Z = 1) and s_2 (G2 = 2.5): (1 − 2.5)².
+        let z = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        let start = Start { min_len: 2, log_z: Some(&z) };
+        assert!((val(subtb_loss(&pf, &pt, &r, &[2], 1.0, start).unwrap()) - 2.25).abs() < 1e-6);
+        assert!((val(db_loss(&pf, &pt, &r, &[2], start).unwrap()) - 2.25).abs() < 1e-6);
+    }
+
+    #[test]
     fn empty_trajectories_have_no_balance_terms() {
         let pf = Tensor::zeros((1, 0), DType::F32, &Device::Cpu).unwrap();
         let pt = Tensor::new(&[[-0.3f32]], &Device::Cpu).unwrap();
-        assert_eq!(val(subtb_loss(&pf, &pt, &pt, &[0], 1.0).unwrap()), 0.0);
-        assert_eq!(val(db_loss(&pf, &pt, &pt, &[0]).unwrap()), 0.0);
+        assert_eq!(val(subtb_loss(&pf, &pt, &pt, &[0], 1.0, Start::default()).unwrap()), 0.0);
+        assert_eq!(val(db_loss(&pf, &pt, &pt, &[0], Start::default()).unwrap()), 0.0);
     }
 }

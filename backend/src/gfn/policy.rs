@@ -2,7 +2,10 @@
 //! for a batch of trajectories by one teacher-forced pass (with gradients when the
 //! adapter view is a training view). Token masks add the same penalty as when
 //! sampling; the stop action is the set of stop tokens; termination at the
-//! maximum length is forced (log q(⊤) = 0 there).
+//! maximum length is forced (log q(⊤) = 0 there). Below the minimum length the
+//! stop tokens carry `min_len_penalty`, the same constant the trainer adds to
+//! those states' log-rewards: the two cancel in the state's flow
+//! log R − log q(⊤), so the (never sampled) stop logit there learns the flow.
 
 use candle_core::{DType, Tensor, D};
 
@@ -18,6 +21,7 @@ pub fn policy_logprobs(
     trajs: &[Trajectory],
     bias: Option<&Tensor>,
     stop_ids: &[u32],
+    (min_len, min_len_penalty): (usize, f32),
     max_len: usize,
 ) -> Result<(Tensor, Tensor)> {
     if prompt.is_empty() {
@@ -61,10 +65,22 @@ pub fn policy_logprobs(
     if let Some(bias) = bias {
         logits = logits.broadcast_add(bias)?;
     }
+    let k = stop_ids.len();
+    let stop = Tensor::new(stop_ids, dev)?.unsqueeze(0)?.broadcast_as((b * s, k))?.contiguous()?;
+    if min_len > 0 && min_len_penalty != 0.0 {
+        // penalty[row] · onehot(stop tokens), broadcast: [B·S, 1] × [1, V].
+        let v = lm.config().vocab_size;
+        let mut onehot = vec![0f32; v];
+        for &t in stop_ids {
+            onehot[t as usize] = 1.0;
+        }
+        let rows: Vec<f32> = (0..b * s).map(|r| if r % s < min_len { min_len_penalty } else { 0.0 }).collect();
+        let pen = Tensor::from_vec(rows, (b * s, 1), dev)?.broadcast_mul(&Tensor::from_vec(onehot, (1, v), dev)?)?;
+        logits = (logits + pen)?;
+    }
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let pf_all = logp.gather(&Tensor::new(next, dev)?.unsqueeze(1)?, 1)?.reshape((b, s))?;
     let log_pf = (pf_all.narrow(1, 0, n_max)? * Tensor::from_vec(pf_keep, (b, n_max), dev)?)?;
-    let stop = Tensor::new(stop_ids, dev)?.unsqueeze(0)?.broadcast_as((b * s, stop_ids.len()))?.contiguous()?;
     let pt_all = logp.gather(&stop, 1)?.log_sum_exp(1)?.reshape((b, s))?;
     let log_pt = (pt_all * Tensor::from_vec(pt_keep, (b, s), dev)?)?;
     Ok((log_pf.to_dtype(DType::F32)?, log_pt.to_dtype(DType::F32)?))

@@ -104,7 +104,8 @@ impl<'a> Trainer<'a> {
 
     fn assemble(lm: &'a LanguageModel, task: TrainTask, cfg: TrainConfig, adapter: LoraAdapter, out: Option<&Path>) -> Result<Self> {
         let opt = AdamW::new(adapter.vars(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
-        let (log_z, logz_opt) = if cfg.objective == Objective::Tb {
+        // log Z per problem: TB's, and s_0's flow when a minimum length makes s_0 non-terminable.
+        let (log_z, logz_opt) = if cfg.objective == Objective::Tb || cfg.min_len > 0 {
             let z = (0..task.problems.len()).map(|_| Var::zeros(1, DType::F32, lm.device())).collect::<candle_core::Result<Vec<_>>>()?;
             let o = AdamW::new(z.clone(), AdamWConfig { weight_decay: 0.0, ..Default::default() })?;
             (z, Some(o))
@@ -133,15 +134,10 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Untempered log-rewards with the minimum-length penalty.
+    /// Untempered log-rewards (states below the minimum length are not endpoints
+    /// of the balance, so their values are never used).
     fn rewards(&self, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
-        let mut r = self.task.reward.log_rewards(self.lm, problem, trajs)?;
-        for row in &mut r {
-            for v in row.iter_mut().take(self.cfg.min_len) {
-                *v += self.cfg.min_len_penalty as f32;
-            }
-        }
-        Ok(r)
+        self.task.reward.log_rewards(self.lm, problem, trajs)
     }
 
     fn remember(&mut self, key: &str, trajs: &[Trajectory], rewards: &[Vec<f32>]) -> Result<()> {
@@ -236,21 +232,25 @@ impl<'a> Trainer<'a> {
             }
             let log_r = Tensor::from_vec(lr_flat, (trajs.len(), n_max + 1), self.lm.device())?;
             let view = self.adapter.view_seeded(Mode::Train, self.lm.llama.dtype(), rng.random())?;
-            let (log_pf, log_pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), &self.task.stop_tokens, self.cfg.max_len)?;
-            let l = match self.cfg.objective {
-                Objective::Subtb => loss::subtb_loss(&log_pf, &log_pt, &log_r, &lens_b, self.cfg.subtb_lambda)?,
-                Objective::Db => loss::db_loss(&log_pf, &log_pt, &log_r, &lens_b)?,
-                Objective::Tb => {
-                    if self.log_z[pi].as_tensor().to_vec1::<f32>()?[0] == 0.0 {
-                        // First use: start log Z at the batch's mean of log R_n − log q(Z),
-                        // so TB's gradients are sane from the first step.
-                        let est = loss::tb_log_z_estimate(&log_pf, &log_pt, &log_r, &lens_b)?;
-                        self.log_z[pi].set(&Tensor::new(&[est as f32], self.lm.device())?)?;
-                    }
-                    let z = self.log_z[pi].as_tensor().broadcast_as(trajs.len())?;
-                    logz_used.push(self.log_z[pi].as_tensor().to_vec1::<f32>()?[0] as f64);
-                    loss::tb_loss(&log_pf, &log_pt, &log_r, &lens_b, &z)?
+            let (log_pf, log_pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), &self.task.stop_tokens, (self.cfg.min_len, self.cfg.min_len_penalty as f32), self.cfg.max_len)?;
+            let z = if self.log_z.is_empty() {
+                None
+            } else {
+                if self.log_z[pi].as_tensor().to_vec1::<f32>()?[0] == 0.0 {
+                    // First use: start log Z at the batch's mean of G at the first
+                    // endpoint after s_0 (TB: the last state), so early gradients are sane.
+                    let (tb, first) = (self.cfg.objective == Objective::Tb, self.cfg.min_len.max(1));
+                    let est = loss::log_z_estimate(&log_pf, &log_pt, &log_r, &lens_b, |n| if tb { n } else { first.min(n) })?;
+                    self.log_z[pi].set(&Tensor::new(&[est as f32], self.lm.device())?)?;
                 }
+                logz_used.push(self.log_z[pi].as_tensor().to_vec1::<f32>()?[0] as f64);
+                Some(self.log_z[pi].as_tensor().broadcast_as(trajs.len())?)
+            };
+            let start = loss::Start { min_len: self.cfg.min_len, log_z: z.as_ref() };
+            let l = match self.cfg.objective {
+                Objective::Subtb => loss::subtb_loss(&log_pf, &log_pt, &log_r, &lens_b, self.cfg.subtb_lambda, start)?,
+                Objective::Db => loss::db_loss(&log_pf, &log_pt, &log_r, &lens_b, start)?,
+                Objective::Tb => loss::tb_loss(&log_pf, &log_pt, &log_r, &lens_b, z.as_ref().ok_or_else(|| Error::invalid("objective", "TB needs log Z"))?)?,
             };
             let l = (l / self.cfg.grad_accum as f64)?;
             let lv = l.to_scalar::<f32>()? as f64;

@@ -6,7 +6,11 @@
 
 pub mod arithmetic;
 pub mod config;
+pub mod continuation;
+pub mod custom;
+pub mod infill;
 pub mod rng;
+pub mod subj;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,13 +59,17 @@ pub trait Task: Send + Sync {
 }
 
 /// The preset names.
-pub const NAMES: [&str; 2] = ["rng", "arithmetic"];
+pub const NAMES: [&str; 6] = ["rng", "continuation", "infill", "subj", "arithmetic", "custom"];
 
 /// Builds task `name` from its options (`[task]` table; unknown keys are errors).
 pub fn load(name: &str, options: &toml::Table) -> Result<Box<dyn Task>> {
     match name {
         "rng" => Ok(Box::new(rng::RandomNumber::from_options(options)?)),
         "arithmetic" => Ok(Box::new(arithmetic::Arithmetic::from_options(options)?)),
+        "continuation" => Ok(Box::new(continuation::Continuation::from_options(options)?)),
+        "infill" => Ok(Box::new(infill::Infill::from_options(options)?)),
+        "subj" => Ok(Box::new(subj::Subjectivity::from_options(options)?)),
+        "custom" => Ok(Box::new(custom::Custom::from_options(options)?)),
         other => Err(Error::invalid("task", format!("unknown task `{other}` (known: {})", NAMES.join(", ")))),
     }
 }

@@ -70,10 +70,10 @@ impl RandomNumber {
         Ok(RandomNumber { opts, target })
     }
 
-    /// Stop actions: the model's end tokens, a newline and a full stop.
+    /// Stop actions: the model's end tokens, a newline, a full stop and a comma.
     fn stop_tokens(lm: &LanguageModel) -> Vec<u32> {
         let mut s = lm.tokenizer.stop_ids.clone();
-        s.extend(single_token_ids(lm, &["\n", "."]));
+        s.extend(single_token_ids(lm, &["\n", ".", ","]));
         s.sort_unstable();
         s.dedup();
         s
