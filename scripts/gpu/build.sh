@@ -4,7 +4,7 @@
 # (git-ignored) for one device call: carry [".gpu"], run scripts/gpu/run.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
+EX=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$EX")"; grep -qx '/.gpu/' "$EX" 2>/dev/null || echo /.gpu/ >> "$EX"
 mkdir -p .gpu
 ../shared/gpu/build-cuda.sh -p amortize --features cuda --bins --tests
 T=${CARGO_TARGET_DIR:-target-cuda}/release
