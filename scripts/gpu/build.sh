@@ -9,9 +9,10 @@ mkdir -p .gpu
 ../shared/gpu/build-cuda.sh -p amortize --features cuda --bins --tests
 T=${CARGO_TARGET_DIR:-target-cuda}/release
 xz -T2 -6 -c "$T/amortize" > .gpu/amortize.xz
-# The newest test binary of each integration test.
-for t in engine parity; do
-  bin=$(ls -t "$T"/deps/$t-* | grep -v '\.d$' | head -n 1)
+# The newest test executable of each integration test.
+for t in engine gfn parity; do
+  bin=$(find "$T/deps" -maxdepth 1 -type f -executable -name "$t-*" -printf '%T@ %p\n' | sort -rn | head -n 1 | cut -d' ' -f2)
+  [ -n "$bin" ] || { echo "no test binary for $t" >&2; exit 1; }
   xz -T2 -6 -c "$bin" > ".gpu/test-$t.xz"
 done
 ls -la .gpu
