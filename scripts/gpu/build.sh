@@ -8,11 +8,11 @@ EX=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$EX")"; grep -
 mkdir -p .gpu
 ../shared/gpu/build-cuda.sh -p amortize --features cuda --bins --tests
 T=${CARGO_TARGET_DIR:-target-cuda}/release
-xz -T2 -6 -c "$T/amortize" > .gpu/amortize.xz
+xz -T2 -1 -c "$T/amortize" > .gpu/amortize.xz
 # The newest test executable of each integration test.
-for t in engine gfn parity; do
+for t in engine parity; do
   bin=$(find "$T/deps" -maxdepth 1 -type f -executable -name "$t-*" -printf '%T@ %p\n' | sort -rn | head -n 1 | cut -d' ' -f2)
   [ -n "$bin" ] || { echo "no test binary for $t" >&2; exit 1; }
-  xz -T2 -6 -c "$bin" > ".gpu/test-$t.xz"
+  xz -T2 -1 -c "$bin" > ".gpu/test-$t.xz"
 done
 ls -la .gpu

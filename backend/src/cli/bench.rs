@@ -17,6 +17,10 @@ pub enum BenchCommand {
     /// New tokens per second of batched sampling, with the KV cache and (optionally)
     /// without it (every step recomputes the whole sequence) for the speed-up.
     Decode(DecodeArgs),
+    /// Seconds per GFlowNet training step of a task preset (after warm-up).
+    Step(super::bench_gfn::StepArgs),
+    /// Prefix-shared reward vs the naive one (n+1 full passes), at several lengths.
+    Reward(super::bench_gfn::RewardArgs),
 }
 
 #[derive(Args, Debug)]
@@ -34,7 +38,7 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn load(&self) -> anyhow::Result<LanguageModel> {
+    pub fn load(&self) -> anyhow::Result<LanguageModel> {
         let device = parse_device(&self.device)?;
         let dtype = parse_dtype(&self.dtype)?;
         Ok(match &self.random {
@@ -66,6 +70,8 @@ pub struct DecodeArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Decode(a) => decode_bench(a),
+        BenchCommand::Step(a) => super::bench_gfn::step(a),
+        BenchCommand::Reward(a) => super::bench_gfn::reward(a),
     }
 }
 

@@ -2,6 +2,7 @@
 //! function over the engine's public API; nothing here reaches into internals.
 
 mod bench;
+mod bench_gfn;
 mod common;
 mod sample;
 mod score;

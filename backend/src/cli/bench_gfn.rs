@@ -1,0 +1,118 @@
+//! `amortize bench step` and `amortize bench reward`: GFlowNet training speed.
+
+use std::time::Instant;
+
+use amortize::gfn::{LmReward, Problem, Reward, Trainer, Trajectory};
+use amortize::tasks;
+use amortize::decode::TokenMask;
+use clap::Args;
+use rand::{Rng, SeedableRng};
+
+use super::bench::SourceArgs;
+
+#[derive(Args, Debug)]
+pub struct StepArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[arg(long, default_value = "arithmetic")]
+    pub task: String,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Maximum policy actions (|Z|).
+    #[arg(long, default_value_t = 20)]
+    pub max_len: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn step(a: StepArgs) -> anyhow::Result<()> {
+    if a.batch == 0 || a.max_len == 0 || a.steps == 0 {
+        anyhow::bail!("invalid bench: --batch, --max-len and --steps must be positive");
+    }
+    let task = tasks::load(&a.task, &toml::Table::new())?;
+    let mut cfg = task.default_config();
+    cfg.batch_size = a.batch;
+    cfg.max_len = a.max_len;
+    cfg.min_len = cfg.min_len.min(a.max_len);
+    cfg.steps = a.steps + 1;
+    cfg.warmup_steps = 0;
+    cfg.checkpoint_every = 0;
+    // Every step samples from the policy: the expensive, representative path.
+    cfg.p_replay = 0.0;
+    cfg.p_tempered = 0.0;
+    let lm = a.source.load()?;
+    let mut trainer = Trainer::new(&lm, task.train_task(&lm)?, cfg, None)?;
+    trainer.train_step()?; // warm-up
+    let t0 = Instant::now();
+    let (mut trajs, mut tokens) = (0.0, 0.0);
+    for _ in 0..a.steps {
+        let m = trainer.train_step()?;
+        trajs += m.traj_per_s * m.seconds;
+        tokens += m.tokens_per_s * m.seconds;
+    }
+    let secs = t0.elapsed().as_secs_f64() / a.steps as f64;
+    let traj_per_s = trajs / (secs * a.steps as f64);
+    let tokens_per_s = tokens / (secs * a.steps as f64);
+    if a.json {
+        println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len,
+            "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s,
+            "device": format!("{:?}", lm.device()), "model": lm.name}));
+    } else {
+        println!("{} on {:?}: batch {}, |Z| ≤ {}: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s", lm.name, lm.device(), a.batch, a.max_len);
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct RewardArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Lengths of Z, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "5,20,50")]
+    pub n: Vec<usize>,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Length of Y.
+    #[arg(long, default_value_t = 8)]
+    pub y_len: usize,
+    #[arg(long, default_value_t = 32)]
+    pub context_len: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn reward(a: RewardArgs) -> anyhow::Result<()> {
+    if a.batch == 0 || a.y_len == 0 || a.context_len == 0 || a.n.contains(&0) {
+        anyhow::bail!("invalid bench: lengths and batch must be positive");
+    }
+    let lm = a.source.load()?;
+    let vocab = lm.tokenizer.vocab_size().min(lm.config().vocab_size) as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut toks = |k: usize| -> Vec<u32> { (0..k).map(|_| rng.random_range(3..vocab)).collect() };
+    let problem = Problem { key: "bench".into(), policy_prompt: toks(4), reward_context: toks(a.context_len), reward_suffix: toks(a.y_len), seeds: vec![] };
+    let reward = LmReward::new(&lm, vec![], &TokenMask::None, -99.0, None)?;
+    if !a.json {
+        println!("{} on {:?}: batch {}, context {}, |Y| {}", lm.name, lm.device(), a.batch, a.context_len, a.y_len);
+        println!("{:>5} {:>14} {:>14} {:>9}", "n", "shared s", "naive s", "speed-up");
+    }
+    for &n in &a.n {
+        let trajs: Vec<Trajectory> = (0..a.batch).map(|_| Trajectory::from_actions(toks(n))).collect();
+        reward.log_rewards(&lm, &problem, &trajs[..1])?; // warm-up
+        let t0 = Instant::now();
+        let fast = reward.log_rewards(&lm, &problem, &trajs)?;
+        let shared = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let slow = reward.naive_log_rewards(&lm, &problem, &trajs)?;
+        let naive = t0.elapsed().as_secs_f64();
+        let max_diff = fast.iter().flatten().zip(slow.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        if a.json {
+            println!("{}", serde_json::json!({"bench": "reward", "n": n, "batch": a.batch, "shared_s": shared, "naive_s": naive, "speedup": naive / shared, "max_abs_diff": max_diff}));
+        } else {
+            println!("{n:>5} {shared:>14.3} {naive:>14.3} {:>8.1}x   (max |Δ| {max_diff:.1e})", naive / shared);
+        }
+    }
+    Ok(())
+}
