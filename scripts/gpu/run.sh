@@ -27,6 +27,12 @@ for dt in f32 bf16; do
     rows+=("decode $dt batch $(echo "$line" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["batch"], "| %.0f tok/s cached, %.0f recompute, %.1fx" % (d["tokens_per_s"], d["recompute_tokens_per_s"], d["speedup"]))')")
   done < "$OUT/decode-$dt.jsonl"
 done
+for b in 16 64; do
+  timeout 240 "$G/amortize" bench step --random smollm2-135m --device cuda --dtype f32 --batch $b --max-len 20 --steps 3 --json > "$OUT/step-$b.json" 2> "$OUT/step-$b.err"
+  rows+=("step arithmetic f32 batch $b|$(cat "$OUT/step-$b.json" "$OUT/step-$b.err" | head -c 300)")
+done
+timeout 240 "$G/amortize" bench reward --random smollm2-135m --device cuda --n 5,20,50 --batch 8 > "$OUT/reward.txt" 2>&1
+rows+=("reward shared vs naive|$(tail -3 "$OUT/reward.txt" | tr '\n' ';')")
 # The paper's §4.1 on the real SmolLM2 (needs the model): eval base, train, eval adapter.
 if [ -f "$G/model.gguf" ] && [ "${RNG:-1}" = 1 ]; then
   A="$G/amortize"
