@@ -400,7 +400,7 @@ impl Task for Custom {
         let m = &mut report.metrics;
         m.insert("mean_loglik".into(), if count > 0 { total / count as f64 } else { 0.0 });
         m.insert("valid_rate".into(), amortize_shared::metrics::valid_rate(valid, count));
-        m.insert("examples".into(), n as f64);
+        m.insert("test_examples".into(), n as f64);
         m.insert("samples_per_example".into(), k as f64);
         Ok(report)
     }

@@ -215,7 +215,7 @@ impl Task for Infill {
     /// Against each test story's reference middle, over `eval_samples` middles
     /// per story at temperature 0.8: `bleu4` (corpus BLEU-4, sacrebleu's corpus
     /// preset, whitespace tokens), `gleu4` (corpus GLEU-4), and `loglik`, the
-    /// mean log p_LM(Z Y | X) with the base model. The paper's BERTScore-style
+    /// mean log p_LM(Z Y | X) with the base model (not the reward adapter). The paper's BERTScore-style
     /// embedding similarity comes with the embedding model.
     fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport> {
         let k = opts.samples.unwrap_or(self.opts.eval_samples);

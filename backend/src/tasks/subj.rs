@@ -198,7 +198,7 @@ impl Task for Subjectivity {
 
     fn default_config(&self) -> TrainConfig {
         // Table D.3, scaled to a ~135M model on CPU: LoRA rank 256 → 16, 32
-        // accumulation steps → 4 (4 reviews × 16 rationales per step), 1000
+        // accumulation steps → 1 (one review × 16 rationales per step), 1000
         // steps → 200 with warm-up 200 → 20. The table's: α 16, dropout 0, lr
         // 5e-4, batch 16, P_F temperature 0.5–2, reward temperature 1.2 → 1.0
         // over 150 steps, buffer 50, length 1–5.
@@ -209,7 +209,7 @@ impl Task for Subjectivity {
             lr: 5e-4,
             warmup_steps: 20,
             batch_size: 16,
-            grad_accum: 4,
+            grad_accum: 1,
             steps: 200,
             p_replay: 0.5,
             p_tempered: 0.25,
