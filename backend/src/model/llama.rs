@@ -188,7 +188,8 @@ impl Llama {
     /// Output logits (f32) for hidden states [.., hidden] → [.., vocab].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.w.lm_head.as_ref().unwrap_or(&self.w.embed);
-        Ok(hidden.broadcast_matmul(&head.t()?)?.to_dtype(DType::F32)?)
+        // cuBLAS wants a dense left operand (callers often pass a narrowed slice).
+        Ok(hidden.contiguous()?.broadcast_matmul(&head.t()?)?.to_dtype(DType::F32)?)
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {

@@ -37,7 +37,9 @@ pub enum Target {
 
 impl Default for RngOptions {
     fn default() -> Self {
-        RngOptions { prompt: PROMPT.into(), target: Target::Named("uniform".into()), invalid_log_reward: -20.0, eval_samples: 10_000 }
+        // The floor must be tiny against the number of invalid strings (~V^max_len):
+        // at -20, 4-token junk from a 49k vocabulary would outweigh all numbers.
+        RngOptions { prompt: PROMPT.into(), target: Target::Named("uniform".into()), invalid_log_reward: -100.0, eval_samples: 10_000 }
     }
 }
 
