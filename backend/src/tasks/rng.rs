@@ -166,7 +166,15 @@ impl Task for RandomNumber {
         let mut chunk = 0u64;
         while done < n {
             let b = opts.batch.max(1).min(n - done);
-            let cfg = SampleConfig { n: b, max_new_tokens: 6, stop_tokens: Some(Self::stop_tokens(lm)), seed: opts.seed.wrapping_add(chunk), ..SampleConfig::default() };
+            // The policy's own constraints (as in training): at least one token before stopping.
+            let cfg = SampleConfig {
+                n: b,
+                max_new_tokens: 6,
+                min_new_tokens: self.default_config().min_len,
+                stop_tokens: Some(Self::stop_tokens(lm)),
+                seed: opts.seed.wrapping_add(chunk),
+                ..SampleConfig::default()
+            };
             for s in decode::sample(lm, std::slice::from_ref(&prompt), &cfg, lora, None)? {
                 // The number is the text before the stop token; running out of tokens is invalid.
                 let v = if s.stop == StopReason::StopToken { parse_number(&s.text) } else { None };
