@@ -168,3 +168,57 @@ mod exact_posterior {
         assert!(after < 0.05 && before >= 10.0 * 0.05, "KL {before} → {after}");
     }
 }
+
+mod checkpoints {
+    use super::*;
+    use amortize::gfn::{TrainConfig, TrainTask, Trainer};
+
+    fn task(lm: &LanguageModel) -> TrainTask {
+        let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
+        let problem = Problem { key: "p".into(), policy_prompt: enc("the cat"), reward_context: enc("the cat"), reward_suffix: enc(" sat."), seeds: vec![Trajectory::from_actions(enc(" and"))] };
+        TrainTask {
+            problems: vec![problem],
+            reward: Box::new(LmReward::new(lm, vec![], &TokenMask::None, -99.0, None).unwrap()),
+            stop_tokens: vec![lm.tokenizer.eos.unwrap()],
+            mask: TokenMask::None,
+            mask_penalty: -99.0,
+            tool: None,
+        }
+    }
+
+    fn cfg(steps: usize) -> TrainConfig {
+        TrainConfig { lora_r: 4, lora_dropout: 0.1, batch_size: 4, grad_accum: 2, steps, max_len: 5, min_len: 1, checkpoint_every: 2, lr: 1e-2, seed: 3, ..TrainConfig::default() }
+    }
+
+    fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn resume_repeats_the_uninterrupted_run_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let lm = tiny(&dir);
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let mut full = Trainer::new(&lm, task(&lm), cfg(4), Some(&a)).unwrap();
+        full.run(|_| std::ops::ControlFlow::Continue(())).unwrap();
+        // Interrupted after step 2 (its checkpoint), with a stray metrics line from step 3.
+        let mut first = Trainer::new(&lm, task(&lm), cfg(4), Some(&b)).unwrap();
+        first.run(|m| if m.step == 3 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }).unwrap_err();
+        drop(first);
+        let mut resumed = Trainer::resume(&lm, task(&lm), cfg(4), &b).unwrap();
+        assert_eq!(resumed.step, 2);
+        resumed.run(|_| std::ops::ControlFlow::Continue(())).unwrap();
+        let (x, y) = (full.adapter.tensors(), resumed.adapter.tensors());
+        for (k, t) in &x {
+            let d = (t - &y[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(d, 0.0, "{k} differs after resume");
+        }
+        let (ma, mb) = (metrics(&a), metrics(&b));
+        assert_eq!(mb.iter().map(|m| m["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        for (p, q) in ma.iter().zip(&mb) {
+            assert_eq!(p["loss"], q["loss"]);
+        }
+        // A cancelled run keeps its last checkpoint; a missing one is a clear error.
+        assert!(Trainer::resume(&lm, task(&lm), cfg(4), &dir.path().join("none")).is_err());
+    }
+}
