@@ -176,8 +176,12 @@ impl Task for RandomNumber {
                 ..SampleConfig::default()
             };
             for s in decode::sample(lm, std::slice::from_ref(&prompt), &cfg, lora, None)? {
-                // The number is the text before the stop token; running out of tokens is invalid.
-                let v = if s.stop == StopReason::StopToken { parse_number(&s.text) } else { None };
+                // The number is the text before the stop token (which may be "," "." or
+                // "\n", so it is not part of the number); running out of tokens is invalid.
+                let v = match (s.stop, s.tokens.split_last()) {
+                    (StopReason::StopToken, Some((_, body))) => parse_number(&lm.tokenizer.decode(body, true)?),
+                    _ => None,
+                };
                 if let Some(v) = v {
                     counts[v] += 1;
                     valid += 1;
