@@ -131,7 +131,8 @@ impl Task for RandomNumber {
             lr: 1e-3,
             warmup_steps: 10,
             batch_size: 16,
-            steps: 120,
+            // 400 steps: KL 1.33 → 0.019 on SmolLM2-135M (README); still improving.
+            steps: 400,
             p_replay: 0.25,
             p_tempered: 0.25,
             pf_temp_low: 0.5,
