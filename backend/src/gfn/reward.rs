@@ -60,15 +60,24 @@ impl LmReward {
         guard.as_ref().map(|c| c.repeat_rows(rows)).unwrap_or_else(|| Ok(lm.llama.new_cache()))
     }
 
+    /// log-softmax of `logits` rows [N, V] (+ optional bias) → [N, V].
+    fn log_probs(logits: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let logits = match bias {
+            Some(b) => logits.broadcast_add(b)?,
+            None => logits.clone(),
+        };
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    /// Row i of `logp` [N, V] at `ids[i]` → [N].
+    fn pick(logp: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
+        let idx = Tensor::new(ids, logp.device())?.unsqueeze(1)?;
+        Ok(logp.gather(&idx, 1)?.squeeze(1)?.to_vec1()?)
+    }
+
     /// log-softmax of `hidden` rows [N, H] (+ optional bias), gathered at `ids` → [N].
     fn gather_logprobs(&self, lm: &LanguageModel, hidden: &Tensor, ids: &[u32], bias: Option<&Tensor>) -> Result<Vec<f32>> {
-        let mut logits = lm.llama.logits(hidden)?;
-        if let Some(b) = bias {
-            logits = logits.broadcast_add(b)?;
-        }
-        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let idx = Tensor::new(ids, lm.device())?.unsqueeze(1)?;
-        Ok(lp.gather(&idx, 1)?.squeeze(1)?.to_vec1()?)
+        Self::pick(&Self::log_probs(&lm.llama.logits(hidden)?, bias)?, ids)
     }
 
     /// Reference implementation: every prefix's `context · Z_≤i · Y` scored from scratch.
@@ -130,14 +139,17 @@ impl Reward for LmReward {
         let picked = flat.index_select(&Tensor::new(pos.as_slice(), lm.device())?, 0)?; // [Σ(|Z|+1), H]
         // log p(z_j | …) (mask bias on policy tokens, none on tool tokens).
         let z_ids: Vec<u32> = trajs.iter().flat_map(|t| t.tokens.iter().copied().chain(std::iter::once(0))).collect();
-        let lp_plain = self.gather_logprobs(lm, &picked, &z_ids, None)?;
+        // One output-head pass; the masked and plain distributions share it.
+        let logits = lm.llama.logits(&picked)?;
+        let logp_plain = Self::log_probs(&logits, None)?;
+        let lp_plain = Self::pick(&logp_plain, &z_ids)?;
         let lp_masked = match &self.mask_bias {
-            Some(bias) => self.gather_logprobs(lm, &picked, &z_ids, Some(bias))?,
+            Some(bias) => Self::pick(&Self::log_probs(&logits, Some(bias))?, &z_ids)?,
             None => lp_plain.clone(),
         };
         let y0 = y.first().copied();
         let lp_y0 = match y0 {
-            Some(y0) => self.gather_logprobs(lm, &picked, &vec![y0; z_ids.len()], None)?,
+            Some(y0) => Self::pick(&logp_plain, &vec![y0; z_ids.len()])?,
             None => Vec::new(),
         };
         let mut out: Vec<Vec<f32>> = Vec::with_capacity(b);

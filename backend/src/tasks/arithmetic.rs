@@ -236,15 +236,16 @@ impl Arithmetic {
 
     fn accuracy(&self, lm: &LanguageModel, lora: Option<&LoraView>, items: &[Item], opts: &EvalOptions, examples: &mut Vec<serde_json::Value>) -> Result<f64> {
         let k = opts.samples.unwrap_or(self.opts.eval_samples);
-        let cfg = |seed| SampleConfig {
+        // Built once: the allowed set scans the whole vocabulary.
+        let base = SampleConfig {
             n: k,
             max_new_tokens: self.default_config().max_len,
             temperature: self.opts.eval_temperature,
             mask: TokenMask::Allow(Self::allowed_tokens(lm)),
-            stop_tokens: Some(vec![Self::stop_token(lm).unwrap_or(0)]),
-            seed,
+            stop_tokens: Some(vec![Self::stop_token(lm)?]),
             ..SampleConfig::default()
         };
+        let cfg = |seed| SampleConfig { seed, ..base.clone() };
         let per_batch = (opts.batch / k).max(1);
         let mut answers: Vec<Vec<String>> = Vec::new();
         for (ci, chunk) in items.chunks(per_batch).enumerate() {
