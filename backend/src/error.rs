@@ -30,6 +30,24 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// A run, dataset, experiment or comparison that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// The request conflicts with the current state (e.g. resuming a running job).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// The server is at capacity; the client may retry.
+    #[error("{0}")]
+    Busy(String),
+
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
@@ -51,5 +69,11 @@ impl Error {
     }
     pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
         Error::File { path: path.into(), message: message.to_string() }
+    }
+}
+
+impl From<amortize_shared::config::ConfigError> for Error {
+    fn from(e: amortize_shared::config::ConfigError) -> Self {
+        Error::Invalid { field: e.field, message: e.message }
     }
 }
