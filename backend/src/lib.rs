@@ -4,6 +4,11 @@
 //! edge over it. Data flows top to bottom through the modules:
 //! - [`model`]  the Llama-family decoder, LoRA adapters, KV cache, loaders, tokenizer.
 //! - [`decode`] sampling, beam search, scoring, tool hooks — over any model + adapter.
+//! - [`gfn`]    rewards, losses, replay buffer, the GFlowNet trainer.
+//! - [`tasks`]  the paper's task presets and their metrics.
+//! - [`store`]  SQLite and the data dir of the server.
+//! - [`jobs`]   the training queue: cancel, resume, crash recovery, live events.
+//! - [`server`] the axum API, SSE and the browser app (`amortize serve`).
 //!
 //! The server, the browser app and the baselines use the engine through these
 //! public APIs only.
@@ -11,7 +16,10 @@
 pub mod decode;
 pub mod gfn;
 pub mod error;
+pub mod jobs;
 pub mod model;
+pub mod server;
+pub mod store;
 pub mod tasks;
 pub mod util;
 

@@ -20,10 +20,146 @@ pub fn amortize_bin() -> PathBuf {
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building the amortize binary failed");
     }
+    // `cargo test` of the whole workspace rebuilds the binary (the backend's own
+    // tests need it); `cargo test -p amortize-tests` alone does not.
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(b), Some(t)) = (modified(&bin), modified(&exe)) {
+        if b < t {
+            eprintln!("warning: {} is older than this test; run `cargo build -p amortize` (or test the whole workspace)", bin.display());
+        }
+    }
     bin
 }
 
 /// Runs `amortize ARGS…` and returns its output.
 pub fn run(args: &[&str]) -> Output {
     Command::new(amortize_bin()).args(args).env("AMORTIZE_LOG", "error").output().expect("spawn amortize")
+}
+
+/// A running `amortize serve` on a free loopback port; killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Server {
+    /// Starts the server and waits until it prints the address it bound.
+    pub fn start(model: &std::path::Path, data_dir: &std::path::Path, extra: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new(amortize_bin())
+            .args(["serve", "--addr", "127.0.0.1:0", "--dist", "/nonexistent-dist"])
+            .arg("--model")
+            .arg(model)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("AMORTIZE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn amortize serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let base = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {first:?}")).trim().to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Server { child, base, agent, token: None }
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => r.header("Authorization", format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    fn json_of(mut resp: ureq::http::Response<ureq::Body>) -> (u16, serde_json::Value) {
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().with_config().limit(64 << 20).read_to_string().unwrap_or_default();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
+
+    /// GET → (status, JSON body, or the text as a JSON string when not JSON).
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::json_of(self.auth(self.agent.get(&format!("{}{path}", self.base))).call().expect("GET"))
+    }
+
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut r = self.auth(self.agent.get(&format!("{}{path}", self.base))).call().expect("GET");
+        (r.status().as_u16(), r.body_mut().with_config().limit(256 << 20).read_to_vec().unwrap_or_default())
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        Self::json_of(self.auth(self.agent.post(&format!("{}{path}", self.base))).send_json(body).expect("POST"))
+    }
+
+    /// POST of raw bytes with a content type.
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        Self::json_of(self.auth(self.agent.post(&format!("{}{path}", self.base))).header("Content-Type", content_type).send(body).expect("POST"))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::json_of(self.auth(self.agent.delete(&format!("{}{path}", self.base))).call().expect("DELETE"))
+    }
+
+    /// Reads `GET path` as server-sent events until the server ends the stream
+    /// (or `timeout`): (event name, data) pairs.
+    pub fn events(&self, path: &str, timeout: std::time::Duration) -> Vec<(String, serde_json::Value)> {
+        use std::io::BufRead;
+        let resp = self
+            .auth(self.agent.get(&format!("{}{path}", self.base)))
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .call()
+            .expect("GET events");
+        assert_eq!(resp.status().as_u16(), 200);
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        let (mut out, mut name) = (Vec::new(), String::new());
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                out.push((name.clone(), serde_json::from_str(d.trim()).expect("event data is JSON")));
+            }
+        }
+        out
+    }
+
+    /// Polls `GET /api/runs/{id}` until `done(run)` or `timeout`; the last run seen.
+    pub fn wait_run(&self, id: &str, timeout: std::time::Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (status, run) = self.get(&format!("/api/runs/{id}"));
+            assert_eq!(status, 200, "{run}");
+            if done(&run) || t0.elapsed() > timeout {
+                return run;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

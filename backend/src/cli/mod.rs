@@ -1,4 +1,4 @@
-//! Command-line interface: `sample`, `score`, `bench`. Each command is a small
+//! Command-line interface: `serve`, `train`, `eval`, `sample`, `score`, `bench`. Each command is a small
 //! function over the engine's public API; nothing here reaches into internals.
 
 mod bench;
@@ -6,6 +6,7 @@ mod bench_gfn;
 mod common;
 mod sample;
 mod score;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// A task's metrics for the base model or an adapter.
     Eval(train::EvalArgs),
+    /// Serve the JSON API and the browser app (runs, live progress, sampling, comparisons).
+    Serve(serve::ServeArgs),
     /// Benchmarks (tokens/s) on the real model or random weights of a real shape.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(a) => score::run(a),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(b) => bench::run(b),
     }
 }

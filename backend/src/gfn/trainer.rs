@@ -58,6 +58,19 @@ pub struct StepMetrics {
     pub seconds: f64,
 }
 
+/// A trajectory of the last step, for display (the server's sample panel).
+#[derive(Debug, Clone)]
+pub struct RecentSample {
+    /// The problem's key.
+    pub problem: String,
+    pub tokens: Vec<u32>,
+    /// Untempered log-reward of the whole trajectory.
+    pub log_reward: f64,
+}
+
+/// Trajectories kept per step in [`Trainer::recent`].
+const RECENT: usize = 8;
+
 pub struct Trainer<'a> {
     lm: &'a LanguageModel,
     task: TrainTask,
@@ -69,6 +82,8 @@ pub struct Trainer<'a> {
     pub buffer: ReplayBuffer,
     /// Steps completed.
     pub step: usize,
+    /// A few trajectories of the last step with their rewards.
+    pub recent: Vec<RecentSample>,
     out: Option<PathBuf>,
     bias: Option<Tensor>,
 }
@@ -85,7 +100,7 @@ impl<'a> Trainer<'a> {
         if task.problems.is_empty() {
             return Err(Error::invalid("dataset", "the task has no problems to train on"));
         }
-        let adapter = LoraAdapter::new(lm.config(), cfg.lora()?, lm.device(), cfg.seed)?;
+        let adapter = LoraAdapter::new(lm.config(), super::config::lora_config(&cfg)?, lm.device(), cfg.seed)?;
         let mut t = Self::assemble(lm, task, cfg, adapter, out)?;
         t.seed_buffer()?;
         Ok(t)
@@ -129,6 +144,7 @@ impl<'a> Trainer<'a> {
             log_z,
             logz_opt,
             step: 0,
+            recent: Vec::new(),
             out: out.map(Path::to_path_buf),
             bias,
         })
@@ -164,6 +180,12 @@ impl<'a> Trainer<'a> {
 
     /// Runs until `cfg.steps`, checkpointing on schedule; `on_step` may stop it.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>) -> Result<()> {
+        self.run_observed(|_, m| on_step(m))
+    }
+
+    /// [`Trainer::run`] with the trainer itself passed to `on_step` (to read
+    /// [`Trainer::recent`], the step or the checkpoint just written).
+    pub fn run_observed(&mut self, mut on_step: impl FnMut(&Self, &StepMetrics) -> ControlFlow<()>) -> Result<()> {
         while self.step < self.cfg.steps {
             let m = self.train_step()?;
             if let Some(out) = &self.out {
@@ -174,7 +196,7 @@ impl<'a> Trainer<'a> {
             if self.out.is_some() && ((every > 0 && self.step % every == 0) || self.step == self.cfg.steps) {
                 self.save_checkpoint()?;
             }
-            if on_step(&m).is_break() {
+            if on_step(self, &m).is_break() {
                 return Err(Error::Cancelled);
             }
         }
@@ -198,6 +220,7 @@ impl<'a> Trainer<'a> {
         let mut z_grads: Vec<Option<Tensor>> = vec![None; self.log_z.len()];
         let (mut loss_sum, mut sources, mut finals, mut lens, mut tokens) = (0.0, [0usize; 3], Vec::new(), Vec::new(), 0usize);
         let mut logz_used = Vec::new();
+        self.recent.clear();
         for micro in 0..self.cfg.grad_accum {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, step as u64, micro as u64));
             if !self.lm.device().is_cpu() {
@@ -220,6 +243,10 @@ impl<'a> Trainer<'a> {
                 self.remember(&problem.key, &trajs, &rewards)?;
                 (trajs, rewards)
             };
+            for (t, r) in trajs.iter().zip(&rewards).take(RECENT.saturating_sub(self.recent.len())) {
+                let log_reward = *r.last().unwrap_or(&0.0) as f64;
+                self.recent.push(RecentSample { problem: problem.key.clone(), tokens: t.tokens.clone(), log_reward });
+            }
             let lens_b: Vec<usize> = trajs.iter().map(|t| t.num_actions()).collect();
             let n_max = lens_b.iter().copied().max().unwrap_or(0);
             // log R / T, padded with zeros past each row's last state.

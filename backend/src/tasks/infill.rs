@@ -58,7 +58,7 @@ pub struct Story {
 }
 
 impl Story {
-    fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         for (name, v) in [("beginning", &self.beginning), ("middle", &self.middle), ("end", &self.end)] {
             if v.trim().is_empty() {
                 return Err(format!("`{name}` is empty"));
@@ -155,6 +155,43 @@ impl Infill {
             seeds,
         })
     }
+}
+
+/// A middle written between a beginning and an end, with how well it explains the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Middle {
+    pub text: String,
+    /// log p_base(Z Y | X): the infilling log-reward of the middle Z.
+    pub score: f64,
+    /// `score` per scored token (|Z| + |Y|).
+    pub per_token: f64,
+}
+
+/// Samples `k` middles for one (beginning, end) pair from the base model or an
+/// adapter, with the task's prompt, mask and stop token, each scored by the base
+/// model; best first. What the server's infilling playground shows.
+pub fn write_middles(lm: &LanguageModel, lora: Option<&LoraView>, beginning: &str, end: &str, cfg: &SampleConfig) -> Result<Vec<Middle>> {
+    let story = Story { beginning: beginning.into(), middle: "-".into(), end: end.into() };
+    for (name, v) in [("beginning", beginning), ("end", end)] {
+        if v.trim().is_empty() {
+            return Err(Error::invalid(name, "must not be empty"));
+        }
+    }
+    let prompt = lm.tokenizer.encode(&story.policy_prompt())?;
+    let cfg = SampleConfig { mask: Infill::mask(lm)?, stop_tokens: Some(vec![Infill::stop_token(lm)?]), ..cfg.clone() };
+    let drawn = draw(lm, lora, &[prompt], &cfg, cfg.n)?.pop().unwrap_or_default();
+    let (ctx, suffix) = story.reward_parts();
+    let (ctx, suffix) = (lm.tokenizer.encode(&ctx)?, lm.tokenizer.encode(&suffix)?);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = drawn.iter().map(|d| (ctx.clone(), [d.tokens.as_slice(), suffix.as_slice()].concat())).collect();
+    let scored = decode::score(lm, &pairs, None, 16)?;
+    let mut out: Vec<Middle> = drawn
+        .into_iter()
+        .zip(scored)
+        .zip(&pairs)
+        .map(|((d, s), (_, cont))| Middle { text: d.text.trim().to_string(), score: s.total as f64, per_token: s.total as f64 / cont.len().max(1) as f64 })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(out)
 }
 
 impl Task for Infill {

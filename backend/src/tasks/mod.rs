@@ -100,3 +100,51 @@ pub fn single_token_ids(lm: &LanguageModel, texts: &[&str]) -> Vec<u32> {
         })
         .collect()
 }
+
+/// The task option an uploaded dataset fills and what one line looks like
+/// (`None`: the task takes no dataset).
+pub fn dataset_spec(task: &str) -> Option<(&'static str, &'static str)> {
+    match task {
+        "continuation" => Some(("prompts_file", "text: one prompt per line")),
+        "infill" => Some(("data_file", r#"JSONL: {"beginning": "…", "middle": "…", "end": "…"}"#)),
+        "subj" => Some(("data_file", r#"JSONL: {"text": "…", "label_text": "objective" | "subjective"}"#)),
+        "arithmetic" => Some(("demos_file", r#"JSONL: {"str_query": "…", "num_sol": 3, "str_rationale": "…"}"#)),
+        "custom" => Some(("data_file", r#"JSONL: {"x": "…", "y": "…"}"#)),
+        _ => None,
+    }
+}
+
+/// The metric names `eval` reports for a task; the first is its key metric.
+pub fn metric_names(task: &str) -> &'static [&'static str] {
+    match task {
+        "rng" => &["kl", "valid_rate", "kl_floor"],
+        "arithmetic" => &["accuracy_id", "accuracy_ood"],
+        "subj" => &["accuracy"],
+        "continuation" => &["mean_loglik", "max_loglik", "diversity_jaccard", "stop_rate"],
+        "infill" => &["bleu4", "gleu4", "loglik", "stop_rate"],
+        "custom" => &["mean_loglik", "valid_rate"],
+        _ => &[],
+    }
+}
+
+/// Checks an uploaded dataset for `task` line by line (errors name the line);
+/// returns the number of items.
+pub fn validate_dataset(task: &str, name: &str, text: &str) -> Result<usize> {
+    use std::path::Path;
+    let path = Path::new(name);
+    match task {
+        "continuation" => {
+            let n = text.lines().filter(|l| !l.trim().is_empty()).count();
+            if n == 0 {
+                return Err(Error::file(path, "no prompts in the file"));
+            }
+            Ok(n)
+        }
+        "infill" => Ok(custom::parse_jsonl(text, path, infill::Story::check)?.len()),
+        "subj" => Ok(custom::parse_jsonl(text, path, subj::Review::check)?.len()),
+        "arithmetic" => Ok(custom::parse_jsonl::<arithmetic::Item>(text, path, |_| Ok(()))?.len()),
+        "custom" => Ok(custom::parse_jsonl(text, path, |e: &custom::Example| if e.x.trim().is_empty() { Err("`x` is empty".into()) } else { Ok(()) })?.len()),
+        other if NAMES.contains(&other) => Err(Error::invalid("task", format!("task `{other}` takes no dataset"))),
+        other => Err(Error::invalid("task", format!("unknown task `{other}` (known: {})", NAMES.join(", ")))),
+    }
+}

@@ -62,7 +62,7 @@ pub struct Review {
 }
 
 impl Review {
-    fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         if self.text.trim().is_empty() {
             return Err("`text` is empty".into());
         }

@@ -1,0 +1,166 @@
+//! One training run on the worker's blocking thread: build the task, start
+//! or resume the trainer in the run's directory, record every step in the
+//! store (and broadcast it) before the next one starts, stop when asked, and
+//! evaluate the adapter at the end.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use amortize_shared::api::{MetricPoint, Run, RunEvent, RunStatus, StepSample};
+
+use super::{spec, Jobs, Stop};
+use crate::gfn::{checkpoint, StepMetrics, Trainer};
+use crate::model::Mode;
+use crate::store::Store;
+use crate::tasks::{self, EvalOptions};
+use crate::Error;
+
+pub(super) struct Context {
+    pub jobs: Jobs,
+    pub handle: tokio::runtime::Handle,
+    pub stop: Arc<AtomicU8>,
+}
+
+/// How a run ended other than by completing.
+pub(super) enum Ended {
+    Stopped(Stop),
+    Failed(Error),
+}
+
+impl From<Error> for Ended {
+    fn from(e: Error) -> Self {
+        Ended::Failed(e)
+    }
+}
+
+pub(super) fn point(m: &StepMetrics) -> MetricPoint {
+    MetricPoint {
+        step: m.step,
+        loss: m.loss,
+        log_z: m.log_z,
+        mean_log_r: m.mean_log_r,
+        max_log_r: m.max_log_r,
+        mean_len: m.mean_len,
+        lr: m.lr,
+        reward_temp: m.reward_temp,
+        grad_norm: m.grad_norm,
+        tokens_per_s: m.tokens_per_s,
+        traj_per_s: m.traj_per_s,
+        seconds: m.seconds,
+    }
+}
+
+fn stop_requested(ctx: &Context) -> Option<Stop> {
+    match ctx.stop.load(Ordering::SeqCst) {
+        1 => Some(Stop::Cancel),
+        2 => Some(Stop::Shutdown),
+        _ => None,
+    }
+}
+
+/// Trains run `run` to its last step (or until stopped), then evaluates it.
+pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
+    let jobs = &ctx.jobs;
+    let (store, lm) = (jobs.store().clone(), jobs.inner.lm.clone());
+    let mut options = spec::options_table(&run.task_options)?;
+    if let Some(d) = &run.dataset {
+        let (key, _) = tasks::dataset_spec(&run.task).ok_or_else(|| Error::invalid("dataset", "task takes no dataset"))?;
+        options.insert(key.into(), toml::Value::String(store.dataset_path(d).display().to_string()));
+    }
+    let task = tasks::load(&run.task, &options)?;
+    let train_task = task.train_task(&lm)?;
+    let dir = store.run_dir(&run.id);
+    let mut trainer = match checkpoint::latest(&dir)? {
+        Some(_) => Trainer::resume(&lm, train_task, run.config.clone(), &dir)?,
+        None => {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+            }
+            Trainer::new(&lm, train_task, run.config.clone(), Some(&dir))?
+        }
+    };
+    ctx.handle.block_on(catch_up(&store, &run.id, &dir, trainer.step))?;
+
+    let every = run.config.checkpoint_every;
+    let mut failure: Option<Error> = None;
+    let result = trainer.run_observed(|t, m| {
+        let samples: Vec<StepSample> = t
+            .recent
+            .iter()
+            .map(|s| StepSample {
+                step: m.step,
+                prompt: s.problem.clone(),
+                text: lm.tokenizer.decode(&s.tokens, false).unwrap_or_default(),
+                log_reward: s.log_reward,
+            })
+            .collect();
+        let p = point(m);
+        let checkpointed = (every > 0 && m.step % every == 0) || m.step == t.cfg.steps;
+        let recorded = ctx.handle.block_on(async {
+            store.record_step(&run.id, &p, &samples).await?;
+            if checkpointed {
+                store.set_checkpoint(&run.id, m.step).await?;
+            }
+            crate::Result::Ok(())
+        });
+        if let Err(e) = recorded {
+            failure = Some(e);
+            return ControlFlow::Break(());
+        }
+        jobs.publish(&run.id, RunEvent::Metrics { point: p });
+        jobs.publish(&run.id, RunEvent::Samples { samples });
+        if stop_requested(ctx).is_some() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match result {
+        Ok(()) => {}
+        Err(Error::Cancelled) => {
+            if let Some(e) = failure {
+                return Err(Ended::Failed(e));
+            }
+            // Keep everything trained so far: a checkpoint at the step we stopped.
+            if trainer.save_checkpoint()?.is_some() {
+                ctx.handle.block_on(store.set_checkpoint(&run.id, trainer.step))?;
+            }
+            return Err(Ended::Stopped(stop_requested(ctx).unwrap_or(Stop::Cancel)));
+        }
+        Err(e) => return Err(Ended::Failed(e)),
+    }
+    let adapter_dir = dir.join("adapter");
+    trainer.adapter.save_peft(&adapter_dir, &lm.name)?;
+
+    if run.eval_samples != Some(0) {
+        let r = ctx.handle.block_on(store.set_status(&run.id, RunStatus::Evaluating, None))?;
+        jobs.publish(&run.id, RunEvent::Status { run: r });
+        let view = trainer.adapter.view(Mode::Infer, lm.llama.dtype())?;
+        let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None };
+        let report = task.evaluate(&lm, Some(&view), &opts)?;
+        ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;
+    }
+    Ok(())
+}
+
+/// Makes the store agree with the run directory at `step` (the checkpoint the
+/// trainer starts from): steps up to it come from the directory's
+/// `metrics.jsonl` (already cut at `step` by the trainer), later ones are
+/// dropped. A crash between writing a checkpoint and recording its step thus
+/// leaves no gap.
+async fn catch_up(store: &Store, id: &str, dir: &Path, step: usize) -> crate::Result<()> {
+    let path = dir.join("metrics.jsonl");
+    if step > 0 && path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
+        let stored: std::collections::HashSet<usize> = store.metrics(id).await?.iter().map(|p| p.step).collect();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let m: StepMetrics = serde_json::from_str(line).map_err(|e| Error::file(&path, e))?;
+            if m.step <= step && !stored.contains(&m.step) {
+                store.record_step(id, &point(&m), &[]).await?;
+            }
+        }
+        store.set_checkpoint(id, step).await?;
+    }
+    store.rewind(id, step).await
+}

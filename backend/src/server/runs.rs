@@ -1,0 +1,171 @@
+//! Runs: create (validated like the CLI's config), list, inspect, metric
+//! series, recent samples, live events (SSE), cancel and resume; the job queue.
+
+use std::convert::Infallible;
+
+use amortize_shared::api::{ApiError, CreateRun, Job, MetricPoint, Method, Run, RunEvent, StepSample};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use rand::Rng;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+
+use super::error::{check_name, ApiErr, ApiResult, Json, Path};
+use super::AppState;
+use crate::jobs::spec;
+use crate::store::NewRun;
+use crate::Error;
+
+#[utoipa::path(get, path = "/api/runs", responses((status = 200, body = [Run])))]
+pub async fn list_runs(State(s): State<AppState>) -> ApiResult<Json<Vec<Run>>> {
+    Ok(Json(s.store.runs().await?))
+}
+
+/// Task options that name files on the server cannot come over the API
+/// (they would read any path); data comes in as an uploaded dataset.
+fn check_task_options(options: &serde_json::Map<String, serde_json::Value>) -> ApiResult<()> {
+    for key in options.keys() {
+        if key.ends_with("_file") || key.ends_with("_files") || key == "reward_adapter" {
+            return Err(ApiErr::bad(&format!("task_options.{key}"), format!("`{key}` names a file on the server and cannot be set over the API; upload a dataset and pass `dataset`")));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/api/runs", request_body = CreateRun,
+    responses((status = 201, body = Run), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -> ApiResult<(StatusCode, Json<Run>)> {
+    let method = req.method.unwrap_or(Method::Gfn);
+    if method != Method::Gfn {
+        return Err(ApiErr::bad("method", format!("method `{}` is not available in this version: only `gfn` trains", method.as_str())));
+    }
+    if let Some(n) = &req.name {
+        check_name("name", n)?;
+    }
+    if let Some(e) = &req.experiment {
+        check_name("experiment", e)?;
+    }
+    let options = req.task_options.clone().unwrap_or_default();
+    check_task_options(&options)?;
+    let dataset = match &req.dataset {
+        Some(d) => {
+            check_name("dataset", d)?;
+            let ds = s.store.dataset(d).await.map_err(|e| ApiErr::bad("dataset", e.to_string()))?;
+            if ds.task != req.task {
+                return Err(ApiErr::bad("dataset", format!("dataset `{d}` was uploaded for task `{}`, not `{}`", ds.task, req.task)));
+            }
+            Some(s.store.dataset_path(d))
+        }
+        None => None,
+    };
+    let overrides = req.config.clone().unwrap_or_default();
+    let task = req.task.clone();
+    let resolved = tokio::task::spawn_blocking(move || spec::resolve(&task, &overrides, &options, dataset.as_deref()).map(|sp| sp.config))
+        .await
+        .map_err(|e| ApiErr::from(Error::Conflict(e.to_string())))??;
+    if !s.jobs.has_room() {
+        return Err(Error::Busy("the job queue is full; try again later".into()).into());
+    }
+    let id = format!("run-{:08x}", rand::rng().random::<u32>());
+    let run = s
+        .store
+        .insert_run(NewRun {
+            id: id.clone(),
+            name: req.name.clone().unwrap_or_else(|| format!("{}-{}", req.task, method.as_str())),
+            experiment: req.experiment.clone(),
+            task: req.task.clone(),
+            method,
+            config: resolved,
+            task_options: req.task_options.clone().unwrap_or_default(),
+            dataset: req.dataset.clone(),
+            eval_samples: req.eval_samples,
+        })
+        .await?;
+    s.jobs.enqueue(&id).await?;
+    let run = s.store.run(&run.id).await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+async fn existing(s: &AppState, id: &str) -> ApiResult<Run> {
+    check_name("id", id)?;
+    Ok(s.store.run(id).await?)
+}
+
+#[utoipa::path(get, path = "/api/runs/{id}", params(("id" = String, Path)), responses((status = 200, body = Run), (status = 404, body = ApiError)))]
+pub async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+    Ok(Json(existing(&s, &id).await?))
+}
+
+#[utoipa::path(get, path = "/api/runs/{id}/metrics", params(("id" = String, Path)), responses((status = 200, body = [MetricPoint]), (status = 404, body = ApiError)))]
+pub async fn run_metrics(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<MetricPoint>>> {
+    existing(&s, &id).await?;
+    Ok(Json(s.store.metrics(&id).await?))
+}
+
+#[utoipa::path(get, path = "/api/runs/{id}/samples", params(("id" = String, Path)), responses((status = 200, body = [StepSample]), (status = 404, body = ApiError)))]
+pub async fn run_samples(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<StepSample>>> {
+    existing(&s, &id).await?;
+    Ok(Json(s.store.step_samples(&id).await?))
+}
+
+/// Live progress: `status` first, then `metrics` and `samples` per step; the
+/// stream ends after the run reaches a final state.
+#[utoipa::path(get, path = "/api/runs/{id}/events", params(("id" = String, Path)),
+    responses((status = 200, description = "text/event-stream of RunEvent (event names: status, metrics, samples)", body = RunEvent), (status = 404, body = ApiError)))]
+pub async fn run_events(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    check_name("id", &id)?;
+    let mut rx = s.jobs.subscribe(&id); // before reading the row: no event is missed
+    let run = s.store.run(&id).await?;
+    let (tx, out) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(async move {
+        let mut done = !run.status.is_active();
+        if tx.send(Ok(event(&RunEvent::Status { run }))).await.is_err() {
+            return;
+        }
+        while !done {
+            match rx.recv().await {
+                Ok(e) => {
+                    if let RunEvent::Status { run } = &e {
+                        done = !run.status.is_active();
+                    }
+                    if tx.send(Ok(event(&e))).await.is_err() {
+                        return;
+                    }
+                }
+                // A slow client skips events; it can re-read /metrics.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(out)).keep_alive(KeepAlive::default()))
+}
+
+fn event(e: &RunEvent) -> Event {
+    let name = match e {
+        RunEvent::Status { .. } => "status",
+        RunEvent::Metrics { .. } => "metrics",
+        RunEvent::Samples { .. } => "samples",
+    };
+    Event::default().event(name).data(serde_json::to_string(e).unwrap_or_default())
+}
+
+#[utoipa::path(post, path = "/api/runs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = Run), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn cancel_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+    existing(&s, &id).await?;
+    Ok(Json(s.jobs.cancel(&id).await?))
+}
+
+#[utoipa::path(post, path = "/api/runs/{id}/resume", params(("id" = String, Path)),
+    responses((status = 200, body = Run), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn resume_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+    existing(&s, &id).await?;
+    Ok(Json(s.jobs.resume(&id).await?))
+}
+
+#[utoipa::path(get, path = "/api/jobs", responses((status = 200, body = [Job])))]
+pub async fn list_jobs(State(s): State<AppState>) -> ApiResult<Json<Vec<Job>>> {
+    Ok(Json(s.jobs.list().await?))
+}

@@ -1,0 +1,175 @@
+//! Runs, their metric series and their recent training samples.
+//! A run's series is keyed by step, so a resumed run that repeats steps after
+//! its last checkpoint overwrites them instead of duplicating them.
+
+use amortize_shared::api::{MetricPoint, Method, Run, RunStatus, StepSample};
+use amortize_shared::config::TrainConfig;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::Store;
+use crate::util::now_rfc3339;
+use crate::{Error, Result};
+
+/// What a new run row holds.
+pub struct NewRun {
+    pub id: String,
+    pub name: String,
+    pub experiment: Option<String>,
+    pub task: String,
+    pub method: Method,
+    pub config: TrainConfig,
+    pub task_options: serde_json::Map<String, serde_json::Value>,
+    pub dataset: Option<String>,
+    pub eval_samples: Option<usize>,
+}
+
+/// Recent training samples kept per run.
+const KEEP_SAMPLE_STEPS: i64 = 20;
+
+const RUN_COLUMNS: &str = "r.id, r.name, e.name AS experiment, r.task, r.method, r.status, r.step, r.steps, r.config, \
+     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at";
+
+fn run_from_row(r: &SqliteRow) -> Result<Run> {
+    let method: String = r.get("method");
+    let status: String = r.get("status");
+    let bad = |what: &str| Error::Conflict(format!("stored run has an unreadable {what}"));
+    Ok(Run {
+        id: r.get("id"),
+        name: r.get("name"),
+        experiment: r.get("experiment"),
+        task: r.get("task"),
+        method: Method::ALL.into_iter().find(|m| m.as_str() == method).ok_or_else(|| bad("method"))?,
+        status: RunStatus::parse(&status).ok_or_else(|| bad("status"))?,
+        step: r.get::<i64, _>("step") as usize,
+        steps: r.get::<i64, _>("steps") as usize,
+        config: serde_json::from_str(r.get::<&str, _>("config"))?,
+        task_options: serde_json::from_str(r.get::<&str, _>("task_options"))?,
+        dataset: r.get("dataset"),
+        eval_samples: r.get::<Option<i64>, _>("eval_samples").map(|n| n as usize),
+        error: r.get("error"),
+        final_metrics: r.get::<Option<&str>, _>("final_metrics").map(serde_json::from_str).transpose()?,
+        checkpoint_step: r.get::<Option<i64>, _>("checkpoint_step").map(|s| s as usize),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+impl Store {
+    pub async fn insert_run(&self, n: NewRun) -> Result<Run> {
+        let experiment_id = match &n.experiment {
+            Some(e) => Some(self.experiment_id(e).await?),
+            None => None,
+        };
+        let now = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
+             eval_samples, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&n.id)
+        .bind(&n.name)
+        .bind(experiment_id)
+        .bind(&n.task)
+        .bind(n.method.as_str())
+        .bind(n.config.steps as i64)
+        .bind(serde_json::to_string(&n.config)?)
+        .bind(serde_json::to_string(&n.task_options)?)
+        .bind(&n.dataset)
+        .bind(n.eval_samples.map(|n| n as i64))
+        .bind(&now)
+        .bind(&now)
+        .execute(&self.pool)
+        .await?;
+        self.run(&n.id).await
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Run> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN experiments e ON e.id = r.experiment_id WHERE r.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        run_from_row(&row.ok_or_else(|| Error::NotFound(format!("no run `{id}`")))?)
+    }
+
+    pub async fn runs(&self) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN experiments e ON e.id = r.experiment_id ORDER BY r.created_at, r.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Sets the status (and the error message, cleared when `None`).
+    pub async fn set_status(&self, id: &str, status: RunStatus, error: Option<&str>) -> Result<Run> {
+        sqlx::query("UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now_rfc3339())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.run(id).await
+    }
+
+    pub async fn set_checkpoint(&self, id: &str, step: usize) -> Result<()> {
+        sqlx::query("UPDATE runs SET checkpoint_step = ?, updated_at = ? WHERE id = ?").bind(step as i64).bind(now_rfc3339()).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn set_final_metrics(&self, id: &str, metrics: &std::collections::BTreeMap<String, f64>) -> Result<()> {
+        sqlx::query("UPDATE runs SET final_metrics = ?, updated_at = ? WHERE id = ?")
+            .bind(serde_json::to_string(metrics)?)
+            .bind(now_rfc3339())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records one step: its metrics point and the run's step counter, together.
+    pub async fn record_step(&self, id: &str, point: &MetricPoint, samples: &[StepSample]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT OR REPLACE INTO metrics (run_id, step, point) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(point.step as i64)
+            .bind(serde_json::to_string(point)?)
+            .execute(&mut *tx)
+            .await?;
+        if !samples.is_empty() {
+            sqlx::query("INSERT OR REPLACE INTO step_samples (run_id, step, samples) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(point.step as i64)
+                .bind(serde_json::to_string(samples)?)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM step_samples WHERE run_id = ? AND step <= ?").bind(id).bind(point.step as i64 - KEEP_SAMPLE_STEPS).execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE runs SET step = ?, updated_at = ? WHERE id = ?").bind(point.step as i64).bind(now_rfc3339()).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets everything after `step` (a resume restarts from that checkpoint).
+    pub async fn rewind(&self, id: &str, step: usize) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM metrics WHERE run_id = ? AND step > ?").bind(id).bind(step as i64).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM step_samples WHERE run_id = ? AND step > ?").bind(id).bind(step as i64).execute(&mut *tx).await?;
+        sqlx::query("UPDATE runs SET step = ?, updated_at = ? WHERE id = ?").bind(step as i64).bind(now_rfc3339()).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn metrics(&self, id: &str) -> Result<Vec<MetricPoint>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT point FROM metrics WHERE run_id = ? ORDER BY step").bind(id).fetch_all(&self.pool).await?;
+        rows.iter().map(|s| serde_json::from_str(s).map_err(Error::from)).collect()
+    }
+
+    /// The samples of the last steps, newest first.
+    pub async fn step_samples(&self, id: &str) -> Result<Vec<StepSample>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT samples FROM step_samples WHERE run_id = ? ORDER BY step DESC").bind(id).fetch_all(&self.pool).await?;
+        let mut out = Vec::new();
+        for s in rows {
+            out.extend(serde_json::from_str::<Vec<StepSample>>(&s)?);
+        }
+        Ok(out)
+    }
+}
