@@ -1,0 +1,294 @@
+//! SVG charts drawn by the app, no chart library: a line chart of one metric
+//! over training steps (min/max-decimated to at most [`MAX_POINTS`] drawn
+//! points, so thousands of steps stay fast), a log-scale distribution chart
+//! (the RNG task's histogram of integers against a uniform target, paper
+//! Fig. 2 style) and a labelled scatter plot. Each has axes with tick labels,
+//! axis titles with units, and an empty state.
+
+use leptos::prelude::*;
+
+/// At most this many points are drawn per series.
+pub const MAX_POINTS: usize = 1000;
+
+/// Series colours (readable on light and dark backgrounds).
+pub const PALETTE: [&str; 8] = ["#3d6fd8", "#d8563d", "#2f9e5a", "#a05bd6", "#c99a1a", "#1f9bb0", "#d64f9a", "#6b7a8a"];
+
+const W: f64 = 360.0;
+const H: f64 = 200.0;
+const LEFT: f64 = 54.0;
+const RIGHT: f64 = 12.0;
+const TOP: f64 = 10.0;
+const BOTTOM: f64 = 36.0;
+
+/// Compact number: 3 significant digits, exponent form when very large or small.
+pub fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        let s = format!("{v:.1e}");
+        s.replace(".0e", "e")
+    } else {
+        let decimals = (2 - a.log10().floor() as i32).clamp(0, 4) as usize;
+        let s = format!("{v:.decimals$}");
+        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    }
+}
+
+/// About `n` round tick values covering [lo, hi].
+pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
+        return vec![lo];
+    }
+    let raw = (hi - lo) / n.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil() * step;
+    (0..=n + 1).map(|i| first + i as f64 * step).take_while(|v| *v <= hi + step * 1e-9).collect()
+}
+
+/// Keeps the first and last point and, per bucket, the lowest and highest
+/// one (in x order), so spikes survive: at most `max` points.
+pub fn decimate(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max || max < 4 {
+        return points.to_vec();
+    }
+    let buckets = (max - 2) / 2;
+    let inner = &points[1..points.len() - 1];
+    let mut out = Vec::with_capacity(max);
+    out.push(points[0]);
+    for b in 0..buckets {
+        let chunk = &inner[b * inner.len() / buckets..(b + 1) * inner.len() / buckets];
+        if chunk.is_empty() {
+            continue;
+        }
+        let (mut lo, mut hi) = (0, 0);
+        for (i, p) in chunk.iter().enumerate() {
+            if p.1 < chunk[lo].1 {
+                lo = i;
+            }
+            if p.1 > chunk[hi].1 {
+                hi = i;
+            }
+        }
+        out.push(chunk[lo.min(hi)]);
+        if lo != hi {
+            out.push(chunk[lo.max(hi)]);
+        }
+    }
+    out.push(points[points.len() - 1]);
+    out
+}
+
+/// Data → pixel mapping of one chart.
+#[derive(Clone, Copy)]
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    fn new((x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> Self {
+        let widen = |a: f64, b: f64| if b > a { (a, b) } else { (a - 0.5 * a.abs().max(1.0), b + 0.5 * b.abs().max(1.0)) };
+        let (x0, x1) = widen(x0, x1);
+        let (y0, y1) = widen(y0, y1);
+        Frame { x0, x1, y0, y1 }
+    }
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
+    }
+    fn py(&self, y: f64) -> f64 {
+        H - BOTTOM - (y - self.y0) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
+    }
+}
+
+fn range(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    vals.filter(|v| v.is_finite()).fold(None, |acc, v| Some(acc.map_or((v, v), |(a, b): (f64, f64)| (a.min(v), b.max(v)))))
+}
+
+/// Axes, grid, tick labels and axis titles. `ylabel` formats a y tick.
+fn axes(f: Frame, xticks: Vec<f64>, yticks: Vec<(f64, String)>, xtitle: String, ytitle: String) -> impl IntoView {
+    let (bx, by) = (f.px(f.x0), f.py(f.y0));
+    view! {
+        <g class="axes">
+            {yticks.into_iter().map(|(y, label)| {
+                let py = f.py(y);
+                view! {
+                    <line class="grid" x1=LEFT y1=py x2=W - RIGHT y2=py />
+                    <text class="tick" x=LEFT - 4.0 y=py + 3.0 text-anchor="end">{label}</text>
+                }
+            }).collect_view()}
+            {xticks.into_iter().map(|x| {
+                let px = f.px(x);
+                view! {
+                    <line class="tickmark" x1=px y1=by x2=px y2=by + 4.0 />
+                    <text class="tick" x=px y=by + 14.0 text-anchor="middle">{fmt_num(x)}</text>
+                }
+            }).collect_view()}
+            <line class="axis" x1=LEFT y1=by x2=W - RIGHT y2=by />
+            <line class="axis" x1=bx y1=TOP x2=bx y2=by />
+            <text class="axis-title" x=(LEFT + W - RIGHT) / 2.0 y=H - 4.0 text-anchor="middle">{xtitle}</text>
+            <text class="axis-title" x=12.0 y=(TOP + by) / 2.0 text-anchor="middle"
+                transform=format!("rotate(-90 12 {})", (TOP + by) / 2.0)>{ytitle}</text>
+        </g>
+    }
+}
+
+fn path_of(points: &[(f64, f64)], f: Frame) -> String {
+    let mut d = String::with_capacity(points.len() * 14);
+    let mut pen_up = true;
+    for &(x, y) in points {
+        if !(x.is_finite() && y.is_finite()) {
+            pen_up = true;
+            continue;
+        }
+        d.push_str(&format!("{}{:.1},{:.1}", if pen_up { 'M' } else { 'L' }, f.px(x), f.py(y)));
+        pen_up = false;
+    }
+    d
+}
+
+/// One metric over training steps. `points` are (step, value).
+#[component]
+pub fn LineChart(
+    /// Element id (`chart-…`).
+    id: String,
+    title: String,
+    /// Unit of the y axis (shown in its title); empty for none.
+    #[prop(optional, into)]
+    unit: String,
+    #[prop(into)] points: Signal<Vec<(f64, f64)>>,
+    #[prop(default = 0)] color: usize,
+) -> impl IntoView {
+    let ytitle = if unit.is_empty() { title.clone() } else { format!("{title} ({unit})") };
+    let latest = move || points.with(|p| p.last().map(|(_, y)| fmt_num(*y)).unwrap_or_else(|| "—".into()));
+    let body = move || {
+        let pts = points.with(|p| decimate(p, MAX_POINTS));
+        let (Some(xr), Some(yr)) = (range(pts.iter().map(|p| p.0)), range(pts.iter().map(|p| p.1))) else {
+            return view! { <p class="chart-empty">"No data yet."</p> }.into_any();
+        };
+        let f = Frame::new(xr, yr);
+        let yticks = nice_ticks(f.y0, f.y1, 4).into_iter().map(|y| (y, fmt_num(y))).collect();
+        let d = path_of(&pts, f);
+        let (xt, yt) = (nice_ticks(f.x0, f.x1, 5), ytitle.clone());
+        view! {
+            <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=ytitle.clone()>
+                {axes(f, xt, yticks, "step".into(), yt)}
+                <path class="series" d=d stroke=PALETTE[color % PALETTE.len()] />
+                <text class="count" x=W - RIGHT y=TOP + 8.0 text-anchor="end">{format!("{} pts", points.with(|p| p.len()))}</text>
+            </svg>
+        }
+        .into_any()
+    };
+    view! {
+        <figure class="chart" id=id data-test="chart">
+            <figcaption>{title}" "<span class="latest">{latest}</span></figcaption>
+            {body}
+        </figure>
+    }
+}
+
+/// One distribution over 0..=100 of a source, for [`DistributionChart`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Distribution {
+    pub label: String,
+    /// Probability of each integer 0..=100 (101 values).
+    pub probs: Vec<f64>,
+    /// Samples that parsed as an integer in range, and all samples.
+    pub valid: usize,
+    pub total: usize,
+}
+
+/// Empirical distributions of integers 0..=100 against the uniform target, log-scale y.
+#[component]
+pub fn DistributionChart(#[prop(into)] series: Signal<Vec<Distribution>>) -> impl IntoView {
+    let body = move || {
+        let series = series.get();
+        let target = 1.0 / 101.0;
+        let floor = series.iter().flat_map(|s| s.probs.iter().copied()).filter(|p| *p > 0.0).fold(target, f64::min);
+        let lo = floor.log10().floor().min(-3.0);
+        let f = Frame::new((0.0, 100.0), (lo, 0.0));
+        let yticks = (lo as i32..=0).map(|e| (e as f64, format!("1e{e}"))).collect();
+        let ty = f.py(target.log10());
+        view! {
+            <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label="distribution of sampled integers">
+                {axes(f, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0], yticks, "sampled integer".into(), "probability (log)".into())}
+                <line class="target" x1=LEFT y1=ty x2=W - RIGHT y2=ty />
+                {series.iter().enumerate().map(|(i, s)| {
+                    let pts: Vec<(f64, f64)> = s.probs.iter().enumerate()
+                        .map(|(n, p)| (n as f64, if *p > 0.0 { p.log10() } else { f64::NAN })).collect();
+                    let color = PALETTE[i % PALETTE.len()];
+                    view! {
+                        <path class="series thin" d=path_of(&pts, f) stroke=color />
+                        {pts.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| view! {
+                            <circle cx=f.px(x) cy=f.py(y) r="1.6" fill=color />
+                        }).collect_view()}
+                    }
+                }).collect_view()}
+            </svg>
+            <ul class="legend">
+                <li><span class="swatch target-swatch"></span>"uniform target (1/101)"</li>
+                {series.iter().enumerate().map(|(i, s)| {
+                    let pct = if s.total > 0 { 100.0 * s.valid as f64 / s.total as f64 } else { 0.0 };
+                    view! {
+                        <li><span class="swatch" style=format!("background:{}", PALETTE[i % PALETTE.len()])></span>
+                        {format!("{} — {} of {} samples valid ({pct:.0}%)", s.label, s.valid, s.total)}</li>
+                    }
+                }).collect_view()}
+            </ul>
+        }
+    };
+    view! { <figure class="chart wide" id="chart-distribution">{body}</figure> }
+}
+
+/// A labelled point of a [`Scatter`] chart, with ± standard deviations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScatterPoint {
+    pub label: String,
+    pub x: f64,
+    pub y: f64,
+    pub x_std: f64,
+    pub y_std: f64,
+}
+
+/// A scatter of labelled points with error bars.
+#[component]
+pub fn Scatter(id: String, xtitle: String, ytitle: String, #[prop(into)] points: Signal<Vec<ScatterPoint>>) -> impl IntoView {
+    let body = move || {
+        let pts = points.get();
+        let (Some(xr), Some(yr)) = (
+            range(pts.iter().flat_map(|p| [p.x - p.x_std, p.x + p.x_std])),
+            range(pts.iter().flat_map(|p| [p.y - p.y_std, p.y + p.y_std])),
+        ) else {
+            return view! { <p class="chart-empty">"Nothing to plot."</p> }.into_any();
+        };
+        let pad = |(a, b): (f64, f64)| {
+            let m = ((b - a) * 0.1).max(1e-6);
+            (a - m, b + m)
+        };
+        let f = Frame::new(pad(xr), pad(yr));
+        let yticks = nice_ticks(f.y0, f.y1, 4).into_iter().map(|y| (y, fmt_num(y))).collect();
+        view! {
+            <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=format!("{ytitle} against {xtitle}")>
+                {axes(f, nice_ticks(f.x0, f.x1, 4), yticks, xtitle.clone(), ytitle.clone())}
+                {pts.into_iter().enumerate().map(|(i, p)| {
+                    let (cx, cy) = (f.px(p.x), f.py(p.y));
+                    let color = PALETTE[i % PALETTE.len()];
+                    view! {
+                        <line class="errbar" x1=f.px(p.x - p.x_std) y1=cy x2=f.px(p.x + p.x_std) y2=cy stroke=color />
+                        <line class="errbar" x1=cx y1=f.py(p.y - p.y_std) x2=cx y2=f.py(p.y + p.y_std) stroke=color />
+                        <circle cx=cx cy=cy r="3.5" fill=color />
+                        <text class="point-label" x=cx + 5.0 y=cy - 5.0>{p.label}</text>
+                    }
+                }).collect_view()}
+            </svg>
+        }
+        .into_any()
+    };
+    view! { <figure class="chart wide" id=id>{body}</figure> }
+}
