@@ -1,0 +1,278 @@
+//! Compare: pick sources (base model and runs), enter prompts, and see the
+//! samples side by side (one column per source, rows aligned by prompt), the
+//! metrics table (mean ± std) and the task picture: for RNG runs the
+//! distribution of sampled integers against the uniform target (log scale),
+//! otherwise mean base log-likelihood against distinct-2 diversity. Saved
+//! comparisons are listed and open at `/compare?id=N`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use amortize_shared::api::{Comparison, ComparisonColumn, CreateComparison, Decoding, MetricSummary, Run};
+use leptos::ev::SubmitEvent;
+use leptos::prelude::*;
+use leptos_router::components::A;
+use leptos_router::hooks::use_query_map;
+
+use crate::api::{self, ApiErr};
+use crate::charts::{fmt_num, Distribution, DistributionChart, Scatter, ScatterPoint};
+use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourcePicker};
+
+/// Integers the RNG task draws from: 0..SUPPORT.
+const SUPPORT: usize = 101;
+
+/// The RNG task's reading of a sample (as the server's `parse_number`).
+pub fn parse_number(text: &str) -> Option<usize> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 3 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<usize>().ok().filter(|&v| v < SUPPORT)
+}
+
+fn distribution(c: &ComparisonColumn) -> Distribution {
+    let mut counts = vec![0usize; SUPPORT];
+    let mut total = 0;
+    for g in c.samples.iter().flatten() {
+        total += 1;
+        if let Some(n) = parse_number(&g.text) {
+            counts[n] += 1;
+        }
+    }
+    let valid: usize = counts.iter().sum();
+    let probs = counts.iter().map(|&k| if valid > 0 { k as f64 / valid as f64 } else { 0.0 }).collect();
+    Distribution { label: c.label.clone(), probs, valid, total }
+}
+
+/// The first metric key among `names`, else the first containing every one of `parts`.
+fn find_key<'a>(m: &'a BTreeMap<String, MetricSummary>, names: &[&str], parts: &[&str]) -> Option<(&'a String, &'a MetricSummary)> {
+    names.iter().find_map(|n| m.get_key_value(*n)).or_else(|| m.iter().find(|(k, _)| parts.iter().all(|p| k.contains(p))))
+}
+
+fn parse_num<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.trim().parse::<T>().map_err(|_| format!("{what} must be a number"))
+}
+
+#[component]
+pub fn ComparePage() -> impl IntoView {
+    let query = use_query_map();
+    let runs = Polled::<Vec<Run>>::start("/api/runs", Some(Duration::from_secs(10)));
+    let past = Polled::<Vec<Comparison>>::start("/api/comparisons", None);
+    let initial = query.get_untracked().get("runs").map(|r| r.split(',').filter(|s| !s.is_empty()).map(String::from).collect());
+    let selected = RwSignal::new(initial.unwrap_or_else(|| vec!["base".to_string()]));
+    let prompts = RwSignal::new(query.get_untracked().get("prompts").unwrap_or_default());
+    let n = RwSignal::new("4".to_string());
+    let max_tokens = RwSignal::new("32".to_string());
+    let temperature = RwSignal::new("1.0".to_string());
+    let result = RwSignal::new(None::<Comparison>);
+    let loading = RwSignal::new(false);
+    let err = RwSignal::new(None::<ApiErr>);
+
+    // `?id=N`: a saved comparison.
+    Effect::new(move |_| {
+        let Some(id) = query.with(|q| q.get("id")) else { return };
+        if result.with_untracked(|r| r.as_ref().is_some_and(|c| c.id.to_string() == id)) {
+            return;
+        }
+        loading.set(true);
+        leptos::task::spawn_local(async move {
+            match api::get::<Comparison>(&format!("/api/comparisons/{}", api::encode(&id))).await {
+                Ok(c) => result.set(Some(c)),
+                Err(e) => err.set(Some(e)),
+            }
+            loading.set(false);
+        });
+    });
+
+    let decoding = move || -> Result<Decoding, String> {
+        let n: usize = parse_num(&n.get(), "samples per prompt")?;
+        let max_tokens: usize = parse_num(&max_tokens.get(), "max tokens")?;
+        let temperature: f64 = parse_num(&temperature.get(), "temperature")?;
+        if n == 0 || n > 64 {
+            return Err("samples per prompt must be 1 to 64".into());
+        }
+        if !(temperature > 0.0) {
+            return Err("temperature must be > 0".into());
+        }
+        Ok(Decoding { n, max_tokens, temperature, ..Decoding::default() })
+    };
+    let form_error = move || {
+        if selected.with(Vec::is_empty) {
+            return Some("Pick at least one source.".to_string());
+        }
+        decoding().err()
+    };
+
+    let submit = move |ev: SubmitEvent| {
+        ev.prevent_default();
+        let Ok(decoding) = decoding() else { return };
+        if selected.with_untracked(Vec::is_empty) || loading.get_untracked() {
+            return;
+        }
+        let req = CreateComparison {
+            runs: selected.get_untracked(),
+            prompts: prompts.get_untracked().lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
+            decoding,
+        };
+        loading.set(true);
+        err.set(None);
+        leptos::task::spawn_local(async move {
+            match api::post::<_, Comparison>("/api/comparisons", &req).await {
+                Ok(c) => {
+                    let id = c.id;
+                    result.set(Some(c));
+                    past.refresh();
+                    api::replace_url(&format!("/compare?id={id}"));
+                }
+                Err(e) => err.set(Some(e)),
+            }
+            loading.set(false);
+        });
+    };
+
+    let num_field = move |id: &'static str, label: &'static str, sig: RwSignal<String>| {
+        view! {
+            <div class="field small">
+                <label for=id>{label}</label>
+                <input type="text" inputmode="decimal" id=id prop:value=move || sig.get() on:input=move |ev| sig.set(event_target_value(&ev)) />
+            </div>
+        }
+    };
+
+    view! {
+        <section id="compare">
+            <h1>"Compare"</h1>
+            <form id="compare-form" on:submit=submit>
+                <SourcePicker id="compare-sources" runs=runs selected=selected />
+                <div class="field wide">
+                    <label for="compare-prompts">"Prompts " <span class="help">"one per line; empty: the task's own test prompts (runs of one task)"</span></label>
+                    <textarea id="compare-prompts" rows="4" prop:value=move || prompts.get() on:input=move |ev| prompts.set(event_target_value(&ev))></textarea>
+                </div>
+                <div class="inline-fields">
+                    {num_field("compare-n", "Samples per prompt", n)}
+                    {num_field("compare-max-tokens", "Max tokens", max_tokens)}
+                    {num_field("compare-temperature", "Temperature", temperature)}
+                </div>
+                <div class="actions">
+                    <button type="submit" id="compare-submit" class="primary" disabled=move || loading.get() || form_error().is_some()>
+                        {move || if loading.get() { "Sampling…" } else { "Compare" }}
+                    </button>
+                    {error_slot("compare-invalid", form_error)}
+                </div>
+                {move || err.get().map(|e| view! { <ErrorMsg err=e.message id="compare-error" /> })}
+            </form>
+            {move || loading.get().then(|| view! { <Loading what="samples from every source (this can take a while)" /> })}
+            {move || result.get().map(|c| view! { <ComparisonView c=c /> })}
+            <h2>"Saved comparisons"</h2>
+            {move || match past.data.get() {
+                None => view! { <Loading what="saved comparisons" /> }.into_any(),
+                Some(list) if list.is_empty() => view! { <p class="empty">"None yet."</p> }.into_any(),
+                Some(mut list) => {
+                    list.sort_by(|a, b| b.id.cmp(&a.id));
+                    view! {
+                        <ul id="comparison-list">
+                            {list.into_iter().map(|c| view! {
+                                <li><A href=format!("/compare?id={}", c.id)>{format!("#{} · {}", c.id, fmt_time(&c.created_at))}</A>
+                                <span class="muted">" " {c.columns.iter().map(|k| k.label.clone()).collect::<Vec<_>>().join(" vs ")}
+                                {format!(" · {} prompt(s)", c.prompts.len())}</span></li>
+                            }).collect_view()}
+                        </ul>
+                    }
+                    .into_any()
+                }
+            }}
+            {move || past.error.get().map(|e| view! { <ErrorMsg err=format!("Could not load saved comparisons: {e}") /> })}
+        </section>
+    }
+}
+
+#[component]
+fn ComparisonView(c: Comparison) -> impl IntoView {
+    let names: Vec<String> = {
+        let mut v: Vec<String> = c.columns.iter().flat_map(|col| col.metrics.keys().cloned()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let is_rng = c.columns.iter().any(|k| k.task.as_deref() == Some("rng")) && c.columns.iter().all(|k| k.task.is_none() || k.task.as_deref() == Some("rng"));
+    let picture = if is_rng {
+        let series: Vec<Distribution> = c.columns.iter().map(distribution).collect();
+        view! {
+            <h2>"Distribution of sampled integers"</h2>
+            <DistributionChart series=series />
+        }
+        .into_any()
+    } else {
+        let mut missing = Vec::new();
+        let points: Vec<ScatterPoint> = c.columns.iter().filter_map(|col| {
+            let x = find_key(&col.metrics, &["base_loglik", "mean_base_loglik", "base_logprob", "mean_base_logprob"], &["base", "log"]);
+            let y = find_key(&col.metrics, &["distinct_2", "distinct-2", "distinct2"], &["distinct"]);
+            match (x, y) {
+                (Some((_, x)), Some((_, y))) => Some(ScatterPoint { label: col.label.clone(), x: x.mean, y: y.mean, x_std: x.std, y_std: y.std }),
+                _ => {
+                    missing.push(col.label.clone());
+                    None
+                }
+            }
+        }).collect();
+        view! {
+            <h2>"Likelihood against diversity"</h2>
+            <Scatter id="chart-scatter".into() xtitle="mean base log-likelihood (nats)".into() ytitle="distinct-2".into() points=points />
+            {(!missing.is_empty()).then(|| view! { <p class="muted">"No log-likelihood or distinct-2 metric for: " {missing.join(", ")}</p> })}
+        }
+        .into_any()
+    };
+    let columns = c.columns.clone();
+    view! {
+        <section id="comparison" data-comparison-id=c.id>
+            <h2>"Metrics " <span class="muted">"(mean ± std over prompts)"</span></h2>
+            <div class="scroll">
+                <table class="data" id="compare-metrics">
+                    <thead><tr><th scope="col">"metric"</th>
+                        {c.columns.iter().map(|k| view! { <th scope="col">{k.label.clone()}</th> }).collect_view()}
+                    </tr></thead>
+                    <tbody>
+                        {names.into_iter().map(|name| view! {
+                            <tr><th scope="row">{name.clone()}</th>
+                                {c.columns.iter().map(|k| view! {
+                                    <td class="num">{k.metrics.get(&name).map(|m| format!("{} ± {}", fmt_num(m.mean), fmt_num(m.std))).unwrap_or_else(|| "—".into())}</td>
+                                }).collect_view()}
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            </div>
+            {picture}
+            <h2>"Samples"</h2>
+            <div class="scroll">
+                <table class="data samples-grid" id="compare-samples">
+                    <thead><tr>
+                        {columns.iter().map(|k| view! {
+                            <th scope="col" class="compare-column" data-source=k.source.clone()>{k.label.clone()}
+                                {k.task.clone().map(|t| view! { <span class="muted">" (" {t} ")"</span> })}</th>
+                        }).collect_view()}
+                    </tr></thead>
+                    <tbody>
+                        {c.prompts.iter().enumerate().map(|(i, p)| view! {
+                            <tr class="prompt-row"><th colspan=columns.len() class="compare-prompt" scope="colgroup">{p.clone()}</th></tr>
+                            <tr>
+                                {columns.iter().map(|k| view! {
+                                    <td class="compare-cell" data-source=k.source.clone()>
+                                        <ol>
+                                            {k.samples.get(i).cloned().unwrap_or_default().into_iter().map(|g| view! {
+                                                <li class="compare-sample">
+                                                    <span class="sample-text">{g.text}</span>
+                                                    <span class="sample-meta">{format!("log q {} · log p_base {} · {} tok", fmt_num(g.logprob), fmt_num(g.base_logprob), g.tokens)}</span>
+                                                </li>
+                                            }).collect_view()}
+                                        </ol>
+                                    </td>
+                                }).collect_view()}
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            </div>
+        </section>
+    }
+}

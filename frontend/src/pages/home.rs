@@ -1,0 +1,156 @@
+//! Home: the loaded model, the task presets (each with a "new run" link) and
+//! the table of runs, polled every 2 s so statuses and steps stay live;
+//! filterable by experiment.
+
+use std::time::Duration;
+
+use amortize_shared::api::{Experiment, Run, TaskInfo};
+use leptos::prelude::*;
+use leptos_router::components::A;
+
+use crate::api;
+use crate::charts::fmt_num;
+use crate::components::{fmt_count, fmt_time, key_metric, loaded, Catalog, ErrorMsg, Loading, Polled, StatusBadge};
+
+#[component]
+pub fn HomePage() -> impl IntoView {
+    let cat = Catalog::get();
+    let runs = Polled::<Vec<Run>>::start("/api/runs", Some(Duration::from_secs(2)));
+    let experiments = Polled::<Vec<Experiment>>::start("/api/experiments", Some(Duration::from_secs(10)));
+    let filter = RwSignal::new(String::new());
+
+    let model = loaded(cat.model, "the model", |m| {
+        view! {
+            <dl class="facts" id="model-info">
+                <dt>"Name"</dt><dd data-test="model-name">{m.name}</dd>
+                <dt>"Parameters"</dt><dd>{fmt_count(m.parameters)}</dd>
+                <dt>"Context"</dt><dd>{m.context_length} " tokens"</dd>
+                <dt>"Vocabulary"</dt><dd>{m.vocab_size}</dd>
+                <dt>"Device"</dt><dd>{m.device} " · " {m.dtype}</dd>
+                <dt>"Path"</dt><dd class="mono">{m.path}</dd>
+            </dl>
+        }
+    });
+    let tasks = loaded(cat.tasks, "the task presets", |ts: Vec<TaskInfo>| {
+        if ts.is_empty() {
+            return view! { <p class="muted">"The server offers no task presets."</p> }.into_any();
+        }
+        view! {
+            <ul class="tasks" id="task-list">
+                {ts.into_iter().map(|t| view! {
+                    <li data-test=format!("task-{}", t.name)>
+                        <strong>{t.name.clone()}</strong>
+                        <span class="muted">" — " {t.description}</span>
+                        " " <A href=format!("/runs/new?task={}", api::encode(&t.name))>"New run"</A>
+                    </li>
+                }).collect_view()}
+            </ul>
+        }
+        .into_any()
+    });
+
+    let table = move || {
+        let Some(mut list) = runs.data.get() else { return view! { <Loading what="runs" /> }.into_any() };
+        let f = filter.get();
+        if !f.is_empty() {
+            list.retain(|r| r.experiment.as_deref() == Some(f.as_str()));
+        }
+        if list.is_empty() {
+            return view! {
+                <p class="empty" id="runs-empty">
+                    {if f.is_empty() { "No runs yet. " } else { "No runs in this experiment. " }}
+                    <A href="/runs/new">"Start one"</A>
+                </p>
+            }
+            .into_any();
+        }
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        let tasks = cat.tasks.with(|t| t.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default());
+        view! {
+            <div class="scroll">
+                <table id="runs-table" class="data">
+                    <thead><tr>
+                        <th scope="col">"Run"</th><th scope="col">"Status"</th><th scope="col">"Task"</th>
+                        <th scope="col">"Method"</th><th scope="col">"Step"</th><th scope="col">"Key metric"</th>
+                        <th scope="col">"Experiment"</th><th scope="col">"Created"</th>
+                    </tr></thead>
+                    <tbody>
+                        {list.into_iter().map(|r| run_row(r, &tasks)).collect_view()}
+                    </tbody>
+                </table>
+            </div>
+        }
+        .into_any()
+    };
+
+    let experiment_filter = move || {
+        let list = experiments.data.get().unwrap_or_default();
+        (!list.is_empty()).then(|| view! {
+            <label for="experiment-filter">"Experiment "</label>
+            <select id="experiment-filter" on:change=move |ev| filter.set(event_target_value(&ev))>
+                <option value="" selected=move || filter.with(String::is_empty)>"all"</option>
+                {list.into_iter().map(|e| {
+                    let n = e.name.clone();
+                    view! {
+                        <option value=e.name.clone() selected=move || filter.with(|f| *f == n)>{format!("{} ({} runs)", e.name, e.runs)}</option>
+                    }
+                }).collect_view()}
+            </select>
+        })
+    };
+
+    view! {
+        <section id="home">
+            <div class="row-head">
+                <h1>"Runs"</h1>
+                <A href="/runs/new" attr:class="button primary" attr:id="new-run-link">"New run"</A>
+            </div>
+            <div class="toolbar">{experiment_filter}</div>
+            {move || runs.error.get().map(|e| view! { <ErrorMsg err=format!("Could not refresh the runs: {e}") id="runs-error" /> })}
+            {table}
+        </section>
+        <div class="two-col">
+            <section id="model">
+                <h2>"Model"</h2>
+                {model}
+            </section>
+            <section id="tasks">
+                <h2>"Task presets"</h2>
+                {tasks}
+            </section>
+        </div>
+    }
+}
+
+fn run_row(r: Run, tasks: &[TaskInfo]) -> impl IntoView {
+    let metric = key_metric(&r, tasks).map(|(k, v)| format!("{k} = {}", fmt_num(v))).unwrap_or_else(|| "—".into());
+    let pct = if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 };
+    let href = format!("/runs/{}", api::encode(&r.id));
+    view! {
+        <tr data-test="run-row" data-run-id=r.id.clone()>
+            <td><A href=href>{r.name.clone()}</A></td>
+            <td>
+                <StatusBadge status=r.status />
+                {r.error.clone().map(|e| view! { <span class="error-inline" title=e.clone()>" " {truncate(&e, 60)}</span> })}
+            </td>
+            <td>{r.task.clone()}</td>
+            <td>{r.method.as_str()}</td>
+            <td class="num">
+                {format!("{}/{}", r.step, r.steps)}
+                <progress max="100" value=pct aria-label="progress"></progress>
+            </td>
+            <td class="num" data-test="key-metric">{metric}</td>
+            <td>{r.experiment.clone().unwrap_or_default()}</td>
+            <td class="muted">{fmt_time(&r.created_at)}</td>
+        </tr>
+    }
+}
+
+/// At most `n` characters, with an ellipsis when cut.
+pub fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}

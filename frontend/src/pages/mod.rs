@@ -1,0 +1,9 @@
+//! The app's pages, one module each (see the route table in `app`).
+
+pub mod compare;
+pub mod config_form;
+pub mod custom_task;
+pub mod home;
+pub mod infill;
+pub mod new_run;
+pub mod run;

@@ -1,0 +1,302 @@
+//! New run: pick a task preset, edit any TrainConfig field (pre-filled with
+//! the preset, checked live by `TrainConfig::validate()`), choose the method,
+//! a dataset (upload one too) when the task takes one, and for the `custom`
+//! task its prompt templates with a live preview. Launch posts `CreateRun`
+//! with only the changed config fields and opens the run's page. Errors are
+//! shown next to the field they name (the form's own or the server's
+//! `ApiError.field`), otherwise at the top of the form.
+
+use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run};
+use leptos::ev::SubmitEvent;
+use leptos::prelude::*;
+use leptos_router::hooks::{use_navigate, use_query_map};
+use serde_json::{Map, Value};
+
+use super::config_form::{check, config_fields, fields_of, CfgGroups};
+use super::custom_task::{examples_error, parse_examples, template_errors, CustomTemplates, Templates};
+use crate::api::{self, ApiErr};
+use crate::components::{loaded, Catalog, ErrorMsg, Polled};
+
+/// Form fields outside the config that a server error may name.
+const OWN_FIELDS: [&str; 9] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "policy_template", "reward_template", "examples"];
+
+#[component]
+pub fn NewRunPage() -> impl IntoView {
+    let cat = Catalog::get();
+    let query = use_query_map();
+    let task = RwSignal::new(query.get_untracked().get("task").unwrap_or_default());
+    let name = RwSignal::new(String::new());
+    let experiment = RwSignal::new(String::new());
+    let method = RwSignal::new("gfn".to_string());
+    let dataset = RwSignal::new(String::new());
+    let eval_samples = RwSignal::new(String::new());
+    let templates = Templates::new();
+    let cfg = RwSignal::new(CfgGroups::new());
+    let server_err = RwSignal::new(None::<ApiErr>);
+    let busy = RwSignal::new(false);
+    let datasets = Polled::<Vec<Dataset>>::start("/api/datasets", None);
+    let experiments = Polled::<Vec<Experiment>>::start("/api/experiments", None);
+
+    // A task (the first preset when none is named) and its default config.
+    Effect::new(move |_| {
+        let Some(Ok(tasks)) = cat.tasks.get() else { return };
+        let t = task.get();
+        match tasks.iter().find(|x| x.name == t) {
+            Some(info) => {
+                cfg.set(fields_of(&info.default_config));
+                dataset.set(String::new());
+                server_err.set(None);
+            }
+            None => {
+                if let Some(first) = tasks.first() {
+                    task.set(first.name.clone());
+                }
+            }
+        }
+    });
+    let info = Memo::new(move |_| cat.task(&task.get()));
+    let is_custom = move || task.with(|t| t == "custom");
+
+    let checked = Memo::new(move |_| cfg.with(check));
+    let own_error = move |field: &str| -> Option<String> {
+        let name_check = |s: &str| if s.is_empty() { None } else { valid_name(s).err() };
+        match field {
+            "name" => name.with(|s| name_check(s)),
+            "experiment" => experiment.with(|s| name_check(s)),
+            "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
+            "policy_template" | "reward_template" if is_custom() => {
+                let (p, r) = templates.with_texts(template_errors);
+                if field == "policy_template" { p } else { r }
+            }
+            "examples" if is_custom() => templates.examples.with(|t| examples_error(t)),
+            f => checked.with(|c| c.errors.get(f).cloned()),
+        }
+    };
+    // The server's error belongs next to a field when it names one we show
+    // (sft/ppo are refused with a 400: that goes next to the method).
+    let server_field = move || -> Option<String> {
+        let e = server_err.get()?;
+        let f = e.field_name().map(str::to_string);
+        let shown = |f: &str| OWN_FIELDS.contains(&f) || cfg.with(|g| g.iter().any(|(_, fs)| fs.iter().any(|x| x.name == f)));
+        match f {
+            Some(f) if shown(&f) => Some(f),
+            None if method.with(|m| m != "gfn") && e.status == 400 => Some("method".into()),
+            _ => None,
+        }
+    };
+    let error_of = move |field: &str| -> Option<String> {
+        own_error(field).or_else(|| (server_field().as_deref() == Some(field)).then(|| server_err.get().map(|e| e.message)).flatten())
+    };
+    let invalid = Memo::new(move |_| {
+        let mut n = checked.with(|c| c.errors.len());
+        n += OWN_FIELDS.iter().filter(|f| own_error(f).is_some()).count();
+        n
+    });
+
+    let navigate = use_navigate();
+    let submit = move |ev: SubmitEvent| {
+        ev.prevent_default();
+        if invalid.get_untracked() > 0 || busy.get_untracked() {
+            return;
+        }
+        let overrides = checked.get_untracked().overrides;
+        let opt = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        let mut task_options = Map::new();
+        if is_custom() {
+            let (p, r) = templates.with_texts(|p, r| (p.to_string(), r.to_string()));
+            task_options.insert("policy_template".into(), Value::String(p));
+            task_options.insert("reward_template".into(), Value::String(r));
+            let ex = parse_examples(&templates.examples.get_untracked()).unwrap_or_default();
+            if !ex.is_empty() {
+                task_options.insert("examples".into(), Value::Array(ex));
+            }
+        }
+        let req = CreateRun {
+            name: opt(name.get_untracked()),
+            experiment: opt(experiment.get_untracked()),
+            task: task.get_untracked(),
+            method: Method::ALL.into_iter().find(|m| method.with_untracked(|s| s == m.as_str())),
+            config: (!overrides.is_empty()).then_some(overrides),
+            task_options: (!task_options.is_empty()).then_some(task_options),
+            dataset: opt(dataset.get_untracked()),
+            eval_samples: eval_samples.get_untracked().trim().parse().ok(),
+        };
+        busy.set(true);
+        server_err.set(None);
+        let navigate = navigate.clone();
+        leptos::task::spawn_local(async move {
+            match api::post::<_, Run>("/api/runs", &req).await {
+                Ok(run) => navigate(&format!("/runs/{}", api::encode(&run.id)), Default::default()),
+                Err(e) => server_err.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    };
+
+    let field_err = move |f: &'static str| {
+        let id = format!("err-{f}");
+        view! { <span class="field-error" id=id role="alert">{move || error_of(f)}</span> }
+    };
+    let text_input = move |f: &'static str, label: &'static str, help: &'static str, sig: RwSignal<String>, list: Option<&'static str>| {
+        view! {
+            <div class="field">
+                <label for=f>{label} " " <span class="help">{help}</span></label>
+                <input id=f name=f type="text" autocomplete="off" list=list
+                    aria-invalid=move || if error_of(f).is_some() { "true" } else { "false" }
+                    prop:value=move || sig.get() on:input=move |ev| sig.set(event_target_value(&ev)) />
+                {field_err(f)}
+            </div>
+        }
+    };
+
+    let task_select = loaded(cat.tasks, "the task presets", move |ts| {
+        view! {
+            <select id="task" name="task" on:change=move |ev| task.set(event_target_value(&ev))>
+                {ts.into_iter().map(|t| {
+                    let n = t.name.clone();
+                    view! { <option value=t.name.clone() selected=move || task.with(|x| *x == n)>{t.name.clone()}</option> }
+                }).collect_view()}
+            </select>
+        }
+    });
+    let top_error = move || {
+        let whole = checked.with(|c| c.errors.get("config").cloned()).map(|e| format!("The config is not valid: {e}"));
+        let server = server_err.get().filter(|_| server_field().is_none()).map(|e| e.message);
+        whole.or(server).map(|e| view! { <ErrorMsg err=e id="form-error" /> })
+    };
+
+    view! {
+        <section id="new-run">
+            <h1>"New run"</h1>
+            <form id="new-run-form" on:submit=submit novalidate=true>
+                {top_error}
+                <fieldset class="cfg-group">
+                    <legend>"Task and method"</legend>
+                    <div class="cfg-grid">
+                        <div class="field">
+                            <label for="task">"Task preset"</label>
+                            {task_select}
+                            <span class="help" id="task-description">{move || info.get().map(|i| i.description)}</span>
+                            {field_err("task")}
+                        </div>
+                        <div class="field">
+                            <label for="method">"Method"</label>
+                            <select id="method" name="method" on:change=move |ev| method.set(event_target_value(&ev))>
+                                {[("gfn", "gfn — GFlowNet fine-tuning"), ("sft", "sft — supervised fine-tuning"), ("ppo", "ppo — PPO")].map(|(v, label)| view! {
+                                    <option value=v selected=move || method.with(|m| m == v)>{label}</option>
+                                })}
+                            </select>
+                            {move || method.with(|m| m != "gfn").then(|| view! { <span class="help">"Only gfn trains today; the server may refuse this method."</span> })}
+                            {field_err("method")}
+                        </div>
+                        {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}
+                        {text_input("experiment", "Experiment", "optional; created if new", experiment, Some("experiment-names"))}
+                        {text_input("eval_samples", "Evaluation samples", "optional; 0 skips the final evaluation", eval_samples, None)}
+                    </div>
+                    <datalist id="experiment-names">
+                        {move || experiments.data.get().unwrap_or_default().into_iter().map(|e| view! { <option value=e.name></option> }).collect_view()}
+                    </datalist>
+                </fieldset>
+                {move || info.get().and_then(|i| i.dataset_option.map(|opt| dataset_section(i.name, opt, i.dataset_format, datasets, dataset, field_err("dataset"))))}
+                {move || is_custom().then(|| view! { <CustomTemplates t=templates error_of=error_of /> })}
+                {move || config_fields(cfg.get(), error_of)}
+                <div class="actions">
+                    <button type="submit" id="launch" class="primary" disabled=move || invalid.get() > 0 || busy.get() || info.get().is_none()>
+                        {move || if busy.get() { "Launching…" } else { "Launch run" }}
+                    </button>
+                    {move || (invalid.get() > 0).then(|| view! {
+                        <span class="field-error" id="form-invalid">{format!("Fix {} field(s) marked above to launch.", invalid.get())}</span>
+                    })}
+                </div>
+            </form>
+        </section>
+    }
+}
+
+/// The dataset picker and upload of a task that takes one (`dataset_option`).
+fn dataset_section(
+    task: String,
+    option: String,
+    format: Option<String>,
+    datasets: Polled<Vec<Dataset>>,
+    selected: RwSignal<String>,
+    error: impl IntoView + 'static,
+) -> impl IntoView {
+    let file_ref = NodeRef::<leptos::html::Input>::new();
+    let upload_name = RwSignal::new(String::new());
+    let upload_err = RwSignal::new(None::<String>);
+    let uploading = RwSignal::new(false);
+    let task2 = task.clone();
+    let options = move || {
+        let list: Vec<Dataset> = datasets.data.get().unwrap_or_default().into_iter().filter(|d| d.task == task2).collect();
+        list.into_iter().map(|d| {
+            let n = d.name.clone();
+            view! { <option value=d.name.clone() selected=move || selected.with(|s| *s == n)>{format!("{} ({} lines)", d.name, d.lines)}</option> }
+        }).collect_view()
+    };
+    let on_file = move |_| {
+        let file = file_ref.get().and_then(|i| i.files()).and_then(|f| f.get(0));
+        if let Some(f) = file {
+            let stem = f.name().rsplit_once('.').map(|(a, _)| a.to_string()).unwrap_or(f.name());
+            let clean: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
+            upload_name.set(clean.trim_start_matches('.').chars().take(64).collect());
+        }
+    };
+    let upload = move |_| {
+        upload_err.set(None);
+        let Some(file) = file_ref.get().and_then(|i| i.files()).and_then(|f| f.get(0)) else {
+            upload_err.set(Some("Choose a file first.".into()));
+            return;
+        };
+        let name = upload_name.get_untracked().trim().to_string();
+        if let Err(e) = valid_name(&name) {
+            upload_err.set(Some(format!("Dataset name {e}")));
+            return;
+        }
+        uploading.set(true);
+        let task = task.clone();
+        leptos::task::spawn_local(async move {
+            let text = wasm_bindgen_futures::JsFuture::from(file.text()).await.ok().and_then(|v| v.as_string());
+            let res = match text {
+                None => Err(ApiErr::new("Could not read the file.")),
+                Some(t) => api::post_text::<Dataset>(&format!("/api/datasets/{}/{}", api::encode(&task), api::encode(&name)), t).await,
+            };
+            match res {
+                Ok(d) => {
+                    selected.set(d.name);
+                    datasets.refresh();
+                }
+                Err(e) => upload_err.set(Some(e.message)),
+            }
+            uploading.set(false);
+        });
+    };
+    view! {
+        <fieldset class="cfg-group" id="dataset-section">
+            <legend>"Dataset"</legend>
+            <p class="help">"Fills the task option " <code>{option}</code> "."
+                {format.map(|f| view! { " One line: " <code>{f}</code> })}</p>
+            <div class="cfg-grid">
+                <div class="field">
+                    <label for="dataset">"Dataset"</label>
+                    <select id="dataset" name="dataset" on:change=move |ev| selected.set(event_target_value(&ev))>
+                        <option value="" selected=move || selected.with(String::is_empty)>"none (the preset's own data)"</option>
+                        {options}
+                    </select>
+                    {error}
+                    {move || datasets.error.get().map(|e| view! { <ErrorMsg err=format!("Could not load datasets: {e}") /> })}
+                </div>
+                <div class="field">
+                    <label for="dataset-file">"Upload a file"</label>
+                    <input type="file" id="dataset-file" node_ref=file_ref accept=".jsonl,.txt,.json,.csv,text/plain" on:change=on_file />
+                    <label for="dataset-name">"as"</label>
+                    <input type="text" id="dataset-name" prop:value=move || upload_name.get() on:input=move |ev| upload_name.set(event_target_value(&ev)) />
+                    <button type="button" id="dataset-upload" on:click=upload disabled=move || uploading.get()>
+                        {move || if uploading.get() { "Uploading…" } else { "Upload" }}
+                    </button>
+                    {move || upload_err.get().map(|e| view! { <ErrorMsg err=e id="dataset-error" /> })}
+                </div>
+            </div>
+        </fieldset>
+    }
+}

@@ -1,0 +1,315 @@
+//! One run: status and progress, cancel / resume, downloads, live charts of
+//! the training metrics and a rolling panel of recent samples, fed by the
+//! run's server-sent events while it is active (history fetched first, and
+//! again after a reconnect, merged by step), and the final metrics and config.
+
+use std::time::Duration;
+
+use amortize_shared::api::{MetricPoint, Run, RunEvent, RunStatus, StepSample};
+use leptos::prelude::*;
+use leptos_router::components::A;
+use leptos_router::hooks::use_params_map;
+use send_wrapper::SendWrapper;
+
+use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
+use crate::charts::{fmt_num, LineChart};
+use crate::components::{fmt_time, ErrorMsg, Loading, StatusBadge};
+
+/// Recent samples kept in the panel.
+const SAMPLES_KEPT: usize = 60;
+
+/// The charts: id suffix, title, unit, value.
+const SERIES: [(&str, &str, &str, fn(&MetricPoint) -> Option<f64>); 9] = [
+    ("loss", "loss", "", |p| Some(p.loss)),
+    ("log_z", "log Z", "nats", |p| p.log_z),
+    ("mean_log_r", "mean log-reward", "nats", |p| Some(p.mean_log_r)),
+    ("max_log_r", "max log-reward", "nats", |p| Some(p.max_log_r)),
+    ("reward_temp", "reward temperature", "", |p| Some(p.reward_temp)),
+    ("lr", "learning rate", "", |p| Some(p.lr)),
+    ("mean_len", "mean length", "tokens", |p| Some(p.mean_len)),
+    ("tokens_per_s", "throughput", "tokens/s", |p| Some(p.tokens_per_s)),
+    ("grad_norm", "gradient norm", "", |p| Some(p.grad_norm)),
+];
+
+#[component]
+pub fn RunPage() -> impl IntoView {
+    let params = use_params_map();
+    move || {
+        let id = params.with(|p| p.get("id")).unwrap_or_default();
+        view! { <RunView id=id /> }
+    }
+}
+
+/// Adds points in step order; a point of a step already present replaces it (a resumed run redoes steps).
+fn merge(into: &mut Vec<MetricPoint>, new: Vec<MetricPoint>) {
+    for p in new {
+        match into.last() {
+            None => into.push(p),
+            Some(l) if l.step < p.step => into.push(p),
+            _ => match into.binary_search_by_key(&p.step, |q| q.step) {
+                Ok(i) => into[i] = p,
+                Err(i) => into.insert(i, p),
+            },
+        }
+    }
+}
+
+/// Newest first, without repeats, at most [`SAMPLES_KEPT`].
+fn add_samples(list: &mut Vec<StepSample>, mut new: Vec<StepSample>) {
+    new.retain(|s| !list.contains(s));
+    new.sort_by(|a, b| b.step.cmp(&a.step));
+    new.append(list);
+    new.truncate(SAMPLES_KEPT);
+    *list = new;
+}
+
+#[component]
+fn RunView(id: String) -> impl IntoView {
+    let run = RwSignal::new(None::<Result<Run, ApiErr>>);
+    let metrics = RwSignal::new(Vec::<MetricPoint>::new());
+    let history: RwSignal<Loaded<()>> = RwSignal::new(None);
+    let samples = RwSignal::new(Vec::<StepSample>::new());
+    let live = RwSignal::new(None::<StreamState>);
+    let stream = StoredValue::new(None::<SendWrapper<EventStream>>);
+    let id = StoredValue::new(id);
+
+    // A failed refresh keeps the run already shown.
+    let fetch_run = move || {
+        leptos::task::spawn_local(async move {
+            let got = api::get::<Run>(&api::run_path(&id.get_value(), "")).await;
+            if got.is_ok() || !run.with_untracked(|r| matches!(r, Some(Ok(_)))) {
+                run.set(Some(got));
+            }
+        })
+    };
+    let fetch_history = move || {
+        leptos::task::spawn_local(async move {
+            let id = id.get_value();
+            match api::get::<Vec<MetricPoint>>(&api::run_path(&id, "/metrics")).await {
+                Ok(m) => {
+                    metrics.update(|v| merge(v, m));
+                    history.set(Some(Ok(())));
+                }
+                Err(e) => history.set(Some(Err(e))),
+            }
+            if let Ok(s) = api::get::<Vec<StepSample>>(&api::run_path(&id, "/samples")).await {
+                samples.update(|v| add_samples(v, s));
+            }
+        })
+    };
+    fetch_run();
+    fetch_history();
+
+    // Events while the run is active; closed when it ends (and on leaving the
+    // page). An `EventSource` cannot send the bearer token: with one, poll.
+    let active = Memo::new(move |_| run.with(|r| r.as_ref().and_then(|r| r.as_ref().ok()).map(|r| r.status.is_active())));
+    Effect::new(move |_| match active.get() {
+        Some(true) if stream.with_value(Option::is_none) && api::token().is_none() => {
+            let on_event = move |ev| match ev {
+                RunEvent::Status { run: r } => run.set(Some(Ok(r))),
+                RunEvent::Metrics { point } => metrics.update(|m| merge(m, vec![point])),
+                RunEvent::Samples { samples: s } => samples.update(|v| add_samples(v, s)),
+            };
+            let on_state = move |state: StreamState| {
+                // After a drop, refill what was missed.
+                if state == StreamState::Open && live.get_untracked().is_some_and(|s| s != StreamState::Open) {
+                    fetch_run();
+                    fetch_history();
+                }
+                live.set(Some(state));
+            };
+            match EventStream::open(&id.get_value(), on_event, on_state) {
+                Ok(s) => stream.set_value(Some(SendWrapper::new(s))),
+                Err(e) => leptos::logging::warn!("{e}"),
+            }
+        }
+        Some(false) => {
+            stream.set_value(None);
+            live.set(None);
+        }
+        _ => {}
+    });
+    on_cleanup(move || {
+        stream.try_update_value(|s| *s = None);
+    });
+    // While an active run has no open stream, poll, so the page never freezes.
+    if let Ok(h) = set_interval_with_handle(
+        move || {
+            if active.get_untracked() == Some(true) && live.get_untracked() != Some(StreamState::Open) {
+                fetch_run();
+                fetch_history();
+            }
+        },
+        Duration::from_secs(5),
+    ) {
+        on_cleanup(move || h.clear());
+    }
+
+    // Re-rendered only when the page's phase changes, not on each update of the run.
+    let phase = Memo::new(move |_| run.with(|r| r.as_ref().map(|r| r.as_ref().map(|_| ()).map_err(Clone::clone))));
+    move || match phase.get() {
+        None => view! { <Loading what="the run" /> }.into_any(),
+        Some(Err(e)) => view! {
+            <section id="run">
+                <h1>"Run " {id.get_value()}</h1>
+                <ErrorMsg err=format!("Could not load this run: {e}") id="run-load-error" />
+                <p><A href="/">"Back to the runs"</A></p>
+            </section>
+        }
+        .into_any(),
+        Some(Ok(_)) => view! { <RunBody run=run metrics=metrics history=history samples=samples live=live /> }.into_any(),
+    }
+}
+
+#[component]
+fn RunBody(
+    run: RwSignal<Option<Result<Run, ApiErr>>>,
+    metrics: RwSignal<Vec<MetricPoint>>,
+    history: RwSignal<Loaded<()>>,
+    samples: RwSignal<Vec<StepSample>>,
+    live: RwSignal<Option<StreamState>>,
+) -> impl IntoView {
+    // The page shows only a loaded run, so `r` is always there.
+    let r = Memo::new(move |_| run.with(|r| r.clone().and_then(Result::ok)));
+    let field = move |f: fn(&Run) -> String| move || r.with(|r| r.as_ref().map(f).unwrap_or_default());
+    let status = move || r.with(|r| r.as_ref().map(|r| r.status));
+    let id = r.get_untracked().map(|r| r.id).unwrap_or_default();
+
+    let acting = RwSignal::new(false);
+    let action_err = RwSignal::new(None::<String>);
+    let act = move |what: &'static str| {
+        let id = r.get_untracked().map(|r| r.id).unwrap_or_default();
+        acting.set(true);
+        action_err.set(None);
+        leptos::task::spawn_local(async move {
+            match api::post_empty::<Run>(&api::run_path(&id, &format!("/{what}"))).await {
+                Ok(new) => run.set(Some(Ok(new))),
+                Err(e) => action_err.set(Some(format!("Could not {what}: {e}"))),
+            }
+            acting.set(false);
+        });
+    };
+    let can_cancel = move || status().is_some_and(RunStatus::is_active);
+    let can_resume = move || matches!(status(), Some(RunStatus::Failed | RunStatus::Cancelled | RunStatus::Interrupted));
+    let live_text = move || match (live.get(), status().is_some_and(RunStatus::is_active)) {
+        (_, false) => "not streaming (run not active)",
+        (Some(StreamState::Open), _) => "● live",
+        (Some(StreamState::Reconnecting), _) => "reconnecting…",
+        (None, _) if api::token().is_none() => "connecting…",
+        _ => "polling every 5 s",
+    };
+    // With a token, downloads go through a fetch that sends it.
+    let download = move |rest: &'static str, file: &'static str| {
+        move |ev: leptos::ev::MouseEvent| {
+            if api::token().is_none() {
+                return;
+            }
+            ev.prevent_default();
+            let id = r.get_untracked().map(|r| r.id).unwrap_or_default();
+            leptos::task::spawn_local(async move {
+                if let Err(e) = api::download(&api::run_path(&id, rest), &format!("{id}-{file}")).await {
+                    action_err.set(Some(format!("Could not download {file}: {e}")));
+                }
+            });
+        }
+    };
+    let pct = move || r.with(|r| r.as_ref().map(|r| if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 }).unwrap_or(0.0));
+    let has_log_z = Memo::new(move |_| metrics.with(|m| m.iter().any(|p| p.log_z.is_some())));
+
+    let charts = SERIES
+        .iter()
+        .enumerate()
+        .map(|(i, &(key, title, unit, f))| {
+            let points = Signal::derive(move || metrics.with(|m| m.iter().filter_map(|p| f(p).map(|y| (p.step as f64, y))).collect::<Vec<_>>()));
+            let chart = move || view! { <LineChart id=format!("chart-{key}") title=title.to_string() unit=unit points=points color=i /> };
+            if key == "log_z" {
+                (move || has_log_z.get().then(chart)).into_any()
+            } else {
+                chart().into_any()
+            }
+        })
+        .collect_view();
+
+    view! {
+        <section id="run" data-run-id=id.clone()>
+            <div class="row-head">
+                <h1 id="run-name">{field(|r| r.name.clone())}</h1>
+                {move || status().map(|s| view! { <StatusBadge status=s /> })}
+                <span class="live" id="live-state">{live_text}</span>
+            </div>
+            <p class="meta">
+                <span>"task " <strong>{field(|r| r.task.clone())}</strong></span>
+                <span>"method " <strong>{field(|r| r.method.as_str().to_string())}</strong></span>
+                <span id="run-step">"step " <strong>{field(|r| format!("{}/{}", r.step, r.steps))}</strong></span>
+                <progress max="100" value=pct aria-label="training progress"></progress>
+                <span>"checkpoint " {field(|r| r.checkpoint_step.map_or("none".into(), |s| format!("step {s}")))}</span>
+                <span>{field(|r| r.experiment.clone().map(|e| format!("experiment {e}")).unwrap_or_default())}</span>
+                <span class="muted">"created " {field(|r| fmt_time(&r.created_at))}</span>
+            </p>
+            {move || r.with(|r| r.as_ref().and_then(|r| r.error.clone())).map(|e| view! { <ErrorMsg err=format!("Run failed: {e}") id="run-error" /> })}
+            <div class="actions">
+                <button type="button" id="cancel" on:click=move |_| act("cancel") disabled=move || acting.get() || !can_cancel()>"Cancel"</button>
+                <button type="button" id="resume" on:click=move |_| act("resume") disabled=move || acting.get() || !can_resume()>"Resume"</button>
+                <a class="button" id="download-adapter" href=api::run_path(&id, "/adapter.zip") download="" rel="external" on:click=download("/adapter.zip", "adapter.zip")>"Download adapter"</a>
+                <a class="button" id="download-metrics" href=api::run_path(&id, "/metrics.csv") download="" rel="external" on:click=download("/metrics.csv", "metrics.csv")>"Metrics CSV"</a>
+                <A href=format!("/compare?runs={},base", api::encode(&id)) attr:class="button" attr:id="compare-link">"Compare with base"</A>
+                <A href=format!("/infill?runs={},base", api::encode(&id)) attr:class="button" attr:id="infill-link">"Infilling"</A>
+            </div>
+            {move || action_err.get().map(|e| view! { <ErrorMsg err=e id="action-error" /> })}
+            {move || r.with(|r| r.as_ref().and_then(|r| r.final_metrics.clone())).map(|m| view! {
+                <h2>"Final metrics"</h2>
+                <table class="data compact" id="final-metrics">
+                    <tbody>
+                        {m.into_iter().map(|(k, v)| view! { <tr><th scope="row">{k}</th><td class="num">{fmt_num(v)}</td></tr> }).collect_view()}
+                    </tbody>
+                </table>
+            })}
+            <h2>"Training"</h2>
+            {move || match history.get() {
+                None => Some(view! { <Loading what="metrics" /> }.into_any()),
+                Some(Err(e)) => Some(view! { <ErrorMsg err=format!("Could not load the metrics: {e}") id="metrics-error" /> }.into_any()),
+                Some(Ok(())) if metrics.with(Vec::is_empty) => Some(view! { <p class="empty" id="metrics-empty">"No training steps yet."</p> }.into_any()),
+                Some(Ok(())) => None,
+            }}
+            <div class="charts" id="charts">{charts}</div>
+            <h2>"Recent samples"</h2>
+            <SamplePanel samples=samples />
+            <details id="run-config">
+                <summary>"Config and task options"</summary>
+                <pre class="mono">{move || r.with(|r| r.as_ref().map(|r| {
+                    let cfg = serde_json::to_string_pretty(&r.config).unwrap_or_default();
+                    let opts = serde_json::to_string_pretty(&r.task_options).unwrap_or_default();
+                    let ds = r.dataset.clone().map(|d| format!("\ndataset: {d}")).unwrap_or_default();
+                    let ev = r.eval_samples.map_or("server default".into(), |n| n.to_string());
+                    format!("config: {cfg}\ntask options: {opts}{ds}\neval samples: {ev}")
+                }))}</pre>
+            </details>
+        </section>
+    }
+}
+
+#[component]
+fn SamplePanel(samples: RwSignal<Vec<StepSample>>) -> impl IntoView {
+    view! {
+        <div id="samples" class="samples" aria-live="polite">
+            {move || {
+                let list = samples.get();
+                if list.is_empty() {
+                    return view! { <p class="empty">"No samples yet."</p> }.into_any();
+                }
+                view! {
+                    <ol>
+                        {list.into_iter().map(|s| view! {
+                            <li class="sample" data-step=s.step>
+                                <span class="sample-meta">"step " {s.step} " · log R " <strong>{fmt_num(s.log_reward)}</strong></span>
+                                <span class="sample-prompt" title=s.prompt.clone()>{s.prompt.clone()}</span>
+                                <span class="sample-text">{s.text}</span>
+                            </li>
+                        }).collect_view()}
+                    </ol>
+                }
+                .into_any()
+            }}
+        </div>
+    }
+}
