@@ -6,6 +6,7 @@
 //! - [`decode`] sampling, beam search, scoring, tool hooks — over any model + adapter.
 //! - [`gfn`]    rewards, losses, replay buffer, the GFlowNet trainer.
 //! - [`tasks`]  the paper's task presets and their metrics.
+//! - [`baselines`] PPO (and SFT) on the same LoRA machinery, for comparisons.
 //! - [`store`]  SQLite and the data dir of the server.
 //! - [`jobs`]   the training queue: cancel, resume, crash recovery, live events.
 //! - [`server`] the axum API, SSE and the browser app (`amortize serve`).
@@ -13,6 +14,7 @@
 //! The server, the browser app and the baselines use the engine through these
 //! public APIs only.
 
+pub mod baselines;
 pub mod decode;
 pub mod gfn;
 pub mod error;

@@ -85,3 +85,31 @@ fn bad_inputs_exit_nonzero_with_one_clear_line() {
         assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{args:?}: {err:?} lacks {needle:?}");
     }
 }
+
+#[test]
+fn compare_trains_what_is_missing_and_prints_one_row_per_method() {
+    let (dir, model) = tiny();
+    let out = dir.path().join("cmp");
+    let args = ["compare", "--task", "rng", "--model", &model, "--methods", "base,ppo,gfn", "--steps", "2", "--samples", "16", "--seeds", "2", "--json", "--out", out.to_str().unwrap()];
+    let o = run(&args);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["task"], "rng");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["method"].as_str().unwrap()).collect::<Vec<_>>(), ["base", "ppo", "gfn"]);
+    for r in rows {
+        assert!(r["metrics"]["kl"]["mean"].as_f64().is_some() && r["metrics"]["valid_rate"]["std"].as_f64().is_some(), "{r}");
+    }
+    for f in ["compare.json", "compare.md", "ppo-seed1/adapter/adapter_config.json", "gfn-seed0/adapter/adapter_config.json", "samples/base-seed1.json"] {
+        assert!(out.join(f).exists(), "missing {f}");
+    }
+    // A second call reuses the trained adapters and, with the same seeds, agrees.
+    let again: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    assert_eq!(again, v);
+    // Bad methods and adapters are refused with a message.
+    for (bad, want) in [(vec!["--methods", "base,magic"], "magic"), (vec!["--methods", "sft"], "sft"), (vec!["--adapters", "x=/nonexistent"], "adapter")] {
+        let o = run(&[&["compare", "--task", "rng", "--model", &model, "--out", out.to_str().unwrap()], bad.as_slice()].concat());
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want) && err.lines().count() == 1, "{err}");
+    }
+}

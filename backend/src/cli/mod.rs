@@ -4,6 +4,7 @@
 mod bench;
 mod bench_gfn;
 mod common;
+mod compare;
 mod sample;
 mod score;
 mod serve;
@@ -30,6 +31,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// A task's metrics for the base model or an adapter.
     Eval(train::EvalArgs),
+    /// Several methods (base, PPO, GFlowNet, given adapters) on one task, side by side.
+    Compare(compare::CompareArgs),
     /// Serve the JSON API and the browser app (runs, live progress, sampling, comparisons).
     Serve(serve::ServeArgs),
     /// Benchmarks (tokens/s) on the real model or random weights of a real shape.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(a) => score::run(a),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
+        Command::Compare(a) => compare::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Bench(b) => bench::run(b),
     }

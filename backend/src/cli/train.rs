@@ -60,7 +60,7 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-fn task_and_config(name: &str, file: Option<&std::path::Path>) -> anyhow::Result<(Box<dyn tasks::Task>, amortize::gfn::TrainConfig)> {
+pub(super) fn task_and_config(name: &str, file: Option<&std::path::Path>) -> anyhow::Result<(Box<dyn tasks::Task>, amortize::gfn::TrainConfig)> {
     // The preset needs the task's options, which live in the same file.
     let (_, options) = tasks::config::load(&amortize::gfn::TrainConfig::default(), file)?;
     let task = tasks::load(name, &options)?;

@@ -13,6 +13,7 @@ use super::trajectory::Trajectory;
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
 
+#[allow(clippy::too_many_arguments)]
 /// `(log_pf [B, N], log_pt [B, N+1])`, N = most actions in the batch; padding is 0.
 pub fn policy_logprobs(
     lm: &LanguageModel,
@@ -21,9 +22,26 @@ pub fn policy_logprobs(
     trajs: &[Trajectory],
     bias: Option<&Tensor>,
     stop_ids: &[u32],
-    (min_len, min_len_penalty): (usize, f32),
+    min_len: (usize, f32),
     max_len: usize,
 ) -> Result<(Tensor, Tensor)> {
+    let (log_pf, log_pt, _) = policy_logprobs_and_states(lm, lora, prompt, trajs, bias, stop_ids, min_len, max_len)?;
+    Ok((log_pf, log_pt))
+}
+
+/// [`policy_logprobs`] plus the last hidden state of every state s_0..s_N,
+/// `[B, N+1, H]` (what a value head reads; PPO uses it).
+#[allow(clippy::too_many_arguments)]
+pub fn policy_logprobs_and_states(
+    lm: &LanguageModel,
+    lora: Option<&LoraView>,
+    prompt: &[u32],
+    trajs: &[Trajectory],
+    bias: Option<&Tensor>,
+    stop_ids: &[u32],
+    (min_len, min_len_penalty): (usize, f32),
+    max_len: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
     if prompt.is_empty() {
         return Err(Error::invalid("policy_prompt", "must not be empty"));
     }
@@ -83,5 +101,6 @@ pub fn policy_logprobs(
     let log_pf = (pf_all.narrow(1, 0, n_max)? * Tensor::from_vec(pf_keep, (b, n_max), dev)?)?;
     let pt_all = logp.gather(&stop, 1)?.log_sum_exp(1)?.reshape((b, s))?;
     let log_pt = (pt_all * Tensor::from_vec(pt_keep, (b, s), dev)?)?;
-    Ok((log_pf.to_dtype(DType::F32)?, log_pt.to_dtype(DType::F32)?))
+    let states = picked.reshape((b, s, h))?;
+    Ok((log_pf.to_dtype(DType::F32)?, log_pt.to_dtype(DType::F32)?, states))
 }

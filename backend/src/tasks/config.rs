@@ -7,6 +7,8 @@
 //! lr = 1e-3
 //! [task]
 //! target = "uniform"
+//! [ppo]        # the PPO baseline's own settings (`amortize compare`)
+//! steps = 100
 //! ```
 
 use std::path::Path;
@@ -25,6 +27,21 @@ pub fn load(preset: &TrainConfig, file: Option<&Path>) -> Result<(TrainConfig, t
     })
 }
 
+/// Tables of a run file that configure baselines rather than GFlowNet training.
+pub const BASELINE_SECTIONS: [&str; 2] = ["ppo", "sft"];
+
+/// The `[name]` table of a config file (empty without a file or table).
+pub fn section(file: Option<&Path>, name: &str) -> Result<toml::Table> {
+    let Some(path) = file else { return Ok(toml::Table::new()) };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::file(path, format!("invalid TOML: {}", e.message())))?;
+    match table.remove(name) {
+        Some(toml::Value::Table(t)) => Ok(t),
+        Some(_) => Err(Error::file(path, format!("[{name}] must be a table"))),
+        None => Ok(toml::Table::new()),
+    }
+}
+
 /// Applies `table`'s top-level keys to `preset`; returns the `[task]` table.
 pub fn merge(preset: &TrainConfig, mut table: toml::Table) -> Result<(TrainConfig, toml::Table)> {
     let task = match table.remove("task") {
@@ -32,6 +49,14 @@ pub fn merge(preset: &TrainConfig, mut table: toml::Table) -> Result<(TrainConfi
         Some(_) => return Err(Error::invalid("task", "must be a table ([task])")),
         None => toml::Table::new(),
     };
+    // Baselines' own settings (see `section`); not GFlowNet fields.
+    for name in BASELINE_SECTIONS {
+        if let Some(v) = table.remove(name) {
+            if !v.is_table() {
+                return Err(Error::invalid(name, format!("must be a table ([{name}])")));
+            }
+        }
+    }
     let mut base = toml::Table::try_from(preset).map_err(|e| Error::invalid("config", e.to_string()))?;
     for (k, v) in table {
         if !base.contains_key(&k) {
