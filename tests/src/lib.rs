@@ -1,5 +1,8 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: finding (or building) the
-//! real `amortize` binary and running it.
+//! real `amortize` binary, running it, serving with it over HTTP ([`Server`]),
+//! and driving a headless browser ([`webdriver`]).
+
+pub mod webdriver;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -49,7 +52,8 @@ impl Server {
     pub fn start(model: &std::path::Path, data_dir: &std::path::Path, extra: &[&str]) -> Server {
         use std::io::BufRead;
         let mut child = Command::new(amortize_bin())
-            .args(["serve", "--addr", "127.0.0.1:0", "--dist", "/nonexistent-dist"])
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(if extra.contains(&"--dist") { &[][..] } else { &["--dist", "/nonexistent-dist"][..] })
             .arg("--model")
             .arg(model)
             .arg("--data-dir")
