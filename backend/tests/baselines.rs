@@ -68,3 +68,39 @@ fn ppo_maximises_the_reward_on_an_enumerable_task() {
     assert!(after[best] > 3.0 * before[best], "the best Z did not gain mass: {} → {}", before[best], after[best]);
     assert!(kl_seen.iter().all(|k| k.is_finite()));
 }
+
+#[test]
+fn sft_learns_the_reference_z() {
+    use amortize::baselines::{train_sft, SftConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_tiny_model(dir.path(), 7).unwrap();
+    let lm = LanguageModel::load(&paths.gguf, &Device::Cpu, DType::F32).unwrap();
+    let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
+    let alphabet: Vec<u32> = ["a", "b", "c", "d"].iter().map(|s| lm.tokenizer.token_to_id(s).unwrap()).collect();
+    let stop = lm.tokenizer.eos.unwrap();
+    let mask = TokenMask::Allow([alphabet.clone(), vec![stop]].concat());
+    let reference = Trajectory::from_actions(vec![alphabet[2], alphabet[0], alphabet[3]]);
+    let problem = Problem { key: "toy".into(), policy_prompt: enc("the cat"), reward_context: enc("the cat"), reward_suffix: vec![], seeds: vec![reference.clone()] };
+    let reward = LmReward::new(&lm, vec![], &mask, -99.0, None).unwrap();
+    let task = TrainTask { problems: vec![problem.clone()], reward: Box::new(reward), stop_tokens: vec![stop], mask: mask.clone(), mask_penalty: -99.0, tool: None };
+    let shape = TrainConfig { lora_r: 8, lora_alpha: 16.0, lora_dropout: 0.0, max_len: 4, min_len: 0, ..TrainConfig::default() };
+    let untrained = LoraAdapter::new(lm.config(), amortize::gfn::config::lora_config(&shape).unwrap(), &Device::Cpu, 0).unwrap();
+    let zs = all_sequences(&alphabet, 3);
+    let at = zs.iter().position(|z| z.tokens == reference.tokens).unwrap();
+    let before = policy_probs(&lm, &untrained, &problem, &zs, stop, &mask, 4)[at];
+    let mut losses = Vec::new();
+    let cfg = SftConfig { epochs: 40, batch_size: 1, lr: 1e-2, ..SftConfig::default() };
+    let adapter = train_sft(&lm, &task, &shape, &cfg, None, |m| {
+        losses.push(m.loss);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let after = policy_probs(&lm, &adapter, &problem, &zs, stop, &mask, 4)[at];
+    eprintln!("SFT: p(reference) {before:.5} → {after:.3}; loss {:.3} → {:.3}", losses[0], losses.last().unwrap());
+    assert!(after > 0.5 && after > 100.0 * before, "p(reference) {before} → {after}");
+    assert!(losses.last().unwrap() < &(losses[0] / 4.0));
+    // A task without reference Z's is refused with a message.
+    let bare = TrainTask { problems: vec![Problem { seeds: vec![], ..problem }], reward: Box::new(LmReward::new(&lm, vec![], &mask, -99.0, None).unwrap()), stop_tokens: vec![stop], mask, mask_penalty: -99.0, tool: None };
+    let e = train_sft(&lm, &bare, &shape, &cfg, None, |_| std::ops::ControlFlow::Continue(())).err().unwrap().to_string();
+    assert!(e.contains("no reference"), "{e}");
+}

@@ -106,7 +106,7 @@ fn compare_trains_what_is_missing_and_prints_one_row_per_method() {
     let again: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
     assert_eq!(again, v);
     // Bad methods and adapters are refused with a message.
-    for (bad, want) in [(vec!["--methods", "base,magic"], "magic"), (vec!["--methods", "sft"], "sft"), (vec!["--adapters", "x=/nonexistent"], "adapter")] {
+    for (bad, want) in [(vec!["--methods", "base,magic"], "magic"), (vec!["--methods", "sft"], "no reference"), (vec!["--adapters", "x=/nonexistent"], "adapter")] {
         let o = run(&[&["compare", "--task", "rng", "--model", &model, "--out", out.to_str().unwrap()], bad.as_slice()].concat());
         assert!(!o.status.success());
         let err = String::from_utf8_lossy(&o.stderr);

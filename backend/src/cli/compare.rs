@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use amortize::baselines::{Ppo, PpoConfig};
+use amortize::baselines::{train_sft, Ppo, PpoConfig, SftConfig};
 use amortize::gfn::{TrainConfig, Trainer};
 use amortize::model::{LanguageModel, LoraAdapter, Mode};
 use amortize::tasks::{self, EvalOptions, Task};
@@ -24,10 +24,10 @@ pub struct CompareArgs {
     pub model: ModelArgs,
     #[arg(long)]
     pub task: String,
-    /// TOML: preset overrides (top level), `[task]` options, `[ppo]` settings.
+    /// TOML: preset overrides (top level), `[task]` options, `[ppo]` and `[sft]` settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Comma-separated: base, gfn, ppo, or names given with --adapters.
+    /// Comma-separated: base, gfn, ppo, sft, or names given with --adapters.
     #[arg(long, default_value = "base,ppo,gfn", value_delimiter = ',')]
     pub methods: Vec<String>,
     /// NAME=DIR: use this PEFT adapter for method NAME instead of training it.
@@ -107,6 +107,23 @@ fn ppo_adapter(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &P
     Ok(LoraAdapter::load_peft(&adapter_dir, lm.config(), lm.device())?)
 }
 
+/// Supervised fine-tuning on the task's reference Z's, or the adapter of an earlier call.
+fn sft_adapter(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftConfig, dir: &Path) -> anyhow::Result<LoraAdapter> {
+    let adapter_dir = dir.join("adapter");
+    if !adapter_dir.join("adapter_config.json").exists() {
+        let b = bar(0, "sft");
+        train_sft(lm, &task.train_task(lm)?, shape, cfg, Some(dir), |m| {
+            b.set_position(m.step as u64);
+            b.set_message(format!("epoch {}  loss {:.3}", m.epoch, m.loss));
+            ControlFlow::Continue(())
+        })?;
+        b.finish();
+    } else {
+        eprintln!("sft: reusing {}", adapter_dir.display());
+    }
+    Ok(LoraAdapter::load_peft(&adapter_dir, lm.config(), lm.device())?)
+}
+
 pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     if a.model.adapter.is_some() {
         bail!("invalid --adapter: compare takes adapters per method (--adapters NAME=DIR)");
@@ -124,16 +141,19 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     }
     for m in &a.methods {
         match m.as_str() {
-            "base" | "gfn" | "ppo" => {}
-            "sft" if !given.contains_key("sft") => bail!("invalid --methods: `sft` is not available in this version (give an adapter with --adapters sft=DIR)"),
+            "base" | "gfn" | "ppo" | "sft" => {}
             other if given.contains_key(other) => {}
-            other => bail!("invalid --methods: unknown method `{other}` (base, gfn, ppo, or a name given with --adapters)"),
+            other => bail!("invalid --methods: unknown method `{other}` (base, gfn, ppo, sft, or a name given with --adapters)"),
         }
     }
     let (task, mut cfg) = super::train::task_and_config(&a.task, a.config.as_deref())?;
     let mut ppo: PpoConfig = toml::Value::Table(tasks::config::section(a.config.as_deref(), "ppo")?)
         .try_into()
         .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [ppo]: {}", e.message()))?;
+    let mut sft: SftConfig = toml::Value::Table(tasks::config::section(a.config.as_deref(), "sft")?)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [sft]: {}", e.message()))?;
+    sft.validate()?;
     if let Some(s) = a.steps {
         cfg.steps = s;
         ppo.steps = s;
@@ -152,6 +172,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 _ if given.contains_key(m) => Some(LoraAdapter::load_peft(&given[m], lm.config(), lm.device())?),
                 "base" => None,
                 "gfn" => Some(gfn_adapter(&lm, task.as_ref(), &TrainConfig { seed: cfg.seed + seed, ..cfg.clone() }, &out.join(format!("gfn-seed{seed}")))?),
+                "sft" => {
+                    sft.seed = seed;
+                    Some(sft_adapter(&lm, task.as_ref(), &cfg, &sft, &out.join(format!("sft-seed{seed}")))?)
+                }
                 "ppo" => Some(ppo_adapter(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")))?),
                 _ => unreachable!("methods were checked above"),
             };
