@@ -180,14 +180,14 @@ pub fn LineChart(
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=ytitle.clone()>
                 {axes(f, xt, yticks, "step".into(), yt)}
                 <path class="series" d=d stroke=PALETTE[color % PALETTE.len()] />
-                <text class="count" x=W - RIGHT y=TOP + 8.0 text-anchor="end">{format!("{} pts", points.with(|p| p.len()))}</text>
             </svg>
         }
         .into_any()
     };
     view! {
         <figure class="chart" id=id data-test="chart">
-            <figcaption>{title}" "<span class="latest">{latest}</span></figcaption>
+            <figcaption>{title}" "<span class="latest" title="latest value (steps recorded)">{latest}
+                <span class="count">{move || format!(" · {} steps", points.with(Vec::len))}</span></span></figcaption>
             {body}
         </figure>
     }

@@ -21,9 +21,11 @@ use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourceP
 /// Integers the RNG task draws from: 0..SUPPORT.
 const SUPPORT: usize = 101;
 
-/// The RNG task's reading of a sample (as the server's `parse_number`).
+/// The RNG task's reading of a sample: the text before its first stop
+/// (newline, full stop or comma; comparisons sample past them), then the
+/// server's `parse_number`: 1 to 3 digits, below 101.
 pub fn parse_number(text: &str) -> Option<usize> {
-    let t = text.trim();
+    let t = text.split(['\n', '.', ',']).next().unwrap_or("").trim();
     if t.is_empty() || t.len() > 3 || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -224,7 +224,7 @@ fn field_view(f: CfgField, error_of: impl Fn(&str) -> Option<String> + Send + Sy
     };
     view! {
         <div class="field" class:changed=changed>
-            <label for=id>{name} <span class="help">{f.help}</span></label>
+            <label for=id>{name} " " <span class="help">{f.help}</span></label>
             {input}
             <span class="field-error" id=err_id role="alert">{move || err.get()}</span>
         </div>

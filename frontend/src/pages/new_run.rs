@@ -168,7 +168,7 @@ pub fn NewRunPage() -> impl IntoView {
     view! {
         <section id="new-run">
             <h1>"New run"</h1>
-            <form id="new-run-form" on:submit=submit novalidate=true>
+            <form id="new-run-form" on:submit=submit novalidate=true on:input=move |_| server_err.set(None) on:change=move |_| server_err.set(None)>
                 {top_error}
                 <fieldset class="cfg-group">
                     <legend>"Task and method"</legend>
@@ -201,7 +201,7 @@ pub fn NewRunPage() -> impl IntoView {
                 {move || is_custom().then(|| view! { <CustomTemplates t=templates error_of=error_of /> })}
                 {move || config_fields(cfg.get(), error_of)}
                 <div class="actions">
-                    <button type="submit" id="launch" class="primary" disabled=move || invalid.get() > 0 || busy.get() || info.get().is_none()>
+                    <button type="submit" id="launch" class="primary" disabled=move || { invalid.get() > 0 || busy.get() || info.get().is_none() }>
                         {move || if busy.get() { "Launching…" } else { "Launch run" }}
                     </button>
                     {move || (invalid.get() > 0).then(|| view! {

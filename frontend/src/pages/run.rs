@@ -250,7 +250,12 @@ fn RunBody(
             <div class="actions">
                 <button type="button" id="cancel" on:click=move |_| act("cancel") disabled=move || acting.get() || !can_cancel()>"Cancel"</button>
                 <button type="button" id="resume" on:click=move |_| act("resume") disabled=move || acting.get() || !can_resume()>"Resume"</button>
-                <a class="button" id="download-adapter" href=api::run_path(&id, "/adapter.zip") download="" rel="external" on:click=download("/adapter.zip", "adapter.zip")>"Download adapter"</a>
+                {move || if r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)) {
+                    view! { <a class="button" id="download-adapter" href=api::run_path(&r.get_untracked().map(|r| r.id).unwrap_or_default(), "/adapter.zip")
+                        download="" rel="external" on:click=download("/adapter.zip", "adapter.zip")>"Download adapter"</a> }.into_any()
+                } else {
+                    view! { <span class="button disabled" id="download-adapter-none" title="The adapter exists after the first checkpoint">"No adapter yet"</span> }.into_any()
+                }}
                 <a class="button" id="download-metrics" href=api::run_path(&id, "/metrics.csv") download="" rel="external" on:click=download("/metrics.csv", "metrics.csv")>"Metrics CSV"</a>
                 <A href=format!("/compare?runs={},base", api::encode(&id)) attr:class="button" attr:id="compare-link">"Compare with base"</A>
                 <A href=format!("/infill?runs={},base", api::encode(&id)) attr:class="button" attr:id="infill-link">"Infilling"</A>
