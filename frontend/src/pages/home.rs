@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use amortize_shared::api::{Experiment, Run, TaskInfo};
+use amortize_shared::api::{Experiment, Job, Run, TaskInfo};
 use leptos::prelude::*;
 use leptos_router::components::A;
 
@@ -17,6 +17,7 @@ pub fn HomePage() -> impl IntoView {
     let cat = Catalog::get();
     let runs = Polled::<Vec<Run>>::start("/api/runs", Some(Duration::from_secs(2)));
     let experiments = Polled::<Vec<Experiment>>::start("/api/experiments", Some(Duration::from_secs(10)));
+    let jobs = Polled::<Vec<Job>>::start("/api/jobs", Some(Duration::from_secs(2)));
     let filter = RwSignal::new(String::new());
 
     let model = loaded(cat.model, "the model", |m| {
@@ -66,6 +67,7 @@ pub fn HomePage() -> impl IntoView {
         }
         list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
         let tasks = cat.tasks.with(|t| t.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default());
+        let queue = jobs.data.get().unwrap_or_default();
         view! {
             <div class="scroll">
                 <table id="runs-table" class="data">
@@ -75,7 +77,10 @@ pub fn HomePage() -> impl IntoView {
                         <th scope="col">"Experiment"</th><th scope="col">"Created"</th>
                     </tr></thead>
                     <tbody>
-                        {list.into_iter().map(|r| run_row(r, &tasks)).collect_view()}
+                        {list.into_iter().map(|r| {
+                            let pos = queue.iter().find(|j| j.run == r.id && j.position > 0).map(|j| j.position);
+                            run_row(r, &tasks, pos)
+                        }).collect_view()}
                     </tbody>
                 </table>
             </div>
@@ -122,7 +127,8 @@ pub fn HomePage() -> impl IntoView {
     }
 }
 
-fn run_row(r: Run, tasks: &[TaskInfo]) -> impl IntoView {
+/// One run; `queued` is its place in the job queue while it waits.
+fn run_row(r: Run, tasks: &[TaskInfo], queued: Option<usize>) -> impl IntoView {
     let metric = key_metric(&r, tasks).map(|(k, v)| format!("{k} = {}", fmt_num(v))).unwrap_or_else(|| "—".into());
     let pct = if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 };
     let href = format!("/runs/{}", api::encode(&r.id));
@@ -131,6 +137,7 @@ fn run_row(r: Run, tasks: &[TaskInfo]) -> impl IntoView {
             <td><A href=href>{r.name.clone()}</A></td>
             <td>
                 <StatusBadge status=r.status />
+                {queued.map(|p| view! { <span class="muted" data-test="queue-position">" #" {p} " in queue"</span> })}
                 {r.error.clone().map(|e| view! { <span class="error-inline" title=e.clone()>" " {truncate(&e, 60)}</span> })}
             </td>
             <td>{r.task.clone()}</td>
