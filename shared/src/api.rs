@@ -51,8 +51,9 @@ pub struct TaskInfo {
     pub metrics: Vec<String>,
 }
 
-/// Training methods. Only GFlowNet fine-tuning trains today; the others are
-/// listed so that clients can show what is coming, and are refused with 400.
+/// Training methods: GFlowNet fine-tuning, supervised fine-tuning on the
+/// task's reference Z's, PPO against the task's reward. The run's `config`
+/// supplies steps, batch size, seed and the LoRA/length shape to all three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "lowercase")]

@@ -216,7 +216,6 @@ fn bad_input_gets_4xx_with_a_message() {
         ("POST", "/api/runs", json!({"task": "rng", "config": {"steps": "many"}}), 400, Some("config.steps")),
         ("POST", "/api/runs", json!({"task": "rng", "config": {"min_len": 5, "max_len": 2}}), 400, Some("config.max_len")),
         ("POST", "/api/runs", json!({"task": "rng", "config": {"batch_size": 0}}), 400, Some("config.batch_size")),
-        ("POST", "/api/runs", json!({"task": "rng", "method": "ppo"}), 400, Some("method")),
         ("POST", "/api/runs", json!({"task": "rng", "method": "magic"}), 422, None),
         ("POST", "/api/runs", json!({"task": "rng", "name": "../../etc"}), 400, Some("name")),
         ("POST", "/api/runs", json!({"task": "rng", "experiment": "a/b"}), 400, Some("experiment")),
@@ -321,4 +320,28 @@ fn a_diverging_run_fails_with_its_reason_and_the_server_keeps_serving() {
     assert!(r["error"].as_str().unwrap().contains("non-finite"), "{r}");
     let (s, out) = server.post("/api/samples", &json!({"prompt": "still here", "decoding": {"n": 1, "max_tokens": 3}}));
     assert_eq!(s, 200, "{out}");
+}
+
+#[test]
+fn ppo_and_sft_runs_over_the_api() {
+    let (dir, model) = tiny();
+    let server = Server::start(&model, &dir.path().join("data"), &[]);
+    let mut req = rng_run("ppo", 5, 0, 20);
+    req["method"] = json!("ppo");
+    let (s, run) = server.post("/api/runs", &req);
+    assert_eq!(s, 201, "{run}");
+    let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+    assert_eq!((r["status"].as_str(), r["method"].as_str(), r["step"].as_u64()), (Some("completed"), Some("ppo"), Some(5)), "{r}");
+    assert!(r["final_metrics"]["kl"].as_f64().is_some(), "{r}");
+    let (_, series) = server.get(&format!("/api/runs/{}/metrics", r["id"].as_str().unwrap()));
+    assert_eq!(series.as_array().unwrap().len(), 5);
+    let (s, out) = server.post("/api/samples", &json!({"prompt": "x", "run": r["id"], "decoding": {"n": 2, "max_tokens": 3}}));
+    assert_eq!(s, 200, "{out}");
+    // SFT needs reference Z's: RNG has none, and the run says so.
+    let mut req = rng_run("sft", 5, 0, 0);
+    req["method"] = json!("sft");
+    let (_, run) = server.post("/api/runs", &req);
+    let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(60), |r| !matches!(r["status"].as_str(), Some("queued" | "running")));
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("no reference"), "{r}");
 }

@@ -1,18 +1,20 @@
 //! One training run on the worker's blocking thread: build the task, start
 //! or resume the trainer in the run's directory, record every step in the
 //! store (and broadcast it) before the next one starts, stop when asked, and
-//! evaluate the adapter at the end.
+//! evaluate the adapter at the end. GFlowNet runs resume from checkpoints;
+//! the PPO and SFT baselines restart from scratch when their job restarts.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use amortize_shared::api::{MetricPoint, Run, RunEvent, RunStatus, StepSample};
+use amortize_shared::api::{MetricPoint, Method, Run, RunEvent, RunStatus, StepSample};
 
 use super::{spec, Jobs, Stop};
 use crate::gfn::{checkpoint, StepMetrics, Trainer};
-use crate::model::Mode;
+use crate::baselines::{train_sft, Ppo, PpoConfig, SftConfig};
+use crate::model::{LoraAdapter, Mode};
 use crate::store::Store;
 use crate::tasks::{self, EvalOptions};
 use crate::Error;
@@ -72,6 +74,10 @@ pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
     let task = tasks::load(&run.task, &options)?;
     let train_task = task.train_task(&lm)?;
     let dir = store.run_dir(&run.id);
+    if run.method != Method::Gfn {
+        let adapter = baseline(ctx, &run, train_task, &dir)?;
+        return evaluate(ctx, &run, task.as_ref(), &adapter);
+    }
     let mut trainer = match checkpoint::latest(&dir)? {
         Some(_) => Trainer::resume(&lm, train_task, run.config.clone(), &dir)?,
         None => {
@@ -132,16 +138,71 @@ pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
     }
     let adapter_dir = dir.join("adapter");
     trainer.adapter.save_peft(&adapter_dir, &lm.name)?;
+    evaluate(ctx, &run, task.as_ref(), &trainer.adapter)
+}
 
-    if run.eval_samples != Some(0) {
-        let r = ctx.handle.block_on(store.set_status(&run.id, RunStatus::Evaluating, None))?;
-        jobs.publish(&run.id, RunEvent::Status { run: r });
-        let view = trainer.adapter.view(Mode::Infer, lm.llama.dtype())?;
-        let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None };
-        let report = task.evaluate(&lm, Some(&view), &opts)?;
-        ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;
+/// The task's metrics for the trained adapter (unless `eval_samples` is 0).
+fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: &LoraAdapter) -> Result<(), Ended> {
+    if run.eval_samples == Some(0) {
+        return Ok(());
     }
+    let (store, lm) = (ctx.jobs.store(), &ctx.jobs.inner.lm);
+    let r = ctx.handle.block_on(store.set_status(&run.id, RunStatus::Evaluating, None))?;
+    ctx.jobs.publish(&run.id, RunEvent::Status { run: r });
+    let view = adapter.view(Mode::Infer, lm.llama.dtype())?;
+    let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None };
+    let report = task.evaluate(lm, Some(&view), &opts)?;
+    ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;
     Ok(())
+}
+
+/// PPO or SFT: trained from scratch each time the job starts (no mid-run
+/// checkpoints), every step recorded and broadcast like GFlowNet's.
+fn baseline(ctx: &Context, run: &Run, task: crate::gfn::TrainTask, dir: &Path) -> Result<LoraAdapter, Ended> {
+    let (store, lm) = (ctx.jobs.store().clone(), ctx.jobs.inner.lm.clone());
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    }
+    ctx.handle.block_on(store.rewind(&run.id, 0))?;
+    let cfg = &run.config;
+    let mut failure = None;
+    let mut record = |p: MetricPoint| {
+        if let Err(e) = ctx.handle.block_on(store.record_step(&run.id, &p, &[])) {
+            failure = Some(e);
+            return ControlFlow::Break(());
+        }
+        ctx.jobs.publish(&run.id, RunEvent::Metrics { point: p });
+        if stop_requested(ctx).is_some() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    };
+    let result = match run.method {
+        Method::Ppo => {
+            let pc = PpoConfig { steps: cfg.steps, batch_size: cfg.batch_size, seed: cfg.seed, ..PpoConfig::default() };
+            let (lr, mut ppo) = (pc.lr, Ppo::new(&lm, task, cfg.clone(), pc)?);
+            ppo.run(Some(dir), |m| {
+                let (mean_log_r, max_log_r, mean_len, seconds) = (m.mean_log_r, m.max_log_r, m.mean_len, m.seconds);
+                record(MetricPoint { step: m.step, loss: m.pg_loss, log_z: None, mean_log_r, max_log_r, mean_len, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds })
+            })
+            .map(|()| ppo.adapter)
+        }
+        _ => {
+            let sc = SftConfig { batch_size: cfg.batch_size, seed: cfg.seed, ..SftConfig::default() };
+            let lr = sc.lr;
+            train_sft(&lm, &task, cfg, &sc, Some(dir), |m| {
+                record(MetricPoint { step: m.step, loss: m.loss, log_z: None, mean_log_r: 0.0, max_log_r: 0.0, mean_len: 0.0, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds: m.seconds })
+            })
+        }
+    };
+    match result {
+        Ok(adapter) => Ok(adapter),
+        Err(Error::Cancelled) => match failure {
+            Some(e) => Err(Ended::Failed(e)),
+            None => Err(Ended::Stopped(stop_requested(ctx).unwrap_or(Stop::Cancel))),
+        },
+        Err(e) => Err(Ended::Failed(e)),
+    }
 }
 
 /// Makes the store agree with the run directory at `step` (the checkpoint the

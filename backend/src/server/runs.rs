@@ -37,9 +37,6 @@ fn check_task_options(options: &serde_json::Map<String, serde_json::Value>) -> A
     responses((status = 201, body = Run), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -> ApiResult<(StatusCode, Json<Run>)> {
     let method = req.method.unwrap_or(Method::Gfn);
-    if method != Method::Gfn {
-        return Err(ApiErr::bad("method", format!("method `{}` is not available in this version: only `gfn` trains", method.as_str())));
-    }
     if let Some(n) = &req.name {
         check_name("name", n)?;
     }
