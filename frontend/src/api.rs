@@ -127,12 +127,12 @@ async fn read<T: DeserializeOwned>(resp: Response) -> Result<T, ApiErr> {
 async fn read_error(resp: Response) -> ApiErr {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
+    let hint = if status == 401 { " — open the page with ?token=… to sign in" } else { "" };
     match serde_json::from_str::<ApiError>(&text) {
-        Ok(e) => ApiErr { message: e.error, field: e.field, status },
+        Ok(e) => ApiErr { message: format!("{}{hint}", e.error), field: e.field, status },
         Err(_) => {
             let body = text.trim();
             let what = if body.is_empty() || body.len() > 300 { resp.status_text() } else { body.to_string() };
-            let hint = if status == 401 { " (open the page with ?token=… to sign in)" } else { "" };
             ApiErr { message: format!("Server answered {status}: {what}{hint}"), field: None, status }
         }
     }

@@ -79,7 +79,10 @@ pub fn ComparePage() -> impl IntoView {
         loading.set(true);
         leptos::task::spawn_local(async move {
             match api::get::<Comparison>(&format!("/api/comparisons/{}", api::encode(&id))).await {
-                Ok(c) => result.set(Some(c)),
+                Ok(c) => {
+                    selected.set(c.columns.iter().map(|k| k.source.clone()).collect());
+                    result.set(Some(c));
+                }
                 Err(e) => err.set(Some(e)),
             }
             loading.set(false);
