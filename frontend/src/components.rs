@@ -171,18 +171,29 @@ pub fn SourcePicker(
             </label>
         }
     };
+    // What the boxes show changes at checkpoints, not at every step.
+    let items = Memo::new(move |_| {
+        runs.data.get().map(|list| {
+            list.into_iter()
+                .map(|r| {
+                    let at = match (r.status.is_active(), r.checkpoint_step) {
+                        (true, Some(s)) => format!("checkpoint of step {s}"),
+                        (true, None) => "no checkpoint yet".into(),
+                        (false, _) => format!("step {}", r.step),
+                    };
+                    (r.id, r.name, format!("({}, {}, {at})", r.task, r.status.as_str()))
+                })
+                .collect::<Vec<_>>()
+        })
+    });
     view! {
         <fieldset id=id class="sources">
             <legend>"Sources"</legend>
             {checkbox("base".into(), "base model".into(), None)}
-            {move || match runs.data.get() {
+            {move || match items.get() {
                 None => view! { <Loading what="runs" /> }.into_any(),
                 Some(list) if list.is_empty() => view! { <p class="muted">"No runs yet: only the base model."</p> }.into_any(),
-                Some(list) => list.into_iter().map(|r| {
-                    let extra = format!("({}, {}, step {}{})", r.task, r.status.as_str(), r.checkpoint_step.unwrap_or(r.step),
-                        if r.status.is_active() { ", latest checkpoint" } else { "" });
-                    checkbox(r.id.clone(), r.name.clone(), Some(extra))
-                }).collect_view().into_any(),
+                Some(list) => list.into_iter().map(|(id, name, extra)| checkbox(id, name, Some(extra))).collect_view().into_any(),
             }}
             {move || runs.error.get().map(|e| view! { <ErrorMsg err=format!("Could not load runs: {e}") /> })}
         </fieldset>

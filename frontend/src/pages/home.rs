@@ -50,25 +50,31 @@ pub fn HomePage() -> impl IntoView {
         .into_any()
     });
 
-    let table = move || {
-        let Some(mut list) = runs.data.get() else { return view! { <Loading what="runs" /> }.into_any() };
-        let f = filter.get();
-        if !f.is_empty() {
-            list.retain(|r| r.experiment.as_deref() == Some(f.as_str()));
-        }
-        if list.is_empty() {
-            return view! {
-                <p class="empty" id="runs-empty">
-                    {if f.is_empty() { "No runs yet. " } else { "No runs in this experiment. " }}
-                    <A href="/runs/new">"Start one"</A>
-                </p>
-            }
-            .into_any();
-        }
+    // Rows as data, keyed by their content: a poll re-renders only the rows
+    // that changed, so keyboard focus on a link survives it.
+    let rows = Memo::new(move |_| -> Option<Vec<Row>> {
+        let mut list = runs.data.get()?;
+        filter.with(|f| if !f.is_empty() { list.retain(|r| r.experiment.as_deref() == Some(f.as_str())) });
         list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
         let tasks = cat.tasks.with(|t| t.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default());
         let queue = jobs.data.get().unwrap_or_default();
-        view! {
+        Some(list.into_iter().map(|run| {
+            let queued = queue.iter().find(|j| j.run == run.id && j.position > 0).map(|j| j.position);
+            let metric = key_metric(&run, &tasks).map(|(k, v)| format!("{k} = {}", fmt_num(v))).unwrap_or_else(|| "—".into());
+            Row { key: format!("{run:?}{queued:?}{metric}"), run, queued, metric }
+        }).collect())
+    });
+    let shape = Memo::new(move |_| rows.with(|r| r.as_ref().map(Vec::is_empty)));
+    let table = move || match shape.get() {
+        None => view! { <Loading what="runs" /> }.into_any(),
+        Some(true) => view! {
+            <p class="empty" id="runs-empty">
+                {move || if filter.with(String::is_empty) { "No runs yet. " } else { "No runs in this experiment. " }}
+                <A href="/runs/new">"Start one"</A>
+            </p>
+        }
+        .into_any(),
+        Some(false) => view! {
             <div class="scroll">
                 <table id="runs-table" class="data">
                     <thead><tr>
@@ -77,15 +83,12 @@ pub fn HomePage() -> impl IntoView {
                         <th scope="col">"Experiment"</th><th scope="col">"Created"</th>
                     </tr></thead>
                     <tbody>
-                        {list.into_iter().map(|r| {
-                            let pos = queue.iter().find(|j| j.run == r.id && j.position > 0).map(|j| j.position);
-                            run_row(r, &tasks, pos)
-                        }).collect_view()}
+                        <For each=move || rows.get().unwrap_or_default() key=|row| row.key.clone() children=run_row />
                     </tbody>
                 </table>
             </div>
         }
-        .into_any()
+        .into_any(),
     };
 
     let experiment_filter = move || {
@@ -127,9 +130,17 @@ pub fn HomePage() -> impl IntoView {
     }
 }
 
-/// One run; `queued` is its place in the job queue while it waits.
-fn run_row(r: Run, tasks: &[TaskInfo], queued: Option<usize>) -> impl IntoView {
-    let metric = key_metric(&r, tasks).map(|(k, v)| format!("{k} = {}", fmt_num(v))).unwrap_or_else(|| "—".into());
+/// One row of the runs table.
+#[derive(Clone, PartialEq)]
+struct Row {
+    key: String,
+    run: Run,
+    /// Place in the job queue while it waits.
+    queued: Option<usize>,
+    metric: String,
+}
+
+fn run_row(Row { run: r, queued, metric, .. }: Row) -> impl IntoView {
     let pct = if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 };
     let href = format!("/runs/{}", api::encode(&r.id));
     view! {

@@ -214,6 +214,7 @@ fn RunBody(
         }
     };
     let pct = move || r.with(|r| r.as_ref().map(|r| if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 }).unwrap_or(0.0));
+    let has_adapter = Memo::new(move |_| r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)));
     let has_log_z = Memo::new(move |_| metrics.with(|m| m.iter().any(|p| p.log_z.is_some())));
 
     let charts = SERIES
@@ -250,7 +251,7 @@ fn RunBody(
             <div class="actions">
                 <button type="button" id="cancel" on:click=move |_| act("cancel") disabled=move || acting.get() || !can_cancel()>"Cancel"</button>
                 <button type="button" id="resume" on:click=move |_| act("resume") disabled=move || acting.get() || !can_resume()>"Resume"</button>
-                {move || if r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)) {
+                {move || if has_adapter.get() {
                     view! { <a class="button" id="download-adapter" href=api::run_path(&r.get_untracked().map(|r| r.id).unwrap_or_default(), "/adapter.zip")
                         download="" rel="external" on:click=download("/adapter.zip", "adapter.zip")>"Download adapter"</a> }.into_any()
                 } else {
