@@ -279,11 +279,13 @@ pub fn Scatter(id: String, xtitle: String, ytitle: String, #[prop(into)] points:
                 {pts.into_iter().enumerate().map(|(i, p)| {
                     let (cx, cy) = (f.px(p.x), f.py(p.y));
                     let color = PALETTE[i % PALETTE.len()];
+                    // Labels right of the middle grow leftwards, so they stay inside.
+                    let (lx, anchor) = if cx > W / 2.0 { (cx - 5.0, "end") } else { (cx + 5.0, "start") };
                     view! {
                         <line class="errbar" x1=f.px(p.x - p.x_std) y1=cy x2=f.px(p.x + p.x_std) y2=cy stroke=color />
                         <line class="errbar" x1=cx y1=f.py(p.y - p.y_std) x2=cx y2=f.py(p.y + p.y_std) stroke=color />
                         <circle cx=cx cy=cy r="3.5" fill=color />
-                        <text class="point-label" x=cx + 5.0 y=cy - 5.0>{p.label}</text>
+                        <text class="point-label" x=lx y=cy - 5.0 text-anchor=anchor>{p.label}</text>
                     }
                 }).collect_view()}
             </svg>
