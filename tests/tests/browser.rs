@@ -1,0 +1,179 @@
+//! The browser app in headless Chromium (WebDriver) against the real
+//! `amortize serve` on a tiny random model: create a run from the form and
+//! watch its chart grow, compare two runs side by side, get middles from the
+//! infilling playground, see a server error next to its control, and check the
+//! layout at 800 px. Screenshots of every page go to `target/screenshots/`
+//! (and to `$AMORTIZE_SCREENSHOTS_DIR` when set, e.g. `docs/screenshots`).
+//!
+//! Needs `frontend/dist` (scripts/build-frontend.sh) and Debian's `chromium` +
+//! `chromium-driver` (scripts/test.sh installs both). `AMORTIZE_SKIP_BROWSER=1`
+//! skips it, loudly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use amortize::model::tiny::write_tiny_model;
+use amortize_tests::webdriver::Browser;
+use amortize_tests::Server;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn shot(b: &Browser, name: &str) {
+    let mut dirs = vec![root().join("target").join("screenshots")];
+    if let Some(d) = std::env::var_os("AMORTIZE_SCREENSHOTS_DIR") {
+        dirs.push(root().join(d));
+    }
+    for d in dirs {
+        b.screenshot(&d.join(format!("{name}.png")));
+    }
+}
+
+/// Points drawn by the line chart `#id` (0 when it has none yet).
+fn chart_points(b: &Browser, id: &str) -> usize {
+    let js = "const f = document.getElementById(arguments[0]); if (!f) return 0; \
+              let n = 0; for (const p of f.querySelectorAll('polyline')) { n = Math.max(n, (p.getAttribute('points') || '').trim().split(/\\s+/).filter(x => x).length); } \
+              for (const p of f.querySelectorAll('path')) { const d = p.getAttribute('d') || ''; n = Math.max(n, (d.match(/[ML]/g) || []).length); } return n;";
+    b.execute(js, json!([id])).as_u64().unwrap_or(0) as usize
+}
+
+fn path(b: &Browser) -> String {
+    b.execute("return location.pathname + location.search", json!([])).as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_app_in_a_real_browser() {
+    if std::env::var("AMORTIZE_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: browser test (AMORTIZE_SKIP_BROWSER=1)");
+        return;
+    }
+    let dist = root().join("frontend").join("dist");
+    assert!(dist.join("index.html").exists(), "{} is not built: run scripts/build-frontend.sh", dist.display());
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_tiny_model(&dir.path().join("model"), 3).unwrap().gguf;
+    let server = Server::start(&model, &dir.path().join("data"), &["--dist", dist.to_str().unwrap()]);
+    let b = Browser::start(1280, 800);
+    let base = server.base.clone();
+
+    // Home: model, presets, no runs yet.
+    b.goto(&format!("{base}/"));
+    b.wait("#runs-empty", T);
+    b.wait_text("#model-info", T, |t| t.contains("random") || t.contains("tiny") || t.contains(".gguf"));
+    shot(&b, "home-empty");
+
+    // New run from the form; a bad value is flagged next to its field first.
+    b.goto(&format!("{base}/runs/new"));
+    b.wait("#new-run-form", T);
+    let rng = b.wait("#task option[value=\"rng\"]", T);
+    b.click(&rng);
+    let lr = b.wait("#cfg-lr", T);
+    b.clear(&lr);
+    b.type_text(&lr, "-1");
+    b.wait_text("#err-lr", T, |t| !t.trim().is_empty());
+    let launch = b.wait("#launch", T);
+    assert_eq!(b.execute("return document.getElementById('launch').disabled", json!([])), json!(true), "launch must be disabled while a field is invalid");
+    b.clear(&lr);
+    b.type_text(&lr, "0.001");
+    for (field, value) in [("steps", "100000"), ("batch_size", "4"), ("checkpoint_every", "5")] {
+        let el = b.wait(&format!("#cfg-{field}"), T);
+        b.clear(&el);
+        b.type_text(&el, value);
+    }
+    shot(&b, "new-run");
+    b.click(&launch);
+    let t0 = std::time::Instant::now();
+    while !path(&b).starts_with("/runs/run-") {
+        assert!(t0.elapsed() < T, "launch did not open the run page (at {}): {}", path(&b), b.page_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run1 = path(&b).trim_start_matches("/runs/").to_string();
+
+    // Run page: the loss chart grows as steps stream in over SSE.
+    b.wait("#chart-loss", T);
+    let t0 = std::time::Instant::now();
+    let first = loop {
+        let n = chart_points(&b, "chart-loss");
+        if n >= 2 {
+            break n;
+        }
+        assert!(t0.elapsed() < T, "the loss chart never drew: {}", b.page_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let t0 = std::time::Instant::now();
+    while chart_points(&b, "chart-loss") <= first {
+        assert!(t0.elapsed() < T, "the loss chart did not grow beyond {first} points");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.wait("#samples", T);
+    shot(&b, "run-live");
+    let cancel = b.wait("#cancel", T);
+    b.click(&cancel);
+    server.wait_run(&run1, T, |r| r["status"] == "cancelled");
+    b.wait_text("#run", T, |t| t.to_lowercase().contains("cancelled"));
+
+    // A second run through the API; then both side by side.
+    let (s, r2) = server.post("/api/runs", &json!({"name": "second", "task": "rng", "config": {"steps": 6, "batch_size": 4}, "eval_samples": 20}));
+    assert_eq!(s, 201, "{r2}");
+    let run2 = r2["id"].as_str().unwrap().to_string();
+    server.wait_run(&run2, T, |r| r["status"] == "completed");
+    b.goto(&format!("{base}/compare?runs={run1},{run2},base"));
+    b.wait("#compare-form", T);
+    let prompts = b.wait("#compare-prompts", T);
+    b.clear(&prompts);
+    b.type_text(&prompts, "one two\nthree four");
+    let submit = b.wait("#compare-submit", T);
+    b.click(&submit);
+    let cols = b.wait_n(".compare-column", 2, T);
+    assert!(cols.len() >= 2);
+    b.wait_n(".compare-sample", 2, T);
+    b.wait("#compare-metrics", T);
+    shot(&b, "compare");
+
+    // A server error shows next to the control that caused it.
+    b.goto(&format!("{base}/compare?runs=base"));
+    b.wait("#compare-form", T);
+    let prompts = b.wait("#compare-prompts", T);
+    b.clear(&prompts);
+    let submit = b.wait("#compare-submit", T);
+    if b.execute("return document.getElementById('compare-submit').disabled", json!([])) == json!(false) {
+        b.click(&submit);
+        b.wait_text("#compare-error", T, |t| t.contains("prompt"));
+    } else {
+        // The form itself refuses: the message is on the page, the server was not asked.
+        assert!(b.page_text().to_lowercase().contains("prompt"), "{}", b.page_text());
+    }
+
+    // Infilling playground: middles per source.
+    b.goto(&format!("{base}/infill?runs={run2},base"));
+    b.wait("#infill-form", T);
+    for (id, text) in [("#infill-beginning", "The cat sat by the door."), ("#infill-end", "So it slept there all night.")] {
+        let el = b.wait(id, T);
+        b.clear(&el);
+        b.type_text(&el, text);
+    }
+    let go = b.wait("#infill-submit", T);
+    b.click(&go);
+    b.wait_n(".middle", 2, T);
+    let share = b.execute("return document.getElementById('infill-share').href", json!([]));
+    assert!(share.as_str().unwrap_or_default().contains("beginning"), "the share link encodes the inputs: {share}");
+    shot(&b, "infill");
+
+    // Home again: both runs listed; then the layout at 800 px wide.
+    b.goto(&format!("{base}/"));
+    b.wait("#runs-table", T);
+    b.wait_text("#runs-table", T, |t| t.contains("second"));
+    shot(&b, "home");
+    b.resize(800, 900);
+    for page in ["/", "/runs/new", &format!("/runs/{run2}"), "/infill"] {
+        b.goto(&format!("{base}{page}"));
+        b.wait("main, #main", T);
+        std::thread::sleep(Duration::from_millis(300));
+        let fits = b.execute("return document.documentElement.scrollWidth <= window.innerWidth + 1", json!([]));
+        assert_eq!(fits, json!(true), "{page} scrolls sideways at 800 px");
+    }
+    shot(&b, "run-800px");
+}
