@@ -44,6 +44,17 @@ impl ApiErr {
     }
 }
 
+/// Where a server error goes in a sampling form (compare, infill): the
+/// control its `field` names, else `"submit"` (next to the submit button).
+pub fn error_slot_of(e: &ApiErr) -> &'static str {
+    match e.field_name() {
+        Some("prompts" | "prompt" | "beginning" | "end") => "text",
+        Some("runs" | "run") => "sources",
+        Some(_) if e.field.as_deref().is_some_and(|f| f.starts_with("decoding")) => "decoding",
+        _ => "submit",
+    }
+}
+
 impl std::fmt::Display for ApiErr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

@@ -144,27 +144,34 @@ pub fn ComparePage() -> impl IntoView {
         }
     };
 
+    // A server error goes next to the control it names (one at a time, one id).
+    let server_err = move |slot: &'static str| {
+        move || err.get().filter(|e| api::error_slot_of(e) == slot).map(|e| view! { <ErrorMsg err=e.message id="compare-error" /> })
+    };
     view! {
         <section id="compare">
             <h1>"Compare"</h1>
             <form id="compare-form" on:submit=submit>
                 <SourcePicker id="compare-sources" runs=runs selected=selected />
+                {server_err("sources")}
                 <div class="field wide">
                     <label for="compare-prompts">"Prompts " <span class="help">"one per line; empty: the task's own test prompts (runs of one task)"</span></label>
                     <textarea id="compare-prompts" rows="4" prop:value=move || prompts.get() on:input=move |ev| prompts.set(event_target_value(&ev))></textarea>
                 </div>
+                {server_err("text")}
                 <div class="inline-fields">
                     {num_field("compare-n", "Samples per prompt", n)}
                     {num_field("compare-max-tokens", "Max tokens", max_tokens)}
                     {num_field("compare-temperature", "Temperature", temperature)}
                 </div>
+                {server_err("decoding")}
                 <div class="actions">
                     <button type="submit" id="compare-submit" class="primary" disabled=move || loading.get() || form_error().is_some()>
                         {move || if loading.get() { "Sampling…" } else { "Compare" }}
                     </button>
+                    {server_err("submit")}
                     {error_slot("compare-invalid", form_error)}
                 </div>
-                {move || err.get().map(|e| view! { <ErrorMsg err=e.message id="compare-error" /> })}
             </form>
             {move || loading.get().then(|| view! { <Loading what="samples from every source (this can take a while)" /> })}
             {move || result.get().map(|c| view! { <ComparisonView c=c /> })}

@@ -124,6 +124,10 @@ pub fn InfillPage() -> impl IntoView {
         }
     };
 
+    // A server error goes next to the control it names (one at a time, one id).
+    let server_err = move |slot: &'static str| {
+        move || err.get().filter(|e| api::error_slot_of(e) == slot).map(|e| view! { <ErrorMsg err=e.message id="infill-error" /> })
+    };
     view! {
         <section id="infill">
             <h1>"Infilling playground"</h1>
@@ -132,20 +136,23 @@ pub fn InfillPage() -> impl IntoView {
             <form id="infill-form" on:submit=submit>
                 {area("infill-beginning", "Beginning", inputs.beginning)}
                 {area("infill-end", "End", inputs.end)}
+                {server_err("text")}
                 <SourcePicker id="infill-sources" runs=runs selected=inputs.sources />
+                {server_err("sources")}
                 <div class="inline-fields">
                     {num("infill-k", "k (middles per source)", inputs.k)}
                     {num("infill-temperature", "Temperature", inputs.temperature)}
                     {num("infill-max-tokens", "Max tokens", inputs.max_tokens)}
                 </div>
+                {server_err("decoding")}
                 <div class="actions">
                     <button type="submit" id="infill-submit" class="primary" disabled=move || loading.get() || invalid().is_some()>
                         {move || if loading.get() { "Generating…" } else { "Fill in" }}
                     </button>
                     <a id="infill-share" href=move || inputs.url()>"Link to these inputs"</a>
+                    {server_err("submit")}
                     {error_slot("infill-invalid", invalid)}
                 </div>
-                {move || err.get().map(|e| view! { <ErrorMsg err=e.message id="infill-error" /> })}
             </form>
             {move || loading.get().then(|| view! { <Loading what="middles" /> })}
             {move || result.get().map(|r| view! { <InfillResults r=r /> })}

@@ -73,7 +73,7 @@ pub fn NewRunPage() -> impl IntoView {
         }
     };
     // The server's error belongs next to a field when it names one we show
-    // (sft/ppo are refused with a 400: that goes next to the method).
+    // (a 400 without a field for sft/ppo goes next to the method).
     let server_field = move || -> Option<String> {
         let e = server_err.get()?;
         let f = e.field_name().map(str::to_string);
@@ -182,11 +182,11 @@ pub fn NewRunPage() -> impl IntoView {
                         <div class="field">
                             <label for="method">"Method"</label>
                             <select id="method" name="method" on:change=move |ev| method.set(event_target_value(&ev))>
-                                {[("gfn", "gfn — GFlowNet fine-tuning"), ("sft", "sft — supervised fine-tuning"), ("ppo", "ppo — PPO")].map(|(v, label)| view! {
+                                {[("gfn", "gfn — GFlowNet fine-tuning"), ("sft", "sft — supervised fine-tuning (baseline)"), ("ppo", "ppo — PPO against the reward (baseline)")].map(|(v, label)| view! {
                                     <option value=v selected=move || method.with(|m| m == v)>{label}</option>
                                 })}
                             </select>
-                            {move || method.with(|m| m != "gfn").then(|| view! { <span class="help">"Only gfn trains today; the server may refuse this method."</span> })}
+                            {move || method.with(|m| m != "gfn").then(|| view! { <span class="help">"A baseline: it uses steps, batch size, seed and the LoRA/length fields of the config."</span> })}
                             {field_err("method")}
                         </div>
                         {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}
