@@ -5,6 +5,7 @@
 //! - [`model`]  the Llama-family decoder, LoRA adapters, KV cache, loaders, tokenizer.
 //! - [`decode`] sampling, beam search, scoring, tool hooks — over any model + adapter.
 //! - [`gfn`]    rewards, losses, replay buffer, the GFlowNet trainer.
+//! - [`embed`]  sentence/token embeddings (all-MiniLM-L6-v2) for the embedding metrics.
 //! - [`tasks`]  the paper's task presets and their metrics.
 //! - [`baselines`] PPO (and SFT) on the same LoRA machinery, for comparisons.
 //! - [`store`]  SQLite and the data dir of the server.
@@ -16,6 +17,7 @@
 
 pub mod baselines;
 pub mod decode;
+pub mod embed;
 pub mod gfn;
 pub mod error;
 pub mod jobs;
