@@ -2,7 +2,8 @@
 //! sentences of web text), sample the next sentence Z, ending at ".", from the
 //! tempered posterior R(Z) = p_LM(Z "." | X)^(1/T) with T annealed to 0.875.
 //! Owns the prompt list (a text file, one prompt per line, or a built-in
-//! handful), the forbidden-token mask, and the likelihood/diversity metrics.
+//! handful), the forbidden-token mask, and the likelihood/diversity metrics
+//! (word-set and, with the embedding model, sentence-embedding diversity).
 //!
 //! Spacing: prompts are trimmed; the space before the next sentence is carried
 //! by Z's first token (byte-level BPE attaches a space to the following word,
@@ -11,11 +12,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use amortize_shared::metrics::mean_pairwise_cosine_distance;
 use serde::{Deserialize, Serialize};
 
 use super::custom::{draw, forbid_with_eos, one_token, token_ids_where};
 use super::{data_root, options, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, TokenMask};
+use crate::embed::Embedder;
 use crate::gfn::{LmReward, Problem, TrainConfig, TrainTask};
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
@@ -96,6 +99,25 @@ pub fn mean_pairwise_jaccard_distance<S: AsRef<str>>(texts: &[S]) -> f64 {
     } else {
         sum / pairs as f64
     }
+}
+
+/// Mean over groups (one per prompt) of the mean pairwise cosine distance of
+/// the group's sentence embeddings (0 for a group of fewer than two; 0 with
+/// no groups). All texts are embedded in one batched pass.
+pub fn embedding_diversity(embedder: &Embedder, groups: &[Vec<String>]) -> Result<f64> {
+    if groups.is_empty() {
+        return Ok(0.0);
+    }
+    let flat: Vec<String> = groups.iter().flatten().cloned().collect();
+    let mut vectors = embedder.sentences(&flat)?.into_iter();
+    let total: f64 = groups
+        .iter()
+        .map(|g| {
+            let v: Vec<Vec<f32>> = vectors.by_ref().take(g.len()).collect();
+            mean_pairwise_cosine_distance(&v)
+        })
+        .sum();
+    Ok(total / groups.len() as f64)
 }
 
 #[derive(Debug)]
@@ -201,9 +223,11 @@ impl Task for Continuation {
 
     /// `max_loglik` / `mean_loglik`: over test prompts, the mean of the max /
     /// mean of log p_LM(Z "." | X) (base model) among the prompt's samples.
-    /// `diversity_jaccard`: mean over prompts of the mean pairwise word-set
-    /// Jaccard distance — a stand-in for the paper's mean pairwise cosine
-    /// distance of sentence embeddings, which comes with the embedding model.
+    /// `diversity_embedding` (when the embedding model is present, see
+    /// [`crate::embed::Embedder::load_default`]): mean over prompts of the mean
+    /// pairwise cosine distance of the samples' sentence embeddings — the
+    /// paper's diversity (Fig. 3). `diversity_jaccard`: the same with word-set
+    /// Jaccard distances, which needs no model.
     fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport> {
         let stop = Self::stop_token(lm)?;
         let k = opts.samples.unwrap_or(self.opts.eval_samples);
@@ -220,6 +244,8 @@ impl Task for Continuation {
             seed: opts.seed,
             ..SampleConfig::default()
         };
+        // Loaded before sampling, so a broken model directory fails fast.
+        let embedder = Embedder::load_default(lm.device())?;
         let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = prompts
             .iter()
@@ -245,6 +271,10 @@ impl Task for Continuation {
         m.insert("max_loglik".into(), summary.map_or(0.0, |s| s.max.mean));
         m.insert("mean_loglik".into(), summary.map_or(0.0, |s| s.mean.mean));
         m.insert("diversity_jaccard".into(), if n > 0 { diversity / n as f64 } else { 0.0 });
+        if let Some(e) = &embedder {
+            let groups: Vec<Vec<String>> = drawn.iter().map(|g| g.iter().map(|d| d.text.trim().to_string()).collect()).collect();
+            m.insert("diversity_embedding".into(), embedding_diversity(e, &groups)?);
+        }
         m.insert("stop_rate".into(), amortize_shared::metrics::valid_rate(stopped, n * k));
         m.insert("prompts".into(), n as f64);
         m.insert("samples_per_prompt".into(), k as f64);
@@ -274,6 +304,20 @@ mod tests {
         assert!((mean_pairwise_jaccard_distance(&["a b", "B c"]) - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(mean_pairwise_jaccard_distance(&["only one"]), 0.0);
         assert_eq!(mean_pairwise_jaccard_distance(&["", ""]), 0.0);
+    }
+
+    #[test]
+    fn evaluate_without_the_embedder_leaves_its_metric_out() {
+        use crate::model::tiny::write_tiny_model;
+        let dir = tempfile::tempdir().unwrap();
+        let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        let prompts = dir.path().join("p.txt");
+        std::fs::write(&prompts, "The cat sat.\nIt was cold.\nThe bus was late.\n").unwrap();
+        let task = Continuation::from_options(&format!("prompts_file = {:?}\ntrain_prompts = 2\ntest_prompts = 1", prompts.display().to_string()).parse().unwrap()).unwrap();
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None }).unwrap().metrics;
+        assert!(m.contains_key("diversity_jaccard"));
+        // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
+        assert_eq!(m.contains_key("diversity_embedding"), Embedder::default_dir().exists(), "{m:?}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! sentence Z from p_LM(Z | X, Y) ∝ p_LM(X Z Y). Owns the stories (JSONL
 //! `{"beginning", "middle", "end"}`; built in: `backend/data/stories.jsonl`,
 //! 36 short original stories), the prompts, the optional reward adapter, and
-//! the BLEU/GLEU/likelihood metrics.
+//! the BLEU/GLEU/likelihood metrics and, with the embedding model, the
+//! BERTScore-style and sentence-cosine similarity to the reference middle.
 //!
 //! Spacing: the policy reads "Beginning: {X}\n End: {Y}\n Middle:" — the
 //! paper's prompt without its final space, which Z's first token carries
@@ -13,11 +14,13 @@
 
 use std::path::{Path, PathBuf};
 
+use amortize_shared::metrics::{bert_score, cosine_similarity};
 use serde::{Deserialize, Serialize};
 
 use super::custom::{draw, forbid_with_eos, one_token, parse_jsonl, read_jsonl, token_ids_where};
 use super::{options, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, TokenMask};
+use crate::embed::Embedder;
 use crate::gfn::{LmReward, Problem, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraAdapter, LoraView, Mode};
 use crate::{Error, Result};
@@ -157,6 +160,45 @@ impl Infill {
     }
 }
 
+/// Embedding similarity of sampled middles to reference middles, averaged
+/// over samples (see [`middle_similarity`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MiddleSimilarity {
+    pub bertscore_p: f64,
+    pub bertscore_r: f64,
+    pub bertscore_f1: f64,
+    /// Cosine of the sentence embeddings.
+    pub sentence_cosine: f64,
+}
+
+/// BERTScore P/R/F1 (token embeddings, no idf, no rescaling) and sentence
+/// cosine of every sample in `samples[i]` against `references[i]`, averaged
+/// over all samples (all zero when there are none). Batched: each text is
+/// encoded once.
+///
+/// # Panics
+/// If `samples` and `references` have different lengths.
+pub fn middle_similarity(embedder: &Embedder, references: &[String], samples: &[Vec<String>]) -> Result<MiddleSimilarity> {
+    assert_eq!(references.len(), samples.len(), "middle_similarity: one group of samples per reference");
+    let flat: Vec<String> = samples.iter().flatten().cloned().collect();
+    if flat.is_empty() {
+        return Ok(MiddleSimilarity::default());
+    }
+    let (ref_tokens, ref_vecs) = (embedder.tokens_batch(references)?, embedder.sentences(references)?);
+    let (tokens, vecs) = (embedder.tokens_batch(&flat)?, embedder.sentences(&flat)?);
+    let mut sum = MiddleSimilarity::default();
+    let owners = samples.iter().enumerate().flat_map(|(i, g)| std::iter::repeat_n(i, g.len()));
+    for ((t, v), i) in tokens.iter().zip(&vecs).zip(owners) {
+        let b = bert_score(t, &ref_tokens[i]);
+        sum.bertscore_p += b.precision;
+        sum.bertscore_r += b.recall;
+        sum.bertscore_f1 += b.f1;
+        sum.sentence_cosine += cosine_similarity(v, &ref_vecs[i]);
+    }
+    let n = flat.len() as f64;
+    Ok(MiddleSimilarity { bertscore_p: sum.bertscore_p / n, bertscore_r: sum.bertscore_r / n, bertscore_f1: sum.bertscore_f1 / n, sentence_cosine: sum.sentence_cosine / n })
+}
+
 /// A middle written between a beginning and an end, with how well it explains the end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Middle {
@@ -252,8 +294,12 @@ impl Task for Infill {
     /// Against each test story's reference middle, over `eval_samples` middles
     /// per story at temperature 0.8: `bleu4` (corpus BLEU-4, sacrebleu's corpus
     /// preset, whitespace tokens), `gleu4` (corpus GLEU-4), and `loglik`, the
-    /// mean log p_LM(Z Y | X) with the base model (not the reward adapter). The paper's BERTScore-style
-    /// embedding similarity comes with the embedding model.
+    /// mean log p_LM(Z Y | X) with the base model (not the reward adapter).
+    /// With the embedding model present (see
+    /// [`crate::embed::Embedder::load_default`]), the paper's Table 2 similarity
+    /// columns, each sampled middle against its story's reference middle,
+    /// averaged over samples: `bertscore_p` / `_r` / `_f1` (greedy token
+    /// matching of contextual token embeddings) and `sentence_cosine`.
     fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport> {
         let k = opts.samples.unwrap_or(self.opts.eval_samples);
         let n = opts.limit.unwrap_or(self.test.len()).min(self.test.len());
@@ -270,6 +316,8 @@ impl Task for Infill {
             seed: opts.seed,
             ..SampleConfig::default()
         };
+        // Loaded before sampling, so a broken model directory fails fast.
+        let embedder = Embedder::load_default(lm.device())?;
         let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
         let (mut hyps, mut refs, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
         let mut report = EvalReport::default();
@@ -297,6 +345,15 @@ impl Task for Infill {
         m.insert("gleu4".into(), corpus_gleu(&hyps, &refs));
         m.insert("loglik".into(), loglik);
         m.insert("stop_rate".into(), valid_rate(stopped, hyps.len()));
+        if let Some(e) = &embedder {
+            let references: Vec<String> = stories.iter().map(|s| s.middle.trim().to_string()).collect();
+            let samples: Vec<Vec<String>> = drawn.iter().map(|g| g.iter().map(|d| d.text.trim().to_string()).collect()).collect();
+            let sim = middle_similarity(e, &references, &samples)?;
+            m.insert("bertscore_p".into(), sim.bertscore_p);
+            m.insert("bertscore_r".into(), sim.bertscore_r);
+            m.insert("bertscore_f1".into(), sim.bertscore_f1);
+            m.insert("sentence_cosine".into(), sim.sentence_cosine);
+        }
         m.insert("stories".into(), n as f64);
         m.insert("samples_per_story".into(), k as f64);
         Ok(report)
@@ -329,6 +386,22 @@ mod tests {
         assert!(e("eval_samples = 0").contains("task.eval_samples"));
         assert!(e("reward_adapter = \"/nonexistent\"").contains("task.reward_adapter"));
         assert!(e("middle = 1").contains("middle"));
+    }
+
+    #[test]
+    fn evaluate_without_the_embedder_leaves_its_metrics_out() {
+        use crate::model::tiny::write_tiny_model;
+        let dir = tempfile::tempdir().unwrap();
+        let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        let data = dir.path().join("s.jsonl");
+        std::fs::write(&data, "{\"beginning\": \"Ann had a ball.\", \"middle\": \"She threw it.\", \"end\": \"Ann was happy.\"}\n{\"beginning\": \"Tim was hungry.\", \"middle\": \"He ate.\", \"end\": \"Tim felt full.\"}\n").unwrap();
+        let task = Infill::from_options(&format!("data_file = {:?}\ntest_fraction = 0.5", data.display().to_string()).parse().unwrap()).unwrap();
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None }).unwrap().metrics;
+        assert!(m.contains_key("bleu4"));
+        // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
+        for k in ["bertscore_f1", "bertscore_p", "bertscore_r", "sentence_cosine"] {
+            assert_eq!(m.contains_key(k), Embedder::default_dir().exists(), "{k}: {m:?}");
+        }
     }
 
     #[test]

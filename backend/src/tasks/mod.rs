@@ -115,13 +115,16 @@ pub fn dataset_spec(task: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// The metric names `eval` reports for a task; the first is its key metric.
+/// The embedding metrics (`diversity_embedding`, `bertscore_*`,
+/// `sentence_cosine`) are left out of a report when the embedding model is
+/// absent (see [`crate::embed::Embedder::load_default`]).
 pub fn metric_names(task: &str) -> &'static [&'static str] {
     match task {
         "rng" => &["kl", "valid_rate", "kl_floor"],
         "arithmetic" => &["accuracy_id", "accuracy_ood"],
         "subj" => &["accuracy"],
-        "continuation" => &["mean_loglik", "max_loglik", "diversity_jaccard", "stop_rate"],
-        "infill" => &["bleu4", "gleu4", "loglik", "stop_rate"],
+        "continuation" => &["mean_loglik", "max_loglik", "diversity_jaccard", "stop_rate", "diversity_embedding"],
+        "infill" => &["bleu4", "gleu4", "loglik", "stop_rate", "bertscore_f1", "bertscore_p", "bertscore_r", "sentence_cosine"],
         "custom" => &["mean_loglik", "valid_rate"],
         _ => &[],
     }
