@@ -117,7 +117,7 @@ fn infill_reward_adapter_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let lm = tiny(dir.path());
     let data = write(dir.path(), "stories.jsonl", STORIES);
-    let adapter = amortize::model::LoraAdapter::new(lm.config(), TrainConfig { lora_r: 2, ..TrainConfig::default() }.lora().unwrap(), &Device::Cpu, 3).unwrap();
+    let adapter = amortize::model::LoraAdapter::new(lm.config(), amortize::gfn::config::lora_config(&TrainConfig { lora_r: 2, ..TrainConfig::default() }).unwrap(), &Device::Cpu, 3).unwrap();
     adapter.save_peft(&dir.path().join("sft"), &lm.name).unwrap();
     let task = tasks::load("infill", &table(&format!("data_file = {}\nreward_adapter = {}", q(&data), q(&dir.path().join("sft"))))).unwrap();
     let tt = task.train_task(&lm).unwrap();

@@ -228,7 +228,12 @@ impl EventStream {
     /// Opens the stream of run `id`: `on_event` gets each decoded event,
     /// `on_state` each change of the connection.
     pub fn open(id: &str, on_event: impl Fn(RunEvent) + 'static, on_state: impl Fn(StreamState) + 'static) -> Result<Self, ApiErr> {
-        let source = web_sys::EventSource::new(&run_path(id, "/events"))
+        // EventSource cannot send headers; the server takes `?token=` on GETs.
+        let url = match token() {
+            Some(t) => format!("{}?token={}", run_path(id, "/events"), encode(&t)),
+            None => run_path(id, "/events"),
+        };
+        let source = web_sys::EventSource::new(&url)
             .map_err(|e| ApiErr::new(format!("Cannot open the event stream: {e:?}")))?;
         let on_event = std::rc::Rc::new(on_event);
         let on_state = std::rc::Rc::new(on_state);

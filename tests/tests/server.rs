@@ -298,6 +298,8 @@ fn tokens_guard_the_api_and_exposure() {
     let server = Server::start(&model, &dir.path().join("d1"), &["--token", "s3cret"]);
     let (s, v) = server.get("/api/model");
     assert_eq!(s, 401, "{v}");
+    assert_eq!(server.get("/api/model?token=s3cret").0, 200, "GETs may carry the token in the query");
+    assert_eq!(server.post("/api/experiments?token=s3cret", &json!({"name": "x"})).0, 401, "but not POSTs");
     let server = server.with_token("wrong");
     assert_eq!(server.get("/api/model").0, 401);
     let server = server.with_token("s3cret");

@@ -63,6 +63,8 @@ pub struct StepMetrics {
 pub struct RecentSample {
     /// The problem's key.
     pub problem: String,
+    /// What the policy conditioned on.
+    pub prompt: Vec<u32>,
     pub tokens: Vec<u32>,
     /// Untempered log-reward of the whole trajectory.
     pub log_reward: f64,
@@ -245,7 +247,7 @@ impl<'a> Trainer<'a> {
             };
             for (t, r) in trajs.iter().zip(&rewards).take(RECENT.saturating_sub(self.recent.len())) {
                 let log_reward = *r.last().unwrap_or(&0.0) as f64;
-                self.recent.push(RecentSample { problem: problem.key.clone(), tokens: t.tokens.clone(), log_reward });
+                self.recent.push(RecentSample { problem: problem.key.clone(), prompt: problem.policy_prompt.clone(), tokens: t.tokens.clone(), log_reward });
             }
             let lens_b: Vec<usize> = trajs.iter().map(|t| t.num_actions()).collect();
             let n_max = lens_b.iter().copied().max().unwrap_or(0);

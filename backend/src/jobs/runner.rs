@@ -97,7 +97,7 @@ pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
             .iter()
             .map(|s| StepSample {
                 step: m.step,
-                prompt: s.problem.clone(),
+                prompt: lm.tokenizer.decode(&s.prompt, false).unwrap_or_else(|_| s.problem.clone()),
                 text: lm.tokenizer.decode(&s.tokens, false).unwrap_or_default(),
                 log_reward: s.log_reward,
             })

@@ -130,16 +130,56 @@ async fn method_not_allowed() -> ApiErr {
     ApiErr::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint (see /api/openapi.json)", None)
 }
 
-/// With a token configured, every `/api` call needs `Authorization: Bearer TOKEN`.
+/// With a token configured, every `/api` call needs `Authorization: Bearer TOKEN`
+/// (GETs may pass `?token=TOKEN`, for event streams and download links).
 async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &s.token {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // EventSource and plain download links cannot send headers: GETs may
+        // carry the token as `?token=…` instead.
+        let query = (req.method() == axum::http::Method::GET)
+            .then(|| req.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("token=")).map(percent_decode))
+            .flatten();
+        let given = header.map(str::to_string).or(query);
         let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
         if !ok {
             return ApiErr::new(StatusCode::UNAUTHORIZED, "missing or wrong `Authorization: Bearer …` token", None).into_response();
         }
     }
     next.run(req).await
+}
+
+/// `%XX` escapes and `+` of a query value decoded (invalid escapes kept as they are).
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
+    while i < b.len() {
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_decode() {
+        assert_eq!(super::percent_decode("a%2Fb+c%3d%"), "a/b c=%");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

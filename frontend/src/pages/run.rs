@@ -101,13 +101,27 @@ fn RunView(id: String) -> impl IntoView {
     fetch_history();
 
     // Events while the run is active; closed when it ends (and on leaving the
-    // page). An `EventSource` cannot send the bearer token: with one, poll.
+    // page). An `EventSource` cannot send headers: a token goes in the query.
     let active = Memo::new(move |_| run.with(|r| r.as_ref().and_then(|r| r.as_ref().ok()).map(|r| r.status.is_active())));
     Effect::new(move |_| match active.get() {
-        Some(true) if stream.with_value(Option::is_none) && api::token().is_none() => {
+        Some(true) if stream.with_value(Option::is_none) => {
             let on_event = move |ev| match ev {
                 RunEvent::Status { run: r } => run.set(Some(Ok(r))),
-                RunEvent::Metrics { point } => metrics.update(|m| merge(m, vec![point])),
+                RunEvent::Metrics { point } => {
+                    // The header's step follows the stream, not only status changes.
+                    let step = point.step;
+                    run.update(|r| {
+                        if let Some(Ok(r)) = r {
+                            r.step = r.step.max(step);
+                            // The server checkpoints before it streams the step.
+                            let every = r.config.checkpoint_every;
+                            if (every > 0 && step % every == 0) || step == r.steps {
+                                r.checkpoint_step = Some(step);
+                            }
+                        }
+                    });
+                    metrics.update(|m| merge(m, vec![point]))
+                }
                 RunEvent::Samples { samples: s } => samples.update(|v| add_samples(v, s)),
             };
             let on_state = move |state: StreamState| {
@@ -195,8 +209,8 @@ fn RunBody(
         (_, false) => "not streaming (run not active)",
         (Some(StreamState::Open), _) => "● live",
         (Some(StreamState::Reconnecting), _) => "reconnecting…",
-        (None, _) if api::token().is_none() => "connecting…",
-        _ => "polling every 5 s",
+        (None, _) => "connecting…",
+        (Some(_), _) => "polling every 5 s",
     };
     // With a token, downloads go through a fetch that sends it.
     let download = move |rest: &'static str, file: &'static str| {
