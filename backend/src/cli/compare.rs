@@ -180,7 +180,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 _ => unreachable!("methods were checked above"),
             };
             let view = adapter.as_ref().map(|ad| ad.view(Mode::Infer, lm.llama.dtype())).transpose()?;
-            let opts = EvalOptions { samples: a.samples, batch: a.batch, seed, limit: a.limit };
+            let opts = EvalOptions { samples: a.samples, batch: a.batch, seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)) };
             eprintln!("evaluating {m} (seed {seed})…");
             results.entry(m.clone()).or_default();
             let report = task.evaluate(&lm, view.as_ref(), &opts)?;

@@ -116,9 +116,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if a.samples == Some(0) || a.batch == 0 {
         anyhow::bail!("invalid --samples/--batch: must be at least 1");
     }
-    let (task, _) = task_and_config(&a.task, a.config.as_deref())?;
+    let (task, cfg) = task_and_config(&a.task, a.config.as_deref())?;
     let (lm, lora) = a.model.load()?;
-    let opts = EvalOptions { samples: a.samples, batch: a.batch, seed: a.seed, limit: a.limit };
+    let opts = EvalOptions { samples: a.samples, batch: a.batch, seed: a.seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)) };
     let report = task.evaluate(&lm, lora.as_ref(), &opts)?;
     if a.json {
         println!("{}", serde_json::to_string(&report.metrics)?);

@@ -239,7 +239,7 @@ impl Arithmetic {
         // Built once: the allowed set scans the whole vocabulary.
         let base = SampleConfig {
             n: k,
-            max_new_tokens: self.default_config().max_len,
+            max_new_tokens: opts.lengths_or(&self.default_config()).1,
             temperature: self.opts.eval_temperature,
             mask: TokenMask::Allow(Self::allowed_tokens(lm)),
             stop_tokens: Some(vec![Self::stop_token(lm)?]),

@@ -232,12 +232,12 @@ impl Task for Continuation {
         let stop = Self::stop_token(lm)?;
         let k = opts.samples.unwrap_or(self.opts.eval_samples);
         let n = opts.limit.unwrap_or(self.test.len()).min(self.test.len());
-        let preset = self.default_config();
+        let (min_len, max_len) = opts.lengths_or(&self.default_config());
         let prompts = self.test[..n].iter().map(|x| lm.tokenizer.encode(x)).collect::<Result<Vec<_>>>()?;
         let cfg = SampleConfig {
             n: k,
-            max_new_tokens: preset.max_len,
-            min_new_tokens: preset.min_len,
+            max_new_tokens: max_len,
+            min_new_tokens: min_len,
             temperature: self.opts.eval_temperature,
             mask: Self::mask(lm)?,
             stop_tokens: Some(vec![stop]),
@@ -314,7 +314,7 @@ mod tests {
         let prompts = dir.path().join("p.txt");
         std::fs::write(&prompts, "The cat sat.\nIt was cold.\nThe bus was late.\n").unwrap();
         let task = Continuation::from_options(&format!("prompts_file = {:?}\ntrain_prompts = 2\ntest_prompts = 1", prompts.display().to_string()).parse().unwrap()).unwrap();
-        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None }).unwrap().metrics;
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None }).unwrap().metrics;
         assert!(m.contains_key("diversity_jaccard"));
         // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
         assert_eq!(m.contains_key("diversity_embedding"), Embedder::default_dir().exists(), "{m:?}");

@@ -304,12 +304,12 @@ impl Task for Infill {
         let k = opts.samples.unwrap_or(self.opts.eval_samples);
         let n = opts.limit.unwrap_or(self.test.len()).min(self.test.len());
         let stories = &self.test[..n];
-        let preset = self.default_config();
+        let (min_len, max_len) = opts.lengths_or(&self.default_config());
         let prompts = stories.iter().map(|s| lm.tokenizer.encode(&s.policy_prompt())).collect::<Result<Vec<_>>>()?;
         let cfg = SampleConfig {
             n: k,
-            max_new_tokens: preset.max_len,
-            min_new_tokens: preset.min_len,
+            max_new_tokens: max_len,
+            min_new_tokens: min_len,
             temperature: self.opts.eval_temperature,
             mask: Self::mask(lm)?,
             stop_tokens: Some(vec![Self::stop_token(lm)?]),
@@ -396,7 +396,7 @@ mod tests {
         let data = dir.path().join("s.jsonl");
         std::fs::write(&data, "{\"beginning\": \"Ann had a ball.\", \"middle\": \"She threw it.\", \"end\": \"Ann was happy.\"}\n{\"beginning\": \"Tim was hungry.\", \"middle\": \"He ate.\", \"end\": \"Tim felt full.\"}\n").unwrap();
         let task = Infill::from_options(&format!("data_file = {:?}\ntest_fraction = 0.5", data.display().to_string()).parse().unwrap()).unwrap();
-        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None }).unwrap().metrics;
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None }).unwrap().metrics;
         assert!(m.contains_key("bleu4"));
         // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
         for k in ["bertscore_f1", "bertscore_p", "bertscore_r", "sentence_cosine"] {

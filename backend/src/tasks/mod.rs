@@ -31,11 +31,21 @@ pub struct EvalOptions {
     pub seed: u64,
     /// Cap on the number of test items (the task's default when `None`).
     pub limit: Option<usize>,
+    /// (min_len, max_len) of the policy being evaluated — a run's overrides;
+    /// the task preset's when `None`.
+    pub lengths: Option<(usize, usize)>,
+}
+
+impl EvalOptions {
+    /// (min_len, max_len) to sample with.
+    pub fn lengths_or(&self, preset: &TrainConfig) -> (usize, usize) {
+        self.lengths.unwrap_or((preset.min_len, preset.max_len))
+    }
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { samples: None, batch: 64, seed: 0, limit: None }
+        EvalOptions { samples: None, batch: 64, seed: 0, limit: None, lengths: None }
     }
 }
 

@@ -171,7 +171,7 @@ impl Task for RandomNumber {
             let cfg = SampleConfig {
                 n: b,
                 max_new_tokens: 6,
-                min_new_tokens: self.default_config().min_len,
+                min_new_tokens: opts.lengths_or(&self.default_config()).0,
                 stop_tokens: Some(Self::stop_tokens(lm)),
                 seed: opts.seed.wrapping_add(chunk),
                 ..SampleConfig::default()

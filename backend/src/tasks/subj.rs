@@ -256,12 +256,12 @@ impl Task for Subjectivity {
         let k = opts.samples.unwrap_or(self.opts.eval_samples);
         let n = opts.limit.unwrap_or(self.test.len()).min(self.test.len());
         let reviews = &self.test[..n];
-        let preset = self.default_config();
+        let (min_len, max_len) = opts.lengths_or(&self.default_config());
         let prompts = reviews.iter().map(|r| lm.tokenizer.encode(&r.prompt())).collect::<Result<Vec<_>>>()?;
         let cfg = SampleConfig {
             n: k,
-            max_new_tokens: preset.max_len,
-            min_new_tokens: preset.min_len,
+            max_new_tokens: max_len,
+            min_new_tokens: min_len,
             temperature: self.opts.eval_temperature,
             mask: Self::mask(lm)?,
             stop_tokens: Some(vec![Self::stop_token(lm)?]),
