@@ -97,7 +97,9 @@ fn compare_trains_what_is_missing_and_prints_one_row_per_method() {
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.iter().map(|r| r["method"].as_str().unwrap()).collect::<Vec<_>>(), ["base", "ppo", "gfn"]);
     for r in rows {
-        assert!(r["metrics"]["kl"]["mean"].as_f64().is_some() && r["metrics"]["valid_rate"]["std"].as_f64().is_some(), "{r}");
+        assert!(r["metrics"]["valid_rate"]["std"].as_f64().is_some(), "{r}");
+        // KL exists only when some sample was a valid number.
+        assert_eq!(r["metrics"]["kl"].is_object(), r["metrics"]["valid_samples"]["mean"].as_f64().unwrap() > 0.0, "{r}");
     }
     for f in ["compare.json", "compare.md", "ppo-seed1/adapter/adapter_config.json", "gfn-seed0/adapter/adapter_config.json", "samples/base-seed1.json"] {
         assert!(out.join(f).exists(), "missing {f}");

@@ -57,7 +57,8 @@ fn a_run_from_creation_to_comparison() {
     let (_, run) = server.get(&format!("/api/runs/{id}"));
     assert_eq!(run["step"], 12);
     let fm = &run["final_metrics"];
-    assert!(fm["kl"].as_f64().is_some() && fm["samples"].as_f64() == Some(40.0), "{run}");
+    assert!(fm["valid_rate"].as_f64().is_some() && fm["samples"].as_f64() == Some(40.0), "{run}");
+    assert_eq!(fm["kl"].is_number(), fm["valid_samples"].as_f64().unwrap() > 0.0, "KL only with valid samples: {run}");
     let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
     assert_eq!(series.as_array().unwrap().len(), 12);
 
@@ -87,7 +88,7 @@ fn a_run_from_creation_to_comparison() {
         assert_eq!(c["samples"][0].as_array().unwrap().len(), 2, "n per prompt");
         assert!(c["metrics"]["base_loglik"]["mean"].as_f64().is_some());
     }
-    assert!(cols[0]["metrics"]["final.kl"]["mean"].as_f64().is_some());
+    assert!(cols[0]["metrics"]["final.valid_rate"]["mean"].as_f64().is_some());
     let (s, again) = server.get(&format!("/api/comparisons/{}", cmp["id"]));
     assert_eq!((s, &again), (200, &cmp));
     // Without prompts: the runs' task supplies them.
@@ -334,7 +335,7 @@ fn ppo_and_sft_runs_over_the_api() {
     assert_eq!(s, 201, "{run}");
     let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
     assert_eq!((r["status"].as_str(), r["method"].as_str(), r["step"].as_u64()), (Some("completed"), Some("ppo"), Some(5)), "{r}");
-    assert!(r["final_metrics"]["kl"].as_f64().is_some(), "{r}");
+    assert!(r["final_metrics"]["valid_rate"].as_f64().is_some(), "{r}");
     let (_, series) = server.get(&format!("/api/runs/{}/metrics", r["id"].as_str().unwrap()));
     assert_eq!(series.as_array().unwrap().len(), 5);
     let (s, out) = server.post("/api/samples", &json!({"prompt": "x", "run": r["id"], "decoding": {"n": 2, "max_tokens": 3}}));

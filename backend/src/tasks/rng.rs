@@ -197,7 +197,10 @@ impl Task for RandomNumber {
         let dist = amortize_shared::metrics::empirical_distribution(&counts);
         let mut report = EvalReport { examples, ..Default::default() };
         let m = &mut report.metrics;
-        m.insert("kl".into(), amortize_shared::metrics::kl_divergence(&dist, &self.target));
+        // No valid number: the sampled distribution does not exist, so neither does its KL.
+        if valid > 0 {
+            m.insert("kl".into(), amortize_shared::metrics::kl_divergence(&dist, &self.target));
+        }
         m.insert("valid_rate".into(), valid as f64 / n as f64);
         m.insert("samples".into(), n as f64);
         m.insert("valid_samples".into(), valid as f64);
