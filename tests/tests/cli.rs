@@ -90,25 +90,25 @@ fn bad_inputs_exit_nonzero_with_one_clear_line() {
 fn compare_trains_what_is_missing_and_prints_one_row_per_method() {
     let (dir, model) = tiny();
     let out = dir.path().join("cmp");
-    let args = ["compare", "--task", "rng", "--model", &model, "--methods", "base,ppo,gfn", "--steps", "2", "--samples", "16", "--seeds", "2", "--json", "--out", out.to_str().unwrap()];
+    let args = ["compare", "--task", "rng", "--model", &model, "--methods", "base,ppo,gfn,base@greedy,gfn@t=0.5+p=0.9", "--steps", "2", "--samples", "16", "--seeds", "2", "--json", "--out", out.to_str().unwrap()];
     let o = run(&args);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["task"], "rng");
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.iter().map(|r| r["method"].as_str().unwrap()).collect::<Vec<_>>(), ["base", "ppo", "gfn"]);
+    assert_eq!(rows.iter().map(|r| r["method"].as_str().unwrap()).collect::<Vec<_>>(), ["base", "ppo", "gfn", "base@greedy", "gfn@t=0.5+p=0.9"]);
     for r in rows {
         assert!(r["metrics"]["valid_rate"]["std"].as_f64().is_some(), "{r}");
         // KL exists only when some sample was a valid number.
         assert_eq!(r["metrics"]["kl"].is_object(), r["metrics"]["valid_samples"]["mean"].as_f64().unwrap() > 0.0, "{r}");
     }
-    for f in ["compare.json", "compare.md", "ppo-seed1/adapter/adapter_config.json", "gfn-seed0/adapter/adapter_config.json", "samples/base-seed1.json"] {
+    for f in ["compare.json", "compare.md", "ppo-seed1/adapter/adapter_config.json", "gfn-seed0/adapter/adapter_config.json", "samples/base-seed1.json", "samples/base_greedy-seed0.json"] {
         assert!(out.join(f).exists(), "missing {f}");
     }
     // A second call reuses the trained adapters and, with the same seeds, agrees.
     let again: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
     assert_eq!(again, v);
     // Bad methods and adapters are refused with a message.
-    for (bad, want) in [(vec!["--methods", "base,magic"], "magic"), (vec!["--methods", "sft"], "no reference"), (vec!["--adapters", "x=/nonexistent"], "adapter")] {
+    for (bad, want) in [(vec!["--methods", "base,magic"], "magic"), (vec!["--methods", "sft"], "no reference"), (vec!["--adapters", "x=/nonexistent"], "adapter"), (vec!["--methods", "base@beam"], "beam")] {
         let o = run(&[&["compare", "--task", "rng", "--model", &model, "--out", out.to_str().unwrap()], bad.as_slice()].concat());
         assert!(!o.status.success());
         let err = String::from_utf8_lossy(&o.stderr);

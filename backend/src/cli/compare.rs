@@ -27,7 +27,8 @@ pub struct CompareArgs {
     /// TOML: preset overrides (top level), `[task]` options, `[ppo]` and `[sft]` settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Comma-separated: base, gfn, ppo, sft, or names given with --adapters.
+    /// Comma-separated: base, gfn, ppo, sft, or names given with --adapters; each
+    /// may add a decoding to evaluate with: base@greedy, base@t=0.7, gfn@p=0.9, base@k=40+t=0.8.
     #[arg(long, default_value = "base,ppo,gfn", value_delimiter = ',')]
     pub methods: Vec<String>,
     /// NAME=DIR: use this PEFT adapter for method NAME instead of training it.
@@ -139,12 +140,19 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         }
         given.insert(name.to_string(), PathBuf::from(dir));
     }
+    // METHOD or METHOD@DECODING (e.g. base@greedy, gfn@t=0.7+p=0.9).
+    let mut decodings = BTreeMap::new();
     for m in &a.methods {
-        match m.as_str() {
+        let (name, decoding) = match m.split_once('@') {
+            Some((n, d)) => (n, Some(tasks::Decoding::parse(d).map_err(|e| anyhow::anyhow!("invalid --methods {m}: {e}"))?)),
+            None => (m.as_str(), None),
+        };
+        match name {
             "base" | "gfn" | "ppo" | "sft" => {}
             other if given.contains_key(other) => {}
-            other => bail!("invalid --methods: unknown method `{other}` (base, gfn, ppo, sft, or a name given with --adapters)"),
+            other => bail!("invalid --methods: unknown method `{other}` (base, gfn, ppo, sft, or a name given with --adapters; add @greedy, @t=…, @k=…, @p=… for a decoding)"),
         }
+        decodings.insert(m.clone(), (name.to_string(), decoding));
     }
     let (task, mut cfg) = super::train::task_and_config(&a.task, a.config.as_deref())?;
     let mut ppo: PpoConfig = toml::Value::Table(tasks::config::section(a.config.as_deref(), "ppo")?)
@@ -168,8 +176,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let mut results: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for seed in 0..a.seeds {
         for m in &a.methods {
-            let adapter = match m.as_str() {
-                _ if given.contains_key(m) => Some(LoraAdapter::load_peft(&given[m], lm.config(), lm.device())?),
+            let (name, decoding) = &decodings[m];
+            let adapter = match name.as_str() {
+                n if given.contains_key(n) => Some(LoraAdapter::load_peft(&given[n], lm.config(), lm.device())?),
                 "base" => None,
                 "gfn" => Some(gfn_adapter(&lm, task.as_ref(), &TrainConfig { seed: cfg.seed + seed, ..cfg.clone() }, &out.join(format!("gfn-seed{seed}")))?),
                 "sft" => {
@@ -180,11 +189,11 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 _ => unreachable!("methods were checked above"),
             };
             let view = adapter.as_ref().map(|ad| ad.view(Mode::Infer, lm.llama.dtype())).transpose()?;
-            let opts = EvalOptions { samples: a.samples, batch: a.batch, seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)) };
+            let opts = EvalOptions { samples: a.samples, batch: a.batch, seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: decoding.clone() };
             eprintln!("evaluating {m} (seed {seed})…");
             results.entry(m.clone()).or_default();
             let report = task.evaluate(&lm, view.as_ref(), &opts)?;
-            amortize::util::write_atomic(&out.join("samples").join(format!("{m}-seed{seed}.json")), serde_json::to_string_pretty(&report)?.as_bytes())?;
+            amortize::util::write_atomic(&out.join("samples").join(format!("{}-seed{seed}.json", m.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect::<String>())), serde_json::to_string_pretty(&report)?.as_bytes())?;
             for (k, v) in report.metrics {
                 results.entry(m.clone()).or_default().entry(k).or_default().push(v);
             }

@@ -245,6 +245,7 @@ impl Arithmetic {
             stop_tokens: Some(vec![Self::stop_token(lm)?]),
             ..SampleConfig::default()
         };
+        let base = opts.decode(base);
         let cfg = |seed| SampleConfig { seed, ..base.clone() };
         let per_batch = (opts.batch / k).max(1);
         let mut answers: Vec<Vec<String>> = Vec::new();

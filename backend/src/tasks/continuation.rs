@@ -244,6 +244,7 @@ impl Task for Continuation {
             seed: opts.seed,
             ..SampleConfig::default()
         };
+        let cfg = opts.decode(cfg);
         // Loaded before sampling, so a broken model directory fails fast.
         let embedder = Embedder::load_default(lm.device())?;
         let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
@@ -314,7 +315,7 @@ mod tests {
         let prompts = dir.path().join("p.txt");
         std::fs::write(&prompts, "The cat sat.\nIt was cold.\nThe bus was late.\n").unwrap();
         let task = Continuation::from_options(&format!("prompts_file = {:?}\ntrain_prompts = 2\ntest_prompts = 1", prompts.display().to_string()).parse().unwrap()).unwrap();
-        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None }).unwrap().metrics;
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None, decoding: None }).unwrap().metrics;
         assert!(m.contains_key("diversity_jaccard"));
         // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
         assert_eq!(m.contains_key("diversity_embedding"), Embedder::default_dir().exists(), "{m:?}");

@@ -379,6 +379,7 @@ impl Task for Custom {
             seed: opts.seed,
             ..SampleConfig::default()
         };
+        let cfg = opts.decode(cfg);
         let prompts: Vec<Vec<u32>> = problems.iter().map(|p| p.policy_prompt.clone()).collect();
         let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
         let reward = LmReward::new(lm, vec![], &mask, -99.0, None)?;

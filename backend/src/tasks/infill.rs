@@ -316,6 +316,7 @@ impl Task for Infill {
             seed: opts.seed,
             ..SampleConfig::default()
         };
+        let cfg = opts.decode(cfg);
         // Loaded before sampling, so a broken model directory fails fast.
         let embedder = Embedder::load_default(lm.device())?;
         let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
@@ -396,7 +397,7 @@ mod tests {
         let data = dir.path().join("s.jsonl");
         std::fs::write(&data, "{\"beginning\": \"Ann had a ball.\", \"middle\": \"She threw it.\", \"end\": \"Ann was happy.\"}\n{\"beginning\": \"Tim was hungry.\", \"middle\": \"He ate.\", \"end\": \"Tim felt full.\"}\n").unwrap();
         let task = Infill::from_options(&format!("data_file = {:?}\ntest_fraction = 0.5", data.display().to_string()).parse().unwrap()).unwrap();
-        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None }).unwrap().metrics;
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None, decoding: None }).unwrap().metrics;
         assert!(m.contains_key("bleu4"));
         // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
         for k in ["bertscore_f1", "bertscore_p", "bertscore_r", "sentence_cosine"] {

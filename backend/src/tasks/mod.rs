@@ -34,9 +34,55 @@ pub struct EvalOptions {
     /// (min_len, max_len) of the policy being evaluated — a run's overrides;
     /// the task preset's when `None`.
     pub lengths: Option<(usize, usize)>,
+    /// Decoding to evaluate with instead of the task's (the decoding baselines).
+    pub decoding: Option<Decoding>,
+}
+
+/// Decoding overrides for evaluation: `greedy`, `t=0.7`, `k=40`, `p=0.9`, joined
+/// with `+` (e.g. `t=0.7+p=0.9`). Masks, stop tokens and lengths stay the task's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Decoding {
+    pub greedy: bool,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+}
+
+impl Decoding {
+    pub fn parse(spec: &str) -> Result<Decoding> {
+        let mut d = Decoding::default();
+        for part in spec.split('+').map(str::trim) {
+            let bad = || Error::invalid("decoding", format!("`{part}`: use greedy, t=TEMP, k=TOP_K or p=TOP_P joined with +"));
+            match part.split_once('=') {
+                None if part == "greedy" => d.greedy = true,
+                Some(("t", v)) => d.temperature = Some(v.parse().map_err(|_| bad())?),
+                Some(("k", v)) => d.top_k = Some(v.parse().map_err(|_| bad())?),
+                Some(("p", v)) => d.top_p = Some(v.parse().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        let t_ok = d.temperature.is_none_or(|t| t > 0.0 && t.is_finite());
+        let p_ok = d.top_p.is_none_or(|p| p > 0.0 && p <= 1.0);
+        if !t_ok || !p_ok || d.top_k == Some(0) {
+            return Err(Error::invalid("decoding", format!("`{spec}`: t > 0, 0 < p ≤ 1, k ≥ 1")));
+        }
+        Ok(d)
+    }
 }
 
 impl EvalOptions {
+    /// The task's sampling settings with the decoding overrides applied.
+    pub fn decode(&self, cfg: crate::decode::SampleConfig) -> crate::decode::SampleConfig {
+        let Some(d) = &self.decoding else { return cfg };
+        crate::decode::SampleConfig {
+            greedy: d.greedy || cfg.greedy,
+            temperature: d.temperature.unwrap_or(cfg.temperature),
+            top_k: d.top_k.or(cfg.top_k),
+            top_p: d.top_p.or(cfg.top_p),
+            ..cfg
+        }
+    }
+
     /// (min_len, max_len) to sample with.
     pub fn lengths_or(&self, preset: &TrainConfig) -> (usize, usize) {
         self.lengths.unwrap_or((preset.min_len, preset.max_len))
@@ -45,7 +91,7 @@ impl EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { samples: None, batch: 64, seed: 0, limit: None, lengths: None }
+        EvalOptions { samples: None, batch: 64, seed: 0, limit: None, lengths: None, decoding: None }
     }
 }
 
@@ -159,5 +205,20 @@ pub fn validate_dataset(task: &str, name: &str, text: &str) -> Result<usize> {
         "custom" => Ok(custom::parse_jsonl(text, path, |e: &custom::Example| if e.x.trim().is_empty() { Err("`x` is empty".into()) } else { Ok(()) })?.len()),
         other if NAMES.contains(&other) => Err(Error::invalid("task", format!("task `{other}` takes no dataset"))),
         other => Err(Error::invalid("task", format!("unknown task `{other}` (known: {})", NAMES.join(", ")))),
+    }
+}
+
+#[cfg(test)]
+mod decoding_tests {
+    use super::Decoding;
+
+    #[test]
+    fn decoding_specs_parse_or_name_the_problem() {
+        assert_eq!(Decoding::parse("greedy").unwrap(), Decoding { greedy: true, ..Default::default() });
+        assert_eq!(Decoding::parse("t=0.7+p=0.9").unwrap(), Decoding { temperature: Some(0.7), top_p: Some(0.9), ..Default::default() });
+        assert_eq!(Decoding::parse("k=40").unwrap().top_k, Some(40));
+        for bad in ["beam", "t=0", "p=1.5", "k=0", "t=x", ""] {
+            assert!(Decoding::parse(bad).is_err(), "{bad}");
+        }
     }
 }

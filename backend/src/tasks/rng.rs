@@ -176,6 +176,7 @@ impl Task for RandomNumber {
                 seed: opts.seed.wrapping_add(chunk),
                 ..SampleConfig::default()
             };
+            let cfg = opts.decode(cfg);
             for s in decode::sample(lm, std::slice::from_ref(&prompt), &cfg, lora, None)? {
                 // The number is the text before the stop token (which may be "," "." or
                 // "\n", so it is not part of the number); running out of tokens is invalid.

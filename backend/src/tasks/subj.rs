@@ -268,6 +268,7 @@ impl Task for Subjectivity {
             seed: opts.seed,
             ..SampleConfig::default()
         };
+        let cfg = opts.decode(cfg);
         let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
         let ys = LABELS.iter().map(|l| lm.tokenizer.encode(&suffix(l))).collect::<Result<Vec<_>>>()?;
         let mut pairs = Vec::new();
