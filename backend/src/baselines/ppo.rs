@@ -231,6 +231,7 @@ impl<'a> Ppo<'a> {
         let stop_at = Tensor::from_vec(stop_at, (b, s), &dev)?;
         let infer = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
         let (old_lp, old_v) = self.pass(Some(&infer), &problem, &trajs, &stop_at)?;
+        let (old_lp, old_v) = (old_lp.detach(), old_v.detach());
         let (base_lp, _) = self.pass(None, &problem, &trajs, &stop_at)?;
         let (old, base, vals) = (old_lp.to_vec2::<f32>()?, base_lp.to_vec2::<f32>()?, old_v.to_vec2::<f32>()?);
 

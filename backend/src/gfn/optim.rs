@@ -52,11 +52,13 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (i, p) in self.params.iter().enumerate() {
             let Some(g) = &grads[i] else { continue };
-            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            // Detached: the moments outlive the step and must not hold its graph.
+            let g = g.detach();
+            let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let decayed = (p.as_tensor() * (1.0 - lr * c.weight_decay))?;
-            p.set(&(decayed - (update * lr)?)?)?;
+            let decayed = (p.as_tensor().detach() * (1.0 - lr * c.weight_decay))?;
+            p.set(&(decayed - (update * lr)?)?.detach())?;
             self.m[i] = m;
             self.v[i] = v;
         }
