@@ -201,11 +201,12 @@ impl Task for RandomNumber {
         // No valid number: the sampled distribution does not exist, so neither does its KL.
         if valid > 0 {
             m.insert("kl".into(), amortize_shared::metrics::kl_divergence(&dist, &self.target));
+            m.insert("kl_floor".into(), amortize_shared::metrics::finite_sample_kl_floor(SUPPORT, valid as u64));
         }
         m.insert("valid_rate".into(), valid as f64 / n as f64);
         m.insert("samples".into(), n as f64);
         m.insert("valid_samples".into(), valid as f64);
-        m.insert("kl_floor".into(), amortize_shared::metrics::finite_sample_kl_floor(SUPPORT, valid.max(1) as u64));
+
         Ok(report)
     }
 }
