@@ -15,9 +15,9 @@ use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{self, SampleConfig, StopReason};
 use crate::gfn::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::gfn::policy::policy_logprobs_and_states;
+use crate::gfn::trainer::sample_trajectories;
 use crate::gfn::{config::lora_config, Problem, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraAdapter, Mode};
 use crate::{Error, Result};
@@ -165,28 +165,8 @@ impl<'a> Ppo<'a> {
     }
 
     fn sample(&self, problem: &Problem, seed: u64) -> Result<Vec<Trajectory>> {
-        let cfg = SampleConfig {
-            n: self.cfg.batch_size,
-            max_new_tokens: self.shape.max_len,
-            min_new_tokens: self.shape.min_len,
-            mask: self.task.mask.clone(),
-            mask_penalty: self.task.mask_penalty,
-            stop_tokens: Some(self.task.stop_tokens.clone()),
-            seed,
-            ..SampleConfig::default()
-        };
         let view = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
-        let samples = decode::sample(self.lm, &[problem.policy_prompt.clone()], &cfg, Some(&view), self.task.tool.as_deref())?;
-        Ok(samples
-            .into_iter()
-            .map(|mut s| {
-                if s.stop == StopReason::StopToken {
-                    s.tokens.pop();
-                    s.tool.pop();
-                }
-                Trajectory { tokens: s.tokens, tool: s.tool }
-            })
-            .collect())
+        sample_trajectories(self.lm, &self.task, &view, problem, self.cfg.batch_size, (self.shape.min_len, self.shape.max_len), 1.0, seed)
     }
 
     /// Per-action log-probabilities `[B, S]` (actions then stop; 0 past the end)

@@ -325,30 +325,47 @@ impl<'a> Trainer<'a> {
 
     /// Samples a batch from the current policy at temperature `pf_temp`.
     fn explore(&self, problem: &Problem, pf_temp: f32, seed: u64) -> Result<Vec<Trajectory>> {
-        let cfg = SampleConfig {
-            n: self.cfg.batch_size,
-            max_new_tokens: self.cfg.max_len,
-            min_new_tokens: self.cfg.min_len,
-            temperature: pf_temp,
-            mask: self.task.mask.clone(),
-            mask_penalty: self.task.mask_penalty,
-            stop_tokens: Some(self.task.stop_tokens.clone()),
-            seed,
-            ..SampleConfig::default()
-        };
         let view = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
-        let samples = decode::sample(self.lm, &[problem.policy_prompt.clone()], &cfg, Some(&view), self.task.tool.as_deref())?;
-        Ok(samples
-            .into_iter()
-            .map(|mut s| {
-                if s.stop == StopReason::StopToken {
-                    s.tokens.pop();
-                    s.tool.pop();
-                }
-                Trajectory { tokens: s.tokens, tool: s.tool }
-            })
-            .collect())
+        sample_trajectories(self.lm, &self.task, &view, problem, self.cfg.batch_size, (self.cfg.min_len, self.cfg.max_len), pf_temp, seed)
     }
+}
+
+/// `n` trajectories for `problem` from the policy `view`, with the task's mask,
+/// stop tokens and tool, between `min_len` and `max_len` actions; the stop
+/// token itself is not part of a trajectory. (The trainer's and PPO's sampler.)
+#[allow(clippy::too_many_arguments)]
+pub fn sample_trajectories(
+    lm: &LanguageModel,
+    task: &TrainTask,
+    view: &crate::model::LoraView,
+    problem: &Problem,
+    n: usize,
+    (min_len, max_len): (usize, usize),
+    temperature: f32,
+    seed: u64,
+) -> Result<Vec<Trajectory>> {
+    let cfg = SampleConfig {
+        n,
+        max_new_tokens: max_len,
+        min_new_tokens: min_len,
+        temperature,
+        mask: task.mask.clone(),
+        mask_penalty: task.mask_penalty,
+        stop_tokens: Some(task.stop_tokens.clone()),
+        seed,
+        ..SampleConfig::default()
+    };
+    let samples = decode::sample(lm, &[problem.policy_prompt.clone()], &cfg, Some(view), task.tool.as_deref())?;
+    Ok(samples
+        .into_iter()
+        .map(|mut s| {
+            if s.stop == StopReason::StopToken {
+                s.tokens.pop();
+                s.tool.pop();
+            }
+            Trajectory { tokens: s.tokens, tool: s.tool }
+        })
+        .collect())
 }
 
 fn accumulate(acc: &mut [Option<Tensor>], vars: &[Var], g: &candle_core::backprop::GradStore) -> Result<()> {
