@@ -42,3 +42,11 @@ mod tests {
         assert_eq!(super::rfc3339(1_795_774_500), "2026-11-27T10:15:00Z");
     }
 }
+
+/// Appends one JSON line to `dir/metrics.jsonl` (the training loops' metrics stream).
+pub fn append_metrics<T: serde::Serialize>(dir: &Path, m: &T) -> crate::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("metrics.jsonl"))?;
+    writeln!(f, "{}", serde_json::to_string(m)?)?;
+    Ok(())
+}

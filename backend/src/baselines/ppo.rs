@@ -6,7 +6,6 @@
 //! hidden state, whitened per batch. Uses the GFlowNet trainer's pieces (task,
 //! sampler, policy pass, AdamW); knows nothing of the GFlowNet losses.
 
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
@@ -288,8 +287,7 @@ impl<'a> Ppo<'a> {
         while self.step < self.cfg.steps {
             let m = self.train_step()?;
             if let Some(o) = out {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(o.join("metrics.jsonl"))?;
-                writeln!(f, "{}", serde_json::to_string(&m)?)?;
+                crate::util::append_metrics(o, &m)?;
             }
             if on_step(&m).is_break() {
                 return Err(Error::Cancelled);

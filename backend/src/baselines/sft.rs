@@ -5,7 +5,6 @@
 //! the same teacher-forced pass the GFlowNet losses use. The paper's settings:
 //! lr 1e-4, 10 epochs.
 
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
@@ -132,8 +131,7 @@ pub fn train_sft(
             step += 1;
             let m = SftMetrics { step, epoch: epoch + 1, loss: lv, seconds: t0.elapsed().as_secs_f64() };
             if let Some(o) = out {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(o.join("metrics.jsonl"))?;
-                writeln!(f, "{}", serde_json::to_string(&m)?)?;
+                crate::util::append_metrics(o, &m)?;
             }
             if on_step(&m).is_break() {
                 return Err(Error::Cancelled);

@@ -4,7 +4,6 @@
 //! file and a callback the server can forward). Every step's randomness is a
 //! pure function of (seed, step), so a resumed run repeats the same steps.
 
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -191,8 +190,7 @@ impl<'a> Trainer<'a> {
         while self.step < self.cfg.steps {
             let m = self.train_step()?;
             if let Some(out) = &self.out {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join("metrics.jsonl"))?;
-                writeln!(f, "{}", serde_json::to_string(&m)?)?;
+                crate::util::append_metrics(out, &m)?;
             }
             let every = self.cfg.checkpoint_every;
             if self.out.is_some() && ((every > 0 && self.step % every == 0) || self.step == self.cfg.steps) {

@@ -15,26 +15,31 @@ pub async fn model(State(s): State<AppState>) -> Json<ModelInfo> {
 }
 
 #[utoipa::path(get, path = "/api/tasks", responses((status = 200, body = [TaskInfo])))]
-pub async fn tasks(State(_): State<AppState>) -> ApiResult<Json<Vec<TaskInfo>>> {
-    let mut out = Vec::new();
-    for name in tasks::NAMES {
-        // Presets with their built-in options; `custom` needs templates to load,
-        // so it is described by its defaults.
-        let (description, default_config) = match tasks::load(name, &toml::Table::new()) {
-            Ok(t) => (t.description().to_string(), t.default_config()),
-            Err(_) => ("Your own task: policy and reward prompt templates with {X}, {Z} and {Y}, and a JSONL dataset of (x, y) pairs.".to_string(), Default::default()),
-        };
-        let spec = tasks::dataset_spec(name);
-        out.push(TaskInfo {
-            name: name.to_string(),
-            description,
-            default_config,
-            dataset_option: spec.map(|s| s.0.to_string()),
-            dataset_format: spec.map(|s| s.1.to_string()),
-            metrics: tasks::metric_names(name).iter().map(|m| m.to_string()).collect(),
-        });
-    }
-    Ok(Json(out))
+pub async fn tasks(State(s): State<AppState>) -> Json<Vec<TaskInfo>> {
+    Json(s.tasks.as_ref().clone())
+}
+
+/// The presets with their defaults (built once at start: loading a task reads its data).
+pub fn task_infos() -> Vec<TaskInfo> {
+    tasks::NAMES
+        .iter()
+        .map(|name| {
+            // `custom` needs templates to load, so it is described by its defaults.
+            let (description, default_config) = match tasks::load(name, &toml::Table::new()) {
+                Ok(t) => (t.description().to_string(), t.default_config()),
+                Err(_) => ("Your own task: policy and reward prompt templates with {X}, {Z} and {Y}, and a JSONL dataset of (x, y) pairs.".to_string(), Default::default()),
+            };
+            let spec = tasks::dataset_spec(name);
+            TaskInfo {
+                name: name.to_string(),
+                description,
+                default_config,
+                dataset_option: spec.map(|s| s.0.to_string()),
+                dataset_format: spec.map(|s| s.1.to_string()),
+                metrics: tasks::metric_names(name).iter().map(|m| m.to_string()).collect(),
+            }
+        })
+        .collect()
 }
 
 #[utoipa::path(get, path = "/api/experiments", responses((status = 200, body = [Experiment])))]

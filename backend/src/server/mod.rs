@@ -41,6 +41,8 @@ pub struct AppState {
     pub jobs: Jobs,
     pub sampler: Arc<Sampler>,
     pub model: Arc<ModelInfo>,
+    /// The task presets, described once at start.
+    pub tasks: Arc<Vec<amortize_shared::api::TaskInfo>>,
     token: Option<Arc<str>>,
 }
 
@@ -209,6 +211,7 @@ pub async fn serve(lm: LanguageModel, model_path: &str, opts: ServeOptions) -> a
     let jobs = Jobs::start(store.clone(), lm.clone(), JobsConfig { max_queue: opts.max_queue }, opts.resume).await?;
     let state = AppState {
         model: Arc::new(model_info(&lm, model_path)),
+        tasks: Arc::new(tokio::task::spawn_blocking(meta::task_infos).await?),
         sampler: Arc::new(Sampler::new(lm.clone(), store.clone(), opts.limits)),
         store,
         jobs: jobs.clone(),
