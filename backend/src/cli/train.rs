@@ -118,7 +118,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     }
     let (task, cfg) = task_and_config(&a.task, a.config.as_deref())?;
     let (lm, lora) = a.model.load()?;
-    let opts = EvalOptions { samples: a.samples, batch: a.batch, seed: a.seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: None };
+    let opts = EvalOptions { samples: a.samples, batch: a.batch, seed: a.seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)), ..Default::default() };
     let report = task.evaluate(&lm, lora.as_ref(), &opts)?;
     if a.json {
         println!("{}", serde_json::to_string(&report.metrics)?);

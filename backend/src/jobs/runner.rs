@@ -150,7 +150,7 @@ fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: &LoraAdap
     let r = ctx.handle.block_on(store.set_status(&run.id, RunStatus::Evaluating, None))?;
     ctx.jobs.publish(&run.id, RunEvent::Status { run: r });
     let view = adapter.view(Mode::Infer, lm.llama.dtype())?;
-    let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None, lengths: Some((run.config.min_len, run.config.max_len)), decoding: None };
+    let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None, lengths: Some((run.config.min_len, run.config.max_len)), decoding: None, ..Default::default() };
     let report = task.evaluate(lm, Some(&view), &opts)?;
     ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;
     Ok(())

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{data_root, options, EvalOptions, EvalReport, Task};
+use super::{data_root, options, Demonstration, EvalOptions, EvalReport, Task};
 use crate::decode::{self, Calculator, SampleConfig, TokenMask, ToolHook};
 use crate::gfn::{LmReward, Problem, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraView};
@@ -157,12 +157,23 @@ impl Arithmetic {
         Ok(Arithmetic { opts, demos })
     }
 
+    /// A demonstration written out: "Question: … Answer: 6 - 0 = 6, 6 - 4 = 2. The answer is 2.\n".
+    fn demo_text(d: &Item) -> String {
+        format!("{} {}{}\n", d.str_query, worked(d.str_rationale.as_deref().unwrap_or("")), d.answer_text())
+    }
+
     /// The reward's few-shot prefix: k worked demonstrations.
     fn prefix(&self) -> String {
-        self.demos[..self.opts.k_shot]
-            .iter()
-            .map(|d| format!("{} {}{}\n", d.str_query, worked(d.str_rationale.as_deref().unwrap_or("")), d.answer_text()))
-            .collect()
+        self.demos[..self.opts.k_shot].iter().map(Self::demo_text).collect()
+    }
+
+    /// The training questions, in the order of `train_task`'s problems: the
+    /// demonstrations, then the generated questions.
+    fn train_items(&self) -> Vec<Item> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.opts.seed + 7);
+        let mut items: Vec<Item> = self.demos.clone();
+        items.extend((0..self.opts.generated).map(|i| generate(3 + i % 2, &mut rng)));
+        items
     }
 
     fn allowed_tokens(lm: &LanguageModel) -> Vec<u32> {
@@ -235,7 +246,8 @@ impl Arithmetic {
     }
 
     fn accuracy(&self, lm: &LanguageModel, lora: Option<&LoraView>, items: &[Item], opts: &EvalOptions, examples: &mut Vec<serde_json::Value>) -> Result<f64> {
-        let k = opts.samples.unwrap_or(self.opts.eval_samples);
+        // `xC`: C times the samples, all in the vote.
+        let k = opts.samples.unwrap_or(self.opts.eval_samples) * opts.compute();
         // Built once: the allowed set scans the whole vocabulary.
         let base = SampleConfig {
             n: k,
@@ -250,7 +262,7 @@ impl Arithmetic {
         let per_batch = (opts.batch / k).max(1);
         let mut answers: Vec<Vec<String>> = Vec::new();
         for (ci, chunk) in items.chunks(per_batch).enumerate() {
-            let prompts = chunk.iter().map(|it| lm.tokenizer.encode(&it.str_query)).collect::<Result<Vec<_>>>()?;
+            let prompts = chunk.iter().map(|it| lm.tokenizer.encode(&opts.prompt_text(&it.str_query))).collect::<Result<Vec<_>>>()?;
             let samples = decode::sample(lm, &prompts, &cfg(opts.seed + ci as u64), lora, Some(&Calculator))?;
             for (qi, group) in samples.chunks(k).enumerate() {
                 let a: Vec<String> = group.iter().map(|s| last_number(&s.text).map(|v| v.to_string()).unwrap_or_default()).collect();
@@ -301,9 +313,7 @@ impl Task for Arithmetic {
     }
 
     fn train_task(&self, lm: &LanguageModel) -> Result<TrainTask> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.opts.seed + 7);
-        let mut items: Vec<Item> = self.demos.clone();
-        items.extend((0..self.opts.generated).map(|i| generate(3 + i % 2, &mut rng)));
+        let items = self.train_items();
         let problems = items
             .iter()
             .enumerate()
@@ -329,6 +339,7 @@ impl Task for Arithmetic {
     }
 
     fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport> {
+        self.check_eval(opts)?;
         let (id, ood) = self.test_sets(opts.limit)?;
         let mut report = EvalReport::default();
         let a_id = self.accuracy(lm, lora, &id, opts, &mut report.examples)?;
@@ -338,6 +349,34 @@ impl Task for Arithmetic {
         report.metrics.insert("questions_id".into(), id.len() as f64);
         report.metrics.insert("questions_ood".into(), ood.len() as f64);
         Ok(report)
+    }
+
+    fn check_eval(&self, opts: &EvalOptions) -> Result<()> {
+        opts.refuse_beam("arithmetic", "the calculator writes into Z as it is sampled and beam search has no tool hook; use sampling (t=, k=, p=, greedy) with xC")
+    }
+
+    /// The worked demonstrations (the same that seed the buffer and train SFT),
+    /// each "Question: … Answer: <worked rationale>. The answer is N.\n".
+    fn demonstrations(&self) -> Vec<Demonstration> {
+        self.demos.iter().map(|d| Demonstration { prompt: d.str_query.clone(), text: Self::demo_text(d) }).collect()
+    }
+
+    /// As many as the reward's prefix (`k_shot`, 3: Table 4's first k-shot row).
+    fn default_shots(&self) -> usize {
+        self.opts.k_shot
+    }
+
+    /// A Z is accepted when its last number — the calculator's final result —
+    /// is the question's answer.
+    fn accept(&self, lm: &LanguageModel, _task: &TrainTask, samples: &[(usize, Trajectory)]) -> Result<Vec<bool>> {
+        let items = self.train_items();
+        samples
+            .iter()
+            .map(|(i, z)| {
+                let item = items.get(*i).ok_or_else(|| Error::invalid("problem", format!("no training problem {i}")))?;
+                Ok(last_number(&lm.tokenizer.decode(&z.tokens, true)?) == Some(item.num_sol))
+            })
+            .collect()
     }
 }
 
@@ -355,5 +394,48 @@ mod tests {
         assert_eq!(worked("6 - 0 =, 6 - 4 =, 2 - 8 ="), "6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6");
         assert_eq!(last_number("1 + 2 = 3, 3 - 9 = -6"), Some(-6));
         assert_eq!(last_number("no digits"), None);
+    }
+
+    fn tiny_task() -> (tempfile::TempDir, LanguageModel, Arithmetic) {
+        let dir = tempfile::tempdir().unwrap();
+        let lm = LanguageModel::load(&crate::model::tiny::write_tiny_model(dir.path(), 7).unwrap().gguf, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        let demos = dir.path().join("demos.json");
+        let items: Vec<Item> = (0..6).map(|i| generate(3 + i % 2, &mut rand_chacha::ChaCha8Rng::seed_from_u64(i as u64))).collect();
+        std::fs::write(&demos, serde_json::to_string(&items).unwrap()).unwrap();
+        let task = Arithmetic::from_options(&format!("demos_file = {:?}\ngenerated = 4", demos.display().to_string()).parse().unwrap()).unwrap();
+        (dir, lm, task)
+    }
+
+    #[test]
+    fn the_em_step_accepts_right_answers_only() {
+        let (_dir, lm, task) = tiny_task();
+        let tt = task.train_task(&lm).unwrap();
+        let items = task.train_items();
+        assert_eq!(tt.problems.len(), items.len());
+        let mut samples = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            // The worked rationale ends at the answer; a made-up one does not.
+            let right = Arithmetic::seed_trajectory(&lm, it.str_rationale.as_deref().unwrap()).unwrap();
+            let wrong = Trajectory::from_actions(lm.tokenizer.encode(&format!(" {}", it.num_sol + 1)).unwrap());
+            samples.push((i, right));
+            samples.push((i, wrong));
+        }
+        let ok = task.accept(&lm, &tt, &samples).unwrap();
+        assert_eq!(ok, (0..samples.len()).map(|j| j % 2 == 0).collect::<Vec<_>>());
+        assert!(task.accept(&lm, &tt, &[(items.len(), Trajectory::default())]).is_err());
+    }
+
+    #[test]
+    fn demonstrations_are_the_worked_examples() {
+        let (_dir, _lm, task) = tiny_task();
+        let d = task.demonstrations();
+        assert_eq!(d.len(), task.demos.len());
+        assert_eq!(d[0].prompt, task.demos[0].str_query);
+        assert!(d[0].text.starts_with(&d[0].prompt) && d[0].text.ends_with(&format!("{}\n", task.demos[0].answer_text())), "{:?}", d[0]);
+        // The reward's prefix is the first k_shot of them.
+        assert_eq!(task.prefix(), d[..3].iter().map(|x| x.text.as_str()).collect::<String>());
+        assert_eq!(task.default_shots(), 3);
+        let beam = EvalOptions { decoding: Some(crate::tasks::Decoding::parse("beam").unwrap()), ..Default::default() };
+        assert!(task.check_eval(&beam).unwrap_err().to_string().contains("calculator"));
     }
 }

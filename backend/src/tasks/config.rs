@@ -28,7 +28,7 @@ pub fn load(preset: &TrainConfig, file: Option<&Path>) -> Result<(TrainConfig, t
 }
 
 /// Tables of a run file that configure baselines rather than GFlowNet training.
-pub const BASELINE_SECTIONS: [&str; 2] = ["ppo", "sft"];
+pub const BASELINE_SECTIONS: [&str; 4] = ["ppo", "sft", "fewshot", "em"];
 
 /// The `[name]` table of a config file (empty without a file or table).
 pub fn section(file: Option<&Path>, name: &str) -> Result<toml::Table> {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use amortize_shared::metrics::mean_pairwise_cosine_distance;
 use serde::{Deserialize, Serialize};
 
-use super::custom::{draw, forbid_with_eos, one_token, token_ids_where};
+use super::custom::{draw_eval, forbid_with_eos, one_token, token_ids_where, Keep};
 use super::{data_root, options, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, TokenMask};
 use crate::embed::Embedder;
@@ -247,7 +247,9 @@ impl Task for Continuation {
         let cfg = opts.decode(cfg);
         // Loaded before sampling, so a broken model directory fails fast.
         let embedder = Embedder::load_default(lm.device())?;
-        let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
+        // The policy reads the (possibly rewritten) prompt; Z is scored after the plain one.
+        let policy = self.test[..n].iter().map(|x| lm.tokenizer.encode(&opts.prompt_text(x))).collect::<Result<Vec<_>>>()?;
+        let drawn = draw_eval(lm, lora, &policy, &cfg, opts, Keep::Best)?;
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = prompts
             .iter()
             .zip(&drawn)
@@ -276,9 +278,9 @@ impl Task for Continuation {
             let groups: Vec<Vec<String>> = drawn.iter().map(|g| g.iter().map(|d| d.text.trim().to_string()).collect()).collect();
             m.insert("diversity_embedding".into(), embedding_diversity(e, &groups)?);
         }
-        m.insert("stop_rate".into(), amortize_shared::metrics::valid_rate(stopped, n * k));
+        m.insert("stop_rate".into(), amortize_shared::metrics::valid_rate(stopped, drawn.iter().map(Vec::len).sum()));
         m.insert("prompts".into(), n as f64);
-        m.insert("samples_per_prompt".into(), k as f64);
+        m.insert("samples_per_prompt".into(), drawn.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1) as f64);
         Ok(report)
     }
 }
@@ -315,7 +317,7 @@ mod tests {
         let prompts = dir.path().join("p.txt");
         std::fs::write(&prompts, "The cat sat.\nIt was cold.\nThe bus was late.\n").unwrap();
         let task = Continuation::from_options(&format!("prompts_file = {:?}\ntrain_prompts = 2\ntest_prompts = 1", prompts.display().to_string()).parse().unwrap()).unwrap();
-        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None, decoding: None }).unwrap().metrics;
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, ..Default::default() }).unwrap().metrics;
         assert!(m.contains_key("diversity_jaccard"));
         // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
         assert_eq!(m.contains_key("diversity_embedding"), Embedder::default_dir().exists(), "{m:?}");

@@ -95,6 +95,70 @@ pub struct Drawn {
     pub tokens: Vec<u32>,
     pub text: String,
     pub stopped: bool,
+    /// log q(Z ⊤) under the model that wrote it (masks applied, temperature 1;
+    /// the stop token included): what best-of and beam search rank by.
+    pub logprob: f32,
+}
+
+/// How [`draw_eval`] reduces the `xC` candidates to a task's outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Every candidate (tasks that aggregate by majority vote).
+    All,
+    /// The best by the model's log-likelihood, as many as without `xC`.
+    Best,
+}
+
+/// Evaluation draws: [`draw`] with the evaluation's decoding — sampling, or
+/// (diverse) beam search when `opts` asks for it, each `xC` times the compute
+/// (C× the samples or beams), reduced per prompt by `keep`. `cfg` carries the
+/// task's sampling settings (already through [`EvalOptions::decode`]), masks,
+/// stop token and lengths; `cfg.n` outputs per prompt (a beam spec may name its
+/// own number of beams).
+pub fn draw_eval(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32>], cfg: &SampleConfig, opts: &EvalOptions, keep: Keep) -> Result<Vec<Vec<Drawn>>> {
+    let c = opts.compute();
+    let Some(spec) = opts.beam() else {
+        let mut groups = draw(lm, lora, prompts, &SampleConfig { n: cfg.n * c, ..cfg.clone() }, opts.batch)?;
+        if keep == Keep::Best && c > 1 {
+            for g in &mut groups {
+                g.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+                g.truncate(cfg.n);
+            }
+        }
+        return Ok(groups);
+    };
+    let outputs = spec.beams.unwrap_or(cfg.n);
+    let beams = outputs * c;
+    let bc = decode::BeamConfig {
+        beams,
+        groups: if spec.diverse { spec.groups.unwrap_or(beams) } else { 1 },
+        diversity_penalty: if spec.diverse { spec.diversity } else { 0.0 },
+        max_new_tokens: cfg.max_new_tokens,
+        min_new_tokens: cfg.min_new_tokens,
+        length_penalty: spec.length_penalty,
+        mask: cfg.mask.clone(),
+        mask_penalty: cfg.mask_penalty,
+        stop_tokens: cfg.stop_tokens.clone(),
+    };
+    let stop_ids = cfg.stop_tokens.clone().unwrap_or_else(|| lm.tokenizer.stop_ids.clone());
+    let mut out = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        // Best first (the search's own ranking).
+        let mut g = Vec::new();
+        for h in decode::beam_search(lm, p, &bc, lora)? {
+            let mut tokens = h.tokens;
+            let stopped = h.finished && tokens.last().is_some_and(|t| stop_ids.contains(t));
+            if stopped {
+                tokens.pop();
+            }
+            g.push(Drawn { text: lm.tokenizer.decode(&tokens, true)?, tokens, stopped, logprob: h.logprob });
+        }
+        if keep == Keep::Best {
+            g.truncate(outputs);
+        }
+        out.push(g);
+    }
+    Ok(out)
 }
 
 /// Samples `cfg.n` Z's for every prompt, about `batch` rows at a time (chunk c
@@ -113,7 +177,7 @@ pub fn draw(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32>], c
                 if stopped {
                     tokens.pop();
                 }
-                g.push(Drawn { text: lm.tokenizer.decode(&tokens, true)?, tokens, stopped });
+                g.push(Drawn { text: lm.tokenizer.decode(&tokens, true)?, tokens, stopped, logprob: s.logprob() });
             }
             out.push(g);
         }
@@ -380,8 +444,8 @@ impl Task for Custom {
             ..SampleConfig::default()
         };
         let cfg = opts.decode(cfg);
-        let prompts: Vec<Vec<u32>> = problems.iter().map(|p| p.policy_prompt.clone()).collect();
-        let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
+        let prompts = self.test[..n].iter().map(|ex| lm.tokenizer.encode(&opts.prompt_text(&render(&self.policy_before, &ex.x, &ex.y)))).collect::<Result<Vec<_>>>()?;
+        let drawn = draw_eval(lm, lora, &prompts, &cfg, opts, Keep::Best)?;
         let reward = LmReward::new(lm, vec![], &mask, -99.0, None)?;
         let (mut total, mut count, mut valid) = (0.0, 0usize, 0usize);
         let mut report = EvalReport::default();

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use amortize_shared::metrics::{bert_score, cosine_similarity};
 use serde::{Deserialize, Serialize};
 
-use super::custom::{draw, forbid_with_eos, one_token, parse_jsonl, read_jsonl, token_ids_where};
-use super::{options, EvalOptions, EvalReport, Task};
+use super::custom::{draw, draw_eval, forbid_with_eos, one_token, parse_jsonl, read_jsonl, token_ids_where, Keep};
+use super::{options, Demonstration, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, TokenMask};
 use crate::embed::Embedder;
 use crate::gfn::{LmReward, Problem, TrainConfig, TrainTask, Trajectory};
@@ -291,6 +291,12 @@ impl Task for Infill {
         })
     }
 
+    /// Training stories with their middles, as the policy reads them:
+    /// "Beginning: X\n End: Y\n Middle: Z\n".
+    fn demonstrations(&self) -> Vec<Demonstration> {
+        self.train.iter().map(|s| Demonstration { prompt: s.policy_prompt(), text: format!("{}{}\n", s.policy_prompt(), s.middle_z()) }).collect()
+    }
+
     /// Against each test story's reference middle, over `eval_samples` middles
     /// per story at temperature 0.8: `bleu4` (corpus BLEU-4, sacrebleu's corpus
     /// preset, whitespace tokens), `gleu4` (corpus GLEU-4), and `loglik`, the
@@ -305,7 +311,7 @@ impl Task for Infill {
         let n = opts.limit.unwrap_or(self.test.len()).min(self.test.len());
         let stories = &self.test[..n];
         let (min_len, max_len) = opts.lengths_or(&self.default_config());
-        let prompts = stories.iter().map(|s| lm.tokenizer.encode(&s.policy_prompt())).collect::<Result<Vec<_>>>()?;
+        let prompts = stories.iter().map(|s| lm.tokenizer.encode(&opts.prompt_text(&s.policy_prompt()))).collect::<Result<Vec<_>>>()?;
         let cfg = SampleConfig {
             n: k,
             max_new_tokens: max_len,
@@ -319,7 +325,7 @@ impl Task for Infill {
         let cfg = opts.decode(cfg);
         // Loaded before sampling, so a broken model directory fails fast.
         let embedder = Embedder::load_default(lm.device())?;
-        let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
+        let drawn = draw_eval(lm, lora, &prompts, &cfg, opts, Keep::Best)?;
         let (mut hyps, mut refs, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
         let mut report = EvalReport::default();
         let mut stopped = 0usize;
@@ -356,7 +362,7 @@ impl Task for Infill {
             m.insert("sentence_cosine".into(), sim.sentence_cosine);
         }
         m.insert("stories".into(), n as f64);
-        m.insert("samples_per_story".into(), k as f64);
+        m.insert("samples_per_story".into(), drawn.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1) as f64);
         Ok(report)
     }
 }
@@ -397,7 +403,7 @@ mod tests {
         let data = dir.path().join("s.jsonl");
         std::fs::write(&data, "{\"beginning\": \"Ann had a ball.\", \"middle\": \"She threw it.\", \"end\": \"Ann was happy.\"}\n{\"beginning\": \"Tim was hungry.\", \"middle\": \"He ate.\", \"end\": \"Tim felt full.\"}\n").unwrap();
         let task = Infill::from_options(&format!("data_file = {:?}\ntest_fraction = 0.5", data.display().to_string()).parse().unwrap()).unwrap();
-        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, seed: 0, limit: None, lengths: None, decoding: None }).unwrap().metrics;
+        let m = task.evaluate(&lm, None, &EvalOptions { samples: Some(2), batch: 4, ..Default::default() }).unwrap().metrics;
         assert!(m.contains_key("bleu4"));
         // Tests run in backend/, where the default models/ path is absent unless AMORTIZE_EMBEDDER points at it.
         for k in ["bertscore_f1", "bertscore_p", "bertscore_r", "sentence_cosine"] {

@@ -14,10 +14,11 @@ pub mod subj;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gfn::{TrainConfig, TrainTask};
+use crate::gfn::{TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
 
@@ -36,28 +37,83 @@ pub struct EvalOptions {
     pub lengths: Option<(usize, usize)>,
     /// Decoding to evaluate with instead of the task's (the decoding baselines).
     pub decoding: Option<Decoding>,
+    /// Rewrites each test prompt before it is sampled from (the prompting
+    /// baselines, e.g. k demonstrations in front); `None`: the task's prompt.
+    /// Only the policy's prompt changes — rewards and metrics score Z as usual.
+    #[serde(skip)]
+    pub prompt: Option<Arc<dyn PromptTransform>>,
 }
 
-/// Decoding overrides for evaluation: `greedy`, `t=0.7`, `k=40`, `p=0.9`, joined
-/// with `+` (e.g. `t=0.7+p=0.9`). Masks, stop tokens and lengths stay the task's.
+/// A rewrite of a task's evaluation prompt (its text, as the task writes it).
+pub trait PromptTransform: Send + Sync + std::fmt::Debug {
+    fn apply(&self, prompt: &str) -> String;
+}
+
+/// A worked example in the task's own format, for few-shot prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Demonstration {
+    /// The task's prompt for this example's X (what a test query looks like);
+    /// a demonstration whose prompt equals the query's is never shown with it.
+    pub prompt: String,
+    /// The whole worked example (X, Z and Y as the task writes them) with its
+    /// trailing separator; demonstrations are concatenated, then the query.
+    pub text: String,
+}
+
+/// Decoding overrides for evaluation, joined with `+`: `greedy`, `t=0.7`,
+/// `k=40`, `p=0.9`; beam search `beam[=N]` or diverse beam search
+/// `dbeam[=N]` (with `g=GROUPS`, `div=λ`), `lp=LENGTH_PENALTY`; and `xC`, C
+/// times the compute (samples or beams). Masks, stop tokens and lengths stay
+/// the task's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Decoding {
     pub greedy: bool,
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
+    /// Beam search instead of sampling.
+    pub beam: Option<BeamSpec>,
+    /// `xC`: C× the samples (or beams) per output; the task aggregates them
+    /// (majority vote over all, or the best by the model's log-likelihood).
+    pub compute: Option<usize>,
+}
+
+/// (Diverse) beam search for evaluation (see [`crate::decode::beam_search`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeamSpec {
+    /// Beams (= outputs) per prompt; the task's samples per prompt when `None`.
+    pub beams: Option<usize>,
+    /// Diverse beam search (Vijayakumar et al.): groups with a Hamming penalty.
+    pub diverse: bool,
+    /// Groups (diverse only); one beam per group when `None`.
+    pub groups: Option<usize>,
+    /// Hamming diversity strength λ (diverse only).
+    pub diversity: f32,
+    /// Ranking score logprob / len^lp (Hugging Face's default, 1).
+    pub length_penalty: f32,
 }
 
 impl Decoding {
     pub fn parse(spec: &str) -> Result<Decoding> {
         let mut d = Decoding::default();
+        let (mut groups, mut div, mut lp) = (None, None, None);
         for part in spec.split('+').map(str::trim) {
-            let bad = || Error::invalid("decoding", format!("`{part}`: use greedy, t=TEMP, k=TOP_K or p=TOP_P joined with +"));
+            let bad = || Error::invalid("decoding", format!("`{part}`: use greedy, t=TEMP, k=TOP_K, p=TOP_P, beam[=N], dbeam[=N], g=GROUPS, div=λ, lp=PENALTY or xC, joined with +"));
+            let num = |v: &str| v.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| Error::invalid("decoding", format!("`{part}`: expected a whole number ≥ 1")));
+            let beam = |n: Option<usize>, diverse: bool| BeamSpec { beams: n, diverse, groups: None, diversity: 1.0, length_penalty: 1.0 };
             match part.split_once('=') {
                 None if part == "greedy" => d.greedy = true,
+                None if part == "beam" => d.beam = Some(beam(None, false)),
+                None if part == "dbeam" => d.beam = Some(beam(None, true)),
+                None if part.starts_with('x') => d.compute = Some(num(&part[1..])?),
                 Some(("t", v)) => d.temperature = Some(v.parse().map_err(|_| bad())?),
                 Some(("k", v)) => d.top_k = Some(v.parse().map_err(|_| bad())?),
                 Some(("p", v)) => d.top_p = Some(v.parse().map_err(|_| bad())?),
+                Some(("beam", v)) => d.beam = Some(beam(Some(num(v)?), false)),
+                Some(("dbeam", v)) => d.beam = Some(beam(Some(num(v)?), true)),
+                Some(("g", v)) => groups = Some(num(v)?),
+                Some(("div", v)) => div = Some(v.parse::<f32>().map_err(|_| bad())?),
+                Some(("lp", v)) => lp = Some(v.parse::<f32>().map_err(|_| bad())?),
                 _ => return Err(bad()),
             }
         }
@@ -65,6 +121,29 @@ impl Decoding {
         let p_ok = d.top_p.is_none_or(|p| p > 0.0 && p <= 1.0);
         if !t_ok || !p_ok || d.top_k == Some(0) {
             return Err(Error::invalid("decoding", format!("`{spec}`: t > 0, 0 < p ≤ 1, k ≥ 1")));
+        }
+        match &mut d.beam {
+            Some(b) => {
+                if d.greedy || d.temperature.is_some() || d.top_k.is_some() || d.top_p.is_some() {
+                    return Err(Error::invalid("decoding", format!("`{spec}`: beam search does not sample; drop greedy, t=, k=, p=")));
+                }
+                if (groups.is_some() || div.is_some()) && !b.diverse {
+                    return Err(Error::invalid("decoding", format!("`{spec}`: g= and div= belong to diverse beam search (dbeam)")));
+                }
+                if div.is_some_and(|x| !(x >= 0.0 && x.is_finite())) || lp.is_some_and(|x| !x.is_finite()) {
+                    return Err(Error::invalid("decoding", format!("`{spec}`: div ≥ 0 and a finite lp")));
+                }
+                b.groups = groups;
+                b.diversity = div.unwrap_or(b.diversity);
+                b.length_penalty = lp.unwrap_or(b.length_penalty);
+            }
+            None if groups.is_some() || div.is_some() || lp.is_some() => {
+                return Err(Error::invalid("decoding", format!("`{spec}`: g=, div= and lp= need beam or dbeam")));
+            }
+            None if d.greedy && d.compute.is_some() => {
+                return Err(Error::invalid("decoding", format!("`{spec}`: greedy decoding gives the same output every time; xC needs sampling or beams")));
+            }
+            None => {}
         }
         Ok(d)
     }
@@ -87,11 +166,37 @@ impl EvalOptions {
     pub fn lengths_or(&self, preset: &TrainConfig) -> (usize, usize) {
         self.lengths.unwrap_or((preset.min_len, preset.max_len))
     }
+
+    /// The evaluation prompt for a task prompt (the prompt transform applied).
+    pub fn prompt_text(&self, prompt: &str) -> String {
+        match &self.prompt {
+            Some(t) => t.apply(prompt),
+            None => prompt.to_string(),
+        }
+    }
+
+    /// The compute multiplier of `xC` (1 without).
+    pub fn compute(&self) -> usize {
+        self.decoding.as_ref().and_then(|d| d.compute).unwrap_or(1)
+    }
+
+    /// The beam search to evaluate with, if any.
+    pub fn beam(&self) -> Option<&BeamSpec> {
+        self.decoding.as_ref().and_then(|d| d.beam.as_ref())
+    }
+
+    /// Refuses beam search for tasks whose evaluation cannot use it (`why`).
+    pub fn refuse_beam(&self, task: &str, why: &str) -> Result<()> {
+        match self.beam() {
+            Some(_) => Err(Error::invalid("decoding", format!("beam search does not apply to {task}: {why}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { samples: None, batch: 64, seed: 0, limit: None, lengths: None, decoding: None }
+        EvalOptions { samples: None, batch: 64, seed: 0, limit: None, lengths: None, decoding: None, prompt: None }
     }
 }
 
@@ -112,6 +217,45 @@ pub trait Task: Send + Sync {
     fn train_task(&self, lm: &LanguageModel) -> Result<TrainTask>;
     /// The task's metrics for the base model (`lora: None`) or an adapter.
     fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport>;
+    /// Refuses evaluation settings the task cannot honour (e.g. beam search
+    /// where evaluation needs a tool or many samples), before anything trains.
+    fn check_eval(&self, _opts: &EvalOptions) -> Result<()> {
+        Ok(())
+    }
+    /// Worked examples from the training data in the task's own format, for
+    /// few-shot prompting (the same data SFT learns from); empty: none.
+    fn demonstrations(&self) -> Vec<Demonstration> {
+        Vec::new()
+    }
+    /// Demonstrations per few-shot prompt when `k` is not given.
+    fn default_shots(&self) -> usize {
+        3
+    }
+    /// Whether the task's reward accepts each sampled Z, given as (index into
+    /// `train_task(lm).problems`, Z) — the EM step keeps the accepted ones
+    /// (arithmetic: the right answer; SUBJ: a vote for the right label).
+    /// Default: every Z.
+    fn accept(&self, _lm: &LanguageModel, _task: &TrainTask, samples: &[(usize, Trajectory)]) -> Result<Vec<bool>> {
+        Ok(vec![true; samples.len()])
+    }
+}
+
+/// The methods `amortize compare --task NAME` runs without `--methods`: the
+/// rows of the paper's figure or table for the task (see docs/compare.md).
+pub fn compare_methods(task: &str) -> &'static [&'static str] {
+    match task {
+        // Fig. 2: the base model, PPO (reward maximisation), GFlowNet (distribution matching).
+        "rng" => &["base", "ppo", "gfn"],
+        // Fig. 3: decoding baselines (diverse beam also at 5× compute) and GFlowNet fine-tuning.
+        "continuation" => &["base@greedy", "base", "base@t=0.8", "base@p=0.95", "base@beam", "base@dbeam", "base@dbeam+x5", "gfn"],
+        // Table 2: prompting, supervised fine-tuning, GFlowNet fine-tuning.
+        "infill" => &["zeroshot", "sft", "gfn"],
+        // Table 3: zero-shot, few-shot (every training example), SFT, GFlowNet, GFlowNet + SFT.
+        "subj" => &["zeroshot", "fewshot", "sft", "gfn", "gfn+sft"],
+        // Table 4: k-shot prompting for k = 0, 3, 5, 10, 20, SFT, PPO, GFlowNet.
+        "arithmetic" => &["zeroshot", "fewshot:k=3", "fewshot:k=5", "fewshot:k=10", "fewshot:k=20", "sft", "ppo", "gfn"],
+        _ => &["base", "gfn"],
+    }
 }
 
 /// The preset names.
@@ -217,8 +361,25 @@ mod decoding_tests {
         assert_eq!(Decoding::parse("greedy").unwrap(), Decoding { greedy: true, ..Default::default() });
         assert_eq!(Decoding::parse("t=0.7+p=0.9").unwrap(), Decoding { temperature: Some(0.7), top_p: Some(0.9), ..Default::default() });
         assert_eq!(Decoding::parse("k=40").unwrap().top_k, Some(40));
-        for bad in ["beam", "t=0", "p=1.5", "k=0", "t=x", ""] {
+        for bad in ["t=0", "p=1.5", "k=0", "t=x", ""] {
             assert!(Decoding::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn beam_and_compute_specs() {
+        let b = Decoding::parse("beam").unwrap().beam.unwrap();
+        assert_eq!((b.beams, b.diverse, b.groups), (None, false, None));
+        let d = Decoding::parse("dbeam=8+g=4+div=0.5+x5").unwrap();
+        let b = d.beam.clone().unwrap();
+        assert_eq!((b.beams, b.diverse, b.groups, b.diversity, b.length_penalty), (Some(8), true, Some(4), 0.5, 1.0));
+        assert_eq!(d.compute, Some(5));
+        assert_eq!(Decoding::parse("t=0.7+x5").unwrap().compute, Some(5));
+        assert_eq!(Decoding::parse("beam=3+lp=0").unwrap().beam.unwrap().length_penalty, 0.0);
+        // Each refusal names the offending part.
+        for (bad, part) in [("beam=0", "beam=0"), ("beam+t=0.5", "beam search does not sample"), ("beam+g=2", "dbeam"), ("g=2", "need beam"), ("x0", "x0"), ("xx", "xx"), ("greedy+x5", "greedy"), ("dbeam+div=-1", "div"), ("beam=two", "beam=two"), ("bream", "bream")] {
+            let e = Decoding::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(part), "{bad}: {e}");
         }
     }
 }

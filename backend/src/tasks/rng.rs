@@ -159,8 +159,10 @@ impl Task for RandomNumber {
     }
 
     fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport> {
-        let n = opts.samples.unwrap_or(self.opts.eval_samples);
-        let prompt = lm.tokenizer.encode(&self.opts.prompt)?;
+        self.check_eval(opts)?;
+        // `xC`: C times the samples in the histogram.
+        let n = opts.samples.unwrap_or(self.opts.eval_samples) * opts.compute();
+        let prompt = lm.tokenizer.encode(&opts.prompt_text(&self.opts.prompt))?;
         let mut counts = vec![0u64; SUPPORT];
         let (mut valid, mut done) = (0usize, 0usize);
         let mut examples = Vec::new();
@@ -208,6 +210,10 @@ impl Task for RandomNumber {
         m.insert("valid_samples".into(), valid as f64);
 
         Ok(report)
+    }
+
+    fn check_eval(&self, opts: &EvalOptions) -> Result<()> {
+        opts.refuse_beam("rng", "its metric is the distribution of many samples, and beam search returns a few fixed outputs")
     }
 }
 

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::custom::{draw, forbid_with_eos, one_token, read_jsonl, token_ids_where};
-use super::{data_root, options, EvalOptions, EvalReport, Task};
+use super::custom::{draw, draw_eval, forbid_with_eos, one_token, read_jsonl, token_ids_where, Keep};
+use super::{data_root, options, Demonstration, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, TokenMask};
 use crate::gfn::{LmReward, Problem, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraView};
@@ -257,7 +257,9 @@ impl Task for Subjectivity {
         let n = opts.limit.unwrap_or(self.test.len()).min(self.test.len());
         let reviews = &self.test[..n];
         let (min_len, max_len) = opts.lengths_or(&self.default_config());
-        let prompts = reviews.iter().map(|r| lm.tokenizer.encode(&r.prompt())).collect::<Result<Vec<_>>>()?;
+        // A prompt transform (few-shot demonstrations) conditions both the
+        // rationales and the votes: it is the model's whole prediction.
+        let prompts = reviews.iter().map(|r| lm.tokenizer.encode(&opts.prompt_text(&r.prompt()))).collect::<Result<Vec<_>>>()?;
         let cfg = SampleConfig {
             n: k,
             max_new_tokens: max_len,
@@ -269,7 +271,7 @@ impl Task for Subjectivity {
             ..SampleConfig::default()
         };
         let cfg = opts.decode(cfg);
-        let drawn = draw(lm, lora, &prompts, &cfg, opts.batch)?;
+        let drawn = draw_eval(lm, lora, &prompts, &cfg, opts, Keep::All)?;
         let ys = LABELS.iter().map(|l| lm.tokenizer.encode(&suffix(l))).collect::<Result<Vec<_>>>()?;
         let mut pairs = Vec::new();
         for (p, g) in prompts.iter().zip(&drawn) {
@@ -301,8 +303,40 @@ impl Task for Subjectivity {
         let m = &mut report.metrics;
         m.insert("accuracy".into(), amortize_shared::metrics::majority_vote_accuracy(&answers, &gold));
         m.insert("test_examples".into(), n as f64);
-        m.insert("samples_per_example".into(), k as f64);
+        m.insert("samples_per_example".into(), drawn.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1) as f64);
         Ok(report)
+    }
+
+    /// The training reviews with their labels in Table D.2's few-shot format:
+    /// `Classify this movie review as objective or subjective: "X" This review is Y.`
+    fn demonstrations(&self) -> Vec<Demonstration> {
+        self.train.iter().map(|r| Demonstration { prompt: r.prompt(), text: format!("{} {}.\n", r.prompt(), r.label_text) }).collect()
+    }
+
+    /// The paper's few-shot rows show every training example (10, 20 or 50).
+    fn default_shots(&self) -> usize {
+        self.train.len()
+    }
+
+    /// A rationale is accepted when it votes for its review's label: the base
+    /// model prefers ", so it is LABEL." after X Z for the right label.
+    fn accept(&self, lm: &LanguageModel, task: &TrainTask, samples: &[(usize, Trajectory)]) -> Result<Vec<bool>> {
+        let ys = LABELS.iter().map(|l| lm.tokenizer.encode(&suffix(l))).collect::<Result<Vec<_>>>()?;
+        let mut pairs = Vec::with_capacity(samples.len() * ys.len());
+        for (i, z) in samples {
+            let p = task.problems.get(*i).ok_or_else(|| Error::invalid("problem", format!("no training problem {i}")))?;
+            let ctx = [p.reward_context.as_slice(), &z.tokens].concat();
+            pairs.extend(ys.iter().map(|y| (ctx.clone(), y.clone())));
+        }
+        let scores = decode::score(lm, &pairs, None, 64)?;
+        samples
+            .iter()
+            .zip(scores.chunks(LABELS.len()))
+            .map(|((i, _), s)| {
+                let gold = LABELS.iter().position(|l| *l == self.train[*i].label_text).unwrap_or(0);
+                Ok(s.iter().enumerate().all(|(j, x)| j == gold || s[gold].total > x.total))
+            })
+            .collect()
     }
 }
 
