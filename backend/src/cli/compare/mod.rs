@@ -1,0 +1,190 @@
+//! `amortize compare`: several methods on one task, evaluated the same way
+//! (same test items, samples and seeds), as a table of mean ± std over seeds.
+//! Methods: the base model, prompting (zero-/k-shot), GFlowNet, PPO, SFT, the
+//! EM step (gfn+sft), adapters given with `--adapters NAME=DIR`, each with an
+//! optional decoding (`@greedy`, `@t=…`, `@beam`, `@dbeam+x5`, …). Without
+//! `--methods`, the task's preset (the paper's table for it). Trains what is
+//! missing under `--out`, reuses what an earlier call trained. See docs/compare.md.
+
+mod adapters;
+mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use amortize::baselines::{EmConfig, FewShot, FewShotConfig, Method, MethodKind, PpoConfig, SftConfig};
+use amortize::gfn::TrainConfig;
+use amortize::model::{LoraAdapter, Mode};
+use amortize::tasks::{self, EvalOptions, PromptTransform};
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::de::DeserializeOwned;
+
+use super::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub task: String,
+    /// TOML: preset overrides (top level), `[task]` options, and `[ppo]`, `[sft]`,
+    /// `[fewshot]`, `[em]` settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Comma-separated: base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft, or
+    /// names given with --adapters; each may add a decoding: base@greedy,
+    /// base@t=0.7, gfn@p=0.9, base@beam, base@dbeam=8+g=4, base@dbeam+x5, gfn@x5.
+    /// Default: the task's preset (the paper's table; see docs/compare.md).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<String>>,
+    /// NAME=DIR: use this PEFT adapter for method NAME instead of training it.
+    #[arg(long = "adapters", value_name = "NAME=DIR")]
+    pub adapters: Vec<String>,
+    /// Seeds (training, few-shot draws and evaluation) to average over.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Training steps for the methods trained here (default: each method's preset).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Evaluation samples (rng) or samples per question; the task's default otherwise.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Test questions per set (tasks with test sets).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Trained adapters, samples and the tables go here; default runs/compare-TASK.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object: {"task", "seeds", "rows": [{"method", "metrics": {NAME: {"mean", "std"}}}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the Markdown table instead of the plain one.
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+/// The `[name]` table of the config file as `T` (unknown keys are errors).
+fn section<T: DeserializeOwned>(file: Option<&Path>, name: &str) -> anyhow::Result<T> {
+    toml::Value::Table(tasks::config::section(file, name)?).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [{name}]: {}", e.message()))
+}
+
+/// A file-system-safe name for a method's sample file.
+fn file_name(label: &str) -> String {
+    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+pub fn run(a: CompareArgs) -> anyhow::Result<()> {
+    if a.model.adapter.is_some() {
+        bail!("invalid --adapter: compare takes adapters per method (--adapters NAME=DIR)");
+    }
+    if a.seeds == 0 || a.batch == 0 || a.samples == Some(0) {
+        bail!("invalid --seeds/--batch/--samples: must be at least 1");
+    }
+    let mut given = BTreeMap::new();
+    for spec in &a.adapters {
+        let (name, dir) = spec.split_once('=').with_context(|| format!("invalid --adapters `{spec}`: expected NAME=DIR"))?;
+        if !Path::new(dir).join("adapter_config.json").exists() {
+            bail!("invalid --adapters {name}: {dir} is not a PEFT adapter directory (no adapter_config.json)");
+        }
+        given.insert(name.to_string(), PathBuf::from(dir));
+    }
+    let labels: Vec<String> = match &a.methods {
+        Some(m) => m.iter().map(|s| s.trim().to_string()).collect(),
+        None => tasks::compare_methods(&a.task).iter().map(|s| s.to_string()).collect(),
+    };
+    let names: Vec<&str> = given.keys().map(String::as_str).collect();
+    let mut methods = Vec::new();
+    for l in &labels {
+        if methods.iter().any(|m: &Method| &m.label == l) {
+            bail!("invalid --methods: `{l}` is given twice");
+        }
+        methods.push(Method::parse(l, &names).map_err(|e| anyhow::anyhow!("invalid --methods: {e}"))?);
+    }
+    let (task, mut cfg) = super::train::task_and_config(&a.task, a.config.as_deref())?;
+    let mut ppo: PpoConfig = section(a.config.as_deref(), "ppo")?;
+    let mut sft: SftConfig = section(a.config.as_deref(), "sft")?;
+    let fewshot: FewShotConfig = section(a.config.as_deref(), "fewshot")?;
+    let em: EmConfig = section(a.config.as_deref(), "em")?;
+    sft.validate()?;
+    em.validate()?;
+    if let Some(s) = a.steps {
+        cfg.steps = s;
+        ppo.steps = s;
+    }
+    cfg.validate()?;
+    ppo.validate()?;
+    // Everything that can be refused is refused before anything trains.
+    let demos = task.demonstrations();
+    let mut shots = BTreeMap::new();
+    for m in &methods {
+        if let MethodKind::FewShot { k } = m.kind {
+            let k = k.or(fewshot.k).unwrap_or_else(|| task.default_shots());
+            FewShot::new(demos.clone(), k, 0).map_err(|e| anyhow::anyhow!("invalid --methods {}: task {}: {e}", m.label, a.task))?;
+            shots.insert(m.label.clone(), k);
+        }
+        let probe = EvalOptions { decoding: m.decoding.clone(), ..Default::default() };
+        task.check_eval(&probe).map_err(|e| anyhow::anyhow!("invalid --methods {}: {e}", m.label))?;
+    }
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", a.task)));
+    std::fs::create_dir_all(out.join("samples")).with_context(|| format!("creating {}", out.display()))?;
+    let (lm, _) = a.model.load()?;
+
+    let mut results = table::Results::new();
+    for seed in 0..a.seeds {
+        let gfn_cfg = TrainConfig { seed: cfg.seed + seed, ..cfg.clone() };
+        let gfn_dir = out.join(format!("gfn-seed{seed}"));
+        // --adapters gfn=DIR stands in for the GFlowNet adapter here too (gfn+sft samples from it).
+        let gfn = || -> anyhow::Result<LoraAdapter> {
+            match given.get("gfn") {
+                Some(dir) => Ok(LoraAdapter::load_peft(dir, lm.config(), lm.device())?),
+                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir),
+            }
+        };
+        sft.seed = seed;
+        for m in &methods {
+            let adapter = match &m.kind {
+                MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n], lm.config(), lm.device())?),
+                MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => None,
+                MethodKind::Gfn => Some(gfn()?),
+                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &out.join(format!("sft-seed{seed}")))?),
+                MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")))?),
+                MethodKind::GfnSft => {
+                    let g = gfn()?;
+                    Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &cfg, &em, &sft, &out.join(format!("gfn-sft-seed{seed}")))?)
+                }
+            };
+            let prompt: Option<Arc<dyn PromptTransform>> = match shots.get(&m.label) {
+                Some(&k) => Some(Arc::new(FewShot::new(demos.clone(), k, seed)?)),
+                None => None,
+            };
+            let view = adapter.as_ref().map(|ad| ad.view(Mode::Infer, lm.llama.dtype())).transpose()?;
+            let opts = EvalOptions { samples: a.samples, batch: a.batch, seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: m.decoding.clone(), prompt };
+            eprintln!("evaluating {} (seed {seed})…", m.label);
+            let report = task.evaluate(&lm, view.as_ref(), &opts)?;
+            amortize::util::write_atomic(&out.join("samples").join(format!("{}-seed{seed}.json", file_name(&m.label))), serde_json::to_string_pretty(&report)?.as_bytes())?;
+            let row = results.entry(m.label.clone()).or_default();
+            for (k, v) in report.metrics {
+                row.entry(k).or_default().push(v);
+            }
+        }
+    }
+
+    let columns = table::columns(tasks::metric_names(&a.task), &labels, &results);
+    let json = table::json(&a.task, a.seeds, &labels, &results);
+    let md = table::markdown(&labels, &columns, &results);
+    amortize::util::write_atomic(&out.join("compare.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    amortize::util::write_atomic(&out.join("compare.md"), md.as_bytes())?;
+    if a.json {
+        println!("{json}");
+    } else if a.markdown {
+        print!("{md}");
+    } else {
+        print!("{}", table::plain(&labels, &columns, &results));
+        eprintln!("tables and samples in {}", out.display());
+    }
+    Ok(())
+}
