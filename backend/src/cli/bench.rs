@@ -62,6 +62,10 @@ pub struct DecodeArgs {
     /// Also time decoding without the KV cache and report the speed-up.
     #[arg(long)]
     pub recompute: bool,
+    /// Also time choosing tokens on the host (the whole logits copied back every
+    /// step) against choosing them on the device.
+    #[arg(long)]
+    pub host_draw: bool,
     /// Print one JSON object per batch size.
     #[arg(long)]
     pub json: bool,
@@ -84,7 +88,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     if !a.json {
         println!("model {} on {:?} ({:?}), prompt {} tokens, {} new tokens", lm.name, lm.device(), lm.llama.dtype(), a.prompt_len, a.new_tokens);
-        println!("{:>6} {:>14} {:>16} {:>10}", "batch", "cached tok/s", "recompute tok/s", "speed-up");
+        println!("{:>6} {:>14} {:>16} {:>10} {:>16}", "batch", "cached tok/s", "recompute tok/s", "speed-up", "host-draw tok/s");
     }
     // Warm-up (allocations, kernels).
     let warm: Vec<u32> = (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect();
@@ -95,11 +99,21 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
         let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), None, None)?;
         let cached = elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum());
         let recompute = if a.recompute { Some(recompute_rate(&lm, &prompts, a.new_tokens)?) } else { None };
+        let host = if a.host_draw {
+            let t0 = Instant::now();
+            let cfg = SampleConfig { on_device: Some(false), ..bench_cfg(1, a.new_tokens) };
+            let out = decode::sample(&lm, &prompts, &cfg, None, None)?;
+            Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
+        } else {
+            None
+        };
         if a.json {
             println!(
                 "{}",
                 serde_json::json!({"bench": "decode", "batch": b, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
                     "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
+                    "host_draw_tokens_per_s": host, "dtype": format!("{:?}", lm.llama.dtype()),
+                    "weight_bytes": lm.llama.weight_bytes(), "weight_gb_per_s": lm.llama.weight_bytes() as f64 * cached / b as f64 / 1e9,
                     "device": format!("{:?}", lm.device()), "model": lm.name})
             );
         } else {
@@ -107,7 +121,8 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 Some(r) => (format!("{r:.1}"), format!("{:.2}x", cached / r)),
                 None => ("-".into(), "-".into()),
             };
-            println!("{b:>6} {cached:>14.1} {r:>16} {s:>10}");
+            let h = host.map_or("-".into(), |h| format!("{h:.1}"));
+            println!("{b:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}");
         }
     }
     Ok(())

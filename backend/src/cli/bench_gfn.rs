@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use amortize::gfn::{LmReward, Problem, Reward, Trainer, Trajectory};
+use amortize::gfn::{LmReward, Phases, Problem, Reward, Trainer, Trajectory};
 use amortize::tasks;
 use amortize::decode::TokenMask;
 use clap::Args;
@@ -24,13 +24,20 @@ pub struct StepArgs {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// LoRA rank (the paper's timing shape: 64).
+    #[arg(long, default_value_t = 64)]
+    pub lora_r: usize,
+    /// Time the phases of each step (decode / reward / backward / optimizer);
+    /// on by default off the CPU. It adds a device synchronisation per phase.
+    #[arg(long)]
+    pub phases: Option<bool>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn step(a: StepArgs) -> anyhow::Result<()> {
-    if a.batch == 0 || a.max_len == 0 || a.steps == 0 {
-        anyhow::bail!("invalid bench: --batch, --max-len and --steps must be positive");
+    if a.batch == 0 || a.max_len == 0 || a.steps == 0 || a.lora_r == 0 {
+        anyhow::bail!("invalid bench: --batch, --max-len, --steps and --lora-r must be positive");
     }
     let task = tasks::load(&a.task, &toml::Table::new())?;
     let mut cfg = task.default_config();
@@ -43,25 +50,45 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
     // Every step samples from the policy: the expensive, representative path.
     cfg.p_replay = 0.0;
     cfg.p_tempered = 0.0;
+    cfg.lora_r = a.lora_r;
     let lm = a.source.load()?;
     let mut trainer = Trainer::new(&lm, task.train_task(&lm)?, cfg, None)?;
+    trainer.profile = a.phases.unwrap_or(!lm.device().is_cpu());
     trainer.train_step()?; // warm-up
     let t0 = Instant::now();
     let (mut trajs, mut tokens) = (0.0, 0.0);
+    let mut phases = Phases::default();
     for _ in 0..a.steps {
         let m = trainer.train_step()?;
         trajs += m.traj_per_s * m.seconds;
         tokens += m.tokens_per_s * m.seconds;
+        if let Some(p) = m.phases {
+            phases.decode += p.decode;
+            phases.reward += p.reward;
+            phases.backward += p.backward;
+            phases.optimizer += p.optimizer;
+        }
     }
-    let secs = t0.elapsed().as_secs_f64() / a.steps as f64;
-    let traj_per_s = trajs / (secs * a.steps as f64);
-    let tokens_per_s = tokens / (secs * a.steps as f64);
+    let total = t0.elapsed().as_secs_f64();
+    let secs = total / a.steps as f64;
+    let traj_per_s = trajs / total;
+    let tokens_per_s = tokens / total;
+    let share = trainer.profile.then(|| {
+        let s = |x: f64| x / total;
+        serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "optimizer": s(phases.optimizer)})
+    });
     if a.json {
-        println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len,
-            "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s,
-            "device": format!("{:?}", lm.device()), "model": lm.name}));
+        println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
+            "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
+            "device": format!("{:?}", lm.device()), "dtype": format!("{:?}", lm.llama.dtype()), "model": lm.name}));
     } else {
-        println!("{} on {:?}: batch {}, |Z| ≤ {}: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s", lm.name, lm.device(), a.batch, a.max_len);
+        println!("{} on {:?} ({:?}): batch {}, |Z| ≤ {}, LoRA r{}: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s",
+            lm.name, lm.device(), lm.llama.dtype(), a.batch, a.max_len, a.lora_r);
+        if trainer.profile {
+            let pct = |x: f64| 100.0 * x / total;
+            println!("  share of the step: decode {:.0}%, reward {:.0}%, backward {:.0}%, optimizer {:.0}%",
+                pct(phases.decode), pct(phases.reward), pct(phases.backward), pct(phases.optimizer));
+        }
     }
     Ok(())
 }

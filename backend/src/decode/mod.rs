@@ -4,6 +4,7 @@
 //! Owns no weights and no training state; the trainer uses the same functions.
 
 pub mod beam;
+pub mod draw;
 pub mod logits;
 pub mod sample;
 pub mod score;

@@ -7,6 +7,7 @@
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use super::draw::{DeviceDraw, Pick};
 use super::logits::{argmax, draw, log_softmax_in_place, sampling_logprobs, TokenMask};
 use super::tool::ToolHook;
 use crate::model::{LanguageModel, LoraView};
@@ -36,6 +37,11 @@ pub struct SampleConfig {
     /// Strings that end a sample once the generated text contains them (kept).
     pub stop_strings: Vec<String>,
     pub seed: u64,
+    /// Choose tokens on the model's device (`None`: yes off the CPU, unless top-k
+    /// or top-p needs the host's sort). On CUDA the draw uses the device's
+    /// generator, seeded with `seed` at the start of the call.
+    #[serde(skip)]
+    pub on_device: Option<bool>,
 }
 
 impl Default for SampleConfig {
@@ -53,6 +59,7 @@ impl Default for SampleConfig {
             stop_tokens: None,
             stop_strings: Vec::new(),
             seed: 0,
+            on_device: None,
         }
     }
 }
@@ -156,6 +163,15 @@ pub fn sample(
     let stop_ids = cfg.stop_tokens.clone().unwrap_or_else(|| lm.tokenizer.stop_ids.clone());
     let bias = cfg.mask.bias(vocab, cfg.mask_penalty);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let on_device = cfg.on_device.unwrap_or(!lm.device().is_cpu()) && cfg.top_k.is_none() && cfg.top_p.is_none();
+    let device_draw = if on_device {
+        if !lm.device().is_cpu() {
+            lm.device().set_seed(cfg.seed)?;
+        }
+        Some(DeviceDraw::new(vocab, bias.as_deref(), &stop_ids, lm.device())?)
+    } else {
+        None
+    };
 
     // Prefill each prompt once, then fork the cache per sample.
     let mut cache = lm.llama.new_cache();
@@ -172,39 +188,34 @@ pub fn sample(
         .map(|_| Row { tokens: vec![], tool: vec![], logprobs: vec![], sample_logprobs: vec![], actions: 0, stop: None })
         .collect();
 
-    loop {
-        let logits: Vec<Vec<f32>> = lm.llama.logits(&last)?.to_vec2()?;
+    // Every unfinished row has taken the same number of actions so far.
+    for step in 0.. {
+        let below_min = step < cfg.min_new_tokens;
+        let logits = lm.llama.logits(&last)?; // [B, V] f32
+        let picks: Vec<Option<Pick>> = match &device_draw {
+            Some(d) => {
+                let uniform = if cfg.greedy { None } else { Some(noise(logits.dims2()?, &mut rng, lm.device())?) };
+                d.choose(&logits, below_min, cfg.temperature, cfg.greedy, uniform.as_ref())?.into_iter().map(Some).collect()
+            }
+            None => {
+                let logits: Vec<Vec<f32>> = logits.to_vec2()?;
+                rows.iter().zip(logits).map(|(row, l)| row.stop.is_none().then(|| host_pick(l, bias.as_deref(), below_min, &stop_ids, cfg, &mut rng))).collect()
+            }
+        };
         let mut next: Vec<Vec<u32>> = vec![Vec::new(); b];
-        for (i, (row, mut l)) in rows.iter_mut().zip(logits).enumerate() {
+        for (i, (row, pick)) in rows.iter_mut().zip(picks).enumerate() {
             if row.stop.is_some() {
                 continue;
             }
-            if let Some(bias) = &bias {
-                l.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-            }
-            if row.actions < cfg.min_new_tokens {
-                for &s in &stop_ids {
-                    if let Some(x) = l.get_mut(s as usize) {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            log_softmax_in_place(&mut l);
-            let (tok, slp) = if cfg.greedy {
-                (argmax(&l), 0.0)
-            } else {
-                let s = sampling_logprobs(&l, cfg.temperature, cfg.top_k, cfg.top_p);
-                let tok = draw(&s, &mut rng);
-                (tok, s[tok])
-            };
-            row.tokens.push(tok as u32);
+            let Some(Pick { token: tok, logprob, sample_logprob: slp }) = pick else { continue };
+            row.tokens.push(tok);
             row.tool.push(false);
-            row.logprobs.push(l[tok]);
+            row.logprobs.push(logprob);
             row.sample_logprobs.push(slp);
             row.actions += 1;
-            next[i].push(tok as u32);
+            next[i].push(tok);
 
-            if stop_ids.contains(&(tok as u32)) {
+            if stop_ids.contains(&tok) {
                 row.stop = Some(StopReason::StopToken);
                 continue;
             }
@@ -243,11 +254,51 @@ pub fn sample(
         last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
     }
 
+    samples(lm, rows, cfg.n)
+}
+
+/// U(0, 1) noise `[B, V]`: the device's generator off the CPU, the seeded host
+/// generator on it (candle's CPU generator cannot be seeded).
+fn noise(shape: (usize, usize), rng: &mut rand_chacha::ChaCha8Rng, device: &candle_core::Device) -> Result<candle_core::Tensor> {
+    use rand::Rng;
+    if device.is_cpu() {
+        let u: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.random::<f32>()).collect();
+        Ok(candle_core::Tensor::from_vec(u, shape, device)?)
+    } else {
+        Ok(candle_core::Tensor::rand(0f32, 1f32, shape, device)?)
+    }
+}
+
+/// One row's choice on the host: bias, stop mask, log-softmax, temperature,
+/// top-k / top-p, draw.
+fn host_pick(mut l: Vec<f32>, bias: Option<&[f32]>, below_min: bool, stop_ids: &[u32], cfg: &SampleConfig, rng: &mut rand_chacha::ChaCha8Rng) -> Pick {
+    if let Some(bias) = bias {
+        l.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+    }
+    if below_min {
+        for &s in stop_ids {
+            if let Some(x) = l.get_mut(s as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    log_softmax_in_place(&mut l);
+    let (tok, slp) = if cfg.greedy {
+        (argmax(&l), 0.0)
+    } else {
+        let s = sampling_logprobs(&l, cfg.temperature, cfg.top_k, cfg.top_p);
+        let tok = draw(&s, rng);
+        (tok, s[tok])
+    };
+    Pick { token: tok as u32, logprob: l[tok], sample_logprob: slp }
+}
+
+fn samples(lm: &LanguageModel, rows: Vec<Row>, n: usize) -> Result<Vec<Sample>> {
     rows.into_iter()
         .enumerate()
         .map(|(i, r)| {
             Ok(Sample {
-                prompt_index: i / cfg.n,
+                prompt_index: i / n,
                 text: lm.tokenizer.decode(&r.tokens, true)?,
                 tokens: r.tokens,
                 tool: r.tool,

@@ -56,9 +56,12 @@ impl AdamW {
             let g = g.detach();
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let decayed = (p.as_tensor().detach() * (1.0 - lr * c.weight_decay))?;
-            p.set(&(decayed - (update * lr)?)?.detach())?;
+            // p ← p (1 − lr·wd) − lr · (m / bc1) / (√(v / bc2) + eps), the scalar
+            // factors folded into affine ops (fewer kernels per parameter).
+            let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
+            let update = (m.affine(lr / bc1, 0.0)? / denom)?;
+            let decayed = p.as_tensor().detach().affine(1.0 - lr * c.weight_decay, 0.0)?;
+            p.set(&(decayed - update)?.detach())?;
             self.m[i] = m;
             self.v[i] = v;
         }
@@ -101,11 +104,12 @@ impl AdamW {
 
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let mut sq = 0.0f64;
-    for g in grads.iter().flatten() {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    // Squared norms stay on the device; one copy to the host for the total.
+    let sq: Vec<Tensor> = grads.iter().flatten().map(|g| g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()).collect::<candle_core::Result<_>>()?;
+    if sq.is_empty() {
+        return Ok(0.0);
     }
-    let norm = sq.sqrt();
+    let norm = (Tensor::stack(&sq, 0)?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?).sqrt();
     if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
         let s = max_norm / (norm + 1e-6);
         for g in grads.iter_mut().flatten() {

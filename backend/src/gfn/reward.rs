@@ -32,7 +32,8 @@ pub struct LmReward {
     mask_bias: Option<Tensor>,
     /// A reward adapter (e.g. an SFT adapter for infilling), or the base model.
     pub lora: Option<LoraView>,
-    /// Rows per pass when scoring Y after each prefix.
+    /// Rows per pass when scoring Y after each prefix, on the CPU (off it, as
+    /// many as fit a memory budget: see [`LmReward::tail_rows`]).
     pub chunk: usize,
     prefix_cache: Mutex<Option<KvCache>>,
 }
@@ -58,6 +59,20 @@ impl LmReward {
             *guard = Some(c);
         }
         guard.as_ref().map(|c| c.repeat_rows(rows)).unwrap_or_else(|| Ok(lm.llama.new_cache()))
+    }
+
+    /// Rows per Y-tail pass. On an accelerator the pass is launch-bound, so take
+    /// as many rows as keep the forked KV cache and the f32 logits each under
+    /// ~2 GiB; on the CPU, `chunk`.
+    fn tail_rows(&self, lm: &LanguageModel, y_rest: usize, cache_len: usize) -> usize {
+        if lm.device().is_cpu() {
+            return self.chunk.max(1);
+        }
+        const BUDGET: usize = 2 << 30;
+        let c = lm.config();
+        let kv_row = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * (cache_len + y_rest) * lm.llama.dtype().size_in_bytes();
+        let logits_row = y_rest * c.vocab_size * 4;
+        (BUDGET / kv_row.max(1)).min(BUDGET / logits_row.max(1)).max(1)
     }
 
     /// log-softmax of `logits` rows [N, V] (+ optional bias) → [N, V].
@@ -181,7 +196,7 @@ impl Reward for LmReward {
         // Pass 2: Y[1..] after each prefix, from forks of the pass-1 cache.
         if y.len() > 1 {
             let feed = y[..y.len() - 1].to_vec();
-            for chunk in tails.chunks(self.chunk.max(1)) {
+            for chunk in tails.chunks(self.tail_rows(lm, y.len() - 1, cache.len())) {
                 let rows: Vec<usize> = chunk.iter().map(|&(bi, _, _)| bi).collect();
                 let mut c = cache.select(&rows)?;
                 c.mask_after(&chunk.iter().map(|&(_, _, end)| end).collect::<Vec<_>>())?;

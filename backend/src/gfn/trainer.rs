@@ -55,6 +55,23 @@ pub struct StepMetrics {
     pub sources: [usize; 3],
     pub buffer_size: usize,
     pub seconds: f64,
+    /// Where the step's time went, when the trainer is profiling (`bench step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+/// Seconds of one step by phase. Measured with a device synchronisation at each
+/// boundary, so only taken when asked for (it costs a few host round trips).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    /// Sampling trajectories from the policy (decode).
+    pub decode: f64,
+    /// Log-rewards of every prefix.
+    pub reward: f64,
+    /// The teacher-forced policy pass, the loss and its backward pass.
+    pub backward: f64,
+    /// Clipping and the optimiser update.
+    pub optimizer: f64,
 }
 
 /// A trajectory of the last step, for display (the server's sample panel).
@@ -87,6 +104,8 @@ pub struct Trainer<'a> {
     pub recent: Vec<RecentSample>,
     out: Option<PathBuf>,
     bias: Option<Tensor>,
+    /// Time each step's phases (see [`Phases`]).
+    pub profile: bool,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -148,6 +167,7 @@ impl<'a> Trainer<'a> {
             recent: Vec::new(),
             out: out.map(Path::to_path_buf),
             bias,
+            profile: false,
         })
     }
 
@@ -221,6 +241,8 @@ impl<'a> Trainer<'a> {
         let (mut loss_sum, mut sources, mut finals, mut lens, mut tokens) = (0.0, [0usize; 3], Vec::new(), Vec::new(), 0usize);
         let mut logz_used = Vec::new();
         self.recent.clear();
+        let mut phases = Phases::default();
+        let mut clock = Instant::now();
         for micro in 0..self.cfg.grad_accum {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, step as u64, micro as u64));
             if !self.lm.device().is_cpu() {
@@ -239,7 +261,9 @@ impl<'a> Trainer<'a> {
                 sources[usize::from(tempered)] += 1;
                 let pf_temp = if tempered { rng.random_range(self.cfg.pf_temp_low..=self.cfg.pf_temp_high) } else { 1.0 };
                 let trajs = self.explore(&problem, pf_temp as f32, rng.random())?;
+                self.lap(&mut clock, &mut phases.decode)?;
                 let rewards = self.rewards(&problem, &trajs)?;
+                self.lap(&mut clock, &mut phases.reward)?;
                 self.remember(&problem.key, &trajs, &rewards)?;
                 (trajs, rewards)
             };
@@ -290,6 +314,7 @@ impl<'a> Trainer<'a> {
             accumulate(&mut z_grads, &self.log_z, &g)?;
             lens.extend(lens_b);
             tokens += trajs.iter().map(|t| t.tokens.len()).sum::<usize>();
+            self.lap(&mut clock, &mut phases.backward)?;
         }
         let norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
         if !norm.is_finite() {
@@ -300,6 +325,7 @@ impl<'a> Trainer<'a> {
         if let Some(o) = self.logz_opt.as_mut() {
             o.step(&z_grads, self.cfg.logz_lr)?;
         }
+        self.lap(&mut clock, &mut phases.optimizer)?;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64();
         let n = finals.len().max(1) as f64;
@@ -318,7 +344,18 @@ impl<'a> Trainer<'a> {
             sources,
             buffer_size: self.buffer.total_len(),
             seconds: secs,
+            phases: self.profile.then_some(phases),
         })
+    }
+
+    /// Profiling: waits for the device, adds the time since `clock` to `into`.
+    fn lap(&self, clock: &mut Instant, into: &mut f64) -> Result<()> {
+        if self.profile {
+            self.lm.device().synchronize()?;
+            *into += clock.elapsed().as_secs_f64();
+            *clock = Instant::now();
+        }
+        Ok(())
     }
 
     /// Samples a batch from the current policy at temperature `pf_temp`.

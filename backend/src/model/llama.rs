@@ -26,6 +26,34 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Projections stacked along the output dimension (a missing bias is zero).
+    fn cat(parts: &[&Linear]) -> Result<Linear> {
+        let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
+        let bias = if parts.iter().any(|l| l.bias.is_some()) {
+            let bs = parts
+                .iter()
+                .map(|l| match &l.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Ok(Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device())?),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&bs, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Rows `start..start + len` of the output, copied into their own storage
+    /// (writers such as GGUF quantisation read storage, not views).
+    fn rows(&self, start: usize, len: usize) -> Result<Linear> {
+        let bias = match &self.bias {
+            Some(b) => Some(b.narrow(0, start, len)?.force_contiguous()?),
+            None => None,
+        };
+        Ok(Linear { weight: self.weight.narrow(0, start, len)?.force_contiguous()?, bias })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.broadcast_matmul(&self.weight.t()?)?;
         Ok(match &self.bias {
@@ -58,10 +86,39 @@ pub struct Weights {
     pub lm_head: Option<Tensor>,
 }
 
+/// A block as the forward pass uses it: q/k/v and gate/up fused into one
+/// projection each (one matrix product instead of three / two).
+struct Layer {
+    attn_norm: Tensor,
+    /// [q · k · v, hidden]
+    qkv: Linear,
+    o: Linear,
+    mlp_norm: Tensor,
+    /// [gate · up, hidden]
+    gate_up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    fn fuse(b: Block) -> Result<Self> {
+        Ok(Layer {
+            attn_norm: b.attn_norm,
+            qkv: Linear::cat(&[&b.q, &b.k, &b.v])?,
+            o: b.o,
+            mlp_norm: b.mlp_norm,
+            gate_up: Linear::cat(&[&b.gate, &b.up])?,
+            down: b.down,
+        })
+    }
+}
+
 pub struct Llama {
     pub config: LlamaConfig,
-    w: Weights,
-    /// cos/sin tables [max_positions, head_dim] (f32).
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+    /// cos/sin tables [max_positions, head_dim / 2] (f32).
     cos: Tensor,
     sin: Tensor,
     dtype: DType,
@@ -73,8 +130,12 @@ struct Ctx<'a> {
     lora: Option<&'a LoraView>,
     /// Differentiable ops are needed (an adapter is being trained).
     grad: bool,
-    cos: Tensor, // [B, 1, T, hd]
+    /// Rotary tables of this call's positions, [B, T, hd/2] in the model dtype;
+    /// the query's are scaled by 1/√hd (rotation is linear, so this scales q·k).
+    cos: Tensor,
     sin: Tensor,
+    cos_q: Tensor,
+    sin_q: Tensor,
     mask: Tensor, // [B, 1, 1, T, S] additive, f32
 }
 
@@ -83,7 +144,9 @@ impl Llama {
         config.validate()?;
         let dtype = w.embed.dtype();
         let (cos, sin) = rope_tables(&config, device)?;
-        Ok(Llama { config, w, cos, sin, dtype, device: device.clone() })
+        let Weights { embed, blocks, norm, lm_head } = w;
+        let layers = blocks.into_iter().map(Layer::fuse).collect::<Result<Vec<_>>>()?;
+        Ok(Llama { config, embed, layers, norm, lm_head, cos, sin, dtype, device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -94,8 +157,37 @@ impl Llama {
         self.dtype
     }
 
-    pub fn weights(&self) -> &Weights {
-        &self.w
+    /// The weights per HF module (q/k/v and gate/up copied out of the fused projections).
+    pub fn weights(&self) -> Result<Weights> {
+        let c = &self.config;
+        let (nq, nkv, i) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size);
+        let blocks = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Block {
+                    attn_norm: l.attn_norm.clone(),
+                    q: l.qkv.rows(0, nq)?,
+                    k: l.qkv.rows(nq, nkv)?,
+                    v: l.qkv.rows(nq + nkv, nkv)?,
+                    o: l.o.clone(),
+                    mlp_norm: l.mlp_norm.clone(),
+                    gate: l.gate_up.rows(0, i)?,
+                    up: l.gate_up.rows(i, i)?,
+                    down: l.down.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Weights { embed: self.embed.clone(), blocks, norm: self.norm.clone(), lm_head: self.lm_head.clone() })
+    }
+
+    /// Bytes of weights one decode step reads: every block, the final norm and
+    /// the output head (the embeddings, when tied, are read once, as the head).
+    pub fn weight_bytes(&self) -> usize {
+        let lin = |l: &Linear| l.weight.elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
+        let blocks: usize = self.layers.iter().map(|l| l.attn_norm.elem_count() + lin(&l.qkv) + lin(&l.o) + l.mlp_norm.elem_count() + lin(&l.gate_up) + lin(&l.down)).sum();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed).elem_count();
+        (blocks + self.norm.elem_count() + head) * self.dtype.size_in_bytes()
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -172,22 +264,32 @@ impl Llama {
         let dev = &self.device;
         let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), dev)?;
         let pos = Tensor::from_vec(pos, b * t, dev)?;
-        let hd = self.config.head_dim;
-        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, hd))?.to_dtype(self.dtype)?;
-        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, hd))?.to_dtype(self.dtype)?;
-        let ctx = Ctx { lora, grad: lora.is_some_and(|l| l.tracked), cos, sin, mask };
+        let half = self.config.head_dim / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, t, half))?;
+        let scale = 1.0 / (self.config.head_dim as f64).sqrt();
+        let dt = self.dtype;
+        let ctx = Ctx {
+            lora,
+            grad: lora.is_some_and(|l| l.tracked),
+            cos_q: (&cos * scale)?.to_dtype(dt)?,
+            sin_q: (&sin * scale)?.to_dtype(dt)?,
+            cos: cos.to_dtype(dt)?,
+            sin: sin.to_dtype(dt)?,
+            mask,
+        };
 
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
-        let mut x = self.w.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
-        for (l, block) in self.w.blocks.iter().enumerate() {
-            x = self.block(l, block, &x, cache, &ctx)?;
+        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = self.block(l, layer, &x, cache, &ctx)?;
         }
-        self.rms_norm(&x, &self.w.norm, ctx.grad)
+        self.rms_norm(&x, &self.norm, ctx.grad)
     }
 
     /// Output logits (f32) for hidden states [.., hidden] → [.., vocab].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.w.lm_head.as_ref().unwrap_or(&self.w.embed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         // cuBLAS wants a dense left operand (callers often pass a narrowed slice).
         Ok(hidden.contiguous()?.broadcast_matmul(&head.t()?)?.to_dtype(DType::F32)?)
     }
@@ -205,41 +307,49 @@ impl Llama {
         }
     }
 
-    fn proj(&self, l: usize, p: Proj, lin: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// A (fused) projection plus the adapter's delta for its parts.
+    fn proj(&self, l: usize, group: &[Proj], lin: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let y = lin.forward(x)?;
-        match ctx.lora.map(|v| v.delta(l, p, x)).transpose()?.flatten() {
+        match ctx.lora.map(|v| v.delta_group(l, group, x)).transpose()?.flatten() {
             Some(d) => Ok((y + d.to_dtype(self.dtype)?)?),
             None => Ok(y),
         }
     }
 
-    fn block(&self, l: usize, w: &Block, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
+    fn block(&self, l: usize, w: &Layer, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
         let h = self.rms_norm(x, &w.attn_norm, ctx.grad)?;
         let x = (x + self.attention(l, w, &h, cache, ctx)?)?;
         let h = self.rms_norm(&x, &w.mlp_norm, ctx.grad)?;
-        let gate = self.proj(l, Proj::Gate, &w.gate, &h, ctx)?.silu()?;
-        let up = self.proj(l, Proj::Up, &w.up, &h, ctx)?;
-        let mlp = self.proj(l, Proj::Down, &w.down, &(gate * up)?, ctx)?;
+        let gu = self.proj(l, &[Proj::Gate, Proj::Up], &w.gate_up, &h, ctx)?; // [B, T, 2I]
+        let i = self.config.intermediate_size;
+        let act = (gu.narrow(D::Minus1, 0, i)?.silu()? * gu.narrow(D::Minus1, i, i)?)?;
+        let mlp = self.proj(l, &[Proj::Down], &w.down, &act, ctx)?;
         Ok((x + mlp)?)
     }
 
-    fn attention(&self, l: usize, w: &Block, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
+    fn attention(&self, l: usize, w: &Layer, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
-        let q = heads(self.proj(l, Proj::Q, &w.q, x, ctx)?, nh)?; // [B, H, T, hd]
-        let k = heads(self.proj(l, Proj::K, &w.k, x, ctx)?, nkv)?; // [B, KV, T, hd]
-        let v = heads(self.proj(l, Proj::V, &w.v, x, ctx)?, nkv)?;
-        let q = apply_rope(&q, &ctx.cos, &ctx.sin)?;
-        let k = apply_rope(&k, &ctx.cos, &ctx.sin)?;
+        let qkv = self.proj(l, &[Proj::Q, Proj::K, Proj::V], &w.qkv, x, ctx)?; // [B, T, (H + 2·KV)·hd]
+        let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?; // [B, H + 2·KV, T, hd]
+        let q = heads.narrow(1, 0, nh)?.contiguous()?; // [B, H, T, hd]
+        let k = heads.narrow(1, nh, nkv)?.contiguous()?; // [B, KV, T, hd]
+        let v = heads.narrow(1, nh + nkv, nkv)?.contiguous()?;
+        // q comes out scaled by 1/√hd (see `Ctx`).
+        let (q, k) = if ctx.grad {
+            // Differentiable composition (candle's fused rope has no backward).
+            (apply_rope(&q, &ctx.cos_q, &ctx.sin_q)?, apply_rope(&k, &ctx.cos, &ctx.sin)?)
+        } else {
+            (candle_nn::rotary_emb::rope(&q, &ctx.cos_q, &ctx.sin_q)?, candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?)
+        };
         let (k, v) = cache.append(l, k, v)?; // [B, KV, S, hd]
         let s = k.dim(2)?;
 
         // Group the query heads that share a kv head: no copy of K/V.
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, rep·T, S]
+        let scores = q.matmul(&k.t()?)?; // [B, KV, rep·T, S]
         let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?.broadcast_add(&ctx.mask)?;
         let probs = if ctx.grad {
             candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -249,11 +359,11 @@ impl Llama {
         let probs = probs.to_dtype(self.dtype)?.reshape((b, nkv, rep * t, s))?;
         let y = probs.matmul(&v)?; // [B, KV, rep·T, hd]
         let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        self.proj(l, Proj::O, &w.o, &y, ctx)
+        self.proj(l, &[Proj::O], &w.o, &y, ctx)
     }
 }
 
-/// cos/sin of position × inverse frequency, repeated for the two halves: [P, hd].
+/// cos/sin of position × inverse frequency: [P, hd / 2].
 fn rope_tables(c: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
     let hd = c.head_dim;
     let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
@@ -261,22 +371,22 @@ fn rope_tables(c: &LlamaConfig, dev: &Device) -> Result<(Tensor, Tensor)> {
     let mut cos = Vec::with_capacity(p * hd);
     let mut sin = Vec::with_capacity(p * hd);
     for pos in 0..p {
-        for _half in 0..2 {
-            for &f in &inv {
-                let a = pos as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
+        for &f in &inv {
+            let a = pos as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
         }
     }
-    Ok((Tensor::from_vec(cos, (p, hd), dev)?, Tensor::from_vec(sin, (p, hd), dev)?))
+    Ok((Tensor::from_vec(cos, (p, hd / 2), dev)?, Tensor::from_vec(sin, (p, hd / 2), dev)?))
 }
 
-/// `x·cos + rotate_half(x)·sin` with rotate_half([a, b]) = [-b, a]; x: [B, H, T, hd].
+/// `x·cos + rotate_half(x)·sin` with rotate_half([a, b]) = [-b, a]; x: [B, H, T, hd],
+/// cos/sin: [B, T, hd/2] (the same for both halves). Differentiable.
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
+    let (cos, sin) = (Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?, Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?);
     let a = x.narrow(D::Minus1, 0, hd / 2)?;
     let b = x.narrow(D::Minus1, hd / 2, hd / 2)?;
     let rot = Tensor::cat(&[&b.neg()?, &a], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+    Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
 }

@@ -326,7 +326,7 @@ pub fn random(cfg: &LlamaConfig, device: &Device, dtype: DType, seed: u64) -> Re
 pub fn save_hf_dir(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&model.config.to_hf_json())?.as_bytes())?;
-    let tensors: HashMap<String, Tensor> = named_weights(model.weights()).into_iter().collect();
+    let tensors: HashMap<String, Tensor> = named_weights(&model.weights()?).into_iter().collect();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
     tokenizer.save(&dir.join("tokenizer.json"))
 }
@@ -366,7 +366,7 @@ pub fn save_gguf(model: &Llama, spec: &TokenizerSpec, path: &Path) -> Result<()>
     }
     let permuted = arch != "qwen2";
     let mut qtensors = Vec::new();
-    for (name, t) in named_weights(model.weights()) {
+    for (name, t) in named_weights(&model.weights()?) {
         let mut t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         if permuted && name.contains("self_attn.q_proj") {
             t = permute_rows(&t, c.num_attention_heads)?;

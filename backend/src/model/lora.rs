@@ -122,6 +122,8 @@ struct LoraPair {
 pub struct LoraAdapter {
     pub config: LoraConfig,
     layers: Vec<[Option<LoraPair>; 7]>,
+    /// Output size of each projection (`Proj` order), for fused views.
+    outs: [usize; 7],
 }
 
 /// How a forward pass uses an adapter.
@@ -135,11 +137,14 @@ pub enum Mode {
 
 /// The tensors of an adapter for one forward pass (detached in `Infer` mode).
 pub struct LoraView {
-    scale: f64,
     dropout: f32,
     pub(crate) tracked: bool,
+    /// Per layer and projection: (A [r, in], scale · B [out, r]).
     layers: Vec<[Option<(Tensor, Tensor)>; 7]>,
-    /// SplitMix64 state for dropout masks (reproducible on CPU from the seed).
+    /// Inference views: per layer, the q/k/v and gate/up adapters as one pair
+    /// each, (A stacked [Σr, in], block-diagonal scale · B [Σout, Σr]).
+    fused: Vec<[Option<(Tensor, Tensor)>; 2]>,
+    outs: [usize; 7],
     rng: std::sync::Mutex<u64>,
 }
 
@@ -160,8 +165,41 @@ impl LoraView {
         };
         let x = if self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
         let x = x.to_dtype(a.dtype())?;
-        let h = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
-        Ok(Some((h * self.scale)?))
+        Ok(Some(x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?))
+    }
+
+    /// The delta of projections fused into one output (their outputs side by
+    /// side, in `group` order); `None` when none of them carries an adapter.
+    pub fn delta_group(&self, layer: usize, group: &[Proj], x: &Tensor) -> Result<Option<Tensor>> {
+        if let [p] = group {
+            return self.delta(layer, *p, x);
+        }
+        let slot = match group {
+            [Proj::Q, Proj::K, Proj::V] => Some(0),
+            [Proj::Gate, Proj::Up] => Some(1),
+            _ => None,
+        };
+        if let Some((a, b)) = slot.and_then(|i| self.fused.get(layer).and_then(|f| f[i].as_ref())) {
+            let x = x.to_dtype(a.dtype())?;
+            return Ok(Some(x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?));
+        }
+        let deltas = group.iter().map(|&p| self.delta(layer, p, x)).collect::<Result<Vec<_>>>()?;
+        let Some(like) = deltas.iter().flatten().next().cloned() else {
+            return Ok(None);
+        };
+        let parts = group
+            .iter()
+            .zip(deltas)
+            .map(|(&p, d)| match d {
+                Some(d) => Ok(d),
+                None => {
+                    let mut shape = like.dims().to_vec();
+                    *shape.last_mut().unwrap_or(&mut 0) = self.outs[p.index()];
+                    Ok(Tensor::zeros(shape, like.dtype(), like.device())?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Tensor::cat(&parts, candle_core::D::Minus1)?))
     }
 }
 
@@ -180,6 +218,43 @@ impl LoraView {
         };
         Ok(((x * mask)? / keep)?)
     }
+}
+
+/// One (A, B) pair for the projections of `group` (untargeted ones get zero
+/// rows): A's stacked, B's block-diagonal, so `x Aᵀ Bᵀ` is their deltas side by side.
+fn fuse(layer: &[Option<(Tensor, Tensor)>; 7], group: &[Proj], outs: &[usize; 7]) -> Result<Option<(Tensor, Tensor)>> {
+    let present: Vec<&(Tensor, Tensor)> = group.iter().filter_map(|p| layer[p.index()].as_ref()).collect();
+    let Some(first) = present.first() else { return Ok(None) };
+    let (dt, dev) = (first.0.dtype(), first.0.device());
+    let a = Tensor::cat(&present.iter().map(|(a, _)| a).collect::<Vec<_>>(), 0)?;
+    let ranks: Vec<usize> = present.iter().map(|(a, _)| a.dim(0)).collect::<candle_core::Result<_>>()?;
+    let total: usize = ranks.iter().sum();
+    let mut rows = Vec::with_capacity(group.len());
+    let mut col = 0;
+    for &p in group {
+        let out = outs[p.index()];
+        rows.push(match &layer[p.index()] {
+            Some((_, b)) => {
+                let r = b.dim(1)?;
+                let mut parts = Vec::with_capacity(3);
+                if col > 0 {
+                    parts.push(Tensor::zeros((out, col), dt, dev)?);
+                }
+                parts.push(b.clone());
+                if total - col - r > 0 {
+                    parts.push(Tensor::zeros((out, total - col - r), dt, dev)?);
+                }
+                col += r;
+                Tensor::cat(&parts, 1)?
+            }
+            None => Tensor::zeros((out, total), dt, dev)?,
+        });
+    }
+    Ok(Some((a, Tensor::cat(&rows, 0)?)))
+}
+
+fn out_dims(model: &LlamaConfig) -> [usize; 7] {
+    Proj::ALL.map(|p| p.dims(model).1)
 }
 
 fn empty_layer() -> [Option<LoraPair>; 7] {
@@ -204,7 +279,7 @@ impl LoraAdapter {
             }
             layers.push(slots);
         }
-        Ok(LoraAdapter { config, layers })
+        Ok(LoraAdapter { config, layers, outs: out_dims(model) })
     }
 
     /// The trainable variables (for the optimiser).
@@ -232,18 +307,27 @@ impl LoraAdapter {
             let t = if tracked { v.as_tensor().clone() } else { v.as_tensor().detach() };
             Ok(t.to_dtype(dtype)?)
         };
+        let scale = self.config.scale();
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let mut slots: [Option<(Tensor, Tensor)>; 7] = Default::default();
             for (i, p) in l.iter().enumerate() {
                 if let Some(p) = p {
-                    slots[i] = Some((get(&p.a)?, get(&p.b)?));
+                    slots[i] = Some((get(&p.a)?, (get(&p.b)? * scale)?));
                 }
             }
             layers.push(slots);
         }
+        let fused = if tracked {
+            Vec::new()
+        } else {
+            layers
+                .iter()
+                .map(|l| Ok([fuse(l, &[Proj::Q, Proj::K, Proj::V], &self.outs)?, fuse(l, &[Proj::Gate, Proj::Up], &self.outs)?]))
+                .collect::<Result<Vec<_>>>()?
+        };
         let dropout = if tracked { self.config.dropout as f32 } else { 0.0 };
-        Ok(LoraView { scale: self.config.scale(), dropout, tracked, layers, rng: std::sync::Mutex::new(seed) })
+        Ok(LoraView { dropout, tracked, layers, fused, outs: self.outs, rng: std::sync::Mutex::new(seed) })
     }
 
     fn peft_key(layer: usize, p: Proj, ab: &str) -> String {
@@ -360,6 +444,6 @@ impl LoraAdapter {
                 format!("{} tensors do not belong to this model (layer count or names differ)", tensors.len() - used),
             ));
         }
-        Ok(LoraAdapter { config, layers })
+        Ok(LoraAdapter { config, layers, outs: out_dims(model) })
     }
 }
