@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine, in one call: the engine's equality tests on CUDA,
-# the SmolLM2 parity test on CUDA (when the model was carried to $GPU_DIR), the
-# decode / step / reward benchmarks (random SmolLM2-135M weights), and the RNG
-# task on the real SmolLM2 (eval base, train, eval adapter). At most 8 files go
-# to $OUT; a short table is printed last. Binaries are unpacked in $GPU_DIR by
-# scripts/gpu/unpack.sh. Sections can be skipped: SKIP="engine parity decode step reward rng".
+# Runs on the lent GPU machine, in one call (binaries unpacked in $GPU_DIR by
+# scripts/gpu/unpack.sh): the engine's equality tests on CUDA, then the speed
+# benchmarks of issue 7 on random weights of real shapes (speed does not depend
+# on the values), and prints a short table last. Optional, when the real SmolLM2
+# was carried to $GPU_DIR: the parity test and an RNG train/eval run.
+# Sections can be skipped: SKIP="engine parity decode big step rng".
+# Logs go to $OUT (at most 8 files come back).
 set -u
 G=${GPU_DIR:-/tmp/amz}
 OUT=${OUT:-/tmp/amz-out}
@@ -12,40 +13,52 @@ A="$G/amortize"
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 skip() { case " ${SKIP:-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+# J EXPR FILE: evaluates an f-string per JSON line (nested keys flattened: share.decode -> share_decode).
+J() { python3 -c "
+import json, sys
+for l in open(sys.argv[2]):
+    if l.startswith('{'):
+        d = json.loads(l)
+        d.update({k + '_' + kk: vv for k, v in list(d.items()) if isinstance(v, dict) for kk, vv in v.items()})
+        print(eval(sys.argv[1], {}, d))
+" "$@"; }
 rows=("gpu|$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)")
+
 if ! skip engine && [ -x "$G/test-engine" ]; then
   AMORTIZE_TEST_DEVICE=cuda timeout 300 "$G/test-engine" --test-threads 1 > "$OUT/engine.txt" 2>&1
-  rows+=("engine tests (cuda, f32)|$(grep -E '^test result' "$OUT/engine.txt" | tail -1)")
+  rows+=("engine tests (cuda, f32)|$(grep -E '^test result' "$OUT/engine.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/engine.txt" | head -3 | tr '\n' ' ')")
 fi
 if ! skip parity && [ -x "$G/test-parity" ] && [ -f "$G/model.gguf" ]; then
   AMORTIZE_MODEL="$G/model.gguf" AMORTIZE_TEST_DATA="$PWD/backend/tests/data" AMORTIZE_TEST_DEVICE=cuda \
     timeout 300 "$G/test-parity" --nocapture > "$OUT/parity.txt" 2>&1
   rows+=("parity (cuda, f32)|$(grep -E 'max \|' "$OUT/parity.txt" | tail -1) $(grep -E '^test result' "$OUT/parity.txt" | cut -c1-40)")
 fi
+
+B="$OUT/bench.jsonl"
 if ! skip decode; then
-  for dt in f32 bf16; do
-    timeout 300 "$A" bench decode --random smollm2-135m --device cuda --dtype $dt --batch 1,8,64 \
-      --new-tokens 64 --recompute --json >> "$OUT/decode.jsonl" 2>> "$OUT/decode.jsonl"
-  done
-  rows+=("decode|$(grep -c tokens_per_s "$OUT/decode.jsonl") rows in decode.jsonl")
+  # Device-side token choice vs the host path (whole logits copied back), same process.
+  timeout 240 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --host-draw --json >> "$B" 2>> "$OUT/err.txt"
+  timeout 120 "$A" bench decode --random smollm2-135m --device cuda --dtype f32 --batch 64 --new-tokens 64 --json >> "$B" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-135m tok/s (device draw / host draw)|$(J 'f"{dtype} b{batch}: {tokens_per_s:.0} / {host_draw_tokens_per_s or 0:.0}"' "$B" | tr '\n' ';')")
+fi
+if ! skip big; then
+  timeout 240 "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"{tokens_per_s:.1} tok/s, weights {weight_bytes/1e9:.2} GB/token -> {weight_gb_per_s:.0} GB/s"' "$OUT/big.jsonl")")
 fi
 if ! skip step; then
-  for b in 16 64; do
-    timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype f32 --batch $b --max-len 20 --steps 3 --json >> "$OUT/step.jsonl" 2>&1
+  S="$OUT/step.jsonl"
+  for b in ${STEP_BATCHES:-16 64}; do
+    timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json >> "$S" 2>> "$OUT/err.txt"
   done
-  rows+=("step|$(cut -c1-200 "$OUT/step.jsonl" | tr '\n' ' ')")
-fi
-if ! skip reward; then
-  timeout 240 "$A" bench reward --random smollm2-135m --device cuda --n 5,20,50 --batch 8 > "$OUT/reward.txt" 2>&1
-  rows+=("reward shared vs naive|$(tail -3 "$OUT/reward.txt" | tr '\n' ';')")
+  rows+=("step smollm2-135m bf16 r64 |Z|<=20|$(J 'f"b{batch}: {sec_per_step:.3} s/step {traj_per_s:.0} traj/s (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$S" | tr '\n' ';')")
 fi
 if ! skip rng && [ -f "$G/model.gguf" ]; then
   R="$OUT/rng.txt"
   { echo "# base"; timeout 150 "$A" eval --task rng --model "$G/model.gguf" --device cuda --samples 10000 --batch 500 --json; } > "$R" 2>&1
   rm -rf /tmp/amz-rng
   { echo "# train"; ( time timeout 400 "$A" train --task rng --model "$G/model.gguf" --device cuda --out /tmp/amz-rng --quiet ${RNG_ARGS:-} ) ; } >> "$R" 2>&1
-  cp /tmp/amz-rng/metrics.jsonl "$OUT/rng-metrics.jsonl" 2>/dev/null
   { echo "# gfn"; timeout 150 "$A" eval --task rng --model "$G/model.gguf" --adapter /tmp/amz-rng/adapter --device cuda --samples 10000 --batch 500 --json; } >> "$R" 2>&1
   rows+=("rng|$(grep -E '^\{|^real|trained' "$R" | tr '\n' ' ' | cut -c1-600)")
 fi
+[ -s "$OUT/err.txt" ] && rows+=("stderr|$(tail -c 600 "$OUT/err.txt" | tr '\n' ' ')")
 { echo "=== summary ==="; for r in "${rows[@]}"; do echo "$r"; done; } | tee "$OUT/summary.txt"
