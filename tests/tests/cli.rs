@@ -1,6 +1,7 @@
 //! The real `amortize` binary on a tiny random model written to disk: sample and
 //! score print well-formed JSON, and every bad input exits non-zero with one
-//! clear line (no panic, no backtrace).
+//! clear line (no panic, no backtrace); `compare` runs every kind of method
+//! (trained, prompted, decoded, the EM step) and prints its table.
 
 use amortize::model::tiny::write_tiny_model;
 use amortize_tests::run;
@@ -114,4 +115,107 @@ fn compare_trains_what_is_missing_and_prints_one_row_per_method() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(want) && err.lines().count() == 1, "{err}");
     }
+}
+
+/// The rows' method names, and each row's metric names.
+fn rows(v: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    v["rows"].as_array().unwrap().iter().map(|r| (r["method"].as_str().unwrap().to_string(), r["metrics"].as_object().unwrap().keys().cloned().collect())).collect()
+}
+
+fn examples(out: &std::path::Path, file: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("samples").join(file)).unwrap()).unwrap();
+    v["examples"].as_array().unwrap().clone()
+}
+
+#[test]
+fn compare_prompting_sft_and_gfn_on_arithmetic() {
+    let (dir, model) = tiny();
+    let out = dir.path().join("cmp");
+    // The tiny model's context (256 tokens) holds one worked example (in the
+    // prompt, and in the reward's prefix); SFT and the GFlowNet train for a
+    // moment only (plumbing, not accuracy).
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[task]\nk_shot = 1\n[fewshot]\nk = 1\n[sft]\nepochs = 1\n").unwrap();
+    let args = ["compare", "--task", "arithmetic", "--model", &model, "--config", config.to_str().unwrap(), "--methods", "zeroshot,fewshot,sft,gfn,fewshot:k=1@x2", "--steps", "1", "--samples", "2", "--limit", "3", "--json", "--out", out.to_str().unwrap()];
+    let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    assert_eq!(v["task"], "arithmetic");
+    let names: Vec<&str> = amortize::tasks::metric_names("arithmetic").to_vec();
+    let got = rows(&v);
+    assert_eq!(got.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["zeroshot", "fewshot", "sft", "gfn", "fewshot:k=1@x2"]);
+    for (method, metrics) in &got {
+        // The metric names of `amortize eval --task arithmetic --json`.
+        for n in &names {
+            assert!(metrics.contains(&n.to_string()), "{method}: {metrics:?}");
+        }
+    }
+    for r in v["rows"].as_array().unwrap() {
+        for n in &names {
+            let acc = r["metrics"][n]["mean"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&acc) && r["metrics"][n]["std"].as_f64() == Some(0.0), "{r}");
+        }
+        assert_eq!(r["metrics"]["questions_id"]["mean"].as_f64(), Some(3.0), "{r}");
+    }
+    // The file holds what was printed.
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(file, v);
+    assert!(std::fs::read_to_string(out.join("compare.md")).unwrap().lines().count() == 2 + 5);
+    for f in ["sft-seed0/adapter/adapter_config.json", "gfn-seed0/adapter/adapter_config.json"] {
+        assert!(out.join(f).exists(), "missing {f}");
+    }
+    // Only the prompt differs between zero- and one-shot (same questions and
+    // seeds): the demonstration reaches the model, so the rationales differ.
+    let (zero, one) = (examples(&out, "zeroshot-seed0.json"), examples(&out, "fewshot-seed0.json"));
+    assert_eq!(zero.len(), one.len());
+    assert!(zero.iter().zip(&one).all(|(a, b)| a["question"] == b["question"]));
+    assert!(zero.iter().zip(&one).any(|(a, b)| a["rationale"] != b["rationale"]), "{zero:?}");
+
+    // Refused before anything runs, with one line naming the problem.
+    for (task, methods, want) in [
+        ("arithmetic", "fewshot:k=0", "k=0"),
+        ("arithmetic", "fewshot:k=51", "the task has 50"),
+        ("arithmetic", "base@beam", "calculator"),
+        ("arithmetic", "gfn:k=2", ":k=2"),
+        ("arithmetic", "base,base", "twice"),
+        ("rng", "fewshot", "no demonstrations"),
+        ("rng", "base@dbeam+x5", "beam search does not apply to rng"),
+    ] {
+        let o = run(&["compare", "--task", task, "--methods", methods, "--model", &model, "--out", out.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && err.trim().lines().count() == 1, "{task} {methods}: {err}");
+    }
+}
+
+#[test]
+fn compare_uses_the_task_preset_without_methods() {
+    let (dir, model) = tiny();
+    let out = dir.path().join("cmp");
+    let v: serde_json::Value = serde_json::from_str(stdout(&run(&["compare", "--task", "rng", "--model", &model, "--steps", "1", "--samples", "4", "--json", "--out", out.to_str().unwrap()])).trim()).unwrap();
+    let methods: Vec<String> = rows(&v).into_iter().map(|r| r.0).collect();
+    assert_eq!(methods, amortize::tasks::compare_methods("rng"));
+}
+
+#[test]
+fn compare_beam_search_and_the_em_step() {
+    let (dir, model) = tiny();
+    let out = dir.path().join("cmp");
+    // A custom task (every sampled Z acceptable) keeps the EM step cheap.
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[task]\nexamples = [{ x = \"the cat\" }, { x = \"the hat\" }]\npolicy_template = \"{X}{Z}\"\nreward_template = \"{X}{Z}\"\nstop = \".\"\nmax_len = 4\neval_samples = 3\n[em]\nsamples = 2\n[sft]\nepochs = 1\n").unwrap();
+    let args = ["compare", "--task", "custom", "--model", &model, "--config", config.to_str().unwrap(), "--methods", "base@beam=2,base@dbeam=2+x2,base@x2,gfn+sft", "--steps", "1", "--json", "--out", out.to_str().unwrap()];
+    let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let per = |i: usize| rows[i]["metrics"]["samples_per_example"]["mean"].as_f64().unwrap();
+    // beam=2: two hypotheses per prompt; x2 keeps as many outputs as without it.
+    assert_eq!((per(0), per(1), per(2), per(3)), (2.0, 2.0, 3.0, 3.0));
+    for r in rows {
+        assert!(r["metrics"]["mean_loglik"]["mean"].as_f64().unwrap() < 0.0, "{r}");
+    }
+    // Two hypotheses of one beam search are two different sequences.
+    let ex = examples(&out, "base_beam_2-seed0.json");
+    assert_ne!(ex[0]["z"], ex[1]["z"], "{ex:?}");
+    // The EM step sampled 2 Z's for each of the 2 training problems from the GFlowNet adapter.
+    let em: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gfn-sft-seed0/em.json")).unwrap()).unwrap();
+    assert_eq!((em["problems"].as_u64(), em["sampled"].as_u64()), (Some(2), Some(4)));
+    assert!(em["accepted"].as_u64().unwrap() >= 1);
+    assert!(out.join("gfn-seed0/adapter/adapter_config.json").exists() && out.join("gfn-sft-seed0/adapter/adapter_config.json").exists());
 }

@@ -466,7 +466,7 @@ impl Task for Custom {
         m.insert("mean_loglik".into(), if count > 0 { total / count as f64 } else { 0.0 });
         m.insert("valid_rate".into(), amortize_shared::metrics::valid_rate(valid, count));
         m.insert("test_examples".into(), n as f64);
-        m.insert("samples_per_example".into(), k as f64);
+        m.insert("samples_per_example".into(), count as f64 / n.max(1) as f64);
         Ok(report)
     }
 }

@@ -377,6 +377,29 @@ mod tests {
     }
 
     #[test]
+    fn the_em_step_accepts_a_rationale_for_one_label_only() {
+        use crate::model::tiny::write_tiny_model;
+        let dir = tempfile::tempdir().unwrap();
+        let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        // The same review twice, once per label: a rationale votes for one of them.
+        let train = dir.path().join("train.jsonl");
+        std::fs::write(&train, "{\"text\": \"a fine film .\", \"label_text\": \"objective\"}\n{\"text\": \"a fine film .\", \"label_text\": \"subjective\"}\n").unwrap();
+        let test = write(dir.path(), "test.jsonl", 3);
+        let t: toml::Table = format!("data_file = {:?}\ntest_file = {:?}\ntrain_examples = 2\ntest_examples = 1\nseed_rationales = 0", train.display().to_string(), test.display().to_string()).parse().unwrap();
+        let task = Subjectivity::from_options(&t).unwrap();
+        let tt = task.train_task(&lm).unwrap();
+        for z in [" a plot summary", " an opinion", " the cat"] {
+            let z = Trajectory::from_actions(lm.tokenizer.encode(z).unwrap());
+            let ok = task.accept(&lm, &tt, &[(0, z.clone()), (1, z)]).unwrap();
+            assert_ne!(ok[0], ok[1], "{ok:?}");
+        }
+        // Demonstrations: Table D.2's few-shot format, all of them by default.
+        let d = task.demonstrations();
+        assert_eq!((d.len(), task.default_shots()), (2, 2));
+        assert!(d.iter().all(|x| x.text == format!("{} {}.\n", x.prompt, if x.text.contains("subjective.") { "subjective" } else { "objective" })));
+    }
+
+    #[test]
     fn bad_labels_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.jsonl");
