@@ -1,6 +1,7 @@
 //! Baselines on the tiny random model, on a toy task whose every Z (alphabet
 //! of 4 tokens, length ≤ 3) can be enumerated: PPO raises the expected reward
-//! and concentrates on the best Z — reward maximisation, not posterior matching.
+//! and concentrates on the best Z — reward maximisation, not posterior matching;
+//! SFT learns its reference Z; the EM step keeps exactly the accepted samples.
 
 use amortize::baselines::{Ppo, PpoConfig};
 use amortize::decode::TokenMask;
@@ -103,4 +104,80 @@ fn sft_learns_the_reference_z() {
     let bare = TrainTask { problems: vec![Problem { seeds: vec![], ..problem }], reward: Box::new(LmReward::new(&lm, vec![], &mask, -99.0, None).unwrap()), stop_tokens: vec![stop], mask, mask_penalty: -99.0, tool: None };
     let e = train_sft(&lm, &bare, &shape, &cfg, None, |_| std::ops::ControlFlow::Continue(())).err().unwrap().to_string();
     assert!(e.contains("no reference"), "{e}");
+}
+
+/// A toy task for the EM step: two prompts, Z over {a, b, c, d}, and a reward
+/// that accepts exactly the Z's that begin with "d" (most of the tiny model's).
+struct Toy {
+    alphabet: Vec<u32>,
+    stop: u32,
+}
+
+impl amortize::tasks::Task for Toy {
+    fn name(&self) -> &'static str {
+        "toy"
+    }
+    fn description(&self) -> &'static str {
+        "Z over a, b, c, d; accepted when it begins with d"
+    }
+    fn default_config(&self) -> TrainConfig {
+        TrainConfig { lora_r: 4, lora_alpha: 8.0, lora_dropout: 0.0, max_len: 3, min_len: 1, ..TrainConfig::default() }
+    }
+    fn train_task(&self, lm: &LanguageModel) -> amortize::Result<TrainTask> {
+        let mask = TokenMask::Allow([self.alphabet.clone(), vec![self.stop]].concat());
+        let problems = ["the cat", "the hat"]
+            .iter()
+            .map(|p| {
+                let ids = lm.tokenizer.encode(p)?;
+                Ok(Problem { key: p.to_string(), policy_prompt: ids.clone(), reward_context: ids, reward_suffix: vec![], seeds: vec![] })
+            })
+            .collect::<amortize::Result<Vec<_>>>()?;
+        Ok(TrainTask { problems, reward: Box::new(LmReward::new(lm, vec![], &mask, -99.0, None)?), stop_tokens: vec![self.stop], mask, mask_penalty: -99.0, tool: None })
+    }
+    fn evaluate(&self, _: &LanguageModel, _: Option<&amortize::model::LoraView>, _: &amortize::tasks::EvalOptions) -> amortize::Result<amortize::tasks::EvalReport> {
+        Ok(Default::default())
+    }
+    fn accept(&self, _: &LanguageModel, _: &TrainTask, samples: &[(usize, Trajectory)]) -> amortize::Result<Vec<bool>> {
+        Ok(samples.iter().map(|(_, z)| z.tokens.first() == Some(&self.alphabet[3])).collect())
+    }
+}
+
+#[test]
+fn the_em_step_keeps_exactly_the_distinct_accepted_samples() {
+    use amortize::baselines::em::{accepted_samples, EmConfig};
+    use amortize::gfn::trainer::sample_trajectories;
+    use amortize::tasks::Task;
+    let dir = tempfile::tempdir().unwrap();
+    let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &Device::Cpu, DType::F32).unwrap();
+    let alphabet: Vec<u32> = ["a", "b", "c", "d"].iter().map(|s| lm.tokenizer.token_to_id(s).unwrap()).collect();
+    let toy = Toy { alphabet: alphabet.clone(), stop: lm.tokenizer.eos.unwrap() };
+    let shape = toy.default_config();
+    // The "GFlowNet" here is an untrained adapter (B = 0: the base model).
+    let adapter = LoraAdapter::new(lm.config(), amortize::gfn::config::lora_config(&shape).unwrap(), &Device::Cpu, 0).unwrap();
+    let view = adapter.view(Mode::Infer, DType::F32).unwrap();
+    let cfg = EmConfig { samples: 16, ..EmConfig::default() };
+    let mut tt = toy.train_task(&lm).unwrap();
+    let stats = accepted_samples(&lm, &toy, &mut tt, &view, (1, 3), &cfg, 5).unwrap();
+    // The same draws, made again: problem i uses seed 5 + i.
+    let reference = toy.train_task(&lm).unwrap();
+    let (mut accepted, mut raw) = (0, 0);
+    for (i, p) in reference.problems.iter().enumerate() {
+        let drawn = sample_trajectories(&lm, &reference, &view, p, 16, (1, 3), 1.0, 5 + i as u64).unwrap();
+        let mut want: Vec<Vec<u32>> = drawn.into_iter().filter(|z| z.tokens[0] == alphabet[3]).map(|z| z.tokens).collect();
+        raw += want.len();
+        want.sort();
+        want.dedup();
+        let mut got: Vec<Vec<u32>> = tt.problems[i].seeds.iter().map(|z| z.tokens.clone()).collect();
+        got.sort();
+        assert_eq!(got, want, "problem {i}");
+        accepted += want.len();
+    }
+    assert!(accepted > 0 && raw < 32, "a mix of accepted and refused samples: {accepted}");
+    assert!(raw > accepted, "some accepted Z's were drawn twice and kept once ({raw} drawn, {accepted} distinct)");
+    assert_eq!((stats.problems, stats.sampled, stats.accepted), (2, 32, accepted));
+    assert_eq!(stats.problems_covered, tt.problems.iter().filter(|p| !p.seeds.is_empty()).count());
+    // `problems` keeps only the first N.
+    let mut one = toy.train_task(&lm).unwrap();
+    let s = accepted_samples(&lm, &toy, &mut one, &view, (1, 3), &EmConfig { problems: Some(1), ..cfg }, 5).unwrap();
+    assert_eq!((one.problems.len(), s.sampled), (1, 16));
 }
