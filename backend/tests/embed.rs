@@ -159,7 +159,7 @@ fn evaluate_reports_embedding_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let paths = write_tiny_model(dir.path(), 7).unwrap();
     let lm = LanguageModel::load(&paths.gguf, &Device::Cpu, DType::F32).unwrap();
-    let opts = EvalOptions { samples: Some(3), batch: 8, seed: 0, limit: Some(2), lengths: None, decoding: None };
+    let opts = EvalOptions { samples: Some(3), batch: 8, seed: 0, limit: Some(2), ..Default::default() };
 
     let prompts = write(dir.path(), "prompts.txt", "The cat sat on the mat.\nIt was a cold day.\nThe bus was late.\nWe went home.\n");
     let task = tasks::load("continuation", &format!("prompts_file = {prompts}\ntrain_prompts = 2\ntest_prompts = 2").parse().unwrap()).unwrap();

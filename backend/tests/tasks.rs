@@ -58,7 +58,7 @@ fn exercise(lm: &LanguageModel, task: &dyn Task, zs: &[&str], metrics: &[&str]) 
     assert_eq!(losses.len(), 3);
     assert!(losses.iter().all(|l| l.is_finite()), "{} {losses:?}", task.name());
     let view = trainer.adapter.view(Mode::Infer, DType::F32).unwrap();
-    let opts = EvalOptions { samples: Some(2), batch: 8, seed: 0, limit: Some(2), lengths: None, decoding: None };
+    let opts = EvalOptions { samples: Some(2), batch: 8, seed: 0, limit: Some(2), ..Default::default() };
     for lora in [None, Some(&view)] {
         let report = task.evaluate(lm, lora, &opts).unwrap();
         for m in metrics {

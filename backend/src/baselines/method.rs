@@ -54,6 +54,8 @@ impl Method {
             None => (head, None),
         };
         let kind = match name {
+            // A name given with --adapters wins (e.g. `--adapters ppo=DIR` evaluates DIR as `ppo`).
+            n if adapters.contains(&n) => MethodKind::Adapter(n.to_string()),
             "base" => MethodKind::Base,
             "zeroshot" => MethodKind::ZeroShot,
             "fewshot" => MethodKind::FewShot { k: None },
@@ -61,7 +63,6 @@ impl Method {
             "ppo" => MethodKind::Ppo,
             "sft" => MethodKind::Sft,
             "gfn+sft" => MethodKind::GfnSft,
-            n if adapters.contains(&n) => MethodKind::Adapter(n.to_string()),
             "" => return Err(Error::invalid("method", format!("`{spec_t}` has no method name (known: {NAMES}, or a name given with --adapters)"))),
             n => return Err(Error::invalid("method", format!("unknown method `{n}` (known: {NAMES}, or a name given with --adapters; add @greedy, @t=…, @beam, @x5, … for a decoding)"))),
         };
@@ -102,6 +103,7 @@ mod tests {
         let m = Method::parse("fewshot:k=2@t=0.5", &[]).unwrap();
         assert_eq!((m.kind, m.decoding.unwrap().temperature), (MethodKind::FewShot { k: Some(2) }, Some(0.5)));
         assert_eq!(Method::parse("mine", &["mine"]).unwrap().kind, MethodKind::Adapter("mine".into()));
+        assert_eq!(Method::parse("ppo@greedy", &["ppo"]).unwrap().kind, MethodKind::Adapter("ppo".into()));
         assert!(Method::parse("zeroshot", &[]).unwrap().is_base_model() && !Method::parse("sft", &[]).unwrap().is_base_model());
     }
 

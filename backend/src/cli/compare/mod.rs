@@ -147,7 +147,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         sft.seed = seed;
         for m in &methods {
             let adapter = match &m.kind {
-                MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n], lm.config(), lm.device())?),
+                MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?),
                 MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => None,
                 MethodKind::Gfn => Some(gfn()?),
                 MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &out.join(format!("sft-seed{seed}")))?),
