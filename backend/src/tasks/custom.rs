@@ -7,7 +7,8 @@
 //!
 //! Also owns the small helpers the other presets share: reading JSONL with
 //! errors that name the file and line, scanning the vocabulary for a token
-//! mask, and sampling Z's in prompt batches.
+//! mask, sampling Z's in prompt batches, and the evaluation draws of the
+//! decoding baselines (beam / diverse beam search, `xC` compute).
 //!
 //! ```toml
 //! [task]
