@@ -4,7 +4,7 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="engine parity decode big step rng".
+# Sections can be skipped: SKIP="engine parity decode big step mfu rng".
 # Logs go to $OUT (at most 8 files come back).
 set -u
 G=${GPU_DIR:-/tmp/amz}
@@ -51,6 +51,11 @@ if ! skip step; then
     timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json >> "$S" 2>> "$OUT/err.txt"
   done
   rows+=("step smollm2-135m bf16 r64 |Z|<=20|$(J 'f"b{batch}: {sec_per_step:.3} s/step {traj_per_s:.0} traj/s (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$S" | tr '\n' ';')")
+fi
+if ! skip mfu; then
+  M="$OUT/mfu.jsonl"
+  timeout 300 "$A" bench step --random smollm2-1.7b --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 2 --json >> "$M" 2>> "$OUT/err.txt"
+  rows+=("step smollm2-1.7b bf16 r64 b64|$(J 'f"{sec_per_step:.3} s/step {traj_per_s:.0} traj/s, {model_tflops_per_s:.1} TFLOP/s = MFU {mfu_h100_bf16:.1%} (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$M")")
 fi
 if ! skip rng && [ -f "$G/model.gguf" ]; then
   R="$OUT/rng.txt"

@@ -52,14 +52,18 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
     cfg.p_tempered = 0.0;
     cfg.lora_r = a.lora_r;
     let lm = a.source.load()?;
-    let mut trainer = Trainer::new(&lm, task.train_task(&lm)?, cfg, None)?;
+    let train_task = task.train_task(&lm)?;
+    let shape = TokenShape::of(&train_task.problems);
+    let mut trainer = Trainer::new(&lm, train_task, cfg, None)?;
     trainer.profile = a.phases.unwrap_or(!lm.device().is_cpu());
     trainer.train_step()?; // warm-up
     let t0 = Instant::now();
     let (mut trajs, mut tokens) = (0.0, 0.0);
     let mut phases = Phases::default();
+    let mut flops = 0.0;
     for _ in 0..a.steps {
         let m = trainer.train_step()?;
+        flops += shape.step_flops(lm.llama.weight_bytes() as f64 / lm.llama.dtype().size_in_bytes() as f64, a.batch as f64, m.mean_len);
         trajs += m.traj_per_s * m.seconds;
         tokens += m.tokens_per_s * m.seconds;
         if let Some(p) = m.phases {
@@ -77,13 +81,16 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
         let s = |x: f64| x / total;
         serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "optimizer": s(phases.optimizer)})
     });
+    let tflops = flops / total / 1e12;
     if a.json {
         println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
             "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
+            "model_tflops_per_s": tflops, "mfu_h100_bf16": tflops / H100_BF16_TFLOPS,
             "device": format!("{:?}", lm.device()), "dtype": format!("{:?}", lm.llama.dtype()), "model": lm.name}));
     } else {
         println!("{} on {:?} ({:?}): batch {}, |Z| ≤ {}, LoRA r{}: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s",
             lm.name, lm.device(), lm.llama.dtype(), a.batch, a.max_len, a.lora_r);
+        println!("  model FLOPs (estimate, see TokenShape): {tflops:.2} TFLOP/s = {:.2}% of an H100's dense bf16 peak", 100.0 * tflops / H100_BF16_TFLOPS);
         if trainer.profile {
             let pct = |x: f64| 100.0 * x / total;
             println!("  share of the step: decode {:.0}%, reward {:.0}%, backward {:.0}%, optimizer {:.0}%",
@@ -91,6 +98,36 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Dense bf16 peak of an H100 SXM (TFLOP/s), the denominator of MFU.
+const H100_BF16_TFLOPS: f64 = 989.4;
+
+/// Mean token counts of a task's problems, for a model-FLOPs estimate.
+struct TokenShape {
+    prompt: f64,
+    context: f64,
+    suffix: f64,
+}
+
+impl TokenShape {
+    fn of(problems: &[Problem]) -> Self {
+        let n = problems.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&Problem) -> usize| problems.iter().map(f).sum::<usize>() as f64 / n;
+        TokenShape { prompt: mean(&|p| p.policy_prompt.len()), context: mean(&|p| p.reward_context.len()), suffix: mean(&|p| p.reward_suffix.len()) }
+    }
+
+    /// 2·N FLOPs per token through a model of N weights (attention's own
+    /// FLOPs left out: small at these lengths), counting: the prompt's prefill
+    /// and B·n̄ decoded tokens; the reward's pass over context·Z and its Y tails
+    /// after each of the n̄+1 prefixes; the teacher-forced pass over prompt·Z
+    /// and its backward (gradients for activations only: the base is frozen).
+    fn step_flops(&self, n_weights: f64, batch: f64, mean_len: f64) -> f64 {
+        let decode = self.prompt + batch * mean_len;
+        let reward = batch * (self.context + mean_len) + batch * (mean_len + 1.0) * (self.suffix - 1.0).max(0.0);
+        let policy = 2.0 * batch * (self.prompt + mean_len);
+        2.0 * n_weights * (decode + reward + policy)
+    }
 }
 
 #[derive(Args, Debug)]

@@ -27,53 +27,130 @@ impl Default for AdamWConfig {
 pub struct AdamW {
     pub config: AdamWConfig,
     params: Vec<Var>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    /// Updates done so far.
+    /// Moments of all parameters, flattened and concatenated in `params` order:
+    /// when every parameter has a gradient the update is a dozen ops over one
+    /// vector instead of a dozen per parameter (hundreds of LoRA matrices).
+    m: Tensor,
+    v: Tensor,
+    /// Offset of each parameter in the flat vectors.
+    offsets: Vec<usize>,
     pub t: usize,
 }
 
 impl AdamW {
     pub fn new(params: Vec<Var>, config: AdamWConfig) -> Result<Self> {
-        let m = params.iter().map(|p| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
-        Ok(AdamW { config, params, m, v, t: 0 })
+        let mut offsets = Vec::with_capacity(params.len());
+        let mut total = 0;
+        for p in &params {
+            offsets.push(total);
+            total += p.elem_count();
+        }
+        let dev = params.first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let m = Tensor::zeros(total, candle_core::DType::F32, &dev)?;
+        Ok(AdamW { config, params, v: m.clone(), m, offsets, t: 0 })
     }
 
     pub fn params(&self) -> &[Var] {
         &self.params
     }
 
-    /// One update with gradients aligned with `params` (`None`: no gradient).
+    /// Parameter `i`'s slice of a flat vector, in the parameter's shape.
+    fn slot(&self, flat: &Tensor, i: usize) -> Result<Tensor> {
+        let p = &self.params[i];
+        Ok(flat.narrow(0, self.offsets[i], p.elem_count())?.reshape(p.dims())?)
+    }
+
+    /// One update with gradients aligned with `params` (`None`: no gradient,
+    /// the parameter and its moments stay as they are).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
-        let c = self.config;
-        self.t += 1;
-        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
+        if self.params.is_empty() {
+            return Ok(());
+        }
+        let (g, has) = self.flat_grads(grads)?;
+        self.step_flat(&g, &has, lr)
+    }
+
+    /// Clips the gradients to a global L2 norm of at most `max_norm` (when
+    /// positive) and updates; returns the norm before clipping. A non-finite
+    /// norm leaves everything untouched (the caller decides what to do).
+    pub fn step_clipped(&mut self, grads: &[Option<Tensor>], lr: f64, max_norm: f64) -> Result<f64> {
+        if self.params.is_empty() {
+            return Ok(0.0);
+        }
+        let (mut g, has) = self.flat_grads(grads)?;
+        let norm = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.sqrt();
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
+        if max_norm > 0.0 && norm > max_norm {
+            g = (g * (max_norm / (norm + 1e-6)))?;
+        }
+        self.step_flat(&g, &has, lr)?;
+        Ok(norm)
+    }
+
+    /// Gradients as one flat f32 vector (zeros where there is none) and which
+    /// parameters had one.
+    fn flat_grads(&self, grads: &[Option<Tensor>]) -> Result<(Tensor, Vec<bool>)> {
+        let mut has = Vec::with_capacity(self.params.len());
+        let mut gs = Vec::with_capacity(self.params.len());
         for (i, p) in self.params.iter().enumerate() {
-            let Some(g) = &grads[i] else { continue };
-            // Detached: the moments outlive the step and must not hold its graph.
-            let g = g.detach();
-            let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
-            // p ← p (1 − lr·wd) − lr · (m / bc1) / (√(v / bc2) + eps), the scalar
-            // factors folded into affine ops (fewer kernels per parameter).
-            let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
-            let update = (m.affine(lr / bc1, 0.0)? / denom)?;
-            let decayed = p.as_tensor().detach().affine(1.0 - lr * c.weight_decay, 0.0)?;
-            p.set(&(decayed - update)?.detach())?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let g = grads.get(i).and_then(|g| g.as_ref());
+            has.push(g.is_some());
+            gs.push(match g {
+                Some(g) => g.detach().to_dtype(candle_core::DType::F32)?.flatten_all()?,
+                None => Tensor::zeros(p.elem_count(), candle_core::DType::F32, p.device())?,
+            });
+        }
+        Ok((Tensor::cat(&gs, 0)?, has))
+    }
+
+    fn step_flat(&mut self, g: &Tensor, has: &[bool], lr: f64) -> Result<()> {
+        self.t += 1;
+        let ps = self.params.iter().map(|p| p.as_tensor().detach().to_dtype(candle_core::DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+        let p = Tensor::cat(&ps, 0)?;
+        let (m, v, p_new) = self.update(g, &p, lr)?;
+        if has.iter().all(|&h| h) {
+            self.m = m;
+            self.v = v;
+        } else {
+            // Keep the old moments of parameters without a gradient.
+            let keep = |new: &Tensor, old: &Tensor| -> Result<Tensor> {
+                let parts = (0..self.params.len()).map(|i| Ok(if has[i] { self.slot(new, i)? } else { self.slot(old, i)? }.flatten_all()?)).collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&parts, 0)?)
+            };
+            let (m, v) = (keep(&m, &self.m)?, keep(&v, &self.v)?);
+            self.m = m;
+            self.v = v;
+        }
+        for (i, param) in self.params.iter().enumerate() {
+            if has[i] {
+                param.set(&self.slot(&p_new, i)?.to_dtype(param.dtype())?.detach())?;
+            }
         }
         Ok(())
     }
 
-    /// Writes the moments (`m.i`, `v.i`) and the step count.
+    /// AdamW on flat vectors: returns the new moments and parameters.
+    fn update(&self, g: &Tensor, p: &Tensor, lr: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
+        // Detached: the moments outlive the step and must not hold its graph.
+        let m = ((&self.m * c.beta1)? + (g * (1.0 - c.beta1))?)?.detach();
+        let v = ((&self.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
+        // p ← p (1 − lr·wd) − lr · (m / bc1) / (√(v / bc2) + eps)
+        let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
+        let update = (m.affine(lr / bc1, 0.0)? / denom)?;
+        let p_new = (p.affine(1.0 - lr * c.weight_decay, 0.0)? - update)?.detach();
+        Ok((m, v, p_new))
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut t: HashMap<String, Tensor> = HashMap::new();
         for i in 0..self.params.len() {
-            t.insert(format!("m.{i}"), self.m[i].clone());
-            t.insert(format!("v.{i}"), self.v[i].clone());
+            t.insert(format!("m.{i}"), self.slot(&self.m, i)?.force_contiguous()?);
+            t.insert(format!("v.{i}"), self.slot(&self.v, i)?.force_contiguous()?);
         }
         t.insert("t".into(), Tensor::new(&[self.t as u32], &candle_core::Device::Cpu)?);
         let tmp = path.with_extension("tmp");
@@ -82,21 +159,25 @@ impl AdamW {
         Ok(())
     }
 
-    /// Restores what [`AdamW::save`] wrote, for the same parameters.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let dev = self.params.first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
         let t = candle_core::safetensors::load(path, &dev).map_err(|e| Error::file(path, e))?;
+        let (mut ms, mut vs) = (Vec::new(), Vec::new());
         for i in 0..self.params.len() {
             let (Some(m), Some(v)) = (t.get(&format!("m.{i}")), t.get(&format!("v.{i}"))) else {
                 return Err(Error::file(path, format!("optimizer state lacks parameter {i}")));
             };
-            if m.dims() != self.params[i].dims() {
+            if m.dims() != self.params[i].dims() || v.dims() != self.params[i].dims() {
                 return Err(Error::file(path, format!("optimizer state for parameter {i} has the wrong shape")));
             }
-            self.m[i] = m.clone();
-            self.v[i] = v.clone();
+            ms.push(m.to_dtype(candle_core::DType::F32)?.flatten_all()?);
+            vs.push(v.to_dtype(candle_core::DType::F32)?.flatten_all()?);
         }
         let step = t.get("t").ok_or_else(|| Error::file(path, "optimizer state lacks t"))?;
+        if !ms.is_empty() {
+            self.m = Tensor::cat(&ms, 0)?;
+            self.v = Tensor::cat(&vs, 0)?;
+        }
         self.t = step.to_vec1::<u32>()?[0] as usize;
         Ok(())
     }
@@ -144,6 +225,35 @@ mod tests {
         opt.step(&[Some(g.clone())], 0.1).unwrap();
         back.step(&[Some(g)], 0.1).unwrap();
         assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), q.as_tensor().to_vec1::<f32>().unwrap());
+    }
+
+    #[test]
+    fn fused_clip_and_step_equal_the_separate_ones_and_skip_missing_grads() {
+        let dev = Device::Cpu;
+        let make = || vec![Var::new(&[[1.0f32, 2.0], [3.0, 4.0]], &dev).unwrap(), Var::new(&[0.5f32], &dev).unwrap(), Var::new(&[-1.0f32, 1.0, 2.0], &dev).unwrap()];
+        let (a, b) = (make(), make());
+        let cfg = AdamWConfig::default();
+        let (mut oa, mut ob) = (AdamW::new(a.clone(), cfg).unwrap(), AdamW::new(b.clone(), cfg).unwrap());
+        let mut p1 = Vec::new();
+        for step in 0..3 {
+            let g = vec![
+                Some(Tensor::new(&[[3.0f32, -1.0], [0.5, 2.0]], &dev).unwrap()),
+                (step != 1).then(|| Tensor::new(&[4.0f32], &dev).unwrap()),
+                Some(Tensor::new(&[0.1f32, 0.2, -0.3], &dev).unwrap()),
+            ];
+            let mut gb = g.clone();
+            let na = oa.step_clipped(&g, 0.01, 1.0).unwrap();
+            let nb = clip_grad_norm(&mut gb, 1.0).unwrap();
+            ob.step(&gb, 0.01).unwrap();
+            assert!((na - nb).abs() < 1e-6);
+            for (x, y) in a.iter().zip(&b) {
+                let (x, y) = (x.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), y.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-6), "{x:?} vs {y:?}");
+            }
+            p1.push(a[1].as_tensor().to_vec1::<f32>().unwrap()[0]);
+        }
+        // The parameter without a gradient at step 1 stayed put there, and moved at steps 0 and 2.
+        assert!(p1[0] < 0.5 && p1[1] == p1[0] && p1[2] < p1[1], "{p1:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::buffer::{BufferEntry, ReplayBuffer};
 use super::config::{Objective, TrainConfig};
-use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use super::optim::{AdamW, AdamWConfig};
 use super::policy::policy_logprobs;
 use super::reward::Reward;
 use super::schedule::warmup_lr;
@@ -316,12 +316,11 @@ impl<'a> Trainer<'a> {
             tokens += trajs.iter().map(|t| t.tokens.len()).sum::<usize>();
             self.lap(&mut clock, &mut phases.backward)?;
         }
-        let norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, step);
+        let norm = self.opt.step_clipped(&grads, lr, self.cfg.max_grad_norm)?;
         if !norm.is_finite() {
             return Err(Error::NonFinite(format!("gradient norm at step {step}")));
         }
-        let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, step);
-        self.opt.step(&grads, lr)?;
         if let Some(o) = self.logz_opt.as_mut() {
             o.step(&z_grads, self.cfg.logz_lr)?;
         }
