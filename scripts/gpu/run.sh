@@ -4,7 +4,7 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="engine parity decode big step mfu rng".
+# Sections can be skipped: SKIP="engine parity decode big step mfu arith rng".
 # Logs go to $OUT (at most 8 files come back).
 set -u
 G=${GPU_DIR:-/tmp/amz}
@@ -56,6 +56,13 @@ if ! skip mfu; then
   M="$OUT/mfu.jsonl"
   timeout 300 "$A" bench step --random smollm2-1.7b --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 2 --json >> "$M" 2>> "$OUT/err.txt"
   rows+=("step smollm2-1.7b bf16 r64 b64|$(J 'f"{sec_per_step:.3} s/step {traj_per_s:.0} traj/s, {model_tflops_per_s:.1} TFLOP/s = MFU {mfu_h100_bf16:.1%} (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$M")")
+fi
+if ! skip arith && [ -f "$G/model.gguf" ]; then
+  # The same arithmetic run as on the CPU (f32, seed 0): the loss curves should agree within noise.
+  rm -rf /tmp/amz-arith
+  ( time timeout 300 "$A" train --task arithmetic --model "$G/model.gguf" --device cuda --steps ${ARITH_STEPS:-60} --seed 0 --out /tmp/amz-arith --quiet ) > "$OUT/arith.txt" 2>&1
+  cp /tmp/amz-arith/metrics.jsonl "$OUT/arith-cuda-metrics.jsonl" 2>/dev/null
+  rows+=("arithmetic train on cuda|$(grep -E '^real' "$OUT/arith.txt") $(J 'f"step {step}: loss {loss:.3f} mean log R {mean_log_r:.2f}"' "$OUT/arith-cuda-metrics.jsonl" 2>/dev/null | tail -1)")
 fi
 if ! skip rng && [ -f "$G/model.gguf" ]; then
   R="$OUT/rng.txt"

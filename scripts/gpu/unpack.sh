@@ -7,7 +7,7 @@ G=${GPU_DIR:-/tmp/amz}
 mkdir -p "$G"
 for f in .gpu*/*.xz; do [ -e "$f" ] || continue; xz -dc "$f" > "$G/$(basename "$f" .xz)"; chmod +x "$G/$(basename "$f" .xz)"; done
 for f in .gpu*/model.gguf.part*; do [ -e "$f" ] || continue; cp "$f" "$G/"; done
-if [ -f .gpu/model.sha256 ] || [ -f .gpu2/model.sha256 ]; then cp .gpu*/model.sha256 "$G/" 2>/dev/null || true; fi
+for f in .gpu*/model.sha256; do if [ -e "$f" ]; then cp "$f" "$G/"; fi; done
 if [ -f "$G/model.sha256" ] && ls "$G"/model.gguf.part* >/dev/null 2>&1; then
   n=$(ls "$G"/model.gguf.part* | wc -l)
   want=$(cut -d' ' -f2 "$G/model.sha256")
