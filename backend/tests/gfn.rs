@@ -27,9 +27,15 @@ fn prefix_shared_reward_equals_naive() {
     let mask = TokenMask::Forbid(enc("x+"));
     for (prefix, y) in [(enc("Q: 1 + 1 = 2.\n"), enc(" The answer is 6.")), (vec![], enc(".")), (enc("demo"), vec![])] {
         let problem = Problem { key: "k".into(), policy_prompt: enc("Q"), reward_context: enc("Question: 3 + 4 - 1 ="), reward_suffix: y.clone(), seeds: vec![] };
-        let reward = LmReward::new(&lm, prefix, &mask, -50.0, None).unwrap();
-        let fast = reward.log_rewards(&lm, &problem, &trajs).unwrap();
+        let mut reward = LmReward::new(&lm, prefix, &mask, -50.0, None).unwrap();
         let slow = reward.naive_log_rewards(&lm, &problem, &trajs).unwrap();
+        let fast = reward.log_rewards(&lm, &problem, &trajs).unwrap();
+        // One trajectory per pass of Y branches (each a copy of its cache row): the same numbers.
+        reward.branch_budget = Some(1);
+        let chunked = reward.log_rewards(&lm, &problem, &trajs).unwrap();
+        for (f, c) in fast.iter().flatten().zip(chunked.iter().flatten()) {
+            assert!((f - c).abs() < 1e-4, "one pass {f} vs one trajectory per pass {c}");
+        }
         assert_eq!(fast.len(), trajs.len());
         for (f, s) in fast.iter().zip(&slow) {
             assert_eq!(f.len(), s.len());

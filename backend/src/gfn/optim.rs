@@ -46,8 +46,10 @@ impl AdamW {
             total += p.elem_count();
         }
         let dev = params.first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        // Separate storage: the sparse path updates them in place.
         let m = Tensor::zeros(total, candle_core::DType::F32, &dev)?;
-        Ok(AdamW { config, params, v: m.clone(), m, offsets, t: 0 })
+        let v = Tensor::zeros(total, candle_core::DType::F32, &dev)?;
+        Ok(AdamW { config, params, m, v, offsets, t: 0 })
     }
 
     pub fn params(&self) -> &[Var] {
@@ -66,8 +68,33 @@ impl AdamW {
         if self.params.is_empty() {
             return Ok(());
         }
+        if self.sparse(grads) {
+            return self.step_sparse(grads, lr);
+        }
         let (g, has) = self.flat_grads(grads)?;
         self.step_flat(&g, &has, lr)
+    }
+
+    /// Few parameters have a gradient (e.g. the log Z of this step's problems
+    /// among hundreds): update them one by one, leave the rest alone.
+    fn sparse(&self, grads: &[Option<Tensor>]) -> bool {
+        grads.iter().filter(|g| g.is_some()).count() * 2 < self.params.len()
+    }
+
+    fn step_sparse(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.t += 1;
+        for (i, param) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(i).and_then(|g| g.as_ref()) else { continue };
+            let g = g.detach().to_dtype(candle_core::DType::F32)?.flatten_all()?;
+            let n = param.elem_count();
+            let (m0, v0) = (self.m.narrow(0, self.offsets[i], n)?, self.v.narrow(0, self.offsets[i], n)?);
+            let p = param.as_tensor().detach().to_dtype(candle_core::DType::F32)?.flatten_all()?;
+            let (m, v, p_new) = adamw(self.config, self.t, lr, &m0, &v0, &g, &p)?;
+            param.set(&p_new.reshape(param.dims())?.to_dtype(param.dtype())?)?;
+            self.m.slice_set(&m, 0, self.offsets[i])?;
+            self.v.slice_set(&v, 0, self.offsets[i])?;
+        }
+        Ok(())
     }
 
     /// Clips the gradients to a global L2 norm of at most `max_norm` (when
@@ -76,6 +103,14 @@ impl AdamW {
     pub fn step_clipped(&mut self, grads: &[Option<Tensor>], lr: f64, max_norm: f64) -> Result<f64> {
         if self.params.is_empty() {
             return Ok(0.0);
+        }
+        if self.sparse(grads) {
+            let mut grads = grads.to_vec();
+            let norm = clip_grad_norm(&mut grads, max_norm)?;
+            if norm.is_finite() {
+                self.step_sparse(&grads, lr)?;
+            }
+            return Ok(norm);
         }
         let (mut g, has) = self.flat_grads(grads)?;
         let norm = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.sqrt();
@@ -133,17 +168,7 @@ impl AdamW {
 
     /// AdamW on flat vectors: returns the new moments and parameters.
     fn update(&self, g: &Tensor, p: &Tensor, lr: f64) -> Result<(Tensor, Tensor, Tensor)> {
-        let c = self.config;
-        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
-        // Detached: the moments outlive the step and must not hold its graph.
-        let m = ((&self.m * c.beta1)? + (g * (1.0 - c.beta1))?)?.detach();
-        let v = ((&self.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
-        // p ← p (1 − lr·wd) − lr · (m / bc1) / (√(v / bc2) + eps)
-        let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
-        let update = (m.affine(lr / bc1, 0.0)? / denom)?;
-        let p_new = (p.affine(1.0 - lr * c.weight_decay, 0.0)? - update)?.detach();
-        Ok((m, v, p_new))
+        adamw(self.config, self.t, lr, &self.m, &self.v, g, p)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -181,6 +206,20 @@ impl AdamW {
         self.t = step.to_vec1::<u32>()?[0] as usize;
         Ok(())
     }
+}
+
+/// One AdamW update of step `t` on matching tensors: the new (m, v, p).
+fn adamw(c: AdamWConfig, t: usize, lr: f64, m: &Tensor, v: &Tensor, g: &Tensor, p: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let bc1 = 1.0 - c.beta1.powi(t as i32);
+    let bc2 = 1.0 - c.beta2.powi(t as i32);
+    // Detached: the moments outlive the step and must not hold its graph.
+    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?.detach();
+    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
+    // p ← p (1 − lr·wd) − lr · (m / bc1) / (√(v / bc2) + eps)
+    let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
+    let update = (m.affine(lr / bc1, 0.0)? / denom)?;
+    let p_new = (p.affine(1.0 - lr * c.weight_decay, 0.0)? - update)?.detach();
+    Ok((m, v, p_new))
 }
 
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
@@ -254,6 +293,18 @@ mod tests {
         }
         // The parameter without a gradient at step 1 stayed put there, and moved at steps 0 and 2.
         assert!(p1[0] < 0.5 && p1[1] == p1[0] && p1[2] < p1[1], "{p1:?}");
+        // One gradient of three: the sparse path moves only that parameter, the
+        // same way in both optimisers, and its moments feed the next dense step.
+        let before: Vec<Vec<f32>> = a.iter().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let g = vec![None, Some(Tensor::new(&[-2.0f32], &dev).unwrap()), None];
+        oa.step_clipped(&g, 0.01, 1.0).unwrap();
+        let mut gb = g.clone();
+        clip_grad_norm(&mut gb, 1.0).unwrap();
+        ob.step(&gb, 0.01).unwrap();
+        let after: Vec<Vec<f32>> = a.iter().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        assert_eq!((&before[0], &before[2]), (&after[0], &after[2]));
+        assert_ne!(after[1], before[1]);
+        assert_eq!(after[1], b[1].as_tensor().to_vec1::<f32>().unwrap());
     }
 
     #[test]

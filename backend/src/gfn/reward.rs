@@ -4,9 +4,10 @@
 //!
 //! The LM reward `log p_LM(Z_≤i Y | context)` is computed prefix-shared: one pass
 //! over context·Z gives every log p(z_k | …) and the first Y token after every
-//! prefix; the rest of Y is run once per prefix from the same KV cache, with the
-//! positions after that prefix masked out. Cost: one pass over X Z plus n·(|Y|−1)
-//! tokens, instead of n+1 full sequences. [`LmReward::naive_log_rewards`] is the
+//! prefix; the rest of Y after all n+1 prefixes then runs as branches of the
+//! same cached row in one more pass (each branch masked to its own prefix, no
+//! cache copies). Cost: two passes, over X Z and n·(|Y|−1) tokens, instead of
+//! n+1 full sequences. [`LmReward::naive_log_rewards`] is the
 //! plain reference (tests and the speed bench compare the two).
 
 use std::sync::Mutex;
@@ -32,10 +33,10 @@ pub struct LmReward {
     mask_bias: Option<Tensor>,
     /// A reward adapter (e.g. an SFT adapter for infilling), or the base model.
     pub lora: Option<LoraView>,
-    /// Rows per pass when scoring Y after each prefix, on the CPU (off it, as
-    /// many as fit a memory budget: see [`LmReward::tail_rows`]).
-    pub chunk: usize,
     prefix_cache: Mutex<Option<KvCache>>,
+    /// Bytes of logits per pass of Y branches (`None`: ~2 GiB on an
+    /// accelerator, ~256 MiB on the CPU); fewer trajectories per pass when lower.
+    pub branch_budget: Option<usize>,
 }
 
 impl LmReward {
@@ -44,7 +45,7 @@ impl LmReward {
             Some(b) => Some(Tensor::from_vec(b, lm.config().vocab_size, lm.device())?),
             None => None,
         };
-        Ok(LmReward { prefix, mask_bias, lora, chunk: 64, prefix_cache: Mutex::new(None) })
+        Ok(LmReward { prefix, mask_bias, lora, prefix_cache: Mutex::new(None), branch_budget: None })
     }
 
     /// A cache holding the shared prefix for `rows` rows (empty when no prefix).
@@ -61,18 +62,12 @@ impl LmReward {
         guard.as_ref().map(|c| c.repeat_rows(rows)).unwrap_or_else(|| Ok(lm.llama.new_cache()))
     }
 
-    /// Rows per Y-tail pass. On an accelerator the pass is launch-bound, so take
-    /// as many rows as keep the forked KV cache and the f32 logits each under
-    /// ~2 GiB; on the CPU, `chunk`.
-    fn tail_rows(&self, lm: &LanguageModel, y_rest: usize, cache_len: usize) -> usize {
-        if lm.device().is_cpu() {
-            return self.chunk.max(1);
-        }
-        const BUDGET: usize = 2 << 30;
-        let c = lm.config();
-        let kv_row = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * (cache_len + y_rest) * lm.llama.dtype().size_in_bytes();
-        let logits_row = y_rest * c.vocab_size * 4;
-        (BUDGET / kv_row.max(1)).min(BUDGET / logits_row.max(1)).max(1)
+    /// Trajectories per pass of Y branches: as many as keep the f32 logits of
+    /// their `positions` each (the largest tensor of the pass) under ~2 GiB on an
+    /// accelerator, or ~256 MiB on the CPU.
+    fn branch_rows(&self, lm: &LanguageModel, positions: usize) -> usize {
+        let budget = self.branch_budget.unwrap_or(if lm.device().is_cpu() { 256 << 20 } else { 2 << 30 });
+        (budget / (positions * lm.config().vocab_size * 4).max(1)).max(1)
     }
 
     /// log-softmax of `logits` rows [N, V] (+ optional bias) → [N, V].
@@ -193,19 +188,29 @@ impl Reward for LmReward {
             out.push(r);
             offset += n_tok + 1;
         }
-        // Pass 2: Y[1..] after each prefix, from forks of the pass-1 cache.
+        // Pass 2: Y[1..] after every prefix, as branches of each row of the
+        // pass-1 cache (no copy per prefix; see `Llama::forward_branches`).
         if y.len() > 1 {
-            let feed = y[..y.len() - 1].to_vec();
-            for chunk in tails.chunks(self.tail_rows(lm, y.len() - 1, cache.len())) {
-                let rows: Vec<usize> = chunk.iter().map(|&(bi, _, _)| bi).collect();
-                let mut c = cache.select(&rows)?;
-                c.mask_after(&chunk.iter().map(|&(_, _, end)| end).collect::<Vec<_>>())?;
-                let hid = lm.llama.forward(&vec![feed.clone(); chunk.len()], &mut c, self.lora.as_ref())?; // [R, |Y|-1, H]
-                let (r, m, _) = hid.dims3()?;
-                let ids: Vec<u32> = (0..r).flat_map(|_| y[1..].iter().copied()).collect();
-                let lp = self.gather_logprobs(lm, &hid.reshape((r * m, h))?, &ids, None)?;
-                for (k, &(bi, i, _)) in chunk.iter().enumerate() {
-                    out[bi][i] += lp[k * m..(k + 1) * m].iter().sum::<f32>();
+            let feed = &y[..y.len() - 1];
+            let m = feed.len();
+            let mut starts: Vec<Vec<usize>> = vec![Vec::new(); b];
+            for &(bi, _, end) in &tails {
+                starts[bi].push(end);
+            }
+            let n = starts.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+            let rows = self.branch_rows(lm, n * m);
+            for first in (0..b).step_by(rows) {
+                let idx: Vec<usize> = (first..(first + rows).min(b)).collect();
+                let mut c = if idx.len() == b { std::mem::replace(&mut cache, lm.llama.new_cache()) } else { cache.select(&idx)? };
+                let hid = lm.llama.forward_branches(&idx.iter().map(|&r| starts[r].clone()).collect::<Vec<_>>(), feed, &mut c, self.lora.as_ref())?; // [R, n·m, H]
+                let (r, tt, _) = hid.dims3()?;
+                let ids: Vec<u32> = (0..r * tt / m).flat_map(|_| y[1..].iter().copied()).collect();
+                let lp = self.gather_logprobs(lm, &hid.reshape((r * tt, h))?, &ids, None)?;
+                for (k, &bi) in idx.iter().enumerate() {
+                    for i in 0..starts[bi].len() {
+                        let at = k * tt + i * m;
+                        out[bi][i] += lp[at..at + m].iter().sum::<f32>();
+                    }
                 }
             }
         }

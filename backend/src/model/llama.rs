@@ -16,7 +16,7 @@ use super::lora::{LoraView, Proj};
 use crate::{Error, Result};
 
 /// Additive bias for masked attention scores (finite: a fully masked row stays NaN-free).
-const MASKED: f32 = -1e9;
+pub(super) const MASKED: f32 = -1e9;
 
 /// A dense projection `y = x Wᵀ (+ b)`, W: [out, in].
 #[derive(Clone)]
@@ -136,7 +136,8 @@ struct Ctx<'a> {
     sin: Tensor,
     cos_q: Tensor,
     sin_q: Tensor,
-    mask: Tensor, // [B, 1, 1, T, S] additive, f32
+    /// [B, 1, 1, T, S] additive: f32 when training, else the model dtype.
+    mask: Tensor,
 }
 
 impl Llama {
@@ -234,11 +235,6 @@ impl Llama {
                 }
             }
         }
-        let max_pos = pos.iter().copied().max().unwrap_or(0) as usize;
-        if max_pos >= self.config.max_position_embeddings {
-            return Err(Error::TooLong { len: max_pos + 1, max: self.config.max_position_embeddings });
-        }
-
         // Mask [B, 1, 1, T, S]: a query sees valid keys up to itself, and always itself.
         let s = s0 + t;
         let mut mask = vec![MASKED; b * t * s];
@@ -258,11 +254,28 @@ impl Llama {
                 row[s0 + q] = 0.0;
             }
         }
+        let hidden = self.run(ids, pos, mask, (b, t), cache, lora)?;
         for (i, v) in step_valid.into_iter().enumerate() {
             cache.valid[i].extend(v);
         }
+        Ok(hidden)
+    }
+
+    /// The layers over prepared inputs: `ids`/`pos` row-major [B, T], `mask`
+    /// additive [B, T, S] (S = cached + T). Appends the keys/values to `cache`
+    /// (its validity is the caller's to extend). Returns [B, T, hidden].
+    pub(super) fn run(&self, ids: Vec<u32>, pos: Vec<u32>, mask: Vec<f32>, (b, t): (usize, usize), cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
+        let max_pos = pos.iter().copied().max().unwrap_or(0) as usize;
+        if max_pos >= self.config.max_position_embeddings {
+            return Err(Error::TooLong { len: max_pos + 1, max: self.config.max_position_embeddings });
+        }
+        let s = cache.len() + t;
         let dev = &self.device;
+        let grad = lora.is_some_and(|l| l.tracked);
         let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), dev)?;
+        // Inference in bf16/f16 adds the mask and takes the softmax in the model
+        // dtype (the softmax kernel accumulates in f32); training keeps f32.
+        let mask = if grad { mask } else { mask.to_dtype(self.dtype)? };
         let pos = Tensor::from_vec(pos, b * t, dev)?;
         let half = self.config.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, half))?;
@@ -271,7 +284,7 @@ impl Llama {
         let dt = self.dtype;
         let ctx = Ctx {
             lora,
-            grad: lora.is_some_and(|l| l.tracked),
+            grad,
             cos_q: (&cos * scale)?.to_dtype(dt)?,
             sin_q: (&sin * scale)?.to_dtype(dt)?,
             cos: cos.to_dtype(dt)?,
@@ -350,10 +363,11 @@ impl Llama {
         // Group the query heads that share a kv head: no copy of K/V.
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scores = q.matmul(&k.t()?)?; // [B, KV, rep·T, S]
-        let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?.broadcast_add(&ctx.mask)?;
         let probs = if ctx.grad {
+            let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?.broadcast_add(&ctx.mask)?;
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
+            let scores = scores.reshape((b, nkv, rep, t, s))?.broadcast_add(&ctx.mask)?;
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let probs = probs.to_dtype(self.dtype)?.reshape((b, nkv, rep * t, s))?;

@@ -2,6 +2,7 @@
 //! its loaders and its tokenizer. Owns weights and the forward pass; sampling and
 //! scoring strategies live in `decode`, training objectives in `gfn`.
 
+pub mod branch;
 pub mod cache;
 pub mod config;
 pub mod llama;
