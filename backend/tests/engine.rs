@@ -444,3 +444,27 @@ fn on_device_draws_agree_with_the_scorer_and_the_host() {
     let hg = decode::sample(&lm, &prompts, &SampleConfig { on_device: Some(false), ..greedy }, Some(&view), None).unwrap();
     assert_eq!(dg.iter().map(|s| &s.tokens).collect::<Vec<_>>(), hg.iter().map(|s| &s.tokens).collect::<Vec<_>>());
 }
+
+/// With room reserved, appends write into the cache in place: one token at a
+/// time gives the full pass's logits, and after a rewind the overwritten tail
+/// gives them again.
+#[test]
+fn reserved_cache_appends_in_place_and_rewinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let ids = lm.tokenizer.encode(TEXT).unwrap();
+    let full = logits_of(&lm, &ids, None);
+    let mut cache = lm.llama.new_cache();
+    lm.llama.forward(&[ids[..4].to_vec()], &mut cache, None).unwrap();
+    cache.reserve(ids.len()).unwrap();
+    let mut parts = Vec::new();
+    for &id in &ids[4..] {
+        parts.push(lm.llama.logits(&lm.llama.forward(&[vec![id]], &mut cache, None).unwrap()).unwrap());
+    }
+    let inc = Tensor::cat(&parts, 1).unwrap().squeeze(0).unwrap();
+    let n = ids.len();
+    assert!(max_abs_diff(&full.narrow(0, 4, n - 4).unwrap(), &inc) < 5e-5);
+    cache.truncate(6).unwrap();
+    let again = lm.llama.logits(&lm.llama.forward(&[ids[6..].to_vec()], &mut cache, None).unwrap()).unwrap().squeeze(0).unwrap();
+    assert!(max_abs_diff(&full.narrow(0, 6, n - 6).unwrap(), &again) < 5e-5);
+}

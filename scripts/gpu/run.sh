@@ -4,7 +4,7 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="engine parity decode big step mfu arith rng".
+# Sections can be skipped: SKIP="engine parity decode big step mfu prof arith rng".
 # Logs go to $OUT (at most 8 files come back).
 set -u
 G=${GPU_DIR:-/tmp/amz}
@@ -56,6 +56,17 @@ if ! skip mfu; then
   M="$OUT/mfu.jsonl"
   timeout 300 "$A" bench step --random smollm2-1.7b --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 2 --json >> "$M" 2>> "$OUT/err.txt"
   rows+=("step smollm2-1.7b bf16 r64 b64|$(J 'f"{sec_per_step:.3} s/step {traj_per_s:.0} traj/s, {model_tflops_per_s:.1} TFLOP/s = MFU {mfu_h100_bf16:.1%} (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$M")")
+fi
+if ! skip prof; then
+  # Where a decode step's time goes: GPU kernel time vs the wall (launch-bound when far below).
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -n "$NSYS" ]; then
+    timeout 120 "$NSYS" profile -o /tmp/amz-prof --force-overwrite true "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 64 --new-tokens 32 > "$OUT/prof.txt" 2>&1
+    timeout 120 "$NSYS" stats --report cuda_gpu_kern_sum,cuda_api_sum --format csv /tmp/amz-prof.nsys-rep 2>/dev/null | cut -c1-220 | head -60 >> "$OUT/prof.txt"
+    rows+=("nsys|$(grep -c . "$OUT/prof.txt") lines in prof.txt")
+  else
+    rows+=("nsys|not found")
+  fi
 fi
 if ! skip arith && [ -f "$G/model.gguf" ]; then
   # The same arithmetic run as on the CPU (f32, seed 0): the loss curves should agree within noise.

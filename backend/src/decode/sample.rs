@@ -183,6 +183,8 @@ pub fn sample(
         let idx: Vec<u32> = (0..prompts.len() as u32).flat_map(|p| std::iter::repeat_n(p, cfg.n)).collect();
         last = last.contiguous()?.index_select(&candle_core::Tensor::new(idx, lm.device())?, 0)?;
     }
+    // Room for every policy token: decode steps then append in place.
+    cache.reserve(cfg.max_new_tokens)?;
     let b = prompts.len() * cfg.n;
     let mut rows: Vec<Row> = (0..b)
         .map(|_| Row { tokens: vec![], tool: vec![], logprobs: vec![], sample_logprobs: vec![], actions: 0, stop: None })

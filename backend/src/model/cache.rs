@@ -4,14 +4,19 @@
 //! row that had nothing to add at a step), so rows of different lengths share
 //! one rectangular cache. Forking duplicates rows (one prompt → many samples),
 //! truncation drops the tail (rewind to a prefix). The cache owns no weights.
+//!
+//! Room can be reserved ahead ([`KvCache::reserve`]): later appends then write
+//! in place (one copy per tensor) instead of concatenating into new tensors, and
+//! attention reads a view of the filled part. Gradient-tracked keys/values
+//! always take the concatenating path.
 
 use candle_core::Tensor;
 
 use crate::Result;
 
-#[derive(Clone)]
 pub struct KvCache {
-    /// Per layer: keys and values, [B, n_kv_heads, S, head_dim].
+    /// Per layer: keys and values, [B, n_kv_heads, S', head_dim], S' ≥ S: the
+    /// first S positions are filled, the rest is reserved room.
     pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
     /// `valid[b][s]`: position `s` of row `b` holds a real token.
     pub(crate) valid: Vec<Vec<bool>>,
@@ -65,16 +70,33 @@ impl KvCache {
         self.select(&rows)
     }
 
-    /// Keeps the first `len` positions.
+    /// Keeps the first `len` positions (the rest becomes room for appends).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         if len >= self.len() {
             return Ok(());
         }
-        for l in self.layers.iter_mut().flatten() {
-            *l = (l.0.narrow(2, 0, len)?, l.1.narrow(2, 0, len)?);
-        }
         for r in &mut self.valid {
             r.truncate(len);
+        }
+        Ok(())
+    }
+
+    /// Makes room for `extra` more positions per layer, so appends write in place.
+    pub fn reserve(&mut self, extra: usize) -> Result<()> {
+        let len = self.len();
+        for l in self.layers.iter_mut().flatten() {
+            let (k, v) = (&l.0, &l.1);
+            if k.dim(2)? >= len + extra || k.track_op() || v.track_op() {
+                continue;
+            }
+            let grow = |t: &Tensor| -> Result<Tensor> {
+                let mut shape = t.dims().to_vec();
+                shape[2] = len + extra;
+                let buf = Tensor::zeros(shape, t.dtype(), t.device())?;
+                buf.slice_set(&t.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                Ok(buf)
+            };
+            *l = (grow(k)?, grow(v)?);
         }
         Ok(())
     }
@@ -105,10 +127,23 @@ impl KvCache {
         self.layers.iter().flatten().next().map(|(k, _)| k.device()).unwrap_or(&candle_core::Device::Cpu)
     }
 
-    /// Appends one layer's new keys/values; returns the full keys/values.
+    /// Appends one layer's new keys/values after the filled positions (the
+    /// caller extends `valid` afterwards); returns the filled keys/values.
     pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let len = self.len();
+        let t = k.dim(2)?;
         let kv = match self.layers[layer].take() {
-            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
+            Some((kb, vb)) if len + t <= kb.dim(2)? && !(k.track_op() || v.track_op() || kb.track_op() || vb.track_op()) => {
+                // In place, into reserved room.
+                kb.slice_set(&k.contiguous()?, 2, len)?;
+                vb.slice_set(&v.contiguous()?, 2, len)?;
+                self.layers[layer] = Some((kb.clone(), vb.clone()));
+                return Ok((kb.narrow(2, 0, len + t)?, vb.narrow(2, 0, len + t)?));
+            }
+            Some((k0, v0)) => {
+                let (k0, v0) = (k0.narrow(2, 0, len)?, v0.narrow(2, 0, len)?);
+                (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?)
+            }
             None => (k, v),
         };
         self.layers[layer] = Some(kv.clone());
