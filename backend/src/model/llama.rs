@@ -136,7 +136,8 @@ struct Ctx<'a> {
     sin: Tensor,
     cos_q: Tensor,
     sin_q: Tensor,
-    /// [B, 1, 1, T, S] additive: f32 when training, else the model dtype.
+    /// [B, KV, rep, T, S] additive (the same for every head): f32 when
+    /// training, else the model dtype.
     mask: Tensor,
 }
 
@@ -276,6 +277,11 @@ impl Llama {
         // Inference in bf16/f16 adds the mask and takes the softmax in the model
         // dtype (the softmax kernel accumulates in f32); training keeps f32.
         let mask = if grad { mask } else { mask.to_dtype(self.dtype)? };
+        // Broadcast over the heads once here, not in every layer: a contiguous
+        // add is one kernel, a broadcast one also uploads its strides.
+        let c = &self.config;
+        let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
+        let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
         let pos = Tensor::from_vec(pos, b * t, dev)?;
         let half = self.config.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, half))?;
@@ -364,10 +370,10 @@ impl Llama {
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scores = q.matmul(&k.t()?)?; // [B, KV, rep·T, S]
         let probs = if ctx.grad {
-            let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?.broadcast_add(&ctx.mask)?;
+            let scores = (scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))? + &ctx.mask)?;
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
-            let scores = scores.reshape((b, nkv, rep, t, s))?.broadcast_add(&ctx.mask)?;
+            let scores = (scores.reshape((b, nkv, rep, t, s))? + &ctx.mask)?;
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let probs = probs.to_dtype(self.dtype)?.reshape((b, nkv, rep * t, s))?;
