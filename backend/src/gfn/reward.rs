@@ -204,12 +204,21 @@ impl Reward for LmReward {
                 let mut c = if idx.len() == b { std::mem::replace(&mut cache, lm.llama.new_cache()) } else { cache.select(&idx)? };
                 let hid = lm.llama.forward_branches(&idx.iter().map(|&r| starts[r].clone()).collect::<Vec<_>>(), feed, &mut c, self.lora.as_ref())?; // [R, n·m, H]
                 let (r, tt, _) = hid.dims3()?;
-                let ids: Vec<u32> = (0..r * tt / m).flat_map(|_| y[1..].iter().copied()).collect();
-                let lp = self.gather_logprobs(lm, &hid.reshape((r * tt, h))?, &ids, None)?;
-                for (k, &bi) in idx.iter().enumerate() {
+                // Only real branch positions go through the output head (rows
+                // with fewer prefixes are padded to the longest).
+                let real: Vec<u32> = idx
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(k, &bi)| (0..starts[bi].len() * m).map(move |j| (k * tt + j) as u32))
+                    .collect();
+                let picked = hid.reshape((r * tt, h))?.index_select(&Tensor::new(real.as_slice(), lm.device())?, 0)?;
+                let ids: Vec<u32> = (0..real.len() / m).flat_map(|_| y[1..].iter().copied()).collect();
+                let lp = self.gather_logprobs(lm, &picked, &ids, None)?;
+                let mut at = 0;
+                for &bi in &idx {
                     for i in 0..starts[bi].len() {
-                        let at = k * tt + i * m;
                         out[bi][i] += lp[at..at + m].iter().sum::<f32>();
+                        at += m;
                     }
                 }
             }
