@@ -118,9 +118,9 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Option<Tensor>,
-    /// cos/sin tables [max_positions, head_dim / 2] (f32).
-    cos: Tensor,
-    sin: Tensor,
+    /// Rotary tables [max_positions, head_dim / 2] in the model dtype: cos, sin,
+    /// and the query's cos, sin scaled by 1/√hd (see `Ctx`).
+    rope: [Tensor; 4],
     dtype: DType,
     device: Device,
 }
@@ -146,9 +146,11 @@ impl Llama {
         config.validate()?;
         let dtype = w.embed.dtype();
         let (cos, sin) = rope_tables(&config, device)?;
+        let scale = 1.0 / (config.head_dim as f64).sqrt();
+        let rope = [cos.to_dtype(dtype)?, sin.to_dtype(dtype)?, (&cos * scale)?.to_dtype(dtype)?, (&sin * scale)?.to_dtype(dtype)?];
         let Weights { embed, blocks, norm, lm_head } = w;
         let layers = blocks.into_iter().map(Layer::fuse).collect::<Result<Vec<_>>>()?;
-        Ok(Llama { config, embed, layers, norm, lm_head, cos, sin, dtype, device: device.clone() })
+        Ok(Llama { config, embed, layers, norm, lm_head, rope, dtype, device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -284,19 +286,8 @@ impl Llama {
         let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
         let pos = Tensor::from_vec(pos, b * t, dev)?;
         let half = self.config.head_dim / 2;
-        let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, half))?;
-        let sin = self.sin.index_select(&pos, 0)?.reshape((b, t, half))?;
-        let scale = 1.0 / (self.config.head_dim as f64).sqrt();
-        let dt = self.dtype;
-        let ctx = Ctx {
-            lora,
-            grad,
-            cos_q: (&cos * scale)?.to_dtype(dt)?,
-            sin_q: (&sin * scale)?.to_dtype(dt)?,
-            cos: cos.to_dtype(dt)?,
-            sin: sin.to_dtype(dt)?,
-            mask,
-        };
+        let [cos, sin, cos_q, sin_q] = self.rope.clone().map(|table| table.index_select(&pos, 0)?.reshape((b, t, half)));
+        let ctx = Ctx { lora, grad, cos: cos?, sin: sin?, cos_q: cos_q?, sin_q: sin_q?, mask };
 
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;

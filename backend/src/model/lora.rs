@@ -159,7 +159,7 @@ fn splitmix(state: &mut u64) -> u64 {
 
 impl LoraView {
     /// The adapter's contribution `scale · dropout(x) Aᵀ Bᵀ` for `x` [.., in], if any.
-    pub fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Result<Option<Tensor>> {
+    fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Result<Option<Tensor>> {
         let Some((a, b)) = self.layers.get(layer).and_then(|l| l[proj.index()].as_ref()) else {
             return Ok(None);
         };
@@ -321,10 +321,17 @@ impl LoraAdapter {
         let fused = if tracked {
             Vec::new()
         } else {
-            layers
+            let fused = layers
                 .iter()
                 .map(|l| Ok([fuse(l, &[Proj::Q, Proj::K, Proj::V], &self.outs)?, fuse(l, &[Proj::Gate, Proj::Up], &self.outs)?]))
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>>>()?;
+            // The fused pairs replace the per-projection ones of their groups.
+            for l in &mut layers {
+                for p in [Proj::Q, Proj::K, Proj::V, Proj::Gate, Proj::Up] {
+                    l[p.index()] = None;
+                }
+            }
+            fused
         };
         let dropout = if tracked { self.config.dropout as f32 } else { 0.0 };
         Ok(LoraView { dropout, tracked, layers, fused, outs: self.outs, rng: std::sync::Mutex::new(seed) })
