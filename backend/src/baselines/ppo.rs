@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::gfn::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::gfn::optim::{AdamW, AdamWConfig};
 use crate::gfn::policy::policy_logprobs_and_states;
 use crate::gfn::trainer::sample_trajectories;
 use crate::gfn::{config::lora_config, Problem, TrainConfig, TrainTask, Trajectory};
@@ -251,11 +251,12 @@ impl<'a> Ppo<'a> {
                 return Err(Error::NonFinite(format!("PPO loss at step {}", self.step + 1)));
             }
             let g = loss.backward()?;
-            let mut grads: Vec<Option<Tensor>> = self.opt.params().iter().map(|p| g.get(p.as_tensor()).cloned()).collect();
-            if self.cfg.max_grad_norm > 0.0 {
-                clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+            let grads: Vec<Option<Tensor>> = self.opt.params().iter().map(|p| g.get(p.as_tensor()).cloned()).collect();
+            // Clipped (when max_grad_norm > 0) and applied in one flat update.
+            let norm = self.opt.step_clipped(&grads, self.cfg.lr, self.cfg.max_grad_norm)?;
+            if !norm.is_finite() {
+                return Err(Error::NonFinite(format!("gradient norm at step {}", self.step + 1)));
             }
-            self.opt.step(&grads, self.cfg.lr)?;
             (pg_last, vf_last) = (pgv, vfv);
         }
 

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::gfn::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::gfn::optim::{AdamW, AdamWConfig};
 use crate::gfn::policy::policy_logprobs;
 use crate::gfn::{config::lora_config, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraAdapter, Mode};
@@ -123,11 +123,12 @@ pub fn train_sft(
                 return Err(Error::NonFinite(format!("SFT loss at step {}", step + 1)));
             }
             let g = loss.backward()?;
-            let mut grads: Vec<Option<candle_core::Tensor>> = opt.params().iter().map(|p| g.get(p.as_tensor()).cloned()).collect();
-            if cfg.max_grad_norm > 0.0 {
-                clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+            let grads: Vec<Option<candle_core::Tensor>> = opt.params().iter().map(|p| g.get(p.as_tensor()).cloned()).collect();
+            // Clipped (when max_grad_norm > 0) and applied in one flat update.
+            let norm = opt.step_clipped(&grads, cfg.lr, cfg.max_grad_norm)?;
+            if !norm.is_finite() {
+                return Err(Error::NonFinite(format!("gradient norm at step {}", step + 1)));
             }
-            opt.step(&grads, cfg.lr)?;
             step += 1;
             let m = SftMetrics { step, epoch: epoch + 1, loss: lv, seconds: t0.elapsed().as_secs_f64() };
             if let Some(o) = out {
