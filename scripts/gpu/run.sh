@@ -71,7 +71,7 @@ fi
 if ! skip arith && [ -f "$G/model.gguf" ]; then
   # The same arithmetic run as on the CPU (f32, seed 0): the loss curves should agree within noise.
   rm -rf /tmp/amz-arith
-  ( time timeout 300 "$A" train --task arithmetic --model "$G/model.gguf" --device cuda --steps ${ARITH_STEPS:-60} --seed 0 --out /tmp/amz-arith --quiet ) > "$OUT/arith.txt" 2>&1
+  ( time timeout 300 "$A" train --task arithmetic --model "$G/model.gguf" --device cuda --steps ${ARITH_STEPS:-30} --seed 0 --out /tmp/amz-arith --quiet ) > "$OUT/arith.txt" 2>&1
   cp /tmp/amz-arith/metrics.jsonl "$OUT/arith-cuda-metrics.jsonl" 2>/dev/null
   rows+=("arithmetic train on cuda|$(grep -E '^real' "$OUT/arith.txt") $(J 'f"step {step}: loss {loss:.3f} mean log R {mean_log_r:.2f}"' "$OUT/arith-cuda-metrics.jsonl" 2>/dev/null | tail -1)")
 fi
