@@ -164,8 +164,8 @@ impl Reward for LmReward {
         };
         let mut out: Vec<Vec<f32>> = Vec::with_capacity(b);
         let mut offset = 0;
-        // (row, state end in the cache) for the Y tails.
-        let mut tails: Vec<(usize, usize, usize)> = Vec::new(); // (traj, state, cache end)
+        // Per trajectory, where each state ends in the cache: the Y branches start there.
+        let mut starts: Vec<Vec<usize>> = vec![Vec::new(); b];
         for (bi, t) in trajs.iter().enumerate() {
             let n_tok = t.tokens.len();
             let mut cum = vec![0f32; n_tok + 1];
@@ -175,14 +175,12 @@ impl Reward for LmReward {
             }
             let lens = t.state_lens();
             let mut r = Vec::with_capacity(lens.len());
-            for (i, &len) in lens.iter().enumerate() {
+            for &len in &lens {
                 let mut v = cum[len];
                 if y0.is_some() {
                     v += lp_y0[offset + len];
                 }
-                if y.len() > 1 {
-                    tails.push((bi, i, p0 + t_len - n_tok + len));
-                }
+                starts[bi].push(p0 + t_len - n_tok + len);
                 r.push(v);
             }
             out.push(r);
@@ -193,10 +191,6 @@ impl Reward for LmReward {
         if y.len() > 1 {
             let feed = &y[..y.len() - 1];
             let m = feed.len();
-            let mut starts: Vec<Vec<usize>> = vec![Vec::new(); b];
-            for &(bi, _, end) in &tails {
-                starts[bi].push(end);
-            }
             let n = starts.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
             let rows = self.branch_rows(lm, n * m);
             for first in (0..b).step_by(rows) {
