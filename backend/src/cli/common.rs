@@ -1,4 +1,5 @@
-//! Arguments shared by the commands: which model, adapter, device and dtype.
+//! Arguments shared by the commands: which model, adapter, device and dtype;
+//! how much an evaluation samples.
 
 use std::path::PathBuf;
 
@@ -8,6 +9,19 @@ use clap::Args;
 
 /// Where `scripts/setup.sh` puts SmolLM2.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// How much an evaluation samples (`eval`, `compare`).
+#[derive(Args, Debug, Clone)]
+pub struct EvalSize {
+    /// Samples (rng) or samples per question; the task's default otherwise.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Test questions per set (tasks with test sets).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {

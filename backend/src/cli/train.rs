@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::common::EvalSize;
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -45,14 +46,8 @@ pub struct EvalArgs {
     pub task: String,
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Samples (rng) or samples per question; the task's default otherwise.
-    #[arg(long)]
-    pub samples: Option<usize>,
-    /// Test questions per set (tasks with test sets).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub size: EvalSize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// One JSON object with the metric names as keys.
@@ -113,12 +108,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    if a.samples == Some(0) || a.batch == 0 {
+    if a.size.samples == Some(0) || a.size.batch == 0 {
         anyhow::bail!("invalid --samples/--batch: must be at least 1");
     }
     let (task, cfg) = task_and_config(&a.task, a.config.as_deref())?;
     let (lm, lora) = a.model.load()?;
-    let opts = EvalOptions { samples: a.samples, batch: a.batch, seed: a.seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)), ..Default::default() };
+    let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed: a.seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), ..Default::default() };
     let report = task.evaluate(&lm, lora.as_ref(), &opts)?;
     if a.json {
         println!("{}", serde_json::to_string(&report.metrics)?);

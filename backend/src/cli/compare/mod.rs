@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::de::DeserializeOwned;
 
+use super::common::EvalSize;
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -48,14 +49,8 @@ pub struct CompareArgs {
     /// Training steps for the methods trained here (default: each method's preset).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Evaluation samples (rng) or samples per question; the task's default otherwise.
-    #[arg(long)]
-    pub samples: Option<usize>,
-    /// Test questions per set (tasks with test sets).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub size: EvalSize,
     /// Trained adapters, samples and the tables go here; default runs/compare-TASK.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -81,7 +76,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     if a.model.adapter.is_some() {
         bail!("invalid --adapter: compare takes adapters per method (--adapters NAME=DIR)");
     }
-    if a.seeds == 0 || a.batch == 0 || a.samples == Some(0) {
+    if a.seeds == 0 || a.size.batch == 0 || a.size.samples == Some(0) {
         bail!("invalid --seeds/--batch/--samples: must be at least 1");
     }
     let mut given = BTreeMap::new();
@@ -162,7 +157,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 None => None,
             };
             let view = adapter.as_ref().map(|ad| ad.view(Mode::Infer, lm.llama.dtype())).transpose()?;
-            let opts = EvalOptions { samples: a.samples, batch: a.batch, seed, limit: a.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: m.decoding.clone(), prompt };
+            let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: m.decoding.clone(), prompt };
             eprintln!("evaluating {} (seed {seed})…", m.label);
             let report = task.evaluate(&lm, view.as_ref(), &opts)?;
             amortize::util::write_atomic(&out.join("samples").join(format!("{}-seed{seed}.json", file_name(&m.label))), serde_json::to_string_pretty(&report)?.as_bytes())?;
