@@ -112,6 +112,60 @@ impl Server {
         Self::json_of(self.auth(self.agent.post(&format!("{}{path}", self.base))).header("Content-Type", content_type).send(body).expect("POST"))
     }
 
+    /// POST announcing its body (`Content-Length`, `Expect: 100-continue`) and
+    /// sending it only when the server asks (a 100). A server that refuses the
+    /// size up front answers before any upload, so the answer never races a
+    /// half-sent body into a broken pipe.
+    pub fn post_announced(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        use std::io::{BufRead, Read, Write};
+        let addr = self.base.strip_prefix("http://").expect("an http:// base");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("timeout");
+        let auth = self.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n{auth}Connection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).expect("send head");
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone stream"));
+        loop {
+            let mut status_line = String::new();
+            reader.read_line(&mut status_line).expect("status line");
+            let status: u16 = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+            let mut length = None;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("header");
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse::<usize>().ok();
+                    }
+                }
+            }
+            if status == 100 {
+                stream.write_all(body).expect("send body");
+                continue;
+            }
+            let mut text = Vec::new();
+            match length {
+                Some(n) => {
+                    text.resize(n, 0);
+                    reader.read_exact(&mut text).expect("body");
+                }
+                None => {
+                    reader.read_to_end(&mut text).expect("body");
+                }
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+            return (status, v);
+        }
+    }
+
     pub fn delete(&self, path: &str) -> (u16, serde_json::Value) {
         Self::json_of(self.auth(self.agent.delete(&format!("{}{path}", self.base))).call().expect("DELETE"))
     }

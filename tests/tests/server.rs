@@ -260,7 +260,8 @@ fn bad_input_gets_4xx_with_a_message() {
         ("text/plain", b"{}".to_vec(), 415),
         ("application/json", vec![b' '; 2 << 20], 413),
     ] {
-        let (status, v) = server.post_raw("/api/runs", ct, &body);
+        // Announced, so the oversized one is refused before it is uploaded.
+        let (status, v) = server.post_announced("/api/runs", ct, &body);
         assert_eq!(status, want, "{ct} {} bytes → {v}", body.len());
         assert!(v["error"].is_string(), "{v}");
     }
