@@ -382,6 +382,19 @@ fn merged_adapter_equals_fused_and_per_projection_views() {
         let d = max_abs_diff(&got, &want);
         assert!(d < 1e-3, "{mode:?}: max |Δ logit| {d}");
     }
+    // The adapter folded into the weights by the engine (`model::fold`).
+    let infer = adapter.view(Mode::Infer, DType::F32).unwrap();
+    let folded = lm.llama.fold(&infer).unwrap();
+    let d = max_abs_diff(&logits_of(&lm, &ids, Some(&folded)), &want);
+    assert!(d < 1e-3, "folded: max |Δ logit| {d}");
+    // Seeded sampling with a cache reads the folded weights at every step.
+    let greedy = SampleConfig { n: 2, max_new_tokens: 12, seed: 3, stop_tokens: Some(vec![]), ..Default::default() };
+    let prompts = [ids[..4].to_vec(), ids[2..9].to_vec()];
+    let toks = |v: &amortize::model::LoraView| decode::sample(&lm, &prompts, &greedy, Some(v), None).unwrap().into_iter().map(|s| s.tokens).collect::<Vec<_>>();
+    assert_eq!(toks(&folded), toks(&infer));
+    // Neither a folded view nor a training view can be folded (again).
+    assert!(lm.llama.fold(&folded).is_err());
+    assert!(lm.llama.fold(&adapter.view(Mode::Train, DType::F32).unwrap()).is_err());
     // And the adapter does change the model.
     assert!(max_abs_diff(&logits_of(&lm, &ids, None), &want) > 1e-2);
 }

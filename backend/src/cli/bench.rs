@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use amortize::decode::logits::{draw, log_softmax_in_place, sampling_logprobs};
 use amortize::decode::{self, SampleConfig};
-use amortize::model::{parse_device, parse_dtype, LanguageModel};
+use amortize::model::{parse_device, parse_dtype, LanguageModel, LoraAdapter, LoraConfig, Mode};
 use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng};
 
@@ -66,6 +66,10 @@ pub struct DecodeArgs {
     /// step) against choosing them on the device.
     #[arg(long)]
     pub host_draw: bool,
+    /// Decode through a LoRA adapter of this rank (all projections), and also
+    /// through the same adapter folded into the weights (`model::fold`).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
     /// Print one JSON object per batch size.
     #[arg(long)]
     pub json: bool,
@@ -88,21 +92,46 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     if !a.json {
         println!("model {} on {:?} ({:?}), prompt {} tokens, {} new tokens", lm.name, lm.device(), lm.llama.dtype(), a.prompt_len, a.new_tokens);
+        if let Some(r) = a.lora_r {
+            println!("through a LoRA r{r} adapter (inference view); the last column folds it into the weights");
+        }
         println!("{:>6} {:>14} {:>16} {:>10} {:>16}", "batch", "cached tok/s", "recompute tok/s", "speed-up", "host-draw tok/s");
     }
+    if a.lora_r == Some(0) {
+        anyhow::bail!("invalid bench: --lora-r must be positive");
+    }
+    let adapter = a.lora_r.map(|r| LoraAdapter::new(lm.config(), LoraConfig { r, ..LoraConfig::default() }, lm.device(), 0)).transpose()?;
+    let view = adapter.as_ref().map(|ad| ad.view(Mode::Infer, lm.llama.dtype())).transpose()?;
     // Warm-up (allocations, kernels).
     let warm: Vec<u32> = (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect();
-    decode::sample(&lm, &[warm], &bench_cfg(1, 2), None, None)?;
+    decode::sample(&lm, &[warm], &bench_cfg(1, 2), view.as_ref(), None)?;
+    let folded = match &view {
+        Some(v) => {
+            let t0 = Instant::now();
+            let f = lm.llama.fold(v)?;
+            lm.device().synchronize()?;
+            Some((f, t0.elapsed().as_secs_f64()))
+        }
+        None => None,
+    };
     for &b in &a.batch {
         let prompts: Vec<Vec<u32>> = (0..b).map(|_| (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect();
         let t0 = Instant::now();
-        let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), None, None)?;
+        let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), view.as_ref(), None)?;
         let cached = elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum());
+        let fold = match &folded {
+            Some((f, _)) => {
+                let t0 = Instant::now();
+                let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), Some(f), None)?;
+                Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
+            }
+            None => None,
+        };
         let recompute = if a.recompute { Some(recompute_rate(&lm, &prompts, a.new_tokens)?) } else { None };
         let host = if a.host_draw {
             let t0 = Instant::now();
             let cfg = SampleConfig { on_device: Some(false), ..bench_cfg(1, a.new_tokens) };
-            let out = decode::sample(&lm, &prompts, &cfg, None, None)?;
+            let out = decode::sample(&lm, &prompts, &cfg, view.as_ref(), None)?;
             Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
         } else {
             None
@@ -113,6 +142,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 serde_json::json!({"bench": "decode", "batch": b, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
                     "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
                     "host_draw_tokens_per_s": host, "dtype": format!("{:?}", lm.llama.dtype()),
+                    "lora_r": a.lora_r, "folded_tokens_per_s": fold, "fold_s": folded.as_ref().map(|f| f.1),
                     "weight_bytes": lm.llama.weight_bytes(), "weight_gb_per_s": lm.llama.weight_bytes() as f64 * cached / b as f64 / 1e9,
                     "device": format!("{:?}", lm.device()), "model": lm.name})
             );
@@ -122,7 +152,8 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 None => ("-".into(), "-".into()),
             };
             let h = host.map_or("-".into(), |h| format!("{h:.1}"));
-            println!("{b:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}");
+            let f = fold.map_or(String::new(), |f| format!(" {f:>14.1} (folded adapter, {:.3} s to fold)", folded.as_ref().map_or(0.0, |x| x.1)));
+            println!("{b:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}");
         }
     }
     Ok(())

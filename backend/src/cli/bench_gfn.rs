@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use amortize::gfn::{LmReward, Phases, Problem, Reward, Trainer, Trajectory};
+use amortize::gfn::{Backward, LmReward, Phases, Problem, Reward, Trainer, Trajectory};
 use amortize::tasks;
 use amortize::decode::TokenMask;
 use clap::Args;
@@ -31,8 +31,31 @@ pub struct StepArgs {
     /// on by default off the CPU. It adds a device synchronisation per phase.
     #[arg(long)]
     pub phases: Option<bool>,
+    /// How gradients are computed: `taped` (hand-written backward) and/or
+    /// `autograd` (candle's); several run one after the other in this process,
+    /// from the same seed, and the first is the baseline of the printed ratios.
+    #[arg(long, value_delimiter = ',', default_value = "taped")]
+    pub backward: Vec<BackwardArg>,
+    /// Sample from the adapter folded into the weights (default: off the CPU).
+    #[arg(long)]
+    pub fold: Option<bool>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackwardArg {
+    Taped,
+    Autograd,
+}
+
+impl From<BackwardArg> for Backward {
+    fn from(b: BackwardArg) -> Self {
+        match b {
+            BackwardArg::Taped => Backward::Taped,
+            BackwardArg::Autograd => Backward::Autograd,
+        }
+    }
 }
 
 pub fn step(a: StepArgs) -> anyhow::Result<()> {
@@ -51,50 +74,71 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
     cfg.p_replay = 0.0;
     cfg.p_tempered = 0.0;
     cfg.lora_r = a.lora_r;
-    let lm = a.source.load()?;
-    let train_task = task.train_task(&lm)?;
-    let shape = TokenShape::of(&train_task.problems);
-    let mut trainer = Trainer::new(&lm, train_task, cfg, None)?;
-    trainer.profile = a.phases.unwrap_or(!lm.device().is_cpu());
-    trainer.train_step()?; // warm-up
-    let t0 = Instant::now();
-    let (mut trajs, mut tokens) = (0.0, 0.0);
-    let mut phases = Phases::default();
-    let mut flops = 0.0;
-    for _ in 0..a.steps {
-        let m = trainer.train_step()?;
-        flops += shape.step_flops(lm.llama.weight_bytes() as f64 / lm.llama.dtype().size_in_bytes() as f64, a.batch as f64, m.mean_len);
-        trajs += m.traj_per_s * m.seconds;
-        tokens += m.tokens_per_s * m.seconds;
-        if let Some(p) = m.phases {
-            phases.decode += p.decode;
-            phases.reward += p.reward;
-            phases.backward += p.backward;
-            phases.optimizer += p.optimizer;
-        }
+    if a.backward.is_empty() {
+        anyhow::bail!("invalid bench: --backward needs at least one of taped, autograd");
     }
-    let total = t0.elapsed().as_secs_f64();
-    let secs = total / a.steps as f64;
-    let traj_per_s = trajs / total;
-    let tokens_per_s = tokens / total;
-    let share = trainer.profile.then(|| {
-        let s = |x: f64| x / total;
-        serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "optimizer": s(phases.optimizer)})
-    });
-    let tflops = flops / total / 1e12;
-    if a.json {
-        println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
-            "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
-            "model_tflops_per_s": tflops, "mfu_h100_bf16": tflops / H100_BF16_TFLOPS,
-            "device": format!("{:?}", lm.device()), "dtype": format!("{:?}", lm.llama.dtype()), "model": lm.name}));
-    } else {
-        println!("{} on {:?} ({:?}): batch {}, |Z| ≤ {}, LoRA r{}: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s",
-            lm.name, lm.device(), lm.llama.dtype(), a.batch, a.max_len, a.lora_r);
-        println!("  model FLOPs (estimate, see TokenShape): {tflops:.2} TFLOP/s = {:.2}% of an H100's dense bf16 peak", 100.0 * tflops / H100_BF16_TFLOPS);
-        if trainer.profile {
-            let pct = |x: f64| 100.0 * x / total;
-            println!("  share of the step: decode {:.0}%, reward {:.0}%, backward {:.0}%, optimizer {:.0}%",
-                pct(phases.decode), pct(phases.reward), pct(phases.backward), pct(phases.optimizer));
+    let lm = a.source.load()?;
+    let mut first: Option<f64> = None;
+    for &mode in &a.backward {
+        let train_task = task.train_task(&lm)?;
+        let shape = TokenShape::of(&train_task.problems);
+        let mut trainer = Trainer::new(&lm, train_task, cfg.clone(), None)?;
+        trainer.profile = a.phases.unwrap_or(!lm.device().is_cpu());
+        trainer.backward = mode.into();
+        trainer.fold = a.fold;
+        trainer.train_step()?; // warm-up
+        let t0 = Instant::now();
+        let (mut trajs, mut tokens) = (0.0, 0.0);
+        let mut phases = Phases::default();
+        let mut flops = 0.0;
+        for _ in 0..a.steps {
+            let m = trainer.train_step()?;
+            flops += shape.step_flops(lm.llama.weight_bytes() as f64 / lm.llama.dtype().size_in_bytes() as f64, a.batch as f64, m.mean_len);
+            trajs += m.traj_per_s * m.seconds;
+            tokens += m.tokens_per_s * m.seconds;
+            if let Some(p) = m.phases {
+                phases.decode += p.decode;
+                phases.reward += p.reward;
+                phases.backward += p.backward;
+                phases.optimizer += p.optimizer;
+            }
+        }
+        let total = t0.elapsed().as_secs_f64();
+        let secs = total / a.steps as f64;
+        let speedup = first.map(|f| f / secs);
+        first.get_or_insert(secs);
+        let traj_per_s = trajs / total;
+        let tokens_per_s = tokens / total;
+        let share = trainer.profile.then(|| {
+            let s = |x: f64| x / total;
+            serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "optimizer": s(phases.optimizer)})
+        });
+        let per_step = trainer.profile.then(|| {
+            let s = |x: f64| x / a.steps as f64;
+            serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "optimizer": s(phases.optimizer)})
+        });
+        let tflops = flops / total / 1e12;
+        let backward = format!("{mode:?}").to_lowercase();
+        if a.json {
+            println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
+                "backward": backward, "fold": a.fold.unwrap_or_else(|| lm.llama.fold_pays()), "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
+                "phase_sec_per_step": per_step, "baseline_over_this": speedup,
+                "model_tflops_per_s": tflops, "mfu_h100_bf16": tflops / H100_BF16_TFLOPS,
+                "device": format!("{:?}", lm.device()), "dtype": format!("{:?}", lm.llama.dtype()), "model": lm.name}));
+        } else {
+            println!("{} on {:?} ({:?}): batch {}, |Z| ≤ {}, LoRA r{}, {backward} backward: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s",
+                lm.name, lm.device(), lm.llama.dtype(), a.batch, a.max_len, a.lora_r);
+            if let Some(x) = speedup {
+                println!("  {x:.2}× the speed of the first --backward ({:?})", a.backward[0]);
+            }
+            println!("  model FLOPs (estimate, see TokenShape): {tflops:.2} TFLOP/s = {:.2}% of an H100's dense bf16 peak", 100.0 * tflops / H100_BF16_TFLOPS);
+            if trainer.profile {
+                let pct = |x: f64| 100.0 * x / total;
+                let ms = |x: f64| 1e3 * x / a.steps as f64;
+                println!("  share of the step: decode {:.0}%, reward {:.0}%, backward {:.0}%, optimizer {:.0}% ({:.0} / {:.0} / {:.0} / {:.0} ms)",
+                    pct(phases.decode), pct(phases.reward), pct(phases.backward), pct(phases.optimizer),
+                    ms(phases.decode), ms(phases.reward), ms(phases.backward), ms(phases.optimizer));
+            }
         }
     }
     Ok(())

@@ -18,4 +18,4 @@ pub mod policy;
 pub mod trainer;
 
 pub use config::{Objective, TrainConfig};
-pub use trainer::{Phases, RecentSample, StepMetrics, TrainTask, Trainer};
+pub use trainer::{Backward, Phases, RecentSample, StepMetrics, TrainTask, Trainer};

@@ -7,10 +7,12 @@
 //! those states' log-rewards: the two cancel in the state's flow
 //! log R − log q(⊤), so the (never sampled) stop logit there learns the flow.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var, D};
 
 use super::trajectory::Trajectory;
-use crate::model::{LanguageModel, LoraView};
+use crate::model::tape::Tape;
+use crate::model::{LanguageModel, LoraGrads, LoraView};
 use crate::{Error, Result};
 
 #[allow(clippy::too_many_arguments)]
@@ -39,68 +41,152 @@ pub fn policy_logprobs_and_states(
     trajs: &[Trajectory],
     bias: Option<&Tensor>,
     stop_ids: &[u32],
-    (min_len, min_len_penalty): (usize, f32),
+    min_len: (usize, f32),
     max_len: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    if prompt.is_empty() {
-        return Err(Error::invalid("policy_prompt", "must not be empty"));
-    }
-    if stop_ids.is_empty() {
-        return Err(Error::invalid("stop_tokens", "the policy needs at least one stop token"));
-    }
-    let b = trajs.len();
-    let n_max = trajs.iter().map(|t| t.num_actions()).max().unwrap_or(0);
-    let s = n_max + 1;
-    let rows: Vec<Vec<u32>> = trajs.iter().map(|t| [prompt, t.tokens.as_slice()].concat()).collect();
+    let plan = Plan::new(prompt, trajs, stop_ids, max_len)?;
     let mut cache = lm.llama.new_cache();
-    let hidden = lm.llama.forward(&rows, &mut cache, lora)?; // [B, T, H]
-    let (_, t_len, h) = hidden.dims3()?;
+    let hidden = lm.llama.forward(&plan.rows, &mut cache, lora)?; // [B, T, H]
+    let (b, t_len, h) = hidden.dims3()?;
+    let pos = plan.positions(t_len, lm.device())?;
+    let picked = hidden.reshape((b * t_len, h))?.index_select(&pos, 0)?;
+    let logits = lm.llama.logits(&picked)?; // [B·S, V] f32
+    let (log_pf, log_pt) = plan.head(lm, &logits, bias, stop_ids, min_len)?;
+    Ok((log_pf, log_pt, picked.reshape((b, plan.s, h))?))
+}
 
-    // Row-major [B, S]: the position ending each state, the next action, and masks.
-    let mut pos = Vec::with_capacity(b * s);
-    let mut next = Vec::with_capacity(b * s);
-    let mut pf_keep = Vec::with_capacity(b * n_max);
-    let mut pt_keep = Vec::with_capacity(b * s);
-    for (bi, t) in trajs.iter().enumerate() {
-        let lens = t.state_lens();
-        let actions = t.actions();
-        let n = actions.len();
-        let base = bi * t_len + t_len - t.tokens.len() - 1; // last prompt token
-        for i in 0..s {
-            let i_eff = i.min(n);
-            pos.push((base + lens[i_eff]) as u32);
-            next.push(if i < n { actions[i] } else { 0 });
-            // Forced termination at max_len: log q(⊤) := 0; padding: 0.
-            pt_keep.push(if i < n || (i == n && n < max_len) { 1f32 } else { 0.0 });
-            if i < n_max {
-                pf_keep.push(if i < n { 1f32 } else { 0.0 });
+/// [`policy_logprobs`] through the taped pass (`model::tape`): the same values,
+/// with candle's autograd only from the logits on. After `loss.backward()`,
+/// [`TapedPolicy::backward`] turns the logits' gradient into the adapter's.
+pub struct TapedPolicy {
+    /// `[B, N]` and `[B, N+1]`, as from [`policy_logprobs`].
+    pub log_pf: Tensor,
+    pub log_pt: Tensor,
+    /// The logits [B·S, V] as a leaf of the loss's graph.
+    logits: Var,
+    tape: Tape,
+    /// Row of the flattened hidden states [B·T, H] behind each logits row.
+    pos: Tensor,
+}
+
+/// The taped policy pass; `view` is the adapter's inference view (dropout off).
+#[allow(clippy::too_many_arguments)]
+pub fn policy_logprobs_taped(
+    lm: &LanguageModel,
+    view: &LoraView,
+    prompt: &[u32],
+    trajs: &[Trajectory],
+    bias: Option<&Tensor>,
+    stop_ids: &[u32],
+    min_len: (usize, f32),
+    max_len: usize,
+) -> Result<TapedPolicy> {
+    let plan = Plan::new(prompt, trajs, stop_ids, max_len)?;
+    let (hidden, tape) = lm.llama.forward_tape(&plan.rows, view)?;
+    let (b, t_len, h) = hidden.dims3()?;
+    let pos = plan.positions(t_len, lm.device())?;
+    let picked = hidden.reshape((b * t_len, h))?.index_select(&pos, 0)?;
+    let logits = Var::from_tensor(&lm.llama.logits(&picked)?)?;
+    let (log_pf, log_pt) = plan.head(lm, logits.as_tensor(), bias, stop_ids, min_len)?;
+    Ok(TapedPolicy { log_pf, log_pt, logits, tape, pos })
+}
+
+impl TapedPolicy {
+    /// The adapter's gradients from the loss's gradient store (zero when the
+    /// loss does not depend on the policy).
+    pub fn backward(&self, lm: &LanguageModel, view: &LoraView, grads: &GradStore) -> Result<LoraGrads> {
+        let (b, t) = self.tape.dims();
+        let h = lm.config().hidden_size;
+        let d_hidden = match grads.get(self.logits.as_tensor()) {
+            Some(d_logits) => {
+                let d_picked = lm.llama.logits_backward(d_logits)?; // [B·S, H]
+                Tensor::zeros((b * t, h), d_picked.dtype(), lm.device())?.index_add(&self.pos, &d_picked, 0)?.reshape((b, t, h))?
+            }
+            None => Tensor::zeros((b, t, h), lm.llama.dtype(), lm.device())?,
+        };
+        lm.llama.backward_tape(&self.tape, &d_hidden, view)
+    }
+}
+
+/// The rows of a policy pass and, per state, where it ends and what follows.
+struct Plan {
+    rows: Vec<Vec<u32>>,
+    /// States per row (most actions + 1).
+    s: usize,
+    n_max: usize,
+    /// Row-major [B, S]: the row offset (from the end) of each state's last
+    /// token, the next action, and the masks.
+    back: Vec<usize>,
+    next: Vec<u32>,
+    pf_keep: Vec<f32>,
+    pt_keep: Vec<f32>,
+}
+
+impl Plan {
+    fn new(prompt: &[u32], trajs: &[Trajectory], stop_ids: &[u32], max_len: usize) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("policy_prompt", "must not be empty"));
+        }
+        if stop_ids.is_empty() {
+            return Err(Error::invalid("stop_tokens", "the policy needs at least one stop token"));
+        }
+        let b = trajs.len();
+        let n_max = trajs.iter().map(|t| t.num_actions()).max().unwrap_or(0);
+        let s = n_max + 1;
+        let rows: Vec<Vec<u32>> = trajs.iter().map(|t| [prompt, t.tokens.as_slice()].concat()).collect();
+        let (mut back, mut next) = (Vec::with_capacity(b * s), Vec::with_capacity(b * s));
+        let (mut pf_keep, mut pt_keep) = (Vec::with_capacity(b * n_max), Vec::with_capacity(b * s));
+        for t in trajs {
+            let lens = t.state_lens();
+            let actions = t.actions();
+            let n = actions.len();
+            for i in 0..s {
+                // Left padding puts a row's last token at T-1; state i ends
+                // lens[i] tokens after the last prompt token.
+                back.push(t.tokens.len() + 1 - lens[i.min(n)]);
+                next.push(if i < n { actions[i] } else { 0 });
+                // Forced termination at max_len: log q(⊤) := 0; padding: 0.
+                pt_keep.push(if i < n || (i == n && n < max_len) { 1f32 } else { 0.0 });
+                if i < n_max {
+                    pf_keep.push(if i < n { 1f32 } else { 0.0 });
+                }
             }
         }
+        Ok(Plan { rows, s, n_max, back, next, pf_keep, pt_keep })
     }
-    let dev = lm.device();
-    let picked = hidden.reshape((b * t_len, h))?.index_select(&Tensor::new(pos, dev)?, 0)?;
-    let mut logits = lm.llama.logits(&picked)?; // [B·S, V] f32
-    if let Some(bias) = bias {
-        logits = logits.broadcast_add(bias)?;
+
+    /// Flattened positions [B·S] in hidden states [B·T, H].
+    fn positions(&self, t_len: usize, dev: &candle_core::Device) -> Result<Tensor> {
+        let pos: Vec<u32> = self.back.iter().enumerate().map(|(k, &back)| ((k / self.s) * t_len + t_len - back) as u32).collect();
+        Ok(Tensor::new(pos, dev)?)
     }
-    let k = stop_ids.len();
-    let stop = Tensor::new(stop_ids, dev)?.unsqueeze(0)?.broadcast_as((b * s, k))?.contiguous()?;
-    if min_len > 0 && min_len_penalty != 0.0 {
-        // penalty[row] · onehot(stop tokens), broadcast: [B·S, 1] × [1, V].
-        let v = lm.config().vocab_size;
-        let mut onehot = vec![0f32; v];
-        for &t in stop_ids {
-            onehot[t as usize] = 1.0;
+
+    /// (log_pf, log_pt) from the states' logits [B·S, V] (f32).
+    fn head(&self, lm: &LanguageModel, logits: &Tensor, bias: Option<&Tensor>, stop_ids: &[u32], (min_len, min_len_penalty): (usize, f32)) -> Result<(Tensor, Tensor)> {
+        let (b, s, n_max) = (self.rows.len(), self.s, self.n_max);
+        let dev = lm.device();
+        let mut logits = logits.clone();
+        if let Some(bias) = bias {
+            logits = logits.broadcast_add(bias)?;
         }
-        let rows: Vec<f32> = (0..b * s).map(|r| if r % s < min_len { min_len_penalty } else { 0.0 }).collect();
-        let pen = Tensor::from_vec(rows, (b * s, 1), dev)?.broadcast_mul(&Tensor::from_vec(onehot, (1, v), dev)?)?;
-        logits = (logits + pen)?;
+        let k = stop_ids.len();
+        let stop = Tensor::new(stop_ids, dev)?.unsqueeze(0)?.broadcast_as((b * s, k))?.contiguous()?;
+        if min_len > 0 && min_len_penalty != 0.0 {
+            // penalty[row] · onehot(stop tokens), broadcast: [B·S, 1] × [1, V].
+            let v = lm.config().vocab_size;
+            let mut onehot = vec![0f32; v];
+            for &t in stop_ids {
+                onehot[t as usize] = 1.0;
+            }
+            let rows: Vec<f32> = (0..b * s).map(|r| if r % s < min_len { min_len_penalty } else { 0.0 }).collect();
+            let pen = Tensor::from_vec(rows, (b * s, 1), dev)?.broadcast_mul(&Tensor::from_vec(onehot, (1, v), dev)?)?;
+            logits = (logits + pen)?;
+        }
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let pf_all = logp.gather(&Tensor::new(self.next.as_slice(), dev)?.unsqueeze(1)?, 1)?.reshape((b, s))?;
+        let log_pf = (pf_all.narrow(1, 0, n_max)? * Tensor::from_slice(&self.pf_keep, (b, n_max), dev)?)?;
+        let pt_all = logp.gather(&stop, 1)?.log_sum_exp(1)?.reshape((b, s))?;
+        let log_pt = (pt_all * Tensor::from_slice(&self.pt_keep, (b, s), dev)?)?;
+        Ok((log_pf.to_dtype(DType::F32)?, log_pt.to_dtype(DType::F32)?))
     }
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let pf_all = logp.gather(&Tensor::new(next, dev)?.unsqueeze(1)?, 1)?.reshape((b, s))?;
-    let log_pf = (pf_all.narrow(1, 0, n_max)? * Tensor::from_vec(pf_keep, (b, n_max), dev)?)?;
-    let pt_all = logp.gather(&stop, 1)?.log_sum_exp(1)?.reshape((b, s))?;
-    let log_pt = (pt_all * Tensor::from_vec(pt_keep, (b, s), dev)?)?;
-    let states = picked.reshape((b, s, h))?;
-    Ok((log_pf.to_dtype(DType::F32)?, log_pt.to_dtype(DType::F32)?, states))
 }

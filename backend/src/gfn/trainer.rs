@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::buffer::{BufferEntry, ReplayBuffer};
 use super::config::{Objective, TrainConfig};
 use super::optim::{AdamW, AdamWConfig};
-use super::policy::policy_logprobs;
+use super::policy::{policy_logprobs, policy_logprobs_taped};
 use super::reward::Reward;
 use super::schedule::warmup_lr;
 use super::trajectory::{Problem, Trajectory};
@@ -106,6 +106,22 @@ pub struct Trainer<'a> {
     bias: Option<Tensor>,
     /// Time each step's phases (see [`Phases`]).
     pub profile: bool,
+    /// How the policy's gradients are computed.
+    pub backward: Backward,
+    /// Sample from the adapter folded into the weights (`model::fold`);
+    /// `None`: where that pays (off the CPU).
+    pub fold: Option<bool>,
+}
+
+/// How a training step computes the adapter's gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backward {
+    /// The hand-written backward (`model::tape`): no gradients for frozen
+    /// weights. Adapters with dropout fall back to [`Backward::Autograd`].
+    #[default]
+    Taped,
+    /// candle's autograd through the whole model (the reference).
+    Autograd,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -168,6 +184,8 @@ impl<'a> Trainer<'a> {
             out: out.map(Path::to_path_buf),
             bias,
             profile: false,
+            backward: Backward::default(),
+            fold: None,
         })
     }
 
@@ -243,6 +261,11 @@ impl<'a> Trainer<'a> {
         self.recent.clear();
         let mut phases = Phases::default();
         let mut clock = Instant::now();
+        // The adapter does not change within a step: one inference view serves
+        // exploration and the taped policy pass of every micro-batch.
+        let infer = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
+        let folded = if self.fold.unwrap_or_else(|| self.lm.llama.fold_pays()) { Some(self.lm.llama.fold(&infer)?) } else { None };
+        let sampler = folded.as_ref().unwrap_or(&infer);
         for micro in 0..self.cfg.grad_accum {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, step as u64, micro as u64));
             if !self.lm.device().is_cpu() {
@@ -260,7 +283,7 @@ impl<'a> Trainer<'a> {
                 let tempered = u < self.cfg.p_replay + self.cfg.p_tempered;
                 sources[usize::from(tempered)] += 1;
                 let pf_temp = if tempered { rng.random_range(self.cfg.pf_temp_low..=self.cfg.pf_temp_high) } else { 1.0 };
-                let trajs = self.explore(&problem, pf_temp as f32, rng.random())?;
+                let trajs = sample_trajectories(self.lm, &self.task, sampler, &problem, self.cfg.batch_size, (self.cfg.min_len, self.cfg.max_len), pf_temp as f32, rng.random())?;
                 self.lap(&mut clock, &mut phases.decode)?;
                 let rewards = self.rewards(&problem, &trajs)?;
                 self.lap(&mut clock, &mut phases.reward)?;
@@ -282,8 +305,17 @@ impl<'a> Trainer<'a> {
                 finals.push(*r.last().unwrap_or(&0.0) as f64);
             }
             let log_r = Tensor::from_vec(lr_flat, (trajs.len(), n_max + 1), self.lm.device())?;
-            let view = self.adapter.view_seeded(Mode::Train, self.lm.llama.dtype(), rng.random())?;
-            let (log_pf, log_pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), &self.task.stop_tokens, (self.cfg.min_len, self.cfg.min_len_penalty as f32), self.cfg.max_len)?;
+            let (min_len, stops) = ((self.cfg.min_len, self.cfg.min_len_penalty as f32), &self.task.stop_tokens);
+            let dtype = self.lm.llama.dtype();
+            let taped = self.backward == Backward::Taped && self.adapter.config.dropout == 0.0;
+            let (log_pf, log_pt, taped) = if taped {
+                let p = policy_logprobs_taped(self.lm, &infer, &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
+                (p.log_pf.clone(), p.log_pt.clone(), Some(p))
+            } else {
+                let view = self.adapter.view_seeded(Mode::Train, dtype, rng.random())?;
+                let (pf, pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
+                (pf, pt, None)
+            };
             let z = if self.log_z.is_empty() {
                 None
             } else {
@@ -310,7 +342,15 @@ impl<'a> Trainer<'a> {
             }
             loss_sum += lv;
             let g = l.backward()?;
-            accumulate(&mut grads, &vars, &g)?;
+            match taped {
+                Some(p) => {
+                    let lora = p.backward(self.lm, &infer, &g)?.in_var_order(&self.adapter);
+                    for (slot, gv) in grads.iter_mut().zip(lora) {
+                        add_grad(slot, gv)?;
+                    }
+                }
+                None => accumulate(&mut grads, &vars, &g)?,
+            }
             accumulate(&mut z_grads, &self.log_z, &g)?;
             lens.extend(lens_b);
             tokens += trajs.iter().map(|t| t.tokens.len()).sum::<usize>();
@@ -356,12 +396,6 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
-
-    /// Samples a batch from the current policy at temperature `pf_temp`.
-    fn explore(&self, problem: &Problem, pf_temp: f32, seed: u64) -> Result<Vec<Trajectory>> {
-        let view = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
-        sample_trajectories(self.lm, &self.task, &view, problem, self.cfg.batch_size, (self.cfg.min_len, self.cfg.max_len), pf_temp, seed)
-    }
 }
 
 /// `n` trajectories for `problem` from the policy `view`, with the task's mask,
@@ -404,12 +438,17 @@ pub fn sample_trajectories(
 
 fn accumulate(acc: &mut [Option<Tensor>], vars: &[Var], g: &candle_core::backprop::GradStore) -> Result<()> {
     for (slot, v) in acc.iter_mut().zip(vars) {
-        if let Some(gv) = g.get(v.as_tensor()) {
-            *slot = Some(match slot.take() {
-                Some(prev) => (prev + gv)?,
-                None => gv.clone(),
-            });
-        }
+        add_grad(slot, g.get(v.as_tensor()).cloned())?;
+    }
+    Ok(())
+}
+
+fn add_grad(slot: &mut Option<Tensor>, g: Option<Tensor>) -> Result<()> {
+    if let Some(g) = g {
+        *slot = Some(match slot.take() {
+            Some(prev) => (prev + g)?,
+            None => g,
+        });
     }
     Ok(())
 }

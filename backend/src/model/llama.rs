@@ -54,7 +54,7 @@ impl Linear {
         Ok(Linear { weight: self.weight.narrow(0, start, len)?.force_contiguous()?, bias })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.broadcast_matmul(&self.weight.t()?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -88,15 +88,15 @@ pub struct Weights {
 
 /// A block as the forward pass uses it: q/k/v and gate/up fused into one
 /// projection each (one matrix product instead of three / two).
-struct Layer {
-    attn_norm: Tensor,
+pub(super) struct Layer {
+    pub attn_norm: Tensor,
     /// [q · k · v, hidden]
-    qkv: Linear,
-    o: Linear,
-    mlp_norm: Tensor,
+    pub qkv: Linear,
+    pub o: Linear,
+    pub mlp_norm: Tensor,
     /// [gate · up, hidden]
-    gate_up: Linear,
-    down: Linear,
+    pub gate_up: Linear,
+    pub down: Linear,
 }
 
 impl Layer {
@@ -114,10 +114,10 @@ impl Layer {
 
 pub struct Llama {
     pub config: LlamaConfig,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Option<Tensor>,
+    pub(super) embed: Tensor,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: Option<Tensor>,
     /// Rotary tables [max_positions, head_dim / 2] in the model dtype: cos, sin,
     /// and the query's cos, sin scaled by 1/√hd (see `Ctx`).
     rope: [Tensor; 4],
@@ -139,6 +139,16 @@ struct Ctx<'a> {
     /// [B, KV, rep, T, S] additive (the same for every head): f32 when
     /// training, else the model dtype.
     mask: Tensor,
+}
+
+/// One pass's inputs, row-major: token and position ids [B, T], the additive
+/// mask [B, T, S] (S = cached + T), and which new positions are real tokens.
+pub(super) struct Prepared {
+    pub ids: Vec<u32>,
+    pub pos: Vec<u32>,
+    pub mask: Vec<f32>,
+    pub dims: (usize, usize),
+    pub step_valid: Vec<Vec<bool>>,
 }
 
 impl Llama {
@@ -203,6 +213,17 @@ impl Llama {
     /// the longest, padding is masked out. Returns the final hidden states
     /// [B, T, hidden] (T = longest row); row `b`'s last real token is at T-1.
     pub fn forward(&self, rows: &[Vec<u32>], cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
+        let p = self.prepare(rows, cache)?;
+        let hidden = self.run(p.ids, p.pos, p.mask, p.dims, cache, lora)?;
+        for (i, v) in p.step_valid.into_iter().enumerate() {
+            cache.valid[i].extend(v);
+        }
+        Ok(hidden)
+    }
+
+    /// Left-pads `rows` after what `cache` holds: token ids, position ids and the
+    /// additive mask of one forward pass (see [`Prepared`]).
+    pub(super) fn prepare(&self, rows: &[Vec<u32>], cache: &mut KvCache) -> Result<Prepared> {
         let b = rows.len();
         if b == 0 {
             return Err(Error::invalid("batch", "empty batch"));
@@ -257,21 +278,13 @@ impl Llama {
                 row[s0 + q] = 0.0;
             }
         }
-        let hidden = self.run(ids, pos, mask, (b, t), cache, lora)?;
-        for (i, v) in step_valid.into_iter().enumerate() {
-            cache.valid[i].extend(v);
-        }
-        Ok(hidden)
+        Ok(Prepared { ids, pos, mask, dims: (b, t), step_valid })
     }
 
     /// The layers over prepared inputs: `ids`/`pos` row-major [B, T], `mask`
     /// additive [B, T, S] (S = cached + T). Appends the keys/values to `cache`
     /// (its validity is the caller's to extend). Returns [B, T, hidden].
     pub(super) fn run(&self, ids: Vec<u32>, pos: Vec<u32>, mask: Vec<f32>, (b, t): (usize, usize), cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
-        let max_pos = pos.iter().copied().max().unwrap_or(0) as usize;
-        if max_pos >= self.config.max_position_embeddings {
-            return Err(Error::TooLong { len: max_pos + 1, max: self.config.max_position_embeddings });
-        }
         let s = cache.len() + t;
         let dev = &self.device;
         let grad = lora.is_some_and(|l| l.tracked);
@@ -284,10 +297,8 @@ impl Llama {
         let c = &self.config;
         let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
         let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
-        let pos = Tensor::from_vec(pos, b * t, dev)?;
-        let half = self.config.head_dim / 2;
-        let [cos, sin, cos_q, sin_q] = self.rope.clone().map(|table| table.index_select(&pos, 0)?.reshape((b, t, half)));
-        let ctx = Ctx { lora, grad, cos: cos?, sin: sin?, cos_q: cos_q?, sin_q: sin_q?, mask };
+        let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
+        let ctx = Ctx { lora, grad, cos, sin, cos_q, sin_q, mask };
 
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
@@ -297,11 +308,31 @@ impl Llama {
         self.rms_norm(&x, &self.norm, ctx.grad)
     }
 
+    /// The rotary tables at position ids `pos` (row-major [B, T]): cos, sin and
+    /// the query's scaled cos, sin, each [B, T, hd/2] in the model dtype.
+    pub(super) fn rope_at(&self, pos: Vec<u32>, (b, t): (usize, usize)) -> Result<[Tensor; 4]> {
+        let max_pos = pos.iter().copied().max().unwrap_or(0) as usize;
+        if max_pos >= self.config.max_position_embeddings {
+            return Err(Error::TooLong { len: max_pos + 1, max: self.config.max_position_embeddings });
+        }
+        let pos = Tensor::from_vec(pos, b * t, &self.device)?;
+        let half = self.config.head_dim / 2;
+        let [cos, sin, cos_q, sin_q] = self.rope.clone().map(|table| table.index_select(&pos, 0)?.reshape((b, t, half)));
+        Ok([cos?, sin?, cos_q?, sin_q?])
+    }
+
     /// Output logits (f32) for hidden states [.., hidden] → [.., vocab].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         // cuBLAS wants a dense left operand (callers often pass a narrowed slice).
         Ok(hidden.contiguous()?.broadcast_matmul(&head.t()?)?.to_dtype(DType::F32)?)
+    }
+
+    /// The hidden states' gradient [.., hidden] (model dtype) from the logits'
+    /// [.., vocab]: the backward of [`Llama::logits`] with the head frozen.
+    pub fn logits_backward(&self, d_logits: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(d_logits.to_dtype(self.dtype)?.contiguous()?.broadcast_matmul(head)?)
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor, grad: bool) -> Result<Tensor> {
@@ -319,6 +350,9 @@ impl Llama {
 
     /// A (fused) projection plus the adapter's delta for its parts.
     fn proj(&self, l: usize, group: &[Proj], lin: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(folded) = ctx.lora.and_then(|v| v.folded(l, group)) {
+            return folded.forward(x);
+        }
         let y = lin.forward(x)?;
         match ctx.lora.map(|v| v.delta_group(l, group, x)).transpose()?.flatten() {
             Some(d) => Ok((y + d.to_dtype(self.dtype)?)?),

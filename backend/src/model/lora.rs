@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::config::LlamaConfig;
+use super::llama::Linear;
 use crate::{Error, Result};
 
 /// The projections of a Llama block that can carry a LoRA adapter.
@@ -27,6 +28,9 @@ pub enum Proj {
     Up,
     Down,
 }
+
+/// The projections as the forward pass groups them (fused q/k/v and gate/up).
+pub(crate) const GROUPS: [&[Proj]; 4] = [&[Proj::Q, Proj::K, Proj::V], &[Proj::O], &[Proj::Gate, Proj::Up], &[Proj::Down]];
 
 impl Proj {
     pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
@@ -144,7 +148,14 @@ pub struct LoraView {
     /// Inference views: per layer, the q/k/v and gate/up adapters as one pair
     /// each, (A stacked [Σr, in], block-diagonal scale · B [Σout, Σr]).
     fused: Vec<[Option<(Tensor, Tensor)>; 2]>,
+    /// Per layer: which projections carry an adapter.
+    present: Vec<[bool; 7]>,
+    /// Folded views (`model::fold`): per layer and group (`GROUPS` order), the
+    /// base weights plus the adapter; the pairs above are then empty.
+    folded: Option<Vec<[Option<Linear>; 4]>>,
     outs: [usize; 7],
+    r: usize,
+    scale: f64,
     rng: std::sync::Mutex<u64>,
 }
 
@@ -200,6 +211,94 @@ impl LoraView {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(Tensor::cat(&parts, candle_core::D::Minus1)?))
+    }
+}
+
+/// Gradients of an adapter's `A` [r, in] and `B` [out, r] (f32), per layer and
+/// projection, from a hand-written backward pass (`model::tape`).
+pub struct LoraGrads {
+    pub layers: Vec<[Option<(Tensor, Tensor)>; 7]>,
+}
+
+impl LoraGrads {
+    pub(crate) fn new(layers: usize) -> Self {
+        LoraGrads { layers: (0..layers).map(|_| Default::default()).collect() }
+    }
+
+    /// In the order of [`LoraAdapter::vars`] (layer, projection, A then B);
+    /// `None` where the pass produced no gradient.
+    pub fn in_var_order(self, adapter: &LoraAdapter) -> Vec<Option<Tensor>> {
+        let mut out = Vec::new();
+        for (l, slots) in adapter.layers.iter().enumerate() {
+            for (i, pair) in slots.iter().enumerate() {
+                if pair.is_some() {
+                    let g = self.layers.get(l).and_then(|g| g[i].clone());
+                    out.push(g.as_ref().map(|g| g.0.clone()));
+                    out.push(g.map(|g| g.1));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl LoraView {
+    pub fn is_folded(&self) -> bool {
+        self.folded.is_some()
+    }
+
+    /// The folded weights of a projection group, in a folded view.
+    pub(crate) fn folded(&self, layer: usize, group: &[Proj]) -> Option<&Linear> {
+        self.folded.as_ref()?.get(layer)?[super::fold::slot(group)?].as_ref()
+    }
+
+    /// This view's adapter as folded weights (and no pairs).
+    pub(super) fn with_folded(&self, folded: Vec<[Option<Linear>; 4]>) -> LoraView {
+        let n = self.layers.len();
+        LoraView {
+            dropout: 0.0,
+            tracked: false,
+            layers: (0..n).map(|_| Default::default()).collect(),
+            fused: (0..n).map(|_| Default::default()).collect(),
+            present: self.present.clone(),
+            folded: Some(folded),
+            outs: self.outs,
+            r: self.r,
+            scale: self.scale,
+            rng: std::sync::Mutex::new(0),
+        }
+    }
+
+    /// The one (A, scale · B) pair of a projection group in an inference view:
+    /// a single projection's own pair, or q/k/v and gate/up fused (A stacked
+    /// [Σr, in], B block-diagonal [Σout, Σr]); `None` without an adapter there.
+    pub(crate) fn group_pair(&self, layer: usize, group: &[Proj]) -> Option<&(Tensor, Tensor)> {
+        match group {
+            [p] => self.layers.get(layer)?[p.index()].as_ref(),
+            [Proj::Q, Proj::K, Proj::V] => self.fused.get(layer)?[0].as_ref(),
+            [Proj::Gate, Proj::Up] => self.fused.get(layer)?[1].as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Splits the gradients of a [`LoraView::group_pair`] (`da` [Σr, in], `dsb`
+    /// [Σout, Σr], model dtype) into each projection's `A` and `B` gradients.
+    pub(crate) fn split_group_grads(&self, layer: usize, group: &[Proj], da: &Tensor, dsb: &Tensor, into: &mut LoraGrads) -> Result<()> {
+        let (Some(present), Some(slots)) = (self.present.get(layer), into.layers.get_mut(layer)) else {
+            return Err(Error::invalid("lora", format!("no layer {layer} in the adapter")));
+        };
+        let (mut row, mut k) = (0, 0);
+        for &p in group {
+            let out = self.outs[p.index()];
+            if present[p.index()] {
+                let ga = da.narrow(0, k * self.r, self.r)?.to_dtype(DType::F32)?;
+                let gb = (dsb.narrow(0, row, out)?.narrow(1, k * self.r, self.r)?.to_dtype(DType::F32)? * self.scale)?;
+                slots[p.index()] = Some((ga, gb));
+                k += 1;
+            }
+            row += out;
+        }
+        Ok(())
     }
 }
 
@@ -334,7 +433,9 @@ impl LoraAdapter {
             fused
         };
         let dropout = if tracked { self.config.dropout as f32 } else { 0.0 };
-        Ok(LoraView { dropout, tracked, layers, fused, outs: self.outs, rng: std::sync::Mutex::new(seed) })
+        let present = self.layers.iter().map(|l| std::array::from_fn(|i| l[i].is_some())).collect();
+        let (outs, r) = (self.outs, self.config.r);
+        Ok(LoraView { dropout, tracked, layers, fused, present, folded: None, outs, r, scale, rng: std::sync::Mutex::new(seed) })
     }
 
     fn peft_key(layer: usize, p: Proj, ab: &str) -> String {

@@ -5,9 +5,11 @@
 pub mod branch;
 pub mod cache;
 pub mod config;
+pub mod fold;
 pub mod llama;
 pub mod loader;
 pub mod lora;
+pub mod tape;
 pub mod tiny;
 pub mod tokenizer;
 
@@ -18,7 +20,7 @@ use candle_core::{DType, Device};
 pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use llama::Llama;
-pub use lora::{LoraAdapter, LoraConfig, LoraView, Mode, Proj};
+pub use lora::{LoraAdapter, LoraConfig, LoraGrads, LoraView, Mode, Proj};
 pub use tokenizer::{Tokenizer, TokenizerSpec};
 
 use crate::{Error, Result};

@@ -1,0 +1,55 @@
+//! An adapter folded into the base weights, W' = W + (s·B) A for each fused
+//! projection, as a view that reads like the base model: a decode step then
+//! runs no adapter products at all (four products and four adds fewer per
+//! block, the same count as the base). Folding costs one [out, r] × [r, in]
+//! product per projection, paid once per adapter state; it pays where passes
+//! are bound by launches (GPU) or when the folded view serves many tokens.
+//! PEFT's `merge_and_unload` computes the same weights.
+//!
+//! Owns only the folding; the forward pass picks folded weights in
+//! `Llama::proj`, and a folded view has no pairs left for training passes.
+
+use super::llama::{Linear, Llama};
+use super::lora::{LoraView, Proj, GROUPS};
+use crate::{Error, Result};
+
+impl Llama {
+    /// Whether folding an adapter for one batch of sampling pays: off the CPU,
+    /// where passes are bound by kernel launches. On the CPU the adapter's
+    /// products cost fewer FLOPs than a fold unless a view serves thousands of tokens.
+    pub fn fold_pays(&self) -> bool {
+        !self.device().is_cpu()
+    }
+
+    /// `view` (an inference view) folded into this model's weights.
+    pub fn fold(&self, view: &LoraView) -> Result<LoraView> {
+        if view.tracked {
+            return Err(Error::invalid("lora", "only an inference view can be folded (a folded view has no gradients)"));
+        }
+        if view.is_folded() {
+            return Err(Error::invalid("lora", "this view is already folded"));
+        }
+        let mut folded = Vec::with_capacity(self.layers.len());
+        for (l, w) in self.layers.iter().enumerate() {
+            let mut slots: [Option<Linear>; 4] = Default::default();
+            for (slot, group) in GROUPS.iter().enumerate() {
+                let Some((a, sb)) = view.group_pair(l, group) else { continue };
+                let lin = match slot {
+                    0 => &w.qkv,
+                    1 => &w.o,
+                    2 => &w.gate_up,
+                    _ => &w.down,
+                };
+                let delta = sb.matmul(a)?.to_dtype(lin.weight.dtype())?; // [out, in]
+                slots[slot] = Some(Linear { weight: (&lin.weight + delta)?, bias: lin.bias.clone() });
+            }
+            folded.push(slots);
+        }
+        Ok(view.with_folded(folded))
+    }
+}
+
+/// The slot of a projection group in a folded view.
+pub(super) fn slot(group: &[Proj]) -> Option<usize> {
+    GROUPS.iter().position(|g| *g == group)
+}
