@@ -40,6 +40,10 @@ if ! skip decode; then
   timeout 240 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --host-draw --json >> "$B" 2>> "$OUT/err.txt"
   timeout 120 "$A" bench decode --random smollm2-135m --device cuda --dtype f32 --batch 64 --new-tokens 64 --json >> "$B" 2>> "$OUT/err.txt"
   rows+=("decode smollm2-135m tok/s (device draw / host draw)|$(J 'f"{dtype} b{batch}: {tokens_per_s:.0} / {host_draw_tokens_per_s or 0:.0}"' "$B" | tr '\n' ';')")
+  # Through a LoRA r64 adapter (what training samples from) vs the same adapter folded into the weights.
+  L="$OUT/lora.jsonl"
+  timeout 180 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,64 --new-tokens 64 --lora-r 64 --json >> "$L" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-135m bf16 + LoRA r64 tok/s (adapter / folded)|$(J 'f"b{batch}: {tokens_per_s:.0} / {folded_tokens_per_s:.0} (fold {fold_s*1e3:.0} ms)"' "$L" | tr '\n' ';')")
 fi
 if ! skip big; then
   timeout 240 "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
@@ -51,6 +55,10 @@ if ! skip step; then
     timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json >> "$S" 2>> "$OUT/err.txt"
   done
   rows+=("step smollm2-135m bf16 r64 |Z|<=20|$(J 'f"b{batch}: {sec_per_step:.3} s/step {traj_per_s:.0} traj/s (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$S" | tr '\n' ';')")
+  # Same process: candle's autograd vs the taped backward (sampling unfolded in both), then folded sampling.
+  AB="$OUT/step-ab.jsonl"
+  timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --backward autograd,taped --fold false --json >> "$AB" 2>> "$OUT/err.txt"
+  rows+=("step b64 A/B (fold off)|$(J 'f"{backward}: {sec_per_step:.3} s/step, backward phase {phase_sec_per_step_backward*1e3:.0} ms, decode {phase_sec_per_step_decode*1e3:.0} ms"' "$AB" | tr '\n' ';')")
 fi
 if ! skip mfu; then
   M="$OUT/mfu.jsonl"

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::gfn::optim::{AdamW, AdamWConfig};
-use crate::gfn::policy::{policy_logprobs, policy_logprobs_taped};
+use crate::gfn::policy::policy_logprobs_taped;
 use crate::gfn::{config::lora_config, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraAdapter, Mode};
 use crate::{Error, Result};
@@ -95,9 +95,8 @@ pub fn train_sft(
         order.shuffle(&mut rng);
         for batch in order.chunks(cfg.batch_size) {
             let t0 = Instant::now();
-            // The taped pass (no gradients for frozen weights) unless dropout needs autograd.
-            let taped = adapter.config.dropout == 0.0;
-            let view = if taped { adapter.view(Mode::Infer, lm.llama.dtype())? } else { adapter.view_seeded(Mode::Train, lm.llama.dtype(), cfg.seed ^ step as u64)? };
+            // The taped pass: no gradients for frozen weights (`model::tape`).
+            let view = adapter.view_seeded(Mode::Tape, lm.llama.dtype(), cfg.seed ^ step as u64)?;
             let mut tapes = Vec::new();
             // Group the batch by problem: one policy pass per prompt.
             let mut by_problem: std::collections::BTreeMap<usize, Vec<Trajectory>> = Default::default();
@@ -109,14 +108,9 @@ pub fn train_sft(
             for (pi, zs) in &by_problem {
                 let p = &task.problems[*pi];
                 let min_len = (shape.min_len, shape.min_len_penalty as f32);
-                let (log_pf, log_pt) = if taped {
-                    let t = policy_logprobs_taped(lm, &view, &p.policy_prompt, zs, None, &task.stop_tokens, min_len, shape.max_len)?;
-                    let out = (t.log_pf.clone(), t.log_pt.clone());
-                    tapes.push(t);
-                    out
-                } else {
-                    policy_logprobs(lm, Some(&view), &p.policy_prompt, zs, None, &task.stop_tokens, min_len, shape.max_len)?
-                };
+                let t = policy_logprobs_taped(lm, &view, &p.policy_prompt, zs, None, &task.stop_tokens, min_len, shape.max_len)?;
+                let (log_pf, log_pt) = (t.log_pf.clone(), t.log_pt.clone());
+                tapes.push(t);
                 // log q(Z ⊤ | X) = Σ log q(z_k | ·) + log q(⊤ | s_n) (0 when forced at max_len).
                 let stop_at: Vec<f32> = zs.iter().flat_map(|z| (0..log_pt.dim(1).unwrap_or(0)).map(move |i| if i == z.num_actions() { 1.0 } else { 0.0 })).collect();
                 let stop_at = candle_core::Tensor::from_vec(stop_at, log_pt.shape(), lm.device())?;
@@ -134,20 +128,15 @@ pub fn train_sft(
                 return Err(Error::NonFinite(format!("SFT loss at step {}", step + 1)));
             }
             let g = loss.backward()?;
-            let grads: Vec<Option<candle_core::Tensor>> = if taped {
-                let mut sum: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
-                for t in &tapes {
-                    for (slot, gv) in sum.iter_mut().zip(t.backward(lm, &view, &g)?.in_var_order(&adapter)) {
-                        *slot = match (slot.take(), gv) {
-                            (Some(a), Some(b)) => Some((a + b)?),
-                            (a, b) => a.or(b),
-                        };
-                    }
+            let mut grads: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
+            for t in &tapes {
+                for (slot, gv) in grads.iter_mut().zip(t.backward(lm, &view, &g)?.in_var_order(&adapter)) {
+                    *slot = match (slot.take(), gv) {
+                        (Some(a), Some(b)) => Some((a + b)?),
+                        (a, b) => a.or(b),
+                    };
                 }
-                sum
-            } else {
-                opt.params().iter().map(|p| g.get(p.as_tensor()).cloned()).collect()
-            };
+            }
             // Clipped (when max_grad_norm > 0) and applied in one flat update.
             let norm = opt.step_clipped(&grads, cfg.lr, cfg.max_grad_norm)?;
             if !norm.is_finite() {

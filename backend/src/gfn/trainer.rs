@@ -116,8 +116,7 @@ pub struct Trainer<'a> {
 /// How a training step computes the adapter's gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backward {
-    /// The hand-written backward (`model::tape`): no gradients for frozen
-    /// weights. Adapters with dropout fall back to [`Backward::Autograd`].
+    /// The hand-written backward (`model::tape`): no gradients for frozen weights.
     #[default]
     Taped,
     /// candle's autograd through the whole model (the reference).
@@ -307,12 +306,15 @@ impl<'a> Trainer<'a> {
             let log_r = Tensor::from_vec(lr_flat, (trajs.len(), n_max + 1), self.lm.device())?;
             let (min_len, stops) = ((self.cfg.min_len, self.cfg.min_len_penalty as f32), &self.task.stop_tokens);
             let dtype = self.lm.llama.dtype();
-            let taped = self.backward == Backward::Taped && self.adapter.config.dropout == 0.0;
-            let (log_pf, log_pt, taped) = if taped {
-                let p = policy_logprobs_taped(self.lm, &infer, &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
+            let seed: u64 = rng.random();
+            // Without dropout the step's inference view is the taped pass's view.
+            let tape_view = if self.adapter.config.dropout > 0.0 { Some(self.adapter.view_seeded(Mode::Tape, dtype, seed)?) } else { None };
+            let tape_view = tape_view.as_ref().unwrap_or(&infer);
+            let (log_pf, log_pt, taped) = if self.backward == Backward::Taped {
+                let p = policy_logprobs_taped(self.lm, tape_view, &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
                 (p.log_pf.clone(), p.log_pt.clone(), Some(p))
             } else {
-                let view = self.adapter.view_seeded(Mode::Train, dtype, rng.random())?;
+                let view = self.adapter.view_seeded(Mode::Train, dtype, seed)?;
                 let (pf, pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
                 (pf, pt, None)
             };
@@ -344,7 +346,7 @@ impl<'a> Trainer<'a> {
             let g = l.backward()?;
             match taped {
                 Some(p) => {
-                    let lora = p.backward(self.lm, &infer, &g)?.in_var_order(&self.adapter);
+                    let lora = p.backward(self.lm, tape_view, &g)?.in_var_order(&self.adapter);
                     for (slot, gv) in grads.iter_mut().zip(lora) {
                         add_grad(slot, gv)?;
                     }

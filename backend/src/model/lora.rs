@@ -137,6 +137,9 @@ pub enum Mode {
     Infer,
     /// Gradients flow to the adapter; dropout is applied.
     Train,
+    /// For the taped pass (`model::tape`): detached and fused like `Infer`,
+    /// with dropout masks drawn like `Train` (same generator, same order).
+    Tape,
 }
 
 /// The tensors of an adapter for one forward pass (detached in `Infer` mode).
@@ -306,6 +309,23 @@ impl LoraView {
     /// Inverted dropout with a mask drawn from the view's seeded generator (CPU)
     /// or the device's seeded generator (CUDA).
     fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((x * self.dropout_mask(x)?)?)
+    }
+
+    /// The taped pass's dropout: one mask per projection of `group` that
+    /// carries an adapter (in group order, as `delta_group` draws them); `None`
+    /// without dropout.
+    pub(crate) fn dropout_masks(&self, layer: usize, group: &[Proj], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        if self.dropout == 0.0 {
+            return Ok(None);
+        }
+        let present = self.present.get(layer).ok_or_else(|| Error::invalid("lora", format!("no layer {layer} in the adapter")))?;
+        let masks = group.iter().filter(|p| present[p.index()]).map(|_| self.dropout_mask(x)).collect::<Result<Vec<_>>>()?;
+        Ok(Some(masks))
+    }
+
+    /// An inverted-dropout mask for `x` (0 or 1/keep, in x's dtype).
+    fn dropout_mask(&self, x: &Tensor) -> Result<Tensor> {
         let keep = 1.0 - self.dropout as f64;
         let mask = if x.device().is_cpu() {
             let mut st = self.rng.lock().map_err(|_| Error::invalid("dropout", "rng poisoned"))?;
@@ -315,7 +335,7 @@ impl LoraView {
         } else {
             x.rand_like(0.0, 1.0)?.ge(self.dropout as f64)?.to_dtype(x.dtype())?
         };
-        Ok(((x * mask)? / keep)?)
+        Ok((mask / keep)?)
     }
 }
 
@@ -432,7 +452,7 @@ impl LoraAdapter {
             }
             fused
         };
-        let dropout = if tracked { self.config.dropout as f32 } else { 0.0 };
+        let dropout = if mode == Mode::Infer { 0.0 } else { self.config.dropout as f32 };
         let present = self.layers.iter().map(|l| std::array::from_fn(|i| l[i].is_some())).collect();
         let (outs, r) = (self.outs, self.config.r);
         Ok(LoraView { dropout, tracked, layers, fused, present, folded: None, outs, r, scale, rng: std::sync::Mutex::new(seed) })

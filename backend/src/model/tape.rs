@@ -13,7 +13,8 @@
 //!
 //! Owns only this pass; the layers' weights are `llama.rs`'s, the adapter's
 //! pairs `lora.rs`'s. The adapter comes as an inference view (detached, q/k/v
-//! and gate/up fused); adapters with dropout train through candle's autograd.
+//! and gate/up fused) or, with dropout, a `Mode::Tape` view: each projection
+//! then gets its own mask, drawn in the same order as candle's path draws them.
 //! `tests/engine.rs` checks the gradients against candle's autograd.
 
 use candle_core::{DType, Tensor, D};
@@ -27,13 +28,20 @@ const GATE_UP: &[Proj] = &[Proj::Gate, Proj::Up];
 const O: &[Proj] = &[Proj::O];
 const DOWN: &[Proj] = &[Proj::Down];
 
+/// A projection group's adapter activations: x Aᵀ [N, Σr] (per projection
+/// side by side) and, with dropout, each projection's mask [N, in].
+struct LoraTape {
+    u: Tensor,
+    masks: Option<Vec<Tensor>>,
+}
+
 /// What the backward of one block reads (N = B·T rows).
 struct BlockTape {
     /// Block input [N, H] and its attention-normed copy.
     x: Tensor,
     h1: Tensor,
-    /// LoRA inner activations x Aᵀ [N, Σr] of q/k/v, o, gate/up and down.
-    u_qkv: Option<Tensor>,
+    /// The adapter's activations of q/k/v, o, gate/up and down.
+    u_qkv: Option<LoraTape>,
     /// Rotated, pre-scaled queries grouped by kv head [B, KV, rep·T, hd];
     /// rotated keys and values [B, KV, T, hd].
     q: Tensor,
@@ -43,15 +51,15 @@ struct BlockTape {
     probs: Tensor,
     /// Attention output [N, heads·hd] (the o projection's input).
     y: Tensor,
-    u_o: Option<Tensor>,
+    u_o: Option<LoraTape>,
     /// Residual after attention [N, H] and its MLP-normed copy.
     x1: Tensor,
     h2: Tensor,
     /// gate · up [N, 2I], its SwiGLU product [N, I].
     gu: Tensor,
     act: Tensor,
-    u_gu: Option<Tensor>,
-    u_down: Option<Tensor>,
+    u_gu: Option<LoraTape>,
+    u_down: Option<LoraTape>,
 }
 
 /// Everything a training pass's backward needs.
@@ -81,7 +89,7 @@ impl Llama {
     /// [`Llama::backward_tape`]. `lora` must be an inference view.
     pub fn forward_tape(&self, rows: &[Vec<u32>], lora: &LoraView) -> Result<(Tensor, Tape)> {
         if lora.tracked || lora.is_folded() {
-            return Err(Error::invalid("lora", "the taped pass takes an unfolded inference view (it builds no autograd graph)"));
+            return Err(Error::invalid("lora", "the taped pass takes an unfolded inference or tape view (it builds no autograd graph)"));
         }
         let mut cache = self.new_cache();
         let p = self.prepare(rows, &mut cache)?;
@@ -186,40 +194,66 @@ impl Llama {
     }
 }
 
-/// A projection plus its adapter's delta: (x Wᵀ + b + (x Aᵀ)(sB)ᵀ, x Aᵀ). x: [N, in].
-fn proj(l: usize, group: &[Proj], lin: &Linear, x: &Tensor, lora: &LoraView) -> Result<(Tensor, Option<Tensor>)> {
+/// A projection plus its adapter's delta: (x Wᵀ + b + (x Aᵀ)(sB)ᵀ, what the
+/// backward needs). x: [N, in]. With dropout, projection p of the group reads x ⊙ m_p.
+fn proj(l: usize, group: &[Proj], lin: &Linear, x: &Tensor, lora: &LoraView) -> Result<(Tensor, Option<LoraTape>)> {
     let y = lin.forward(x)?;
-    match lora.group_pair(l, group) {
-        Some((a, sb)) => {
-            let u = x.matmul(&a.t()?)?;
-            Ok(((y + u.matmul(&sb.t()?)?)?, Some(u)))
+    let Some((a, sb)) = lora.group_pair(l, group) else {
+        return Ok((y, None));
+    };
+    let masks = lora.dropout_masks(l, group, x)?;
+    let u = match &masks {
+        None => x.matmul(&a.t()?)?,
+        Some(ms) => {
+            let r = a.dim(0)? / ms.len().max(1);
+            let parts = ms.iter().enumerate().map(|(k, m)| Ok((x * m)?.matmul(&a.narrow(0, k * r, r)?.t()?)?)).collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 1)?
         }
-        None => Ok((y, None)),
-    }
+    };
+    Ok(((y + u.matmul(&sb.t()?)?)?, Some(LoraTape { u, masks })))
 }
 
 /// The backward of [`proj`] for its output gradient `dy` [N, out]: stores the
 /// adapter's gradients and returns dx [N, in].
 #[allow(clippy::too_many_arguments)]
-fn proj_backward(l: usize, group: &[Proj], lin: &Linear, x: &Tensor, u: Option<&Tensor>, dy: &Tensor, lora: &LoraView, grads: &mut LoraGrads) -> Result<Tensor> {
+fn proj_backward(l: usize, group: &[Proj], lin: &Linear, x: &Tensor, t: Option<&LoraTape>, dy: &Tensor, lora: &LoraView, grads: &mut LoraGrads) -> Result<Tensor> {
     let dy = dy.contiguous()?;
     let dx = dy.matmul(&lin.weight)?;
-    Ok(match lora_backward(l, group, x, u, &dy, true, lora, grads)? {
+    Ok(match lora_backward(l, group, x, t, &dy, true, lora, grads)? {
         Some(d) => (dx + d)?,
         None => dx,
     })
 }
 
 /// The adapter's part of [`proj_backward`]: with du = dy (sB), dA = duᵀ x and
-/// d(sB) = dyᵀ u go to `grads`; returns the adapter's share of dx, du A (when `need_dx`).
+/// d(sB) = dyᵀ u go to `grads`; returns the adapter's share of dx, du A (when
+/// `need_dx`). With dropout, projection p's rows use x ⊙ m_p and mask its share.
 #[allow(clippy::too_many_arguments)]
-fn lora_backward(l: usize, group: &[Proj], x: &Tensor, u: Option<&Tensor>, dy: &Tensor, need_dx: bool, lora: &LoraView, grads: &mut LoraGrads) -> Result<Option<Tensor>> {
-    let (Some(u), Some((a, sb))) = (u, lora.group_pair(l, group)) else {
+fn lora_backward(l: usize, group: &[Proj], x: &Tensor, t: Option<&LoraTape>, dy: &Tensor, need_dx: bool, lora: &LoraView, grads: &mut LoraGrads) -> Result<Option<Tensor>> {
+    let (Some(t), Some((a, sb))) = (t, lora.group_pair(l, group)) else {
         return Ok(None);
     };
     let du = dy.matmul(sb)?; // [N, Σr]
-    lora.split_group_grads(l, group, &du.t()?.matmul(x)?, &dy.t()?.matmul(u)?, grads)?;
-    Ok(if need_dx { Some(du.matmul(a)?) } else { None })
+    let dsb = dy.t()?.matmul(&t.u)?;
+    let Some(masks) = &t.masks else {
+        lora.split_group_grads(l, group, &du.t()?.matmul(x)?, &dsb, grads)?;
+        return Ok(if need_dx { Some(du.matmul(a)?) } else { None });
+    };
+    let r = a.dim(0)? / masks.len().max(1);
+    let (mut da, mut dx) = (Vec::with_capacity(masks.len()), None::<Tensor>);
+    for (k, m) in masks.iter().enumerate() {
+        let du_k = du.narrow(1, k * r, r)?.contiguous()?;
+        da.push(du_k.t()?.matmul(&(x * m)?)?);
+        if need_dx {
+            let d = (du_k.matmul(&a.narrow(0, k * r, r)?)? * m)?;
+            dx = Some(match dx {
+                Some(acc) => (acc + d)?,
+                None => d,
+            });
+        }
+    }
+    lora.split_group_grads(l, group, &Tensor::cat(&da, 0)?, &dsb, grads)?;
+    Ok(dx)
 }
 
 /// RMSNorm y = w ⊙ x·r, r = (mean x² + ε)^(−½): dx = r·g − x·r³·mean(g ⊙ x), g = w ⊙ dy (f32).
