@@ -490,7 +490,7 @@ fn reserved_cache_appends_in_place_and_rewinds() {
 /// without dropout.
 mod taped_backward {
     use super::dev;
-    use amortize::gfn::policy::{policy_logprobs, policy_logprobs_taped};
+    use amortize::gfn::policy::{policy_logprobs_and_states, policy_logprobs_taped};
     use amortize::gfn::Trajectory;
     use amortize::model::loader;
     use amortize::model::{LanguageModel, LlamaConfig, LoraAdapter, LoraConfig, Mode, Proj, Tokenizer, TokenizerSpec};
@@ -525,11 +525,13 @@ mod taped_backward {
         let bias = Tensor::from_vec((0..v).map(|i| if i % 5 == 0 { -3f32 } else { 0.0 }).collect(), v, &dev).unwrap();
         let stops = [2u32, 10];
         let (min_len, max_len) = ((2, -4.0f32), 6);
-        // A loss that weights every output differently.
-        let loss = |pf: &Tensor, pt: &Tensor| -> Tensor {
-            let wf = Tensor::arange(0f32, pf.elem_count() as f32, &dev).unwrap().reshape(pf.dims()).unwrap().cos().unwrap();
-            let wt = Tensor::arange(0f32, pt.elem_count() as f32, &dev).unwrap().reshape(pt.dims()).unwrap().sin().unwrap();
-            ((pf * wf).unwrap().sum_all().unwrap() + (pt * wt).unwrap().sum_all().unwrap().sqr().unwrap()).unwrap()
+        // A loss that weights every output differently, the states (what a
+        // value head reads) included.
+        let loss = |pf: &Tensor, pt: &Tensor, st: &Tensor| -> Tensor {
+            let w = |t: &Tensor, f: fn(&Tensor) -> candle_core::Result<Tensor>| f(&Tensor::arange(0f32, t.elem_count() as f32, &dev).unwrap().reshape(t.dims()).unwrap()).unwrap();
+            let (wf, wt, ws) = (w(pf, Tensor::cos), w(pt, Tensor::sin), w(st, Tensor::cos));
+            let l = ((pf * wf).unwrap().sum_all().unwrap() + (pt * wt).unwrap().sum_all().unwrap().sqr().unwrap()).unwrap();
+            (l + (st * ws).unwrap().sum_all().unwrap().affine(0.1, 0.0).unwrap()).unwrap()
         };
 
         // With dropout both paths draw the same masks: same seed, same order
@@ -537,8 +539,8 @@ mod taped_backward {
         let reseed = || if !dev.is_cpu() { dev.set_seed(42).unwrap() };
         reseed();
         let train = adapter.view_seeded(Mode::Train, DType::F32, 9).unwrap();
-        let (pf, pt) = policy_logprobs(lm, Some(&train), &prompt, &trajs, Some(&bias), &stops, min_len, max_len).unwrap();
-        let g = loss(&pf, &pt).backward().unwrap();
+        let (pf, pt, st) = policy_logprobs_and_states(lm, Some(&train), &prompt, &trajs, Some(&bias), &stops, min_len, max_len).unwrap();
+        let g = loss(&pf, &pt, &st).backward().unwrap();
         let reference: Vec<Option<Tensor>> = adapter.vars().iter().map(|v| g.get(v.as_tensor()).cloned()).collect();
 
         reseed();
@@ -551,7 +553,8 @@ mod taped_backward {
         };
         close(&taped.log_pf, &pf, "log_pf", 1e-5);
         close(&taped.log_pt, &pt, "log_pt", 1e-5);
-        let g = loss(&taped.log_pf, &taped.log_pt).backward().unwrap();
+        close(&taped.states, &st, "states", 1e-5);
+        let g = loss(&taped.log_pf, &taped.log_pt, &taped.states).backward().unwrap();
         let grads = taped.backward(lm, &infer, &g).unwrap().in_var_order(&adapter);
         assert_eq!(grads.len(), reference.len());
         for (i, (a, b)) in grads.iter().zip(&reference).enumerate() {

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::gfn::optim::{AdamW, AdamWConfig};
-use crate::gfn::policy::policy_logprobs_and_states;
+use crate::gfn::policy::{policy_logprobs_and_states, policy_logprobs_taped, TapedPolicy};
 use crate::gfn::trainer::sample_trajectories;
 use crate::gfn::{config::lora_config, Problem, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraAdapter, Mode};
@@ -181,8 +181,21 @@ impl<'a> Ppo<'a> {
             (self.shape.min_len, self.shape.min_len_penalty as f32),
             self.shape.max_len,
         )?;
-        let b = trajs.len();
-        let pf = Tensor::cat(&[&log_pf, &Tensor::zeros((b, 1), DType::F32, self.lm.device())?], 1)?; // [B, S]
+        self.head(&log_pf, &log_pt, &states, stop_at)
+    }
+
+    /// [`Ppo::pass`] through the taped policy pass (for the updates).
+    fn pass_taped(&self, view: &crate::model::LoraView, problem: &Problem, trajs: &[Trajectory], stop_at: &Tensor) -> Result<(Tensor, Tensor, TapedPolicy)> {
+        let min_len = (self.shape.min_len, self.shape.min_len_penalty as f32);
+        let t = policy_logprobs_taped(self.lm, view, &problem.policy_prompt, trajs, self.bias.as_ref(), &self.task.stop_tokens, min_len, self.shape.max_len)?;
+        let (lp, v) = self.head(&t.log_pf, &t.log_pt, &t.states, stop_at)?;
+        Ok((lp, v, t))
+    }
+
+    /// log q(a | s) per state [B, S] (the stop action where `stop_at`) and the value head.
+    fn head(&self, log_pf: &Tensor, log_pt: &Tensor, states: &Tensor, stop_at: &Tensor) -> Result<(Tensor, Tensor)> {
+        let b = log_pf.dim(0)?;
+        let pf = Tensor::cat(&[log_pf, &Tensor::zeros((b, 1), DType::F32, self.lm.device())?], 1)?; // [B, S]
         let lp = (pf + (log_pt * stop_at)?)?;
         let (_, s, h) = states.dims3()?;
         let v = states.to_dtype(DType::F32)?.reshape((b * s, h))?.matmul(self.value.0.as_tensor())?.reshape((b, s))?.broadcast_add(self.value.1.as_tensor())?;
@@ -238,8 +251,8 @@ impl<'a> Ppo<'a> {
 
         let (mut pg_last, mut vf_last) = (0.0, 0.0);
         for _ in 0..self.cfg.epochs {
-            let view = self.adapter.view_seeded(Mode::Train, self.lm.llama.dtype(), rng.random())?;
-            let (lp, v) = self.pass(Some(&view), &problem, &trajs, &stop_at)?;
+            let view = self.adapter.view_seeded(Mode::Tape, self.lm.llama.dtype(), rng.random())?;
+            let (lp, v, taped) = self.pass_taped(&view, &problem, &trajs, &stop_at)?;
             let ratio = (lp - &old_lp)?.exp()?;
             let pg1 = (adv.neg()? * &ratio)?;
             let pg2 = (adv.neg()? * ratio.clamp(1.0 - self.cfg.clip, 1.0 + self.cfg.clip)?)?;
@@ -251,7 +264,9 @@ impl<'a> Ppo<'a> {
                 return Err(Error::NonFinite(format!("PPO loss at step {}", self.step + 1)));
             }
             let g = loss.backward()?;
-            let grads: Vec<Option<Tensor>> = self.opt.params().iter().map(|p| g.get(p.as_tensor()).cloned()).collect();
+            // The adapter's gradients from the taped pass, then the value head's.
+            let mut grads = taped.backward(self.lm, &view, &g)?.in_var_order(&self.adapter);
+            grads.extend([&self.value.0, &self.value.1].map(|v| g.get(v.as_tensor()).cloned()));
             // Clipped (when max_grad_norm > 0) and applied in one flat update.
             let norm = self.opt.step_clipped(&grads, self.cfg.lr, self.cfg.max_grad_norm)?;
             if !norm.is_finite() {

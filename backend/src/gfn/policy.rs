@@ -55,15 +55,19 @@ pub fn policy_logprobs_and_states(
     Ok((log_pf, log_pt, picked.reshape((b, plan.s, h))?))
 }
 
-/// [`policy_logprobs`] through the taped pass (`model::tape`): the same values,
-/// with candle's autograd only from the logits on. After `loss.backward()`,
+/// [`policy_logprobs_and_states`] through the taped pass (`model::tape`): the
+/// same values, with candle's autograd only from the logits and states on. After `loss.backward()`,
 /// [`TapedPolicy::backward`] turns the logits' gradient into the adapter's.
 pub struct TapedPolicy {
     /// `[B, N]` and `[B, N+1]`, as from [`policy_logprobs`].
     pub log_pf: Tensor,
     pub log_pt: Tensor,
-    /// The logits [B·S, V] as a leaf of the loss's graph.
+    /// The last hidden state of every state, `[B, N+1, H]`, a leaf of the
+    /// loss's graph like the logits (what PPO's value head reads).
+    pub states: Tensor,
+    /// The logits [B·S, V] and the states [B·S, H] as leaves of the loss's graph.
     logits: Var,
+    states_leaf: Var,
     tape: Tape,
     /// Row of the flattened hidden states [B·T, H] behind each logits row.
     pos: Tensor,
@@ -88,7 +92,9 @@ pub fn policy_logprobs_taped(
     let picked = hidden.reshape((b * t_len, h))?.index_select(&pos, 0)?;
     let logits = Var::from_tensor(&lm.llama.logits(&picked)?)?;
     let (log_pf, log_pt) = plan.head(lm, logits.as_tensor(), bias, stop_ids, min_len)?;
-    Ok(TapedPolicy { log_pf, log_pt, logits, tape, pos })
+    let states_leaf = Var::from_tensor(&picked)?;
+    let states = states_leaf.as_tensor().reshape((b, plan.s, h))?;
+    Ok(TapedPolicy { log_pf, log_pt, states, logits, tape, pos, states_leaf })
 }
 
 impl TapedPolicy {
@@ -97,11 +103,14 @@ impl TapedPolicy {
     pub fn backward(&self, lm: &LanguageModel, view: &LoraView, grads: &GradStore) -> Result<LoraGrads> {
         let (b, t) = self.tape.dims();
         let h = lm.config().hidden_size;
-        let d_hidden = match grads.get(self.logits.as_tensor()) {
-            Some(d_logits) => {
-                let d_picked = lm.llama.logits_backward(d_logits)?; // [B·S, H]
-                Tensor::zeros((b * t, h), d_picked.dtype(), lm.device())?.index_add(&self.pos, &d_picked, 0)?.reshape((b, t, h))?
-            }
+        let from_logits = grads.get(self.logits.as_tensor()).map(|d| lm.llama.logits_backward(d)).transpose()?;
+        let from_states = grads.get(self.states_leaf.as_tensor()).map(|d| d.to_dtype(lm.llama.dtype())).transpose()?;
+        let d_picked = match (from_logits, from_states) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        }; // [B·S, H]
+        let d_hidden = match d_picked {
+            Some(d) => Tensor::zeros((b * t, h), d.dtype(), lm.device())?.index_add(&self.pos, &d, 0)?.reshape((b, t, h))?,
             None => Tensor::zeros((b, t, h), lm.llama.dtype(), lm.device())?,
         };
         lm.llama.backward_tape(&self.tape, &d_hidden, view)
