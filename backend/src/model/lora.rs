@@ -14,7 +14,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::config::LlamaConfig;
-use super::llama::Linear;
+use super::lora_view::fuse;
+pub use super::lora_view::{LoraGrads, LoraView, Mode};
 use crate::{Error, Result};
 
 /// The projections of a Llama block that can carry a LoRA adapter.
@@ -77,7 +78,7 @@ impl Proj {
         }
     }
 
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         self as usize
     }
 }
@@ -117,259 +118,17 @@ impl LoraConfig {
     }
 }
 
-struct LoraPair {
-    a: Var, // [r, in]
-    b: Var, // [out, r]
+pub(super) struct LoraPair {
+    pub a: Var, // [r, in]
+    pub b: Var, // [out, r]
 }
 
 /// A LoRA adapter: trainable `A`/`B` per (layer, projection).
 pub struct LoraAdapter {
     pub config: LoraConfig,
-    layers: Vec<[Option<LoraPair>; 7]>,
+    pub(super) layers: Vec<[Option<LoraPair>; 7]>,
     /// Output size of each projection (`Proj` order), for fused views.
     outs: [usize; 7],
-}
-
-/// How a forward pass uses an adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// No gradients, no dropout (sampling, scoring, evaluation).
-    Infer,
-    /// Gradients flow to the adapter; dropout is applied.
-    Train,
-    /// For the taped pass (`model::tape`): detached and fused like `Infer`,
-    /// with dropout masks drawn like `Train` (same generator, same order).
-    Tape,
-}
-
-/// The tensors of an adapter for one forward pass (detached in `Infer` mode).
-pub struct LoraView {
-    dropout: f32,
-    pub(crate) tracked: bool,
-    /// Per layer and projection: (A [r, in], scale · B [out, r]).
-    layers: Vec<[Option<(Tensor, Tensor)>; 7]>,
-    /// Inference views: per layer, the q/k/v and gate/up adapters as one pair
-    /// each, (A stacked [Σr, in], block-diagonal scale · B [Σout, Σr]).
-    fused: Vec<[Option<(Tensor, Tensor)>; 2]>,
-    /// Per layer: which projections carry an adapter.
-    present: Vec<[bool; 7]>,
-    /// Folded views (`model::fold`): per layer and group (`GROUPS` order), the
-    /// base weights plus the adapter; the pairs above are then empty.
-    folded: Option<Vec<[Option<Linear>; 4]>>,
-    outs: [usize; 7],
-    r: usize,
-    scale: f64,
-    rng: std::sync::Mutex<u64>,
-}
-
-/// SplitMix64: a tiny, fast, seedable generator for dropout masks.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-impl LoraView {
-    /// The adapter's contribution `scale · dropout(x) Aᵀ Bᵀ` for `x` [.., in], if any.
-    fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Result<Option<Tensor>> {
-        let Some((a, b)) = self.layers.get(layer).and_then(|l| l[proj.index()].as_ref()) else {
-            return Ok(None);
-        };
-        let x = if self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
-        let x = x.to_dtype(a.dtype())?;
-        Ok(Some(x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?))
-    }
-
-    /// The delta of projections fused into one output (their outputs side by
-    /// side, in `group` order); `None` when none of them carries an adapter.
-    pub fn delta_group(&self, layer: usize, group: &[Proj], x: &Tensor) -> Result<Option<Tensor>> {
-        if let [p] = group {
-            return self.delta(layer, *p, x);
-        }
-        let slot = match group {
-            [Proj::Q, Proj::K, Proj::V] => Some(0),
-            [Proj::Gate, Proj::Up] => Some(1),
-            _ => None,
-        };
-        if let Some((a, b)) = slot.and_then(|i| self.fused.get(layer).and_then(|f| f[i].as_ref())) {
-            let x = x.to_dtype(a.dtype())?;
-            return Ok(Some(x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?));
-        }
-        let deltas = group.iter().map(|&p| self.delta(layer, p, x)).collect::<Result<Vec<_>>>()?;
-        let Some(like) = deltas.iter().flatten().next().cloned() else {
-            return Ok(None);
-        };
-        let parts = group
-            .iter()
-            .zip(deltas)
-            .map(|(&p, d)| match d {
-                Some(d) => Ok(d),
-                None => {
-                    let mut shape = like.dims().to_vec();
-                    *shape.last_mut().unwrap_or(&mut 0) = self.outs[p.index()];
-                    Ok(Tensor::zeros(shape, like.dtype(), like.device())?)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(Tensor::cat(&parts, candle_core::D::Minus1)?))
-    }
-}
-
-/// Gradients of an adapter's `A` [r, in] and `B` [out, r] (f32), per layer and
-/// projection, from a hand-written backward pass (`model::tape`).
-pub struct LoraGrads {
-    pub layers: Vec<[Option<(Tensor, Tensor)>; 7]>,
-}
-
-impl LoraGrads {
-    pub(crate) fn new(layers: usize) -> Self {
-        LoraGrads { layers: (0..layers).map(|_| Default::default()).collect() }
-    }
-
-    /// In the order of [`LoraAdapter::vars`] (layer, projection, A then B);
-    /// `None` where the pass produced no gradient.
-    pub fn in_var_order(self, adapter: &LoraAdapter) -> Vec<Option<Tensor>> {
-        let mut out = Vec::new();
-        for (l, slots) in adapter.layers.iter().enumerate() {
-            for (i, pair) in slots.iter().enumerate() {
-                if pair.is_some() {
-                    let g = self.layers.get(l).and_then(|g| g[i].clone());
-                    out.push(g.as_ref().map(|g| g.0.clone()));
-                    out.push(g.map(|g| g.1));
-                }
-            }
-        }
-        out
-    }
-}
-
-impl LoraView {
-    pub fn is_folded(&self) -> bool {
-        self.folded.is_some()
-    }
-
-    /// The folded weights of a projection group, in a folded view.
-    pub(crate) fn folded(&self, layer: usize, group: &[Proj]) -> Option<&Linear> {
-        self.folded.as_ref()?.get(layer)?[super::fold::slot(group)?].as_ref()
-    }
-
-    /// This view's adapter as folded weights (and no pairs).
-    pub(super) fn with_folded(&self, folded: Vec<[Option<Linear>; 4]>) -> LoraView {
-        let n = self.layers.len();
-        LoraView {
-            dropout: 0.0,
-            tracked: false,
-            layers: (0..n).map(|_| Default::default()).collect(),
-            fused: (0..n).map(|_| Default::default()).collect(),
-            present: self.present.clone(),
-            folded: Some(folded),
-            outs: self.outs,
-            r: self.r,
-            scale: self.scale,
-            rng: std::sync::Mutex::new(0),
-        }
-    }
-
-    /// The one (A, scale · B) pair of a projection group in an inference view:
-    /// a single projection's own pair, or q/k/v and gate/up fused (A stacked
-    /// [Σr, in], B block-diagonal [Σout, Σr]); `None` without an adapter there.
-    pub(crate) fn group_pair(&self, layer: usize, group: &[Proj]) -> Option<&(Tensor, Tensor)> {
-        match group {
-            [p] => self.layers.get(layer)?[p.index()].as_ref(),
-            [Proj::Q, Proj::K, Proj::V] => self.fused.get(layer)?[0].as_ref(),
-            [Proj::Gate, Proj::Up] => self.fused.get(layer)?[1].as_ref(),
-            _ => None,
-        }
-    }
-
-    /// Splits the gradients of a [`LoraView::group_pair`] (`da` [Σr, in], `dsb`
-    /// [Σout, Σr], model dtype) into each projection's `A` and `B` gradients.
-    pub(crate) fn split_group_grads(&self, layer: usize, group: &[Proj], da: &Tensor, dsb: &Tensor, into: &mut LoraGrads) -> Result<()> {
-        let (Some(present), Some(slots)) = (self.present.get(layer), into.layers.get_mut(layer)) else {
-            return Err(Error::invalid("lora", format!("no layer {layer} in the adapter")));
-        };
-        let (mut row, mut k) = (0, 0);
-        for &p in group {
-            let out = self.outs[p.index()];
-            if present[p.index()] {
-                let ga = da.narrow(0, k * self.r, self.r)?.to_dtype(DType::F32)?;
-                let gb = (dsb.narrow(0, row, out)?.narrow(1, k * self.r, self.r)?.to_dtype(DType::F32)? * self.scale)?;
-                slots[p.index()] = Some((ga, gb));
-                k += 1;
-            }
-            row += out;
-        }
-        Ok(())
-    }
-}
-
-impl LoraView {
-    /// Inverted dropout with a mask drawn from the view's seeded generator (CPU)
-    /// or the device's seeded generator (CUDA).
-    fn dropout(&self, x: &Tensor) -> Result<Tensor> {
-        Ok((x * self.dropout_mask(x)?)?)
-    }
-
-    /// The taped pass's dropout: one mask per projection of `group` that
-    /// carries an adapter (in group order, as `delta_group` draws them); `None`
-    /// without dropout.
-    pub(crate) fn dropout_masks(&self, layer: usize, group: &[Proj], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
-        if self.dropout == 0.0 {
-            return Ok(None);
-        }
-        let present = self.present.get(layer).ok_or_else(|| Error::invalid("lora", format!("no layer {layer} in the adapter")))?;
-        let masks = group.iter().filter(|p| present[p.index()]).map(|_| self.dropout_mask(x)).collect::<Result<Vec<_>>>()?;
-        Ok(Some(masks))
-    }
-
-    /// An inverted-dropout mask for `x` (0 or 1/keep, in x's dtype).
-    fn dropout_mask(&self, x: &Tensor) -> Result<Tensor> {
-        let keep = 1.0 - self.dropout as f64;
-        let mask = if x.device().is_cpu() {
-            let mut st = self.rng.lock().map_err(|_| Error::invalid("dropout", "rng poisoned"))?;
-            let threshold = (self.dropout as f64 * u64::MAX as f64) as u64;
-            let m: Vec<f32> = (0..x.elem_count()).map(|_| if splitmix(&mut st) >= threshold { 1.0 } else { 0.0 }).collect();
-            Tensor::from_vec(m, x.dims(), x.device())?.to_dtype(x.dtype())?
-        } else {
-            x.rand_like(0.0, 1.0)?.ge(self.dropout as f64)?.to_dtype(x.dtype())?
-        };
-        Ok((mask / keep)?)
-    }
-}
-
-/// One (A, B) pair for the projections of `group` (untargeted ones get zero
-/// rows): A's stacked, B's block-diagonal, so `x Aᵀ Bᵀ` is their deltas side by side.
-fn fuse(layer: &[Option<(Tensor, Tensor)>; 7], group: &[Proj], outs: &[usize; 7]) -> Result<Option<(Tensor, Tensor)>> {
-    let present: Vec<&(Tensor, Tensor)> = group.iter().filter_map(|p| layer[p.index()].as_ref()).collect();
-    let Some(first) = present.first() else { return Ok(None) };
-    let (dt, dev) = (first.0.dtype(), first.0.device());
-    let a = Tensor::cat(&present.iter().map(|(a, _)| a).collect::<Vec<_>>(), 0)?;
-    let ranks: Vec<usize> = present.iter().map(|(a, _)| a.dim(0)).collect::<candle_core::Result<_>>()?;
-    let total: usize = ranks.iter().sum();
-    let mut rows = Vec::with_capacity(group.len());
-    let mut col = 0;
-    for &p in group {
-        let out = outs[p.index()];
-        rows.push(match &layer[p.index()] {
-            Some((_, b)) => {
-                let r = b.dim(1)?;
-                let mut parts = Vec::with_capacity(3);
-                if col > 0 {
-                    parts.push(Tensor::zeros((out, col), dt, dev)?);
-                }
-                parts.push(b.clone());
-                if total - col - r > 0 {
-                    parts.push(Tensor::zeros((out, total - col - r), dt, dev)?);
-                }
-                col += r;
-                Tensor::cat(&parts, 1)?
-            }
-            None => Tensor::zeros((out, total), dt, dev)?,
-        });
-    }
-    Ok(Some((a, Tensor::cat(&rows, 0)?)))
 }
 
 fn out_dims(model: &LlamaConfig) -> [usize; 7] {

@@ -9,6 +9,7 @@ pub mod fold;
 pub mod llama;
 pub mod loader;
 pub mod lora;
+pub mod lora_view;
 pub mod tape;
 pub mod tiny;
 pub mod tokenizer;
