@@ -2,12 +2,13 @@
 //! `log R(s_i ⊤)` for each state s_0..s_n of each trajectory; rewards here are
 //! untempered (the trainer divides by the reward temperature).
 //!
-//! The LM reward `log p_LM(Z_≤i Y | context)` is computed prefix-shared: one pass
-//! over context·Z gives every log p(z_k | …) and the first Y token after every
-//! prefix; the rest of Y after all n+1 prefixes then runs as branches of the
-//! same cached row in one more pass (each branch masked to its own prefix, no
-//! cache copies). Cost: two passes, over X Z and n·(|Y|−1) tokens, instead of
-//! n+1 full sequences. [`LmReward::naive_log_rewards`] is the
+//! The LM reward `log p_LM(Z_≤i Y | context)` is computed prefix-shared: the
+//! context runs once for the whole batch (its cache is copied to every row), one
+//! pass over each row's Z then gives every log p(z_k | …) and the first Y token
+//! after every prefix; the rest of Y after all n+1 prefixes runs as branches of
+//! the same cached row in one more pass (each branch masked to its own prefix,
+//! no cache copies). Cost: the context once, then B·|Z| and B·n·(|Y|−1) tokens,
+//! instead of B·(n+1) full sequences. [`LmReward::naive_log_rewards`] is the
 //! plain reference (tests and the speed bench compare the two).
 
 use std::sync::Mutex;
@@ -133,19 +134,30 @@ impl Reward for LmReward {
         }
         let b = trajs.len();
         let p0 = self.prefix.len();
-        // Pass 1: context · Z for every trajectory.
-        let mut cache = self.cache_for(lm, b)?;
-        let rows: Vec<Vec<u32>> = trajs.iter().map(|t| [ctx.as_slice(), t.tokens.as_slice()].concat()).collect();
-        let hidden = lm.llama.forward(&rows, &mut cache, self.lora.as_ref())?; // [B, T, H]
-        let (_, t_len, h) = hidden.dims3()?;
-        // Positions from the last context token to the last Z token of each row:
-        // row b, offset j (0..=|Z|) predicts Z token j, or (at a state end) Y's first token.
+        // Pass 1: the context once (every row shares it; its last position
+        // predicts Z's first token), copied to each row; then each row's Z.
+        let mut cache = self.cache_for(lm, 1)?;
+        let ctx_hidden = lm.llama.forward(std::slice::from_ref(ctx), &mut cache, self.lora.as_ref())?; // [1, C, H]
+        let h = ctx_hidden.dim(2)?;
+        let last_ctx = ctx_hidden.narrow(1, ctx.len() - 1, 1)?.reshape((1, h))?;
+        let mut cache = cache.repeat_rows(b)?;
+        let z_max = trajs.iter().map(|t| t.tokens.len()).max().unwrap_or(0);
+        // Rows of `flat`: 0 is the context's last position, 1 + b·T + i row b's position i.
+        let flat = if z_max > 0 {
+            let rows: Vec<Vec<u32>> = trajs.iter().map(|t| t.tokens.clone()).collect();
+            let hidden = lm.llama.forward(&rows, &mut cache, self.lora.as_ref())?; // [B, T, H], T = z_max
+            Tensor::cat(&[&last_ctx, &hidden.reshape((b * z_max, h))?], 0)?
+        } else {
+            last_ctx
+        };
+        // Per row, Z token j (0..|Z|) is predicted by the position before it, and
+        // the last one (j = |Z|) predicts what follows the full Z.
         let mut pos = Vec::new();
         for (bi, t) in trajs.iter().enumerate() {
-            let start = t_len - t.tokens.len() - 1;
-            pos.extend((0..=t.tokens.len()).map(|j| (bi * t_len + start + j) as u32));
+            let first = 1 + bi * z_max + z_max - t.tokens.len();
+            pos.push(0u32);
+            pos.extend((0..t.tokens.len()).map(|j| (first + j) as u32));
         }
-        let flat = hidden.reshape((b * t_len, h))?;
         let picked = flat.index_select(&Tensor::new(pos.as_slice(), lm.device())?, 0)?; // [Σ(|Z|+1), H]
         // log p(z_j | …) (mask bias on policy tokens, none on tool tokens).
         let z_ids: Vec<u32> = trajs.iter().flat_map(|t| t.tokens.iter().copied().chain(std::iter::once(0))).collect();
@@ -180,7 +192,7 @@ impl Reward for LmReward {
                 if y0.is_some() {
                     v += lp_y0[offset + len];
                 }
-                starts[bi].push(p0 + t_len - n_tok + len);
+                starts[bi].push(p0 + ctx.len() + z_max - n_tok + len);
                 r.push(v);
             }
             out.push(r);
