@@ -486,8 +486,8 @@ fn reserved_cache_appends_in_place_and_rewinds() {
 /// log-probabilities and the same adapter gradients as candle's autograd, for
 /// random A *and* B (a fresh B = 0 would hide most of the backward), with
 /// GQA, biases, an untied head, left padding, a token bias and the
-/// minimum-length penalty, for all projections and for a subset, with and
-/// without dropout.
+/// minimum-length penalty, for all projections and for a subset; with dropout,
+/// against finite differences.
 mod taped_backward {
     use super::dev;
     use amortize::gfn::policy::{policy_logprobs_and_states, policy_logprobs_taped};
@@ -506,13 +506,28 @@ mod taped_backward {
         LanguageModel { llama, tokenizer: Tokenizer::from_spec(&spec).unwrap(), name: "tiny".into() }
     }
 
-    fn check(lm: &LanguageModel, targets: Vec<Proj>, dropout: f64) {
+    /// A random adapter (A and B) and a batch to score: trajectories of several
+    /// lengths (one empty), a token bias, stop tokens, a minimum length.
+    struct Case {
+        adapter: LoraAdapter,
+        trajs: Vec<Trajectory>,
+        bias: Tensor,
+    }
+
+    const PROMPT: [u32; 3] = [1, 14, 15];
+    const STOPS: [u32; 2] = [2, 10];
+    const MIN_LEN: (usize, f32) = (2, -4.0);
+    const MAX_LEN: usize = 6;
+
+    fn case(lm: &LanguageModel, targets: Vec<Proj>, dropout: f64) -> Case {
         let dev = dev();
         let cfg = LoraConfig { r: 4, alpha: 8.0, dropout, targets };
         let adapter = LoraAdapter::new(lm.config(), cfg, &dev, 3).unwrap();
-        for (i, v) in adapter.vars().iter().enumerate() {
-            v.set(&Tensor::randn(0f32, 0.3, v.shape(), &dev).unwrap()).unwrap();
-            assert_eq!(v.dims().len(), 2, "var {i}");
+        // Seeded values (uniform in ±0.5): the same case on every run.
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(17);
+        for v in adapter.vars() {
+            let w: Vec<f32> = (0..v.elem_count()).map(|_| rand::Rng::random_range(&mut rng, -0.5f32..0.5)).collect();
+            v.set(&Tensor::from_vec(w, v.shape(), &dev).unwrap()).unwrap();
         }
         let trajs = vec![
             Trajectory::from_actions(vec![5, 9, 12, 7]),
@@ -520,42 +535,48 @@ mod taped_backward {
             Trajectory::from_actions(vec![20, 21]),
             Trajectory::from_actions(vec![3, 4, 5, 6, 7, 8]),
         ];
-        let prompt = [1u32, 14, 15];
         let v = lm.config().vocab_size;
         let bias = Tensor::from_vec((0..v).map(|i| if i % 5 == 0 { -3f32 } else { 0.0 }).collect(), v, &dev).unwrap();
-        let stops = [2u32, 10];
-        let (min_len, max_len) = ((2, -4.0f32), 6);
-        // A loss that weights every output differently, the states (what a
-        // value head reads) included.
-        let loss = |pf: &Tensor, pt: &Tensor, st: &Tensor| -> Tensor {
-            let w = |t: &Tensor, f: fn(&Tensor) -> candle_core::Result<Tensor>| f(&Tensor::arange(0f32, t.elem_count() as f32, &dev).unwrap().reshape(t.dims()).unwrap()).unwrap();
-            let (wf, wt, ws) = (w(pf, Tensor::cos), w(pt, Tensor::sin), w(st, Tensor::cos));
-            let l = ((pf * wf).unwrap().sum_all().unwrap() + (pt * wt).unwrap().sum_all().unwrap().sqr().unwrap()).unwrap();
-            (l + (st * ws).unwrap().sum_all().unwrap().affine(0.1, 0.0).unwrap()).unwrap()
-        };
+        Case { adapter, trajs, bias }
+    }
 
-        // With dropout both paths draw the same masks: same seed, same order
-        // (the device generator is reseeded before each pass).
-        let reseed = || if !dev.is_cpu() { dev.set_seed(42).unwrap() };
-        reseed();
-        let train = adapter.view_seeded(Mode::Train, DType::F32, 9).unwrap();
-        let (pf, pt, st) = policy_logprobs_and_states(lm, Some(&train), &prompt, &trajs, Some(&bias), &stops, min_len, max_len).unwrap();
+    /// A loss that weights every output differently, the states (what a value
+    /// head reads) included; `square` makes it nonlinear in log q(⊤).
+    fn loss_with(pf: &Tensor, pt: &Tensor, st: &Tensor, square: bool) -> Tensor {
+        let w = |t: &Tensor, f: fn(&Tensor) -> candle_core::Result<Tensor>| f(&Tensor::arange(0f32, t.elem_count() as f32, t.device()).unwrap().reshape(t.dims()).unwrap()).unwrap();
+        let (wf, wt, ws) = (w(pf, Tensor::cos), w(pt, Tensor::sin), w(st, Tensor::cos));
+        let t = (pt * wt).unwrap().sum_all().unwrap();
+        let t = if square { t.sqr().unwrap() } else { t };
+        let l = ((pf * wf).unwrap().sum_all().unwrap() + t).unwrap();
+        (l + (st * ws).unwrap().sum_all().unwrap().affine(0.1, 0.0).unwrap()).unwrap()
+    }
+
+    fn loss(pf: &Tensor, pt: &Tensor, st: &Tensor) -> Tensor {
+        loss_with(pf, pt, st, true)
+    }
+
+    fn close(a: &Tensor, b: &Tensor, what: &str, tol: f32) {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
+        let err = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err <= tol * scale, "{what}: max |Δ| {err} against max |ref| {scale}");
+    }
+
+    /// Without dropout: the same values and gradients as candle's autograd
+    /// through the whole model (prompt and Z as one row each).
+    fn check(lm: &LanguageModel, targets: Vec<Proj>) {
+        let c = case(lm, targets, 0.0);
+        let train = c.adapter.view(Mode::Train, DType::F32).unwrap();
+        let (pf, pt, st) = policy_logprobs_and_states(lm, Some(&train), &PROMPT, &c.trajs, Some(&c.bias), &STOPS, MIN_LEN, MAX_LEN).unwrap();
         let g = loss(&pf, &pt, &st).backward().unwrap();
-        let reference: Vec<Option<Tensor>> = adapter.vars().iter().map(|v| g.get(v.as_tensor()).cloned()).collect();
+        let reference: Vec<Option<Tensor>> = c.adapter.vars().iter().map(|v| g.get(v.as_tensor()).cloned()).collect();
 
-        reseed();
-        let infer = adapter.view_seeded(if dropout > 0.0 { Mode::Tape } else { Mode::Infer }, DType::F32, 9).unwrap();
-        let taped = policy_logprobs_taped(lm, &infer, &prompt, &trajs, Some(&bias), &stops, min_len, max_len).unwrap();
-        let close = |a: &Tensor, b: &Tensor, what: &str, tol: f32| {
-            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
-            let err = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(err <= tol * scale, "{what}: max |Δ| {err} against max |ref| {scale}");
-        };
+        let infer = c.adapter.view(Mode::Infer, DType::F32).unwrap();
+        let taped = policy_logprobs_taped(lm, &infer, &PROMPT, &c.trajs, Some(&c.bias), &STOPS, MIN_LEN, MAX_LEN).unwrap();
         close(&taped.log_pf, &pf, "log_pf", 1e-5);
         close(&taped.log_pt, &pt, "log_pt", 1e-5);
         close(&taped.states, &st, "states", 1e-5);
         let g = loss(&taped.log_pf, &taped.log_pt, &taped.states).backward().unwrap();
-        let grads = taped.backward(lm, &infer, &g).unwrap().in_var_order(&adapter);
+        let grads = taped.backward(lm, &infer, &g).unwrap().in_var_order(&c.adapter);
         assert_eq!(grads.len(), reference.len());
         for (i, (a, b)) in grads.iter().zip(&reference).enumerate() {
             let (a, b) = (a.as_ref().unwrap_or_else(|| panic!("no taped gradient for var {i}")), b.as_ref().unwrap());
@@ -564,13 +585,54 @@ mod taped_backward {
         }
     }
 
+    /// With dropout the taped pass draws its own masks (the shared prompt gets
+    /// one mask for the batch), so autograd cannot be the reference: central
+    /// finite differences of the same masked function are (a view with the same
+    /// seed draws the same masks).
+    fn check_dropout(lm: &LanguageModel, targets: Vec<Proj>) {
+        let dev = dev();
+        let c = case(lm, targets, 0.3);
+        let run = |backward: bool| -> (f64, Option<Vec<Option<Tensor>>>) {
+            if !dev.is_cpu() {
+                dev.set_seed(42).unwrap();
+            }
+            let view = c.adapter.view_seeded(Mode::Tape, DType::F32, 9).unwrap();
+            let taped = policy_logprobs_taped(lm, &view, &PROMPT, &c.trajs, Some(&c.bias), &STOPS, MIN_LEN, MAX_LEN).unwrap();
+            // Linear in the outputs: finite differences then see only the model's curvature.
+            let l = loss_with(&taped.log_pf, &taped.log_pt, &taped.states, false);
+            let grads = backward.then(|| taped.backward(lm, &view, &l.backward().unwrap()).unwrap().in_var_order(&c.adapter));
+            (l.to_scalar::<f32>().unwrap() as f64, grads)
+        };
+        let grads = run(true).1.unwrap();
+        let vars = c.adapter.vars();
+        let eps = 1e-3f32;
+        for i in (0..vars.len()).step_by(5) {
+            let g: Vec<f32> = grads[i].as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let (k, &gk) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
+            let orig = vars[i].as_tensor().copy().unwrap();
+            let shifted = |d: f32| {
+                let mut w: Vec<f32> = orig.flatten_all().unwrap().to_vec1().unwrap();
+                w[k] += d;
+                vars[i].set(&Tensor::from_vec(w, orig.shape(), &dev).unwrap()).unwrap();
+                run(false).0
+            };
+            let fd = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+            vars[i].set(&orig).unwrap();
+            assert!((fd - gk as f64).abs() <= 1e-2 * (gk as f64).abs().max(1.0), "var {i}[{k}]: taped {gk} vs finite differences {fd}");
+        }
+    }
+
     #[test]
     fn taped_gradients_equal_autograd() {
-        check(&model(false, true), Proj::ALL.to_vec(), 0.0);
-        check(&model(true, false), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down], 0.0);
-        check(&model(true, true), vec![Proj::K, Proj::O, Proj::Gate], 0.0);
-        // Dropout: each projection its own mask, in the fused groups too.
-        check(&model(false, true), Proj::ALL.to_vec(), 0.3);
-        check(&model(true, false), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down], 0.3);
+        check(&model(false, true), Proj::ALL.to_vec());
+        check(&model(true, false), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down]);
+        check(&model(true, true), vec![Proj::K, Proj::O, Proj::Gate]);
+    }
+
+    /// Dropout: each projection its own mask, in the fused groups too.
+    #[test]
+    fn taped_gradients_with_dropout_equal_finite_differences() {
+        check_dropout(&model(false, true), Proj::ALL.to_vec());
+        check_dropout(&model(true, false), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down]);
     }
 }

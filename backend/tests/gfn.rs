@@ -247,7 +247,7 @@ mod taped_backward {
 
     /// Whole training steps: the taped trainer, sampling from the folded
     /// adapter, follows the autograd trainer (same samples, same losses, same
-    /// adapter afterwards, to rounding), with and without LoRA dropout.
+    /// adapter afterwards, to rounding).
     #[test]
     fn taped_and_folded_training_follows_autograd() {
         use amortize::decode::TokenMask;
@@ -272,7 +272,9 @@ mod taped_backward {
             let losses: Vec<(f64, f64)> = (0..cfg.steps).map(|_| t.train_step().unwrap()).map(|m| (m.loss, m.grad_norm)).collect();
             (losses, t.adapter.tensors())
         };
-        for dropout in [0.0, 0.2] {
+        // Without dropout (with it, the taped pass draws its own masks: see
+        // the finite-difference test in tests/engine.rs).
+        for dropout in [0.0] {
             let (want, want_w) = run(Backward::Autograd, false, dropout);
             let (got, got_w) = run(Backward::Taped, true, dropout);
             for (i, ((l0, g0), (l1, g1))) in want.iter().zip(&got).enumerate() {

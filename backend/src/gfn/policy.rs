@@ -69,7 +69,8 @@ pub struct TapedPolicy {
     logits: Var,
     states_leaf: Var,
     tape: Tape,
-    /// Row of the flattened hidden states [B·T, H] behind each logits row.
+    /// Row of the hidden states [P + B·T, H] (the prompt's, then the rows')
+    /// behind each logits row.
     pos: Tensor,
 }
 
@@ -86,10 +87,13 @@ pub fn policy_logprobs_taped(
     max_len: usize,
 ) -> Result<TapedPolicy> {
     let plan = Plan::new(prompt, trajs, stop_ids, max_len)?;
-    let (hidden, tape) = lm.llama.forward_tape(&plan.rows, view)?;
-    let (b, t_len, h) = hidden.dims3()?;
-    let pos = plan.positions(t_len, lm.device())?;
-    let picked = hidden.reshape((b * t_len, h))?.index_select(&pos, 0)?;
+    // The prompt runs once for the whole batch; each row continues it with its Z.
+    let z_rows: Vec<Vec<u32>> = trajs.iter().map(|t| t.tokens.clone()).collect();
+    let (hp, hr, tape) = lm.llama.forward_tape(prompt, &z_rows, view)?;
+    let (b, t_len, h) = hr.dims3()?;
+    let hidden = Tensor::cat(&[&hp, &hr.reshape((b * t_len, h))?], 0)?; // [P + B·T, H]
+    let pos = plan.positions_after_prompt(prompt.len(), t_len, lm.device())?;
+    let picked = hidden.index_select(&pos, 0)?;
     let logits = Var::from_tensor(&lm.llama.logits(&picked)?)?;
     let (log_pf, log_pt) = plan.head(lm, logits.as_tensor(), bias, stop_ids, min_len)?;
     let states_leaf = Var::from_tensor(&picked)?;
@@ -101,7 +105,7 @@ impl TapedPolicy {
     /// The adapter's gradients from the loss's gradient store (zero when the
     /// loss does not depend on the policy).
     pub fn backward(&self, lm: &LanguageModel, view: &LoraView, grads: &GradStore) -> Result<LoraGrads> {
-        let (b, t) = self.tape.dims();
+        let (p, b, t) = self.tape.dims();
         let h = lm.config().hidden_size;
         let from_logits = grads.get(self.logits.as_tensor()).map(|d| lm.llama.logits_backward(d)).transpose()?;
         let from_states = grads.get(self.states_leaf.as_tensor()).map(|d| d.to_dtype(lm.llama.dtype())).transpose()?;
@@ -110,10 +114,10 @@ impl TapedPolicy {
             (a, b) => a.or(b),
         }; // [B·S, H]
         let d_hidden = match d_picked {
-            Some(d) => Tensor::zeros((b * t, h), d.dtype(), lm.device())?.index_add(&self.pos, &d, 0)?.reshape((b, t, h))?,
-            None => Tensor::zeros((b, t, h), lm.llama.dtype(), lm.device())?,
+            Some(d) => Tensor::zeros((p + b * t, h), d.dtype(), lm.device())?.index_add(&self.pos, &d, 0)?,
+            None => Tensor::zeros((p + b * t, h), lm.llama.dtype(), lm.device())?,
         };
-        lm.llama.backward_tape(&self.tape, &d_hidden, view)
+        lm.llama.backward_tape(&self.tape, &d_hidden.narrow(0, 0, p)?, &d_hidden.narrow(0, p, b * t)?.reshape((b, t, h))?, view)
     }
 }
 
@@ -167,6 +171,25 @@ impl Plan {
     /// Flattened positions [B·S] in hidden states [B·T, H].
     fn positions(&self, t_len: usize, dev: &candle_core::Device) -> Result<Tensor> {
         let pos: Vec<u32> = self.back.iter().enumerate().map(|(k, &back)| ((k / self.s) * t_len + t_len - back) as u32).collect();
+        Ok(Tensor::new(pos, dev)?)
+    }
+
+    /// As [`Plan::positions`], for hidden states laid out as the prompt's
+    /// [P, H] then the rows' [B·T, H] (each row's Z left-padded to T).
+    fn positions_after_prompt(&self, p_len: usize, t_len: usize, dev: &candle_core::Device) -> Result<Tensor> {
+        let pos: Vec<u32> = self
+            .back
+            .iter()
+            .enumerate()
+            .map(|(k, &back)| {
+                let bi = k / self.s;
+                let n = self.rows[bi].len() - p_len;
+                match n + 1 - back {
+                    0 => (p_len - 1) as u32,
+                    z => (p_len + bi * t_len + t_len - n + z - 1) as u32,
+                }
+            })
+            .collect();
         Ok(Tensor::new(pos, dev)?)
     }
 

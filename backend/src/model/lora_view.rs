@@ -20,7 +20,7 @@ pub enum Mode {
     /// Gradients flow to the adapter; dropout is applied.
     Train,
     /// For the taped pass (`model::tape`): detached and fused like `Infer`,
-    /// with dropout masks drawn like `Train` (same generator, same order).
+    /// with dropout masks from the view's seeded generator like `Train`.
     Tape,
 }
 
@@ -167,7 +167,8 @@ impl LoraView {
     }
 
     /// Splits the gradients of a [`LoraView::group_pair`] (`da` [Σr, in], `dsb`
-    /// [Σout, Σr], model dtype) into each projection's `A` and `B` gradients.
+    /// [Σout, Σr], model dtype) into each projection's `A` and `B` gradients,
+    /// added to what `into` holds.
     pub(crate) fn split_group_grads(&self, layer: usize, group: &[Proj], da: &Tensor, dsb: &Tensor, into: &mut LoraGrads) -> Result<()> {
         let (Some(present), Some(slots)) = (self.present.get(layer), into.layers.get_mut(layer)) else {
             return Err(Error::invalid("lora", format!("no layer {layer} in the adapter")));
@@ -178,7 +179,11 @@ impl LoraView {
             if present[p.index()] {
                 let ga = da.narrow(0, k * self.r, self.r)?.to_dtype(DType::F32)?;
                 let gb = (dsb.narrow(0, row, out)?.narrow(1, k * self.r, self.r)?.to_dtype(DType::F32)? * self.scale)?;
-                slots[p.index()] = Some((ga, gb));
+                // A pass over several segments adds each one's share.
+                slots[p.index()] = Some(match slots[p.index()].take() {
+                    Some((a0, b0)) => ((a0 + ga)?, (b0 + gb)?),
+                    None => (ga, gb),
+                });
                 k += 1;
             }
             row += out;

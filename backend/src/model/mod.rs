@@ -11,6 +11,7 @@ pub mod loader;
 pub mod lora;
 pub mod lora_view;
 pub mod tape;
+mod tape_ops;
 pub mod tiny;
 pub mod tokenizer;
 

@@ -11,16 +11,25 @@
 //! (embeddings are frozen). The forward uses the fused inference kernels (RMSNorm,
 //! RoPE, last-dim softmax); attention probabilities and the softmax stay in f32.
 //!
+//! The batch shares its prompt: the prompt runs once (one row), and the B rows
+//! that continue it attend to its keys and values, whose gradients are summed
+//! over the rows. The pass thus costs P + B·T tokens, not B·(P + T).
+//!
 //! Owns only this pass; the layers' weights are `llama.rs`'s, the adapter's
-//! pairs `lora.rs`'s. The adapter comes as an inference view (detached, q/k/v
-//! and gate/up fused) or, with dropout, a `Mode::Tape` view: each projection
-//! then gets its own mask, drawn in the same order as candle's path draws them.
-//! `tests/engine.rs` checks the gradients against candle's autograd.
+//! pairs `lora.rs`'s, the per-op backward steps `tape_ops.rs`'s. The adapter
+//! comes as an inference view (detached, q/k/v and gate/up fused) or, with
+//! dropout, a `Mode::Tape` view: each projection then gets its own mask, and
+//! the shared prompt one mask for the whole batch (each row's gradient stays
+//! unbiased; the rows' noise is correlated on the prompt). `tests/engine.rs`
+//! checks the gradients against candle's autograd, and with dropout against
+//! finite differences.
 
 use candle_core::{DType, Tensor, D};
 
-use super::llama::{Layer, Linear, Llama};
+use super::cache::KvCache;
+use super::llama::{Layer, Llama};
 use super::lora::{LoraGrads, LoraView, Proj};
+use super::tape_ops::{lora_backward, proj, proj_backward, rms_norm_backward, swiglu_backward, LoraTape};
 use crate::{Error, Result};
 
 const QKV: &[Proj] = &[Proj::Q, Proj::K, Proj::V];
@@ -28,26 +37,36 @@ const GATE_UP: &[Proj] = &[Proj::Gate, Proj::Up];
 const O: &[Proj] = &[Proj::O];
 const DOWN: &[Proj] = &[Proj::Down];
 
-/// A projection group's adapter activations: x Aᵀ [N, Σr] (per projection
-/// side by side) and, with dropout, each projection's mask [N, in].
-struct LoraTape {
-    u: Tensor,
-    masks: Option<Vec<Tensor>>,
+/// One segment of the pass: the prompt (1 row) or the rows after it.
+struct Segment {
+    /// Rows and (padded) length.
+    b: usize,
+    t: usize,
+    /// Additive mask [B, KV, rep, T, S] (S = keys seen: the prompt's, then own), f32.
+    mask: Tensor,
+    /// Rotary tables [B, T, hd/2]: cos, sin, the query's scaled cos, sin, and
+    /// the two −sin (rotation by −θ is the transpose of rotation by θ).
+    cos: Tensor,
+    sin: Tensor,
+    cos_q: Tensor,
+    sin_q: Tensor,
+    neg_sin: Tensor,
+    neg_sin_q: Tensor,
 }
 
-/// What the backward of one block reads (N = B·T rows).
+/// What the backward of one block reads for one segment (N = B·T rows).
 struct BlockTape {
     /// Block input [N, H] and its attention-normed copy.
     x: Tensor,
     h1: Tensor,
     /// The adapter's activations of q/k/v, o, gate/up and down.
     u_qkv: Option<LoraTape>,
-    /// Rotated, pre-scaled queries grouped by kv head [B, KV, rep·T, hd];
-    /// rotated keys and values [B, KV, T, hd].
+    /// Rotated, pre-scaled queries grouped by kv head [B, KV, rep·T, hd]; the
+    /// keys and values attended to [B, KV, S, hd] (rotated keys).
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    /// Attention probabilities [B, KV, rep·T, T], f32.
+    /// Attention probabilities [B, KV, rep·T, S], f32.
     probs: Tensor,
     /// Attention output [N, heads·hd] (the o projection's input).
     y: Tensor,
@@ -64,69 +83,92 @@ struct BlockTape {
 
 /// Everything a training pass's backward needs.
 pub struct Tape {
-    dims: (usize, usize),
-    blocks: Vec<BlockTape>,
-    /// The final norm's input [N, H].
-    last: Tensor,
-    /// Rotary tables [B, T, hd/2]: cos, −sin, and the query's scaled cos, −sin
-    /// (rotation by −θ is the transpose of rotation by θ).
-    cos: Tensor,
-    neg_sin: Tensor,
-    cos_q: Tensor,
-    neg_sin_q: Tensor,
+    /// The prompt and the rows after it.
+    segs: [Segment; 2],
+    /// Per block: the prompt's tape and the rows'.
+    blocks: Vec<[BlockTape; 2]>,
+    /// The final norm's inputs [P, H] and [B·T, H].
+    last: [Tensor; 2],
 }
 
 impl Tape {
-    /// (batch, padded length) of the pass.
-    pub fn dims(&self) -> (usize, usize) {
-        self.dims
+    /// (prompt length, rows, padded row length) of the pass.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        (self.segs[0].t, self.segs[1].b, self.segs[1].t)
     }
 }
 
 impl Llama {
-    /// The final hidden states [B, T, hidden] of `rows` (left-padded as in
-    /// `forward`, on a fresh cache) under the adapter `lora`, with the tape for
-    /// [`Llama::backward_tape`]. `lora` must be an inference view.
-    pub fn forward_tape(&self, rows: &[Vec<u32>], lora: &LoraView) -> Result<(Tensor, Tape)> {
+    /// The final hidden states of `prompt` [P, hidden] and of each row of
+    /// `rows` after it [B, T, hidden] (rows left-padded as in `forward`), under
+    /// the adapter `lora`, with the tape for [`Llama::backward_tape`]. `lora`
+    /// must be an inference view or a tape view.
+    pub fn forward_tape(&self, prompt: &[u32], rows: &[Vec<u32>], lora: &LoraView) -> Result<(Tensor, Tensor, Tape)> {
         if lora.tracked || lora.is_folded() {
             return Err(Error::invalid("lora", "the taped pass takes an unfolded inference or tape view (it builds no autograd graph)"));
         }
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "the taped pass needs a non-empty prompt"));
+        }
+        let p_len = prompt.len();
         let mut cache = self.new_cache();
-        let p = self.prepare(rows, &mut cache)?;
-        let (b, t) = p.dims;
-        let c = &self.config;
-        let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
-        let mask = Tensor::from_vec(p.mask, (b, 1, 1, t, t), self.device())?.broadcast_as((b, nkv, rep, t, t))?.contiguous()?;
-        let [cos, sin, cos_q, sin_q] = self.rope_at(p.pos, p.dims)?;
-        let ids = Tensor::from_vec(p.ids, b * t, self.device())?;
-        let mut x = self.embed.embedding(&ids)?; // [N, H]
+        let pp = self.prepare(&[prompt.to_vec()], &mut cache)?;
+        // The rows see the prompt as P valid cached positions.
+        let mut after = KvCache { layers: vec![None; self.layers.len()], valid: vec![vec![true; p_len]; rows.len()] };
+        let pr = self.prepare(rows, &mut after)?;
+        let seg_p = self.segment(pp.pos, pp.mask, pp.dims, p_len)?;
+        let seg_r = self.segment(pr.pos, pr.mask, pr.dims, p_len + pr.dims.1)?;
+        let mut xp = self.embed.embedding(&Tensor::new(pp.ids, self.device())?)?; // [P, H]
+        let mut xr = self.embed.embedding(&Tensor::new(pr.ids, self.device())?)?; // [B·T, H]
         let mut blocks = Vec::with_capacity(self.layers.len());
         for (l, w) in self.layers.iter().enumerate() {
-            let (next, tape) = self.block_tape(l, w, x, lora, (b, t), &mask, [&cos, &sin, &cos_q, &sin_q])?;
-            blocks.push(tape);
-            x = next;
+            let (np, tp) = self.block_tape(l, w, xp, lora, &seg_p, None)?;
+            let (nr, tr) = self.block_tape(l, w, xr, lora, &seg_r, Some((&tp.k, &tp.v)))?;
+            blocks.push([tp, tr]);
+            (xp, xr) = (np, nr);
         }
-        let hidden = candle_nn::ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps as f32)?.reshape((b, t, c.hidden_size))?;
-        let tape = Tape { dims: (b, t), blocks, last: x, cos, neg_sin: sin.neg()?, cos_q, neg_sin_q: sin_q.neg()? };
-        Ok((hidden, tape))
+        let eps = self.config.rms_norm_eps as f32;
+        let hp = candle_nn::ops::rms_norm(&xp, &self.norm, eps)?;
+        let hr = candle_nn::ops::rms_norm(&xr, &self.norm, eps)?.reshape((seg_r.b, seg_r.t, self.config.hidden_size))?;
+        Ok((hp, hr, Tape { segs: [seg_p, seg_r], blocks, last: [xp, xr] }))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn block_tape(&self, l: usize, w: &Layer, x: Tensor, lora: &LoraView, (b, t): (usize, usize), mask: &Tensor, [cos, sin, cos_q, sin_q]: [&Tensor; 4]) -> Result<(Tensor, BlockTape)> {
+    /// Masks and rotary tables of a segment from `prepare`'s output.
+    fn segment(&self, pos: Vec<u32>, mask: Vec<f32>, (b, t): (usize, usize), s: usize) -> Result<Segment> {
+        let c = &self.config;
+        let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
+        let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), self.device())?.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
+        let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
+        let (neg_sin, neg_sin_q) = (sin.neg()?, sin_q.neg()?);
+        Ok(Segment { b, t, mask, cos, sin, cos_q, sin_q, neg_sin, neg_sin_q })
+    }
+
+    /// One block over a segment; `before`: the keys and values [1, KV, P, hd]
+    /// of the prompt this segment continues.
+    fn block_tape(&self, l: usize, w: &Layer, x: Tensor, lora: &LoraView, seg: &Segment, before: Option<(&Tensor, &Tensor)>) -> Result<(Tensor, BlockTape)> {
         let c = &self.config;
         let (nh, nkv, hd, i) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
-        let rep = nh / nkv;
+        let (b, t, rep) = (seg.b, seg.t, nh / nkv);
         let eps = c.rms_norm_eps as f32;
 
         let h1 = candle_nn::ops::rms_norm(&x, &w.attn_norm, eps)?;
         let (qkv, u_qkv) = proj(l, QKV, &w.qkv, &h1, lora)?; // [N, (H + 2·KV)·hd]
         let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, cos_q, sin_q)?;
-        let k = candle_nn::rotary_emb::rope(&heads.narrow(1, nh, nkv)?.contiguous()?, cos, sin)?;
+        let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, &seg.cos_q, &seg.sin_q)?;
+        let k = candle_nn::rotary_emb::rope(&heads.narrow(1, nh, nkv)?.contiguous()?, &seg.cos, &seg.sin)?;
         let v = heads.narrow(1, nh + nkv, nkv)?.contiguous()?;
+        let (k, v) = match before {
+            Some((kp, vp)) => {
+                let p = kp.dim(2)?;
+                let widen = |x: &Tensor| x.broadcast_as((b, nkv, p, hd))?.contiguous();
+                (Tensor::cat(&[&widen(kp)?, &k], 2)?, Tensor::cat(&[&widen(vp)?, &v], 2)?)
+            }
+            None => (k, v),
+        };
+        let s = k.dim(2)?;
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, t))?;
-        let probs = candle_nn::ops::softmax_last_dim(&(scores + mask)?)?.reshape((b, nkv, rep * t, t))?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?;
+        let probs = candle_nn::ops::softmax_last_dim(&(scores + &seg.mask)?)?.reshape((b, nkv, rep * t, s))?;
         let y = probs.to_dtype(self.dtype())?.matmul(&v)?; // [B, KV, rep·T, hd]
         let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         let (o, u_o) = proj(l, O, &w.o, &y, lora)?;
@@ -140,141 +182,76 @@ impl Llama {
         Ok((out, BlockTape { x, h1, u_qkv, q, k, v, probs, y, u_o, x1, h2, gu, act, u_gu, u_down }))
     }
 
-    /// The adapter's gradients given `d_hidden`, the loss's gradient with
-    /// respect to [`Llama::forward_tape`]'s output [B, T, hidden].
-    pub fn backward_tape(&self, tape: &Tape, d_hidden: &Tensor, lora: &LoraView) -> Result<LoraGrads> {
-        let (b, t) = tape.dims;
+    /// The adapter's gradients given the loss's gradients with respect to
+    /// [`Llama::forward_tape`]'s outputs: `d_prompt` [P, hidden] and `d_rows`
+    /// [B, T, hidden].
+    pub fn backward_tape(&self, tape: &Tape, d_prompt: &Tensor, d_rows: &Tensor, lora: &LoraView) -> Result<LoraGrads> {
+        let (p_len, b, t) = tape.dims();
         let h = self.config.hidden_size;
-        if d_hidden.dims() != [b, t, h] {
-            return Err(Error::invalid("d_hidden", format!("shape {:?}, the pass made [{b}, {t}, {h}]", d_hidden.dims())));
+        if d_prompt.dims() != [p_len, h] || d_rows.dims() != [b, t, h] {
+            return Err(Error::invalid("d_hidden", format!("shapes {:?} and {:?}, the pass made [{p_len}, {h}] and [{b}, {t}, {h}]", d_prompt.dims(), d_rows.dims())));
         }
         let eps = self.config.rms_norm_eps;
         let mut grads = LoraGrads::new(self.layers.len());
-        let d = d_hidden.to_dtype(self.dtype())?.reshape((b * t, h))?;
-        let mut dx = rms_norm_backward(&tape.last, &self.norm, &d, eps)?;
+        let d = [d_prompt.to_dtype(self.dtype())?, d_rows.to_dtype(self.dtype())?.reshape((b * t, h))?];
+        let mut dx = [rms_norm_backward(&tape.last[0], &self.norm, &d[0], eps)?, rms_norm_backward(&tape.last[1], &self.norm, &d[1], eps)?];
         for (l, (w, s)) in self.layers.iter().zip(&tape.blocks).enumerate().rev() {
-            // MLP: x2 = x1 + down(swiglu(gate_up(norm(x1)))).
-            let d_act = proj_backward(l, DOWN, &w.down, &s.act, s.u_down.as_ref(), &dx, lora, &mut grads)?;
-            let d_gu = swiglu_backward(&s.gu, &d_act)?;
-            let d_h2 = proj_backward(l, GATE_UP, &w.gate_up, &s.h2, s.u_gu.as_ref(), &d_gu, lora, &mut grads)?;
-            dx = (dx + rms_norm_backward(&s.x1, &w.mlp_norm, &d_h2, eps)?)?;
-            // Attention: x1 = x + o(attn(qkv(norm(x)))).
-            let d_y = proj_backward(l, O, &w.o, &s.y, s.u_o.as_ref(), &dx, lora, &mut grads)?;
-            let d_qkv = self.attention_backward(s, tape, &d_y)?;
-            if l == 0 {
-                // The first block's input is the frozen embedding: no input gradient.
-                lora_backward(l, QKV, &s.h1, s.u_qkv.as_ref(), &d_qkv.contiguous()?, false, lora, &mut grads)?;
-            } else {
-                let d_h1 = proj_backward(l, QKV, &w.qkv, &s.h1, s.u_qkv.as_ref(), &d_qkv, lora, &mut grads)?;
-                dx = (dx + rms_norm_backward(&s.x, &w.attn_norm, &d_h1, eps)?)?;
+            // MLP: x2 = x1 + down(swiglu(gate_up(norm(x1)))), each segment.
+            for (k, s) in s.iter().enumerate() {
+                let d_act = proj_backward(l, DOWN, &w.down, &s.act, s.u_down.as_ref(), &dx[k], lora, &mut grads)?;
+                let d_gu = swiglu_backward(&s.gu, &d_act)?;
+                let d_h2 = proj_backward(l, GATE_UP, &w.gate_up, &s.h2, s.u_gu.as_ref(), &d_gu, lora, &mut grads)?;
+                dx[k] = (&dx[k] + rms_norm_backward(&s.x1, &w.mlp_norm, &d_h2, eps)?)?;
+            }
+            // Attention: x1 = x + o(attn(qkv(norm(x)))). The rows first: part of
+            // their keys and values are the prompt's, summed over the rows.
+            let d_y = proj_backward(l, O, &w.o, &s[1].y, s[1].u_o.as_ref(), &dx[1], lora, &mut grads)?;
+            let (dq_r, dk_all, dv_all) = self.attention_backward(&s[1], &tape.segs[1], &d_y)?;
+            let (dk_r, dv_r) = (dk_all.narrow(2, p_len, t)?.contiguous()?, dv_all.narrow(2, p_len, t)?.contiguous()?);
+            let d_y = proj_backward(l, O, &w.o, &s[0].y, s[0].u_o.as_ref(), &dx[0], lora, &mut grads)?;
+            let (dq_p, dk_p, dv_p) = self.attention_backward(&s[0], &tape.segs[0], &d_y)?;
+            let dk_p = (dk_p + dk_all.narrow(2, 0, p_len)?.sum_keepdim(0)?)?;
+            let dv_p = (dv_p + dv_all.narrow(2, 0, p_len)?.sum_keepdim(0)?)?;
+            for (k, (dq, dk, dv)) in [(dq_p, dk_p, dv_p), (dq_r, dk_r, dv_r)].into_iter().enumerate() {
+                let d_qkv = self.qkv_grad(&tape.segs[k], &dq, &dk, &dv)?;
+                if l == 0 {
+                    // The first block's input is the frozen embedding: no input gradient.
+                    lora_backward(l, QKV, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, false, lora, &mut grads)?;
+                } else {
+                    let d_h1 = proj_backward(l, QKV, &w.qkv, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, lora, &mut grads)?;
+                    dx[k] = (&dx[k] + rms_norm_backward(&s[k].x, &w.attn_norm, &d_h1, eps)?)?;
+                }
             }
         }
         Ok(grads)
     }
 
-    /// d(q·k·v) [N, (H + 2·KV)·hd] from d(attention output) [N, H·hd].
-    fn attention_backward(&self, s: &BlockTape, tape: &Tape, d_y: &Tensor) -> Result<Tensor> {
-        let (b, t) = tape.dims;
+    /// Gradients of the queries [B, H, T, hd] (rotated) and of the keys and
+    /// values attended to [B, KV, S, hd] from d(attention output) [N, H·hd].
+    fn attention_backward(&self, s: &BlockTape, seg: &Segment, d_y: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t) = (seg.b, seg.t);
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
         let d_y = d_y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?.reshape((b, nkv, rep * t, hd))?;
         let probs = s.probs.to_dtype(self.dtype())?;
-        let dv = probs.t()?.matmul(&d_y)?; // [B, KV, T, hd]
+        let dv = probs.t()?.matmul(&d_y)?; // [B, KV, S, hd]
         // Softmax: d scores = p ⊙ (d p − Σ_j p_j d p_j), in f32.
-        let d_probs = d_y.matmul(&s.v.t()?)?.to_dtype(DType::F32)?; // [B, KV, rep·T, T]
+        let d_probs = d_y.matmul(&s.v.t()?)?.to_dtype(DType::F32)?; // [B, KV, rep·T, S]
         let dot = (&d_probs * &s.probs)?.sum_keepdim(D::Minus1)?;
         let d_scores = (&s.probs * d_probs.broadcast_sub(&dot)?)?.to_dtype(self.dtype())?;
         let dq = d_scores.matmul(&s.k)?.reshape((b, nh, t, hd))?;
-        let dk = d_scores.t()?.matmul(&s.q)?; // [B, KV, T, hd]
-        let dq = candle_nn::rotary_emb::rope(&dq, &tape.cos_q, &tape.neg_sin_q)?;
-        let dk = candle_nn::rotary_emb::rope(&dk, &tape.cos, &tape.neg_sin)?;
-        let d_heads = Tensor::cat(&[&dq, &dk, &dv], 1)?; // [B, H + 2·KV, T, hd]
-        Ok(d_heads.transpose(1, 2)?.reshape((b * t, (nh + 2 * nkv) * hd))?)
+        let dk = d_scores.t()?.matmul(&s.q)?; // [B, KV, S, hd]
+        Ok((dq, dk, dv))
     }
-}
 
-/// A projection plus its adapter's delta: (x Wᵀ + b + (x Aᵀ)(sB)ᵀ, what the
-/// backward needs). x: [N, in]. With dropout, projection p of the group reads x ⊙ m_p.
-fn proj(l: usize, group: &[Proj], lin: &Linear, x: &Tensor, lora: &LoraView) -> Result<(Tensor, Option<LoraTape>)> {
-    let y = lin.forward(x)?;
-    let Some((a, sb)) = lora.group_pair(l, group) else {
-        return Ok((y, None));
-    };
-    let masks = lora.dropout_masks(l, group, x)?;
-    let u = match &masks {
-        None => x.matmul(&a.t()?)?,
-        Some(ms) => {
-            let r = a.dim(0)? / ms.len().max(1);
-            let parts = ms.iter().enumerate().map(|(k, m)| Ok((x * m)?.matmul(&a.narrow(0, k * r, r)?.t()?)?)).collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 1)?
-        }
-    };
-    Ok(((y + u.matmul(&sb.t()?)?)?, Some(LoraTape { u, masks })))
-}
-
-/// The backward of [`proj`] for its output gradient `dy` [N, out]: stores the
-/// adapter's gradients and returns dx [N, in].
-#[allow(clippy::too_many_arguments)]
-fn proj_backward(l: usize, group: &[Proj], lin: &Linear, x: &Tensor, t: Option<&LoraTape>, dy: &Tensor, lora: &LoraView, grads: &mut LoraGrads) -> Result<Tensor> {
-    let dy = dy.contiguous()?;
-    let dx = dy.matmul(&lin.weight)?;
-    Ok(match lora_backward(l, group, x, t, &dy, true, lora, grads)? {
-        Some(d) => (dx + d)?,
-        None => dx,
-    })
-}
-
-/// The adapter's part of [`proj_backward`]: with du = dy (sB), dA = duᵀ x and
-/// d(sB) = dyᵀ u go to `grads`; returns the adapter's share of dx, du A (when
-/// `need_dx`). With dropout, projection p's rows use x ⊙ m_p and mask its share.
-#[allow(clippy::too_many_arguments)]
-fn lora_backward(l: usize, group: &[Proj], x: &Tensor, t: Option<&LoraTape>, dy: &Tensor, need_dx: bool, lora: &LoraView, grads: &mut LoraGrads) -> Result<Option<Tensor>> {
-    let (Some(t), Some((a, sb))) = (t, lora.group_pair(l, group)) else {
-        return Ok(None);
-    };
-    let du = dy.matmul(sb)?; // [N, Σr]
-    let dsb = dy.t()?.matmul(&t.u)?;
-    let Some(masks) = &t.masks else {
-        lora.split_group_grads(l, group, &du.t()?.matmul(x)?, &dsb, grads)?;
-        return Ok(if need_dx { Some(du.matmul(a)?) } else { None });
-    };
-    let r = a.dim(0)? / masks.len().max(1);
-    let (mut da, mut dx) = (Vec::with_capacity(masks.len()), None::<Tensor>);
-    for (k, m) in masks.iter().enumerate() {
-        let du_k = du.narrow(1, k * r, r)?.contiguous()?;
-        da.push(du_k.t()?.matmul(&(x * m)?)?);
-        if need_dx {
-            let d = (du_k.matmul(&a.narrow(0, k * r, r)?)? * m)?;
-            dx = Some(match dx {
-                Some(acc) => (acc + d)?,
-                None => d,
-            });
-        }
+    /// d(q·k·v) [N, (H + 2·KV)·hd] from the gradients of the rotated queries
+    /// [B, H, T, hd], rotated keys and values [B, KV, T, hd].
+    fn qkv_grad(&self, seg: &Segment, dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let dq = candle_nn::rotary_emb::rope(dq, &seg.cos_q, &seg.neg_sin_q)?;
+        let dk = candle_nn::rotary_emb::rope(dk, &seg.cos, &seg.neg_sin)?;
+        let d_heads = Tensor::cat(&[&dq, &dk, dv], 1)?; // [B, H + 2·KV, T, hd]
+        Ok(d_heads.transpose(1, 2)?.reshape((seg.b * seg.t, (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim))?)
     }
-    lora.split_group_grads(l, group, &Tensor::cat(&da, 0)?, &dsb, grads)?;
-    Ok(dx)
-}
-
-/// RMSNorm y = w ⊙ x·r, r = (mean x² + ε)^(−½): dx = r·g − x·r³·mean(g ⊙ x), g = w ⊙ dy (f32).
-fn rms_norm_backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
-    let x32 = x.to_dtype(DType::F32)?;
-    let g = dy.to_dtype(DType::F32)?.broadcast_mul(&w.to_dtype(DType::F32)?)?;
-    let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?; // [N, 1]
-    let dot = (&g * &x32)?.mean_keepdim(D::Minus1)?;
-    let dx = (g.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
-    Ok(dx.to_dtype(x.dtype())?)
-}
-
-/// act = silu(g) ⊙ u over gu = [g · u]: d gu = [d act ⊙ u ⊙ silu'(g) · d act ⊙ silu(g)],
-/// silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
-fn swiglu_backward(gu: &Tensor, d_act: &Tensor) -> Result<Tensor> {
-    let i = d_act.dim(1)?;
-    let (g, u) = (gu.narrow(1, 0, i)?, gu.narrow(1, i, i)?);
-    let sig = candle_nn::ops::sigmoid(&g)?;
-    let silu = (&g * &sig)?;
-    let d_silu = (&sig + (&silu * sig.affine(-1.0, 1.0)?)?)?;
-    let d_g = ((d_act * u)? * d_silu)?;
-    let d_u = (d_act * silu)?;
-    Ok(Tensor::cat(&[&d_g, &d_u], 1)?)
 }
