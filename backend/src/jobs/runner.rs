@@ -149,7 +149,9 @@ fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: &LoraAdap
     let (store, lm) = (ctx.jobs.store(), &ctx.jobs.inner.lm);
     let r = ctx.handle.block_on(store.set_status(&run.id, RunStatus::Evaluating, None))?;
     ctx.jobs.publish(&run.id, RunEvent::Status { run: r });
-    let view = adapter.view(Mode::Infer, lm.llama.dtype())?;
+    // Evaluation decodes thousands of tokens: the adapter folded into the
+    // weights costs one product per projection once, not two at every step.
+    let view = lm.llama.fold(&adapter.view(Mode::Infer, lm.llama.dtype())?)?;
     let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None, lengths: Some((run.config.min_len, run.config.max_len)), decoding: None, ..Default::default() };
     let report = task.evaluate(lm, Some(&view), &opts)?;
     ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;

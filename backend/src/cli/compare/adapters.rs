@@ -86,7 +86,8 @@ pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftCo
 /// samples, or the adapter of an earlier call.
 pub fn gfn_sft(lm: &LanguageModel, task: &dyn Task, gfn_adapter: &LoraAdapter, shape: &TrainConfig, em: &EmConfig, cfg: &SftConfig, dir: &Path) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
-        let view = gfn_adapter.view(Mode::Infer, lm.llama.dtype())?;
+        // Folded into the weights: the E-step samples thousands of tokens.
+        let view = lm.llama.fold(&gfn_adapter.view(Mode::Infer, lm.llama.dtype())?)?;
         eprintln!("gfn+sft: sampling {} Z's per training problem from the GFlowNet adapter…", em.samples);
         let b = bar(0, "gfn+sft");
         let (_, stats) = train_gfn_sft(lm, task, &view, shape, em, cfg, Some(dir), |m| {

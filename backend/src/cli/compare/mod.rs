@@ -156,7 +156,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 Some(&k) => Some(Arc::new(FewShot::new(demos.clone(), k, seed)?)),
                 None => None,
             };
-            let view = adapter.as_ref().map(|ad| ad.view(Mode::Infer, lm.llama.dtype())).transpose()?;
+            // Folded into the weights: evaluation decodes thousands of tokens.
+            let view = adapter.as_ref().map(|ad| lm.llama.fold(&ad.view(Mode::Infer, lm.llama.dtype())?)).transpose()?;
             let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: m.decoding.clone(), prompt };
             eprintln!("evaluating {} (seed {seed})…", m.label);
             let report = task.evaluate(&lm, view.as_ref(), &opts)?;
