@@ -113,6 +113,8 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     }
     let (task, cfg) = task_and_config(&a.task, a.config.as_deref())?;
     let (lm, lora) = a.model.load()?;
+    // Folded into the weights: evaluation decodes thousands of tokens.
+    let lora = lora.map(|v| lm.llama.fold(&v)).transpose()?;
     let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed: a.seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), ..Default::default() };
     let report = task.evaluate(&lm, lora.as_ref(), &opts)?;
     if a.json {
