@@ -392,6 +392,11 @@ fn merged_adapter_equals_fused_and_per_projection_views() {
     let prompts = [ids[..4].to_vec(), ids[2..9].to_vec()];
     let toks = |v: &amortize::model::LoraView| decode::sample(&lm, &prompts, &greedy, Some(v), None).unwrap().into_iter().map(|s| s.tokens).collect::<Vec<_>>();
     assert_eq!(toks(&folded), toks(&infer));
+    // On the CPU folding pays only for enough tokens (FLOPs: the adapter's
+    // products per token against one product per projection).
+    if dev().is_cpu() {
+        assert!(!lm.llama.fold_pays(&infer, 1) && lm.llama.fold_pays(&infer, 100_000));
+    }
     // Neither a folded view nor a training view can be folded (again).
     assert!(lm.llama.fold(&folded).is_err());
     assert!(lm.llama.fold(&adapter.view(Mode::Train, DType::F32).unwrap()).is_err());

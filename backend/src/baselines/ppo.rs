@@ -165,8 +165,8 @@ impl<'a> Ppo<'a> {
 
     fn sample(&self, problem: &Problem, seed: u64) -> Result<Vec<Trajectory>> {
         let view = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
-        // Folded into the weights where launches bound decoding (as the trainer does).
-        let view = if self.lm.llama.fold_pays() { self.lm.llama.fold(&view)? } else { view };
+        // Folded into the weights where that pays (as the trainer does).
+        let view = if self.lm.llama.fold_pays(&view, self.cfg.batch_size * self.shape.max_len) { self.lm.llama.fold(&view)? } else { view };
         sample_trajectories(self.lm, &self.task, &view, problem, self.cfg.batch_size, (self.shape.min_len, self.shape.max_len), 1.0, seed)
     }
 

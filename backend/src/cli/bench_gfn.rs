@@ -36,7 +36,8 @@ pub struct StepArgs {
     /// from the same seed, and the first is the baseline of the printed ratios.
     #[arg(long, value_delimiter = ',', default_value = "taped")]
     pub backward: Vec<BackwardArg>,
-    /// Sample from the adapter folded into the weights (default: off the CPU).
+    /// Sample from the adapter folded into the weights (default: where that
+    /// pays, always off the CPU).
     #[arg(long)]
     pub fold: Option<bool>,
     #[arg(long)]
@@ -121,7 +122,7 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
         let backward = format!("{mode:?}").to_lowercase();
         if a.json {
             println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
-                "backward": backward, "fold": a.fold.unwrap_or_else(|| lm.llama.fold_pays()), "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
+                "backward": backward, "fold": a.fold, "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
                 "phase_sec_per_step": per_step, "baseline_over_this": speedup,
                 "model_tflops_per_s": tflops, "mfu_h100_bf16": tflops / H100_BF16_TFLOPS,
                 "device": format!("{:?}", lm.device()), "dtype": format!("{:?}", lm.llama.dtype()), "model": lm.name}));

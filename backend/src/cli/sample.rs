@@ -63,6 +63,11 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         a.prompt.clone()
     };
     let ids = lm.tokenizer.encode(&prompt)?;
+    // Folded into the weights where that pays for this many tokens.
+    let lora = match lora {
+        Some(v) if lm.llama.fold_pays(&v, cfg.n * cfg.max_new_tokens) => Some(lm.llama.fold(&v)?),
+        other => other,
+    };
     let samples = decode::sample(&lm, &[ids], &cfg, lora.as_ref(), None)?;
     for s in samples {
         if a.json {

@@ -109,7 +109,7 @@ pub struct Trainer<'a> {
     /// How the policy's gradients are computed.
     pub backward: Backward,
     /// Sample from the adapter folded into the weights (`model::fold`);
-    /// `None`: where that pays (off the CPU).
+    /// `None`: where that pays (`Llama::fold_pays`).
     pub fold: Option<bool>,
 }
 
@@ -263,7 +263,8 @@ impl<'a> Trainer<'a> {
         // The adapter does not change within a step: one inference view serves
         // exploration and the taped policy pass of every micro-batch.
         let infer = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
-        let folded = if self.fold.unwrap_or_else(|| self.lm.llama.fold_pays()) { Some(self.lm.llama.fold(&infer)?) } else { None };
+        let sampled = self.cfg.grad_accum * self.cfg.batch_size * self.cfg.max_len;
+        let folded = if self.fold.unwrap_or_else(|| self.lm.llama.fold_pays(&infer, sampled)) { Some(self.lm.llama.fold(&infer)?) } else { None };
         let sampler = folded.as_ref().unwrap_or(&infer);
         for micro in 0..self.cfg.grad_accum {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, step as u64, micro as u64));

@@ -137,6 +137,20 @@ impl LoraView {
         self.folded.as_ref()?.get(layer)?[super::fold::slot(group)?].as_ref()
     }
 
+    /// Multiply-adds of this view's adapter per decoded token, r·(in + out) per
+    /// projection, and of folding it, r·in·out per projection.
+    pub(crate) fn fold_macs(&self, cfg: &super::config::LlamaConfig) -> (f64, f64) {
+        let (mut per_token, mut fold) = (0.0, 0.0);
+        for present in &self.present {
+            for p in Proj::ALL.into_iter().filter(|p| present[p.index()]) {
+                let (i, o) = p.dims(cfg);
+                per_token += (self.r * (i + o)) as f64;
+                fold += (self.r * i * o) as f64;
+            }
+        }
+        (per_token, fold)
+    }
+
     /// This view's adapter as folded weights (and no pairs).
     pub(super) fn with_folded(&self, folded: Vec<[Option<Linear>; 4]>) -> LoraView {
         let n = self.layers.len();

@@ -49,7 +49,7 @@ pub async fn infill(State(s): State<AppState>, Json(req): Json<InfillRequest>) -
     for id in &ids {
         let source = s.sampler.source(Some(id)).await.map_err(|e| field_error("runs", e))?;
         let (b, e, c, src) = (req.beginning.clone(), req.end.clone(), cfg.clone(), source.clone());
-        let middles = s.sampler.run(move |lm| infill::write_middles(lm, src.view(lm)?.as_ref(), &b, &e, &c)).await?;
+        let middles = s.sampler.run(move |lm| infill::write_middles(lm, src.view(lm, c.n * c.max_new_tokens)?.as_ref(), &b, &e, &c)).await?;
         columns.push(InfillColumn {
             source: source.id.clone(),
             label: source.label.clone(),

@@ -43,8 +43,12 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn view(&self, lm: &LanguageModel) -> Result<Option<LoraView>> {
-        self.adapter.as_ref().map(|a| a.view(Mode::Infer, lm.llama.dtype())).transpose()
+    /// The adapter's view for a job of about `tokens` decoded tokens, folded
+    /// into the weights where that pays (`Llama::fold_pays`).
+    pub fn view(&self, lm: &LanguageModel, tokens: usize) -> Result<Option<LoraView>> {
+        let Some(a) = &self.adapter else { return Ok(None) };
+        let view = a.view(Mode::Infer, lm.llama.dtype())?;
+        Ok(Some(if lm.llama.fold_pays(&view, tokens) { lm.llama.fold(&view)? } else { view }))
     }
 }
 
@@ -159,7 +163,7 @@ pub fn generate_blocking(lm: &LanguageModel, prompt: &str, source: &Source, cfg:
     if ids.len() + cfg.max_new_tokens > ctx {
         return Err(Error::TooLong { len: ids.len() + cfg.max_new_tokens, max: ctx });
     }
-    let view = source.view(lm)?;
+    let view = source.view(lm, cfg.n * cfg.max_new_tokens)?;
     let samples = decode::sample(lm, &[ids.clone()], cfg, view.as_ref(), None)?;
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = samples.iter().filter(|s| !s.tokens.is_empty()).map(|s| (ids.clone(), s.tokens.clone())).collect();
     let mut scores = decode::score(lm, &pairs, None, 16)?.into_iter();
