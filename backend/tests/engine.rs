@@ -609,6 +609,13 @@ mod taped_backward {
             (l.to_scalar::<f32>().unwrap() as f64, grads)
         };
         let grads = run(true).1.unwrap();
+        // An inference view given dropout later is the same tape view (same masks).
+        if dev.is_cpu() {
+            let late = c.adapter.view(Mode::Infer, DType::F32).unwrap().with_dropout(0.3, 9).unwrap();
+            let t = policy_logprobs_taped(lm, &late, &PROMPT, &c.trajs, Some(&c.bias), &STOPS, MIN_LEN, MAX_LEN).unwrap();
+            let l = loss_with(&t.log_pf, &t.log_pt, &t.states, false).to_scalar::<f32>().unwrap() as f64;
+            assert_eq!(l, run(false).0);
+        }
         let vars = c.adapter.vars();
         let eps = 1e-3f32;
         for i in (0..vars.len()).step_by(5) {

@@ -309,7 +309,7 @@ impl<'a> Trainer<'a> {
             let dtype = self.lm.llama.dtype();
             let seed: u64 = rng.random();
             // Without dropout the step's inference view is the taped pass's view.
-            let tape_view = if self.adapter.config.dropout > 0.0 { Some(self.adapter.view_seeded(Mode::Tape, dtype, seed)?) } else { None };
+            let tape_view = if self.adapter.config.dropout > 0.0 { Some(infer.with_dropout(self.adapter.config.dropout as f32, seed)?) } else { None };
             let tape_view = tape_view.as_ref().unwrap_or(&infer);
             let (log_pf, log_pt, taped) = if self.backward == Backward::Taped {
                 let p = policy_logprobs_taped(self.lm, tape_view, &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;

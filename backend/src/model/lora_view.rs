@@ -151,6 +151,27 @@ impl LoraView {
         (per_token, fold)
     }
 
+    /// An unfolded, untracked view's tensors (shared, not copied) with dropout
+    /// `rate` drawn from `seed`: a `Mode::Tape` view without rebuilding the
+    /// pairs (no device work).
+    pub fn with_dropout(&self, rate: f32, seed: u64) -> Result<LoraView> {
+        if self.tracked || self.is_folded() {
+            return Err(Error::invalid("lora", "only an unfolded inference view can take dropout this way"));
+        }
+        Ok(LoraView {
+            dropout: rate,
+            tracked: false,
+            layers: self.layers.clone(),
+            fused: self.fused.clone(),
+            present: self.present.clone(),
+            folded: None,
+            outs: self.outs,
+            r: self.r,
+            scale: self.scale,
+            rng: std::sync::Mutex::new(seed),
+        })
+    }
+
     /// This view's adapter as folded weights (and no pairs).
     pub(super) fn with_folded(&self, folded: Vec<[Option<Linear>; 4]>) -> LoraView {
         let n = self.layers.len();
