@@ -56,8 +56,9 @@ pub fn policy_logprobs_and_states(
 }
 
 /// [`policy_logprobs_and_states`] through the taped pass (`model::tape`): the
-/// same values, with candle's autograd only from the logits and states on. After `loss.backward()`,
-/// [`TapedPolicy::backward`] turns the logits' gradient into the adapter's.
+/// same values, with candle's autograd only from the logits and states on.
+/// After `loss.backward()`, [`TapedPolicy::backward`] turns their gradients
+/// into the adapter's.
 pub struct TapedPolicy {
     /// `[B, N]` and `[B, N+1]`, as from [`policy_logprobs`].
     pub log_pf: Tensor,
@@ -74,7 +75,8 @@ pub struct TapedPolicy {
     pos: Tensor,
 }
 
-/// The taped policy pass; `view` is the adapter's inference view (dropout off).
+/// The taped policy pass; `view` is the adapter's inference view, or a
+/// `Mode::Tape` view (or [`LoraView::with_dropout`]) for dropout.
 #[allow(clippy::too_many_arguments)]
 pub fn policy_logprobs_taped(
     lm: &LanguageModel,

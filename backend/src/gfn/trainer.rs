@@ -264,8 +264,9 @@ impl<'a> Trainer<'a> {
         // exploration and the taped policy pass of every micro-batch.
         let infer = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
         let sampled = self.cfg.grad_accum * self.cfg.batch_size * self.cfg.max_len;
-        let folded = if self.fold.unwrap_or_else(|| self.lm.llama.fold_pays(&infer, sampled)) { Some(self.lm.llama.fold(&infer)?) } else { None };
-        let sampler = folded.as_ref().unwrap_or(&infer);
+        let fold = self.fold.unwrap_or_else(|| self.lm.llama.fold_pays(&infer, sampled));
+        // Folded on first use (a step drawn from the replay buffer samples nothing).
+        let mut folded: Option<crate::model::LoraView> = None;
         for micro in 0..self.cfg.grad_accum {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, step as u64, micro as u64));
             if !self.lm.device().is_cpu() {
@@ -283,6 +284,10 @@ impl<'a> Trainer<'a> {
                 let tempered = u < self.cfg.p_replay + self.cfg.p_tempered;
                 sources[usize::from(tempered)] += 1;
                 let pf_temp = if tempered { rng.random_range(self.cfg.pf_temp_low..=self.cfg.pf_temp_high) } else { 1.0 };
+                if fold && folded.is_none() {
+                    folded = Some(self.lm.llama.fold(&infer)?);
+                }
+                let sampler = folded.as_ref().unwrap_or(&infer);
                 let trajs = sample_trajectories(self.lm, &self.task, sampler, &problem, self.cfg.batch_size, (self.cfg.min_len, self.cfg.max_len), pf_temp as f32, rng.random())?;
                 self.lap(&mut clock, &mut phases.decode)?;
                 let rewards = self.rewards(&problem, &trajs)?;
