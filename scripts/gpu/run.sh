@@ -39,31 +39,31 @@ if ! skip decode; then
   # Device-side token choice vs the host path (whole logits copied back), same process.
   timeout 240 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --host-draw --json >> "$B" 2>> "$OUT/err.txt"
   timeout 120 "$A" bench decode --random smollm2-135m --device cuda --dtype f32 --batch 64 --new-tokens 64 --json >> "$B" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-135m tok/s (device draw / host draw)|$(J 'f"{dtype} b{batch}: {tokens_per_s:.0} / {host_draw_tokens_per_s or 0:.0}"' "$B" | tr '\n' ';')")
+  rows+=("decode smollm2-135m tok/s (device draw / host draw)|$(J 'f"{dtype} b{batch}: {tokens_per_s:.0f} / {host_draw_tokens_per_s or 0:.0f}"' "$B" | tr '\n' ';')")
   # Through a LoRA r64 adapter (what training samples from) vs the same adapter folded into the weights.
   L="$OUT/lora.jsonl"
   timeout 180 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,64 --new-tokens 64 --lora-r 64 --json >> "$L" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-135m bf16 + LoRA r64 tok/s (adapter / folded)|$(J 'f"b{batch}: {tokens_per_s:.0} / {folded_tokens_per_s:.0} (fold {fold_s*1e3:.0} ms)"' "$L" | tr '\n' ';')")
+  rows+=("decode smollm2-135m bf16 + LoRA r64 tok/s (adapter / folded)|$(J 'f"b{batch}: {tokens_per_s:.0f} / {folded_tokens_per_s:.0f} (fold {fold_s*1e3:.0f} ms)"' "$L" | tr '\n' ';')")
 fi
 if ! skip big; then
   timeout 240 "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"{tokens_per_s:.1} tok/s, weights {weight_bytes/1e9:.2} GB/token -> {weight_gb_per_s:.0} GB/s"' "$OUT/big.jsonl")")
+  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"{tokens_per_s:.1f} tok/s, weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl")")
 fi
 if ! skip step; then
   S="$OUT/step.jsonl"
   for b in ${STEP_BATCHES:-16 64}; do
     timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json >> "$S" 2>> "$OUT/err.txt"
   done
-  rows+=("step smollm2-135m bf16 r64 |Z|<=20|$(J 'f"b{batch}: {sec_per_step:.3} s/step {traj_per_s:.0} traj/s (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$S" | tr '\n' ';')")
+  rows+=("step smollm2-135m bf16 r64 |Z|<=20|$(J 'f"b{batch}: {sec_per_step:.3f} s/step {traj_per_s:.0f} traj/s (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$S" | tr '\n' ';')")
   # Same process: candle's autograd vs the taped backward (sampling unfolded in both), then folded sampling.
   AB="$OUT/step-ab.jsonl"
   timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --backward autograd,taped --fold false --json >> "$AB" 2>> "$OUT/err.txt"
-  rows+=("step b64 A/B (fold off)|$(J 'f"{backward}: {sec_per_step:.3} s/step, backward phase {phase_sec_per_step_backward*1e3:.0} ms, decode {phase_sec_per_step_decode*1e3:.0} ms"' "$AB" | tr '\n' ';')")
+  rows+=("step b64 A/B (fold off)|$(J 'f"{backward}: {sec_per_step:.3f} s/step, backward phase {phase_sec_per_step_backward*1e3:.0f} ms, decode {phase_sec_per_step_decode*1e3:.0f} ms"' "$AB" | tr '\n' ';')")
 fi
 if ! skip mfu; then
   M="$OUT/mfu.jsonl"
   timeout 300 "$A" bench step --random smollm2-1.7b --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 2 --json >> "$M" 2>> "$OUT/err.txt"
-  rows+=("step smollm2-1.7b bf16 r64 b64|$(J 'f"{sec_per_step:.3} s/step {traj_per_s:.0} traj/s, {model_tflops_per_s:.1} TFLOP/s = MFU {mfu_h100_bf16:.1%} (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$M")")
+  rows+=("step smollm2-1.7b bf16 r64 b64|$(J 'f"{sec_per_step:.3f} s/step {traj_per_s:.0f} traj/s, {model_tflops_per_s:.1f} TFLOP/s = MFU {mfu_h100_bf16:.1%} (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$M")")
 fi
 if ! skip prof; then
   # Where a decode step's time goes: GPU kernel time vs the wall (launch-bound when far below).
