@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::gfn::optim::{AdamW, AdamWConfig};
 use crate::gfn::policy::policy_logprobs_taped;
 use crate::gfn::{config::lora_config, TrainConfig, TrainTask, Trajectory};
-use crate::model::{LanguageModel, LoraAdapter, Mode};
+use crate::model::{LanguageModel, LoraAdapter, LoraGrads, Mode};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,15 +128,11 @@ pub fn train_sft(
                 return Err(Error::NonFinite(format!("SFT loss at step {}", step + 1)));
             }
             let g = loss.backward()?;
-            let mut grads: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
+            let mut sum = LoraGrads::new(lm.config().num_hidden_layers);
             for t in &tapes {
-                for (slot, gv) in grads.iter_mut().zip(t.backward(lm, &view, &g)?.in_var_order(&adapter)) {
-                    *slot = match (slot.take(), gv) {
-                        (Some(a), Some(b)) => Some((a + b)?),
-                        (a, b) => a.or(b),
-                    };
-                }
+                t.backward_into(lm, &view, &g, &mut sum)?;
             }
+            let grads = sum.in_var_order(&adapter);
             // Clipped (when max_grad_norm > 0) and applied in one flat update.
             let norm = opt.step_clipped(&grads, cfg.lr, cfg.max_grad_norm)?;
             if !norm.is_finite() {

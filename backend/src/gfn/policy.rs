@@ -45,8 +45,9 @@ pub fn policy_logprobs_and_states(
     max_len: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let plan = Plan::new(prompt, trajs, stop_ids, max_len)?;
+    let rows: Vec<Vec<u32>> = trajs.iter().map(|t| [prompt, t.tokens.as_slice()].concat()).collect();
     let mut cache = lm.llama.new_cache();
-    let hidden = lm.llama.forward(&plan.rows, &mut cache, lora)?; // [B, T, H]
+    let hidden = lm.llama.forward(&rows, &mut cache, lora)?; // [B, T, H]
     let (b, t_len, h) = hidden.dims3()?;
     let pos = plan.positions(t_len, lm.device())?;
     let picked = hidden.reshape((b * t_len, h))?.index_select(&pos, 0)?;
@@ -107,6 +108,13 @@ impl TapedPolicy {
     /// The adapter's gradients from the loss's gradient store (zero when the
     /// loss does not depend on the policy).
     pub fn backward(&self, lm: &LanguageModel, view: &LoraView, grads: &GradStore) -> Result<LoraGrads> {
+        let mut out = LoraGrads::new(lm.config().num_hidden_layers);
+        self.backward_into(lm, view, grads, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`TapedPolicy::backward`], added to `into` (several passes, one update).
+    pub fn backward_into(&self, lm: &LanguageModel, view: &LoraView, grads: &GradStore, into: &mut LoraGrads) -> Result<()> {
         let (p, b, t) = self.tape.dims();
         let h = lm.config().hidden_size;
         let from_logits = grads.get(self.logits.as_tensor()).map(|d| lm.llama.logits_backward(d)).transpose()?;
@@ -119,19 +127,19 @@ impl TapedPolicy {
             Some(d) => Tensor::zeros((p + b * t, h), d.dtype(), lm.device())?.index_add(&self.pos, &d, 0)?,
             None => Tensor::zeros((p + b * t, h), lm.llama.dtype(), lm.device())?,
         };
-        lm.llama.backward_tape(&self.tape, &d_hidden.narrow(0, 0, p)?, &d_hidden.narrow(0, p, b * t)?.reshape((b, t, h))?, view)
+        lm.llama.backward_tape(&self.tape, &d_hidden.narrow(0, 0, p)?, &d_hidden.narrow(0, p, b * t)?.reshape((b, t, h))?, view, into)
     }
 }
 
-/// The rows of a policy pass and, per state, where it ends and what follows.
+/// Per state of a policy pass: where it ends and what follows.
 struct Plan {
-    rows: Vec<Vec<u32>>,
+    /// Z tokens (actions and tool tokens) per row.
+    z_len: Vec<usize>,
     /// States per row (most actions + 1).
     s: usize,
     n_max: usize,
-    /// Row-major [B, S]: the row offset (from the end) of each state's last
-    /// token, the next action, and the masks.
-    back: Vec<usize>,
+    /// Row-major [B, S]: the Z tokens each state holds, the next action, and the masks.
+    held: Vec<usize>,
     next: Vec<u32>,
     pf_keep: Vec<f32>,
     pt_keep: Vec<f32>,
@@ -148,17 +156,14 @@ impl Plan {
         let b = trajs.len();
         let n_max = trajs.iter().map(|t| t.num_actions()).max().unwrap_or(0);
         let s = n_max + 1;
-        let rows: Vec<Vec<u32>> = trajs.iter().map(|t| [prompt, t.tokens.as_slice()].concat()).collect();
-        let (mut back, mut next) = (Vec::with_capacity(b * s), Vec::with_capacity(b * s));
+        let (mut held, mut next) = (Vec::with_capacity(b * s), Vec::with_capacity(b * s));
         let (mut pf_keep, mut pt_keep) = (Vec::with_capacity(b * n_max), Vec::with_capacity(b * s));
         for t in trajs {
             let lens = t.state_lens();
             let actions = t.actions();
             let n = actions.len();
             for i in 0..s {
-                // Left padding puts a row's last token at T-1; state i ends
-                // lens[i] tokens after the last prompt token.
-                back.push(t.tokens.len() + 1 - lens[i.min(n)]);
+                held.push(lens[i.min(n)]);
                 next.push(if i < n { actions[i] } else { 0 });
                 // Forced termination at max_len: log q(⊤) := 0; padding: 0.
                 pt_keep.push(if i < n || (i == n && n < max_len) { 1f32 } else { 0.0 });
@@ -167,12 +172,21 @@ impl Plan {
                 }
             }
         }
-        Ok(Plan { rows, s, n_max, back, next, pf_keep, pt_keep })
+        Ok(Plan { z_len: trajs.iter().map(|t| t.tokens.len()).collect(), s, n_max, held, next, pf_keep, pt_keep })
     }
 
-    /// Flattened positions [B·S] in hidden states [B·T, H].
+    /// Where each state ends in hidden states [B·T, H] of prompt · Z rows
+    /// (left-padded: a row's last token at T−1).
     fn positions(&self, t_len: usize, dev: &candle_core::Device) -> Result<Tensor> {
-        let pos: Vec<u32> = self.back.iter().enumerate().map(|(k, &back)| ((k / self.s) * t_len + t_len - back) as u32).collect();
+        let pos: Vec<u32> = self
+            .held
+            .iter()
+            .enumerate()
+            .map(|(k, &z)| {
+                let bi = k / self.s;
+                (bi * t_len + t_len - self.z_len[bi] - 1 + z) as u32
+            })
+            .collect();
         Ok(Tensor::new(pos, dev)?)
     }
 
@@ -180,15 +194,14 @@ impl Plan {
     /// [P, H] then the rows' [B·T, H] (each row's Z left-padded to T).
     fn positions_after_prompt(&self, p_len: usize, t_len: usize, dev: &candle_core::Device) -> Result<Tensor> {
         let pos: Vec<u32> = self
-            .back
+            .held
             .iter()
             .enumerate()
-            .map(|(k, &back)| {
+            .map(|(k, &z)| {
                 let bi = k / self.s;
-                let n = self.rows[bi].len() - p_len;
-                match n + 1 - back {
+                match z {
                     0 => (p_len - 1) as u32,
-                    z => (p_len + bi * t_len + t_len - n + z - 1) as u32,
+                    z => (p_len + bi * t_len + t_len - self.z_len[bi] + z - 1) as u32,
                 }
             })
             .collect();
@@ -197,7 +210,7 @@ impl Plan {
 
     /// (log_pf, log_pt) from the states' logits [B·S, V] (f32).
     fn head(&self, lm: &LanguageModel, logits: &Tensor, bias: Option<&Tensor>, stop_ids: &[u32], (min_len, min_len_penalty): (usize, f32)) -> Result<(Tensor, Tensor)> {
-        let (b, s, n_max) = (self.rows.len(), self.s, self.n_max);
+        let (b, s, n_max) = (self.z_len.len(), self.s, self.n_max);
         let dev = lm.device();
         let mut logits = logits.clone();
         if let Some(bias) = bias {

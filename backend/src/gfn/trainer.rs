@@ -21,7 +21,7 @@ use super::schedule::warmup_lr;
 use super::trajectory::{Problem, Trajectory};
 use super::{checkpoint, loss};
 use crate::decode::{self, SampleConfig, StopReason, TokenMask, ToolHook};
-use crate::model::{LanguageModel, LoraAdapter, Mode};
+use crate::model::{LanguageModel, LoraAdapter, LoraGrads, Mode};
 use crate::{Error, Result};
 
 /// What a task gives the trainer.
@@ -253,6 +253,8 @@ impl<'a> Trainer<'a> {
         let step = self.step;
         let temp = self.cfg.reward_temperature(step);
         let vars = self.adapter.vars();
+        // The adapter's gradients: the taped passes add theirs here, autograd's go to `grads`.
+        let mut taped_grads = LoraGrads::new(self.lm.config().num_hidden_layers);
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut z_grads: Vec<Option<Tensor>> = vec![None; self.log_z.len()];
         let (mut loss_sum, mut sources, mut finals, mut lens, mut tokens) = (0.0, [0usize; 3], Vec::new(), Vec::new(), 0usize);
@@ -351,18 +353,16 @@ impl<'a> Trainer<'a> {
             loss_sum += lv;
             let g = l.backward()?;
             match taped {
-                Some(p) => {
-                    let lora = p.backward(self.lm, tape_view, &g)?.in_var_order(&self.adapter);
-                    for (slot, gv) in grads.iter_mut().zip(lora) {
-                        add_grad(slot, gv)?;
-                    }
-                }
+                Some(p) => p.backward_into(self.lm, tape_view, &g, &mut taped_grads)?,
                 None => accumulate(&mut grads, &vars, &g)?,
             }
             accumulate(&mut z_grads, &self.log_z, &g)?;
             lens.extend(lens_b);
             tokens += trajs.iter().map(|t| t.tokens.len()).sum::<usize>();
             self.lap(&mut clock, &mut phases.backward)?;
+        }
+        if self.backward == Backward::Taped {
+            grads = taped_grads.in_var_order(&self.adapter);
         }
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, step);
         let norm = self.opt.step_clipped(&grads, lr, self.cfg.max_grad_norm)?;
@@ -446,17 +446,12 @@ pub fn sample_trajectories(
 
 fn accumulate(acc: &mut [Option<Tensor>], vars: &[Var], g: &candle_core::backprop::GradStore) -> Result<()> {
     for (slot, v) in acc.iter_mut().zip(vars) {
-        add_grad(slot, g.get(v.as_tensor()).cloned())?;
-    }
-    Ok(())
-}
-
-fn add_grad(slot: &mut Option<Tensor>, g: Option<Tensor>) -> Result<()> {
-    if let Some(g) = g {
-        *slot = Some(match slot.take() {
-            Some(prev) => (prev + g)?,
-            None => g,
-        });
+        if let Some(gv) = g.get(v.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(prev) => (prev + gv)?,
+                None => gv.clone(),
+            });
+        }
     }
     Ok(())
 }

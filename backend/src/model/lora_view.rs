@@ -106,7 +106,8 @@ pub struct LoraGrads {
 }
 
 impl LoraGrads {
-    pub(crate) fn new(layers: usize) -> Self {
+    /// No gradients yet, for an adapter of `layers` layers.
+    pub fn new(layers: usize) -> Self {
         LoraGrads { layers: (0..layers).map(|_| Default::default()).collect() }
     }
 

@@ -182,33 +182,32 @@ impl Llama {
         Ok((out, BlockTape { x, h1, u_qkv, q, k, v, probs, y, u_o, x1, h2, gu, act, u_gu, u_down }))
     }
 
-    /// The adapter's gradients given the loss's gradients with respect to
-    /// [`Llama::forward_tape`]'s outputs: `d_prompt` [P, hidden] and `d_rows`
-    /// [B, T, hidden].
-    pub fn backward_tape(&self, tape: &Tape, d_prompt: &Tensor, d_rows: &Tensor, lora: &LoraView) -> Result<LoraGrads> {
+    /// Adds to `grads` the adapter's gradients given the loss's gradients with
+    /// respect to [`Llama::forward_tape`]'s outputs: `d_prompt` [P, hidden] and
+    /// `d_rows` [B, T, hidden].
+    pub fn backward_tape(&self, tape: &Tape, d_prompt: &Tensor, d_rows: &Tensor, lora: &LoraView, grads: &mut LoraGrads) -> Result<()> {
         let (p_len, b, t) = tape.dims();
         let h = self.config.hidden_size;
         if d_prompt.dims() != [p_len, h] || d_rows.dims() != [b, t, h] {
             return Err(Error::invalid("d_hidden", format!("shapes {:?} and {:?}, the pass made [{p_len}, {h}] and [{b}, {t}, {h}]", d_prompt.dims(), d_rows.dims())));
         }
         let eps = self.config.rms_norm_eps;
-        let mut grads = LoraGrads::new(self.layers.len());
         let d = [d_prompt.to_dtype(self.dtype())?, d_rows.to_dtype(self.dtype())?.reshape((b * t, h))?];
         let mut dx = [rms_norm_backward(&tape.last[0], &self.norm, &d[0], eps)?, rms_norm_backward(&tape.last[1], &self.norm, &d[1], eps)?];
         for (l, (w, s)) in self.layers.iter().zip(&tape.blocks).enumerate().rev() {
             // MLP: x2 = x1 + down(swiglu(gate_up(norm(x1)))), each segment.
             for (k, s) in s.iter().enumerate() {
-                let d_act = proj_backward(l, DOWN, &w.down, &s.act, s.u_down.as_ref(), &dx[k], lora, &mut grads)?;
+                let d_act = proj_backward(l, DOWN, &w.down, &s.act, s.u_down.as_ref(), &dx[k], lora, grads)?;
                 let d_gu = swiglu_backward(&s.gu, &d_act)?;
-                let d_h2 = proj_backward(l, GATE_UP, &w.gate_up, &s.h2, s.u_gu.as_ref(), &d_gu, lora, &mut grads)?;
+                let d_h2 = proj_backward(l, GATE_UP, &w.gate_up, &s.h2, s.u_gu.as_ref(), &d_gu, lora, grads)?;
                 dx[k] = (&dx[k] + rms_norm_backward(&s.x1, &w.mlp_norm, &d_h2, eps)?)?;
             }
             // Attention: x1 = x + o(attn(qkv(norm(x)))). The rows first: part of
             // their keys and values are the prompt's, summed over the rows.
-            let d_y = proj_backward(l, O, &w.o, &s[1].y, s[1].u_o.as_ref(), &dx[1], lora, &mut grads)?;
+            let d_y = proj_backward(l, O, &w.o, &s[1].y, s[1].u_o.as_ref(), &dx[1], lora, grads)?;
             let (dq_r, dk_all, dv_all) = self.attention_backward(&s[1], &tape.segs[1], &d_y)?;
             let (dk_r, dv_r) = (dk_all.narrow(2, p_len, t)?.contiguous()?, dv_all.narrow(2, p_len, t)?.contiguous()?);
-            let d_y = proj_backward(l, O, &w.o, &s[0].y, s[0].u_o.as_ref(), &dx[0], lora, &mut grads)?;
+            let d_y = proj_backward(l, O, &w.o, &s[0].y, s[0].u_o.as_ref(), &dx[0], lora, grads)?;
             let (dq_p, dk_p, dv_p) = self.attention_backward(&s[0], &tape.segs[0], &d_y)?;
             let dk_p = (dk_p + dk_all.narrow(2, 0, p_len)?.sum_keepdim(0)?)?;
             let dv_p = (dv_p + dv_all.narrow(2, 0, p_len)?.sum_keepdim(0)?)?;
@@ -216,14 +215,14 @@ impl Llama {
                 let d_qkv = self.qkv_grad(&tape.segs[k], &dq, &dk, &dv)?;
                 if l == 0 {
                     // The first block's input is the frozen embedding: no input gradient.
-                    lora_backward(l, QKV, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, false, lora, &mut grads)?;
+                    lora_backward(l, QKV, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, false, lora, grads)?;
                 } else {
-                    let d_h1 = proj_backward(l, QKV, &w.qkv, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, lora, &mut grads)?;
+                    let d_h1 = proj_backward(l, QKV, &w.qkv, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, lora, grads)?;
                     dx[k] = (&dx[k] + rms_norm_backward(&s[k].x, &w.attn_norm, &d_h1, eps)?)?;
                 }
             }
         }
-        Ok(grads)
+        Ok(())
     }
 
     /// Gradients of the queries [B, H, T, hd] (rotated) and of the keys and
