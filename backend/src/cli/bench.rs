@@ -70,7 +70,12 @@ pub struct DecodeArgs {
     /// through the same adapter folded into the weights (`model::fold`).
     #[arg(long)]
     pub lora_r: Option<usize>,
-    /// Print one JSON object per batch size.
+    /// Fused inference ops (`model::fused`): `true`, `false` or both
+    /// (`true,false`: timed one after the other in this process, per batch
+    /// size). Default: the model's default for its device.
+    #[arg(long, value_delimiter = ',')]
+    pub fused: Vec<bool>,
+    /// Print one JSON object per batch size (and --fused setting).
     #[arg(long)]
     pub json: bool,
 }
@@ -87,7 +92,8 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
     if a.batch.contains(&0) || a.new_tokens == 0 || a.prompt_len == 0 {
         anyhow::bail!("invalid bench: batch sizes, --new-tokens and --prompt-len must be positive");
     }
-    let lm = a.source.load()?;
+    let mut lm = a.source.load()?;
+    let settings = if a.fused.is_empty() { vec![lm.llama.fused()] } else { a.fused.clone() };
     let vocab = lm.tokenizer.vocab_size().min(lm.config().vocab_size) as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     if !a.json {
@@ -95,16 +101,19 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
         if let Some(r) = a.lora_r {
             println!("through a LoRA r{r} adapter (inference view); the last column folds it into the weights");
         }
-        println!("{:>6} {:>14} {:>16} {:>10} {:>16}", "batch", "cached tok/s", "recompute tok/s", "speed-up", "host-draw tok/s");
+        println!("{:>6} {:>6} {:>14} {:>16} {:>10} {:>16}", "batch", "fused", "cached tok/s", "recompute tok/s", "speed-up", "host-draw tok/s");
     }
     if a.lora_r == Some(0) {
         anyhow::bail!("invalid bench: --lora-r must be positive");
     }
     let adapter = a.lora_r.map(|r| LoraAdapter::new(lm.config(), LoraConfig { r, ..LoraConfig::default() }, lm.device(), 0)).transpose()?;
     let view = adapter.as_ref().map(|ad| ad.view(Mode::Infer, lm.llama.dtype())).transpose()?;
-    // Warm-up (allocations, kernels).
+    // Warm-up (allocations, kernels), with every setting.
     let warm: Vec<u32> = (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect();
-    decode::sample(&lm, &[warm], &bench_cfg(1, 2), view.as_ref(), None)?;
+    for &f in &settings {
+        lm.llama.set_fused(f);
+        decode::sample(&lm, std::slice::from_ref(&warm), &bench_cfg(1, 2), view.as_ref(), None)?;
+    }
     let folded = match &view {
         Some(v) => {
             let t0 = Instant::now();
@@ -116,6 +125,9 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
     };
     for &b in &a.batch {
         let prompts: Vec<Vec<u32>> = (0..b).map(|_| (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect();
+        let mut first: Option<f64> = None;
+        for &fused in &settings {
+        lm.llama.set_fused(fused);
         let t0 = Instant::now();
         let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), view.as_ref(), None)?;
         let cached = elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum());
@@ -136,10 +148,12 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        let over = first.map(|f| cached / f);
+        first.get_or_insert(cached);
         if a.json {
             println!(
                 "{}",
-                serde_json::json!({"bench": "decode", "batch": b, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
+                serde_json::json!({"bench": "decode", "batch": b, "fused": fused, "over_first_setting": over, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
                     "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
                     "host_draw_tokens_per_s": host, "dtype": format!("{:?}", lm.llama.dtype()),
                     "lora_r": a.lora_r, "folded_tokens_per_s": fold, "fold_s": folded.as_ref().map(|f| f.1),
@@ -153,7 +167,9 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
             };
             let h = host.map_or("-".into(), |h| format!("{h:.1}"));
             let f = fold.map_or(String::new(), |f| format!(" {f:>14.1} (folded adapter, {:.3} s to fold)", folded.as_ref().map_or(0.0, |x| x.1)));
-            println!("{b:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}");
+            let o = over.map_or(String::new(), |o| format!(" ({o:.2}x the first --fused setting)"));
+            println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}");
+        }
         }
     }
     Ok(())

@@ -40,6 +40,11 @@ pub struct StepArgs {
     /// pays, always off the CPU).
     #[arg(long)]
     pub fold: Option<bool>,
+    /// Fused inference ops in sampling and the reward (`model::fused`): `true`,
+    /// `false` or both; every --backward runs with every setting, in this
+    /// process. Default: the model's default for its device.
+    #[arg(long, value_delimiter = ',')]
+    pub fused: Vec<bool>,
     #[arg(long)]
     pub json: bool,
 }
@@ -78,9 +83,12 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
     if a.backward.is_empty() {
         anyhow::bail!("invalid bench: --backward needs at least one of taped, autograd");
     }
-    let lm = a.source.load()?;
+    let mut lm = a.source.load()?;
+    let settings = if a.fused.is_empty() { vec![lm.llama.fused()] } else { a.fused.clone() };
     let mut first: Option<f64> = None;
-    for &mode in &a.backward {
+    for (mode, fused) in a.backward.iter().flat_map(|&m| settings.iter().map(move |&f| (m, f))) {
+        lm.llama.set_fused(fused);
+        let lm = &lm;
         let train_task = task.train_task(&lm)?;
         let shape = TokenShape::of(&train_task.problems);
         let mut trainer = Trainer::new(&lm, train_task, cfg.clone(), None)?;
@@ -122,15 +130,15 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
         let backward = format!("{mode:?}").to_lowercase();
         if a.json {
             println!("{}", serde_json::json!({"bench": "step", "task": a.task, "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
-                "backward": backward, "fold": a.fold, "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
+                "backward": backward, "fold": a.fold, "fused": fused, "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
                 "phase_sec_per_step": per_step, "baseline_over_this": speedup,
                 "model_tflops_per_s": tflops, "mfu_h100_bf16": tflops / H100_BF16_TFLOPS,
                 "device": format!("{:?}", lm.device()), "dtype": format!("{:?}", lm.llama.dtype()), "model": lm.name}));
         } else {
-            println!("{} on {:?} ({:?}): batch {}, |Z| ≤ {}, LoRA r{}, {backward} backward: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s",
+            println!("{} on {:?} ({:?}): batch {}, |Z| ≤ {}, LoRA r{}, {backward} backward, fused {fused}: {secs:.3} s/step, {traj_per_s:.1} trajectories/s, {tokens_per_s:.1} Z tokens/s",
                 lm.name, lm.device(), lm.llama.dtype(), a.batch, a.max_len, a.lora_r);
             if let Some(x) = speedup {
-                println!("  {x:.2}× the speed of the first --backward ({:?})", a.backward[0]);
+                println!("  {x:.2}× the speed of the first run ({:?} backward, fused {})", a.backward[0], settings[0]);
             }
             println!("  model FLOPs (estimate, see TokenShape): {tflops:.2} TFLOP/s = {:.2}% of an H100's dense bf16 peak", 100.0 * tflops / H100_BF16_TFLOPS);
             if trainer.profile {

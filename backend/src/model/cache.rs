@@ -127,6 +127,15 @@ impl KvCache {
         self.layers.iter().flatten().next().map(|(k, _)| k.device()).unwrap_or(&candle_core::Device::Cpu)
     }
 
+    /// The layer's key/value buffers when `t` more positions fit in their
+    /// reserved room (and they are not gradient-tracked): the fused decode path
+    /// writes into them in place.
+    pub(crate) fn room(&self, layer: usize, t: usize) -> Option<(&Tensor, &Tensor)> {
+        let (k, v) = self.layers.get(layer)?.as_ref()?;
+        let fits = self.len() + t <= k.dim(2).ok()?;
+        (fits && !k.track_op() && !v.track_op()).then_some((k, v))
+    }
+
     /// Appends one layer's new keys/values after the filled positions (the
     /// caller extends `valid` afterwards); returns the filled keys/values.
     pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {

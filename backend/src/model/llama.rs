@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::fused;
 use super::lora::{LoraView, Proj};
 use crate::{Error, Result};
 
@@ -121,6 +122,10 @@ pub struct Llama {
     /// Rotary tables [max_positions, head_dim / 2] in the model dtype: cos, sin,
     /// and the query's cos, sin scaled by 1/√hd (see `Ctx`).
     rope: [Tensor; 4],
+    /// The same as [P, hd] tables `cos | sin`, for the fused ops.
+    rope_cs: [Tensor; 2],
+    /// Inference passes use the fused ops of `fused.rs` (see [`Llama::set_fused`]).
+    fused: bool,
     dtype: DType,
     device: Device,
 }
@@ -132,13 +137,21 @@ struct Ctx<'a> {
     grad: bool,
     /// Rotary tables of this call's positions, [B, T, hd/2] in the model dtype;
     /// the query's are scaled by 1/√hd (rotation is linear, so this scales q·k).
-    cos: Tensor,
-    sin: Tensor,
-    cos_q: Tensor,
-    sin_q: Tensor,
-    /// [B, KV, rep, T, S] additive (the same for every head): f32 when
-    /// training, else the model dtype.
-    mask: Tensor,
+    attn: Attn,
+    /// SwiGLU through `fused::silu_mul`.
+    fused_mlp: bool,
+}
+
+/// What the attention of one pass reads.
+enum Attn {
+    /// Matrix products. Rotary tables of this call's positions, [B, T, hd/2] in
+    /// the model dtype; the query's are scaled by 1/√hd (rotation is linear, so
+    /// this scales q·k). The mask is [B, KV, rep, T, S] additive (the same for
+    /// every head): f32 when training, else the model dtype.
+    Composed { cos: Tensor, sin: Tensor, cos_q: Tensor, sin_q: Tensor, mask: Tensor },
+    /// `fused::cache_write` + `fused::attend` (a few new tokens, every layer's
+    /// cache has room): `cs`, `cs_q` [B, T, hd] (cos | sin), mask [B, T, S] f32.
+    Fused { cs: Tensor, cs_q: Tensor, mask: Tensor },
 }
 
 /// One pass's inputs, row-major: token and position ids [B, T], the additive
@@ -158,9 +171,23 @@ impl Llama {
         let (cos, sin) = rope_tables(&config, device)?;
         let scale = 1.0 / (config.head_dim as f64).sqrt();
         let rope = [cos.to_dtype(dtype)?, sin.to_dtype(dtype)?, (&cos * scale)?.to_dtype(dtype)?, (&sin * scale)?.to_dtype(dtype)?];
+        let rope_cs = [Tensor::cat(&[&rope[0], &rope[1]], 1)?, Tensor::cat(&[&rope[2], &rope[3]], 1)?];
         let Weights { embed, blocks, norm, lm_head } = w;
         let layers = blocks.into_iter().map(Layer::fuse).collect::<Result<Vec<_>>>()?;
-        Ok(Llama { config, embed, layers, norm, lm_head, rope, dtype, device: device.clone() })
+        let fused = fused::default_on(device);
+        Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, dtype, device: device.clone() })
+    }
+
+    /// Whether inference passes use the fused ops (`model/fused.rs`): SwiGLU in
+    /// one kernel and, for decode steps into a cache with reserved room, keys and
+    /// values written in place and attention in one kernel. Training passes never
+    /// do. The default is [`fused::default_on`].
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
+    }
+
+    pub fn fused(&self) -> bool {
+        self.fused
     }
 
     pub fn device(&self) -> &Device {
@@ -288,17 +315,25 @@ impl Llama {
         let s = cache.len() + t;
         let dev = &self.device;
         let grad = lora.is_some_and(|l| l.tracked);
-        let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), dev)?;
-        // Inference in bf16/f16 adds the mask and takes the softmax in the model
-        // dtype (the softmax kernel accumulates in f32); training keeps f32.
-        let mask = if grad { mask } else { mask.to_dtype(self.dtype)? };
-        // Broadcast over the heads once here, not in every layer: a contiguous
-        // add is one kernel, a broadcast one also uploads its strides.
-        let c = &self.config;
-        let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
-        let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
-        let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
-        let ctx = Ctx { lora, grad, cos, sin, cos_q, sin_q, mask };
+        let fused = self.fused && !grad;
+        let room = (0..self.layers.len()).all(|l| cache.room(l, t).is_some());
+        let attn = if fused && room && t <= fused::ATTEND_MAX_T && s <= fused::ATTEND_MAX_S {
+            let [cs, cs_q] = self.rope_cs_at(pos, (b, t))?;
+            Attn::Fused { cs, cs_q, mask: Tensor::from_vec(mask, (b, t, s), dev)? }
+        } else {
+            let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), dev)?;
+            // Inference in bf16/f16 adds the mask and takes the softmax in the model
+            // dtype (the softmax kernel accumulates in f32); training keeps f32.
+            let mask = if grad { mask } else { mask.to_dtype(self.dtype)? };
+            // Broadcast over the heads once here, not in every layer: a contiguous
+            // add is one kernel, a broadcast one also uploads its strides.
+            let c = &self.config;
+            let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
+            let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
+            let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
+            Attn::Composed { cos, sin, cos_q, sin_q, mask }
+        };
+        let ctx = Ctx { lora, grad, attn, fused_mlp: fused };
 
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
@@ -319,6 +354,18 @@ impl Llama {
         let half = self.config.head_dim / 2;
         let [cos, sin, cos_q, sin_q] = self.rope.clone().map(|table| table.index_select(&pos, 0)?.reshape((b, t, half)));
         Ok([cos?, sin?, cos_q?, sin_q?])
+    }
+
+    /// [`Llama::rope_at`]'s tables as `cos | sin`, [B, T, hd]: plain and the query's.
+    fn rope_cs_at(&self, pos: Vec<u32>, (b, t): (usize, usize)) -> Result<[Tensor; 2]> {
+        if pos.iter().any(|&p| p as usize >= self.config.max_position_embeddings) {
+            let len = pos.iter().copied().max().unwrap_or(0) as usize + 1;
+            return Err(Error::TooLong { len, max: self.config.max_position_embeddings });
+        }
+        let pos = Tensor::from_vec(pos, b * t, &self.device)?;
+        let hd = self.config.head_dim;
+        let [cs, cs_q] = self.rope_cs.clone().map(|table| table.index_select(&pos, 0)?.reshape((b, t, hd)));
+        Ok([cs?, cs_q?])
     }
 
     /// Output logits (f32) for hidden states [.., hidden] → [.., vocab].
@@ -366,7 +413,7 @@ impl Llama {
         let h = self.rms_norm(&x, &w.mlp_norm, ctx.grad)?;
         let gu = self.proj(l, &[Proj::Gate, Proj::Up], &w.gate_up, &h, ctx)?; // [B, T, 2I]
         let i = self.config.intermediate_size;
-        let act = (gu.narrow(D::Minus1, 0, i)?.silu()? * gu.narrow(D::Minus1, i, i)?)?;
+        let act = if ctx.fused_mlp { fused::silu_mul(&gu)? } else { (gu.narrow(D::Minus1, 0, i)?.silu()? * gu.narrow(D::Minus1, i, i)?)? };
         let mlp = self.proj(l, &[Proj::Down], &w.down, &act, ctx)?;
         Ok((x + mlp)?)
     }
@@ -377,6 +424,19 @@ impl Llama {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
         let qkv = self.proj(l, &[Proj::Q, Proj::K, Proj::V], &w.qkv, x, ctx)?; // [B, T, (H + 2·KV)·hd]
+        let (cos, sin, cos_q, sin_q, mask) = match &ctx.attn {
+            Attn::Composed { cos, sin, cos_q, sin_q, mask } => (cos, sin, cos_q, sin_q, mask),
+            Attn::Fused { cs, cs_q, mask } => {
+                let (kb, vb) = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?;
+                let (kb, vb) = (kb.clone(), vb.clone());
+                let len = cache.len();
+                fused::cache_write(&kb, &qkv, cs, nh, len, true)?;
+                fused::cache_write(&vb, &qkv, cs, nh + nkv, len, false)?;
+                let (k, v) = (kb.narrow(2, 0, len + t)?, vb.narrow(2, 0, len + t)?);
+                let y = fused::attend(&qkv, cs_q, &k, &v, mask, nh)?; // [B, T, H·hd]
+                return self.proj(l, &[Proj::O], &w.o, &y, ctx);
+            }
+        };
         let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?; // [B, H + 2·KV, T, hd]
         let q = heads.narrow(1, 0, nh)?.contiguous()?; // [B, H, T, hd]
         let k = heads.narrow(1, nh, nkv)?.contiguous()?; // [B, KV, T, hd]
@@ -384,9 +444,9 @@ impl Llama {
         // q comes out scaled by 1/√hd (see `Ctx`).
         let (q, k) = if ctx.grad {
             // Differentiable composition (candle's fused rope has no backward).
-            (apply_rope(&q, &ctx.cos_q, &ctx.sin_q)?, apply_rope(&k, &ctx.cos, &ctx.sin)?)
+            (apply_rope(&q, cos_q, sin_q)?, apply_rope(&k, cos, sin)?)
         } else {
-            (candle_nn::rotary_emb::rope(&q, &ctx.cos_q, &ctx.sin_q)?, candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?)
+            (candle_nn::rotary_emb::rope(&q, cos_q, sin_q)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
         };
         let (k, v) = cache.append(l, k, v)?; // [B, KV, S, hd]
         let s = k.dim(2)?;
@@ -395,10 +455,10 @@ impl Llama {
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scores = q.matmul(&k.t()?)?; // [B, KV, rep·T, S]
         let probs = if ctx.grad {
-            let scores = (scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))? + &ctx.mask)?;
+            let scores = (scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))? + mask)?;
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
-            let scores = (scores.reshape((b, nkv, rep, t, s))? + &ctx.mask)?;
+            let scores = (scores.reshape((b, nkv, rep, t, s))? + mask)?;
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let probs = probs.to_dtype(self.dtype)?.reshape((b, nkv, rep * t, s))?;

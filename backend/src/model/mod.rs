@@ -6,6 +6,9 @@ pub mod branch;
 pub mod cache;
 pub mod config;
 pub mod fold;
+pub mod fused;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
 pub mod llama;
 pub mod loader;
 pub mod lora;

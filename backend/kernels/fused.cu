@@ -1,0 +1,153 @@
+// Fused inference kernels for the decoder's decode step (see src/model/fused.rs,
+// which holds the CPU reference of each kernel and the launch code).
+//
+// Every kernel reads and writes the model dtype (f32, bf16 or f16) and computes in
+// f32. Shapes are row-major and contiguous unless a stride is passed.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+// Element d of one head's rotated vector: x is the head's hd values, cs holds
+// cos in [0, hd/2) and sin in [hd/2, hd) (HF half-split layout).
+template <typename T>
+__device__ __forceinline__ float rotated(const T* x, const T* cs, int hd, int d) {
+  int half = hd / 2;
+  if (d < half) {
+    return to_f(x[d]) * to_f(cs[d]) - to_f(x[d + half]) * to_f(cs[half + d]);
+  }
+  int i = d - half;
+  return to_f(x[d]) * to_f(cs[i]) + to_f(x[i]) * to_f(cs[half + i]);
+}
+
+// y[r, i] = silu(x[r, i]) * x[r, inter + i];  x: [rows, 2·inter], y: [rows, inter].
+template <typename T>
+__device__ void silu_mul(const T* x, T* y, int64_t rows, int64_t inter) {
+  int64_t n = rows * inter;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int64_t r = idx / inter, i = idx % inter;
+    float g = to_f(x[r * 2 * inter + i]);
+    float u = to_f(x[r * 2 * inter + inter + i]);
+    y[idx] = from_f<T>(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+// Writes heads [first, first + heads) of qkv [B, T, width] (each hd wide),
+// rotated by cs [B, T, hd] when rope != 0, into dst [B, heads, cap, hd] at
+// positions [at, at + T).
+template <typename T>
+__device__ void cache_write(T* dst, const T* qkv, const T* cs, int b_n, int t_n, int heads, int hd,
+                            int width, int first, int cap, int at, int rope) {
+  int64_t n = (int64_t)b_n * t_n * heads * hd;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int d = idx % hd;
+    int h = (idx / hd) % heads;
+    int t = (idx / ((int64_t)hd * heads)) % t_n;
+    int64_t b = idx / ((int64_t)hd * heads * t_n);
+    const T* x = qkv + (b * t_n + t) * width + (int64_t)(first + h) * hd;
+    float v = rope ? rotated(x, cs + (b * t_n + t) * hd, hd, d) : to_f(x[d]);
+    dst[((b * heads + h) * cap + at + t) * hd + d] = from_f<T>(v);
+  }
+}
+
+// Max (is_max != 0) or sum of v over the block; every thread gets the result.
+// red: one float per warp. blockDim.x is a multiple of 32.
+__device__ float block_reduce(float v, float* red, int is_max) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float w = __shfl_xor_sync(0xffffffff, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  int warps = blockDim.x / 32;
+  __syncthreads();  // earlier readers of red are done
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float r = red[0];
+  for (int i = 1; i < warps; i++) r = is_max ? fmaxf(r, red[i]) : r + red[i];
+  return r;
+}
+
+// Attention of T new queries over S cached keys, one block per (b, t, head).
+// q: heads [0, H) of qkv [B, T, width], rotated by csq [B, T, hd] (scaled by
+// 1/√hd); k, v: key/value (b, g, s, d) at b·sb + g·sh + s·hd + d; mask: [B, T, S]
+// additive, f32; y: [B, T, H·hd]. Shared memory: (hd + S + blockDim.x) floats.
+// blockDim.x is a multiple of hd and of 32.
+template <typename T>
+__device__ void attend(const T* qkv, const T* csq, const T* k, const T* v, const float* mask, T* y,
+                       int t_n, int h_n, int kv_n, int hd, int width, int s_n, int64_t sb, int64_t sh) {
+  extern __shared__ float smem[];
+  float* q = smem;
+  float* p = smem + hd;
+  float* red = p + s_n;
+  int h = blockIdx.x % h_n;
+  int t = (blockIdx.x / h_n) % t_n;
+  int64_t b = blockIdx.x / ((int64_t)h_n * t_n);
+  int g = h / (h_n / kv_n);
+  int64_t row = b * t_n + t;
+
+  const T* x = qkv + row * width + (int64_t)h * hd;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) q[d] = rotated(x, csq + row * hd, hd, d);
+  __syncthreads();
+
+  const T* kb = k + b * sb + g * sh;
+  const T* vb = v + b * sb + g * sh;
+  const float* m = mask + row * s_n;
+  float mx = -INFINITY;
+  for (int s = threadIdx.x; s < s_n; s += blockDim.x) {
+    const T* kr = kb + (int64_t)s * hd;
+    float acc = 0.0f;
+    for (int d = 0; d < hd; d++) acc += q[d] * to_f(kr[d]);
+    acc += m[s];
+    p[s] = acc;
+    mx = fmaxf(mx, acc);
+  }
+  mx = block_reduce(mx, red, 1);
+  float sum = 0.0f;
+  for (int s = threadIdx.x; s < s_n; s += blockDim.x) {
+    float e = __expf(p[s] - mx);
+    p[s] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, red, 0);  // also orders the writes of p before the reads below
+
+  int groups = blockDim.x / hd;
+  int d = threadIdx.x % hd, gi = threadIdx.x / hd;
+  float acc = 0.0f;
+  for (int s = gi; s < s_n; s += groups) acc += p[s] * to_f(vb[(int64_t)s * hd + d]);
+  __syncthreads();  // every thread has read red in block_reduce
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  if (gi == 0) {
+    for (int j = 1; j < groups; j++) acc += red[j * hd + d];
+    y[row * h_n * hd + (int64_t)h * hd + d] = from_f<T>(acc / sum);
+  }
+}
+
+#define FUSED_KERNELS(NAME, T)                                                                        \
+  extern "C" __global__ void silu_mul_##NAME(const T* x, T* y, int64_t rows, int64_t inter) {        \
+    silu_mul<T>(x, y, rows, inter);                                                                   \
+  }                                                                                                   \
+  extern "C" __global__ void cache_write_##NAME(T* dst, const T* qkv, const T* cs, int b_n, int t_n, \
+                                                int heads, int hd, int width, int first, int cap,     \
+                                                int at, int rope) {                                   \
+    cache_write<T>(dst, qkv, cs, b_n, t_n, heads, hd, width, first, cap, at, rope);                   \
+  }                                                                                                   \
+  extern "C" __global__ void attend_##NAME(const T* qkv, const T* csq, const T* k, const T* v,       \
+                                           const float* mask, T* y, int t_n, int h_n, int kv_n,      \
+                                           int hd, int width, int s_n, int64_t sb, int64_t sh) {     \
+    attend<T>(qkv, csq, k, v, mask, y, t_n, h_n, kv_n, hd, width, s_n, sb, sh);                       \
+  }
+
+FUSED_KERNELS(f32, float)
+FUSED_KERNELS(bf16, __nv_bfloat16)
+FUSED_KERNELS(f16, __half)

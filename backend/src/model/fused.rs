@@ -1,0 +1,293 @@
+//! Fused inference ops for the decode step: one kernel where the composed path
+//! launches several.
+//!
+//! - [`silu_mul`]: SwiGLU's `silu(gate) · up` from the fused gate/up product.
+//! - [`cache_write`]: a slice of heads of the fused q/k/v product, rotated or not,
+//!   written into a KV cache's reserved room (replaces the transpose, the split
+//!   copies, RoPE and `slice_set`).
+//! - [`attend`]: a few queries (rotated on the fly) against the cache: scores,
+//!   mask, softmax and the weighted values in one kernel, output already in
+//!   [B, T, heads·hd] (replaces two matrix products, the mask add, the softmax
+//!   and the transpose copy).
+//!
+//! Each op is a candle custom op with a CPU body (the reference, in this file) and
+//! a CUDA body (`fused_cuda.rs`, kernels in `backend/kernels/fused.cu`). Both
+//! compute in f32 and round once to the model dtype. Inference only: no op here
+//! has a backward. Which pass uses them is `llama.rs`'s choice
+//! (`Llama::set_fused`), not this module's.
+
+use candle_core::backend::BackendStorage;
+use rayon::prelude::*;
+use candle_core::{bail, CpuStorage, CustomOp1, InplaceOp3, Layout, Shape, Storage, Tensor, WithDType};
+
+use crate::Result;
+
+/// `attend` runs for passes of at most this many new tokens (decode steps and
+/// short appends); longer ones are matrix products' work.
+pub const ATTEND_MAX_T: usize = 4;
+/// ... and at most this many cached positions (its scores live in shared memory).
+pub const ATTEND_MAX_S: usize = 8192;
+
+/// `silu(x[.., :I]) · x[.., I:]` for x: [.., 2I] → [.., I].
+pub fn silu_mul(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1_no_bwd(&SiluMul)?)
+}
+
+/// Writes heads `first..first + heads` of `qkv` [B, T, width] (each `hd` wide),
+/// rotated by `cs` [B, T, hd] (cos | sin) when `rope`, into `buf`
+/// [B, heads, cap, hd] at positions `at..at + T`, in place.
+pub fn cache_write(buf: &Tensor, qkv: &Tensor, cs: &Tensor, first: usize, at: usize, rope: bool) -> Result<()> {
+    let (b, heads, cap, hd) = buf.dims4()?;
+    let (qb, t, width) = qkv.dims3()?;
+    if qb != b || cs.dims() != [b, t, hd] || at + t > cap || (first + heads) * hd > width || !buf.is_contiguous() {
+        return Err(crate::Error::invalid("cache_write", format!("buffer {:?}, qkv {:?}, tables {:?}, at {at}", buf.dims(), qkv.dims(), cs.dims())));
+    }
+    let op = CacheWrite { first, at, rope };
+    Ok(buf.inplace_op3(&qkv.contiguous()?, &cs.contiguous()?, &op)?)
+}
+
+/// Attention of the queries in heads `0..nh` of `qkv` [B, T, width], rotated by
+/// `csq` [B, T, hd] (already scaled by 1/√hd), over `k`, `v` [B, KV, S, hd] (any
+/// batch and head strides; each position's hd values contiguous) with the
+/// additive f32 `mask` [B, T, S]. Returns [B, T, nh·hd].
+pub fn attend(qkv: &Tensor, csq: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, nh: usize) -> Result<Tensor> {
+    let (b, t, width) = qkv.dims3()?;
+    let (kb, nkv, s, hd) = k.dims4()?;
+    let dense_rows = |x: &Tensor| x.stride()[2] == hd && x.stride()[3] == 1;
+    let ok = kb == b
+        && v.dims() == k.dims()
+        && v.stride() == k.stride()
+        && dense_rows(k)
+        && csq.dims() == [b, t, hd]
+        && mask.dims() == [b, t, s]
+        && mask.dtype() == candle_core::DType::F32
+        && nkv > 0
+        && nh.is_multiple_of(nkv)
+        && nh * hd <= width
+        && s <= ATTEND_MAX_S;
+    if !ok {
+        return Err(crate::Error::invalid("attend", format!("qkv {:?}, k {:?} {:?}, v {:?}, mask {:?}", qkv.dims(), k.dims(), k.stride(), v.dims(), mask.dims())));
+    }
+    let op = Attend { csq: csq.contiguous()?, k: k.clone(), v: v.clone(), mask: mask.contiguous()?, nh };
+    Ok(qkv.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+pub(super) struct SiluMul;
+pub(super) struct CacheWrite {
+    pub first: usize,
+    pub at: usize,
+    pub rope: bool,
+}
+pub(super) struct Attend {
+    pub csq: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub mask: Tensor,
+    pub nh: usize,
+}
+
+/// Runs `$body` with `$T` bound to the storage's element type (f32, bf16, f16).
+macro_rules! float_dispatch {
+    ($storage:expr, $name:expr, |$T:ident| $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $T = f32;
+                $body
+            }
+            CpuStorage::BF16(_) => {
+                type $T = half::bf16;
+                $body
+            }
+            CpuStorage::F16(_) => {
+                type $T = half::f16;
+                $body
+            }
+            s => bail!("{}: unsupported dtype {:?}", $name, s.dtype()),
+        }
+    };
+}
+
+fn f<T: WithDType>(x: T) -> f32 {
+    x.to_f64() as f32
+}
+
+fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    Ok(&s.as_slice::<T>()?[l.start_offset()..])
+}
+
+/// Element `d` of one head's rotated values (see `rotated` in fused.cu).
+fn rotated<T: WithDType>(x: &[T], cs: &[T], d: usize) -> f32 {
+    let half = cs.len() / 2;
+    if d < half {
+        f(x[d]) * f(cs[d]) - f(x[d + half]) * f(cs[half + d])
+    } else {
+        let i = d - half;
+        f(x[d]) * f(cs[i]) + f(x[i]) * f(cs[half + i])
+    }
+}
+
+impl CustomOp1 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (shape, rows, inter) = silu_mul_dims(l)?;
+        float_dispatch!(s, self.name(), |T| {
+            let x = cpu_slice::<T>(s, l)?;
+            let mut y = Vec::with_capacity(rows * inter);
+            for r in 0..rows {
+                let (g, u) = x[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
+                y.extend(g.iter().zip(u).map(|(&g, &u)| {
+                    let g = f(g);
+                    T::from_f64((g / (1.0 + (-g).exp()) * f(u)) as f64)
+                }));
+            }
+            Ok((T::to_cpu_storage_owned(y), shape))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (shape, rows, inter) = silu_mul_dims(l)?;
+        Ok((super::fused_cuda::silu_mul(s, l, rows, inter)?, shape))
+    }
+}
+
+/// Output shape, rows and half-width of a contiguous [.., 2I] input.
+pub(super) fn silu_mul_dims(l: &Layout) -> candle_core::Result<(Shape, usize, usize)> {
+    let dims = l.dims();
+    let last = *dims.last().unwrap_or(&0);
+    if !l.is_contiguous() || !last.is_multiple_of(2) || last == 0 {
+        bail!("silu-mul: wants a contiguous [.., 2I] input, got {dims:?}");
+    }
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("non-empty") = last / 2;
+    Ok((Shape::from(out), l.shape().elem_count() / last, last / 2))
+}
+
+impl InplaceOp3 for CacheWrite {
+    fn name(&self) -> &'static str {
+        "cache-write"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, qkv: &CpuStorage, ql: &Layout, cs: &CpuStorage, cl: &Layout) -> candle_core::Result<()> {
+        let o = dl.start_offset();
+        match dst {
+            CpuStorage::F32(out) => self.cpu(&mut out[o..], dl, cpu_slice(qkv, ql)?, ql, cpu_slice(cs, cl)?),
+            CpuStorage::BF16(out) => self.cpu(&mut out[o..], dl, cpu_slice(qkv, ql)?, ql, cpu_slice(cs, cl)?),
+            CpuStorage::F16(out) => self.cpu(&mut out[o..], dl, cpu_slice(qkv, ql)?, ql, cpu_slice(cs, cl)?),
+            s => bail!("cache-write: unsupported dtype {:?}", s.dtype()),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dl: &Layout,
+        qkv: &candle_core::CudaStorage,
+        ql: &Layout,
+        cs: &candle_core::CudaStorage,
+        cl: &Layout,
+    ) -> candle_core::Result<()> {
+        super::fused_cuda::cache_write(self, (dst, dl), (qkv, ql), (cs, cl))
+    }
+}
+
+impl CacheWrite {
+    /// The CPU body: `out` starts at the buffer's first element.
+    fn cpu<T: WithDType>(&self, out: &mut [T], dl: &Layout, x: &[T], ql: &Layout, c: &[T]) -> candle_core::Result<()> {
+        let (b_n, heads, cap, hd) = dl.shape().dims4()?;
+        let (_, t_n, width) = ql.shape().dims3()?;
+        for b in 0..b_n {
+            for t in 0..t_n {
+                let row = (b * t_n + t) * width;
+                let c = &c[(b * t_n + t) * hd..(b * t_n + t + 1) * hd];
+                for h in 0..heads {
+                    let x = &x[row + (self.first + h) * hd..row + (self.first + h + 1) * hd];
+                    let o = ((b * heads + h) * cap + self.at + t) * hd;
+                    for (d, out) in out[o..o + hd].iter_mut().enumerate() {
+                        let v = if self.rope { rotated(x, c, d) } else { f(x[d]) };
+                        *out = T::from_f64(v as f64);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp1 for Attend {
+    fn name(&self) -> &'static str {
+        "attend"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b_n, t_n, width) = l.shape().dims3()?;
+        let (_, kv_n, s_n, hd) = self.k.dims4()?;
+        let (nh, rep) = (self.nh, self.nh / kv_n);
+        let (sb, sh) = (self.k.stride()[0], self.k.stride()[1]);
+        let (csq, csl) = self.csq.storage_and_layout();
+        let (k, kl) = self.k.storage_and_layout();
+        let (v, vl) = self.v.storage_and_layout();
+        let (m, ml) = self.mask.storage_and_layout();
+        let (Storage::Cpu(csq), Storage::Cpu(k), Storage::Cpu(v), Storage::Cpu(m)) = (&*csq, &*k, &*v, &*m) else {
+            bail!("attend: inputs on different devices");
+        };
+        let m = cpu_slice::<f32>(m, ml)?;
+        float_dispatch!(s, self.name(), |T| {
+            let (x, c, k, v) = (cpu_slice::<T>(s, l)?, cpu_slice::<T>(csq, csl)?, cpu_slice::<T>(k, kl)?, cpu_slice::<T>(v, vl)?);
+            let mut y = vec![T::from_f64(0.0); b_n * t_n * nh * hd];
+            // One task per (row, new token); each head's query, scores and sums in f32.
+            y.par_chunks_mut(nh * hd).enumerate().for_each(|(row, out)| {
+                let b = row / t_n;
+                let c = &c[row * hd..(row + 1) * hd];
+                let (mut q, mut p, mut acc) = (vec![0f32; hd], vec![0f32; s_n], vec![0f32; hd]);
+                for (h, out) in out.chunks_mut(hd).enumerate() {
+                    let xh = &x[row * width + h * hd..row * width + (h + 1) * hd];
+                    for (d, q) in q.iter_mut().enumerate() {
+                        *q = rotated(xh, c, d);
+                    }
+                    let base = b * sb + (h / rep) * sh;
+                    for (si, p) in p.iter_mut().enumerate() {
+                        let kr = &k[base + si * hd..base + (si + 1) * hd];
+                        *p = q.iter().zip(kr).map(|(&q, &k)| q * f(k)).sum::<f32>() + m[row * s_n + si];
+                    }
+                    let mx = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for p in p.iter_mut() {
+                        *p = (*p - mx).exp();
+                        sum += *p;
+                    }
+                    acc.fill(0.0);
+                    for (si, &p) in p.iter().enumerate() {
+                        for (a, &v) in acc.iter_mut().zip(&v[base + si * hd..base + (si + 1) * hd]) {
+                            *a += p * f(v);
+                        }
+                    }
+                    for (o, &a) in out.iter_mut().zip(&acc) {
+                        *o = T::from_f64((a / sum) as f64);
+                    }
+                }
+            });
+            Ok((T::to_cpu_storage_owned(y), Shape::from((b_n, t_n, nh * hd))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::attend(self, s, l)
+    }
+}
+
+/// Whether a model on `device` uses the fused ops unless told otherwise:
+/// `AMORTIZE_FUSED=1` or `0` decides; else on for the CPU, and off on CUDA until
+/// the kernels' equality tests and timings have run on a GPU.
+pub fn default_on(device: &candle_core::Device) -> bool {
+    match std::env::var("AMORTIZE_FUSED").ok().as_deref() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => device.is_cpu(),
+    }
+}

@@ -1,0 +1,151 @@
+//! CUDA bodies of the fused inference ops (`fused.rs` holds their CPU references
+//! and the shape checks). The kernels are `backend/kernels/fused.cu`, compiled to
+//! PTX by `build.rs` and loaded once per device as the module `amortize_fused`.
+//! Launch code only: no op semantics live here.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, WithDType};
+use half::{bf16, f16};
+
+use super::fused::{Attend, CacheWrite};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+const MODULE: &str = "amortize_fused";
+
+/// Runs `$body` with `$T` bound to the element type of `$dtype` (f32, bf16, f16).
+macro_rules! dispatch {
+    ($dtype:expr, $name:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            DType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            DType::F16 => {
+                type $T = f16;
+                $body
+            }
+            d => bail!("{}: unsupported dtype {d:?}", $name),
+        }
+    };
+}
+
+/// Element-wise launch: grid-stride loops, 256 threads a block.
+fn elementwise(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The kernel `{base}_{dtype}` of the module (loaded on first use).
+macro_rules! kernel {
+    ($dev:expr, $T:ty, $base:literal) => {
+        $dev.get_or_load_custom_func(&format!(concat!($base, "_{}"), <$T as WithDType>::DTYPE.as_str()), MODULE, PTX)
+    };
+}
+
+fn i32s<const N: usize>(v: [usize; N]) -> Result<[i32; N]> {
+    let mut out = [0i32; N];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = match i32::try_from(x) {
+            Ok(x) => x,
+            Err(_) => bail!("fused kernel: dimension {x} exceeds i32"),
+        };
+    }
+    Ok(out)
+}
+
+pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, inter: usize) -> Result<CudaStorage> {
+    dispatch!(s.dtype(), "silu-mul", |T| {
+        let dev = s.device();
+        let x = s.as_cuda_slice::<T>()?.slice(l.start_offset()..);
+        // SAFETY: every element is written by the kernel below.
+        let y: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * inter)? };
+        let func = kernel!(dev, T, "silu_mul")?;
+        let (r, i) = (rows as i64, inter as i64);
+        let mut b = func.builder();
+        b.arg(&x).arg(&y).arg(&r).arg(&i);
+        // SAFETY: argument types and order match `silu_mul_*` in fused.cu.
+        unsafe { b.launch(elementwise(rows * inter)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    })
+}
+
+pub(super) fn cache_write(op: &CacheWrite, (dst, dl): (&mut CudaStorage, &Layout), (q, ql): (&CudaStorage, &Layout), (c, cl): (&CudaStorage, &Layout)) -> Result<()> {
+    let (b_n, heads, cap, hd) = dl.shape().dims4()?;
+    let (_, t_n, width) = ql.shape().dims3()?;
+    let [b_n, t_n, heads, hd, width, first, cap, at, rope] = i32s([b_n, t_n, heads, hd, width, op.first, cap, op.at, op.rope as usize])?;
+    let n = (b_n * t_n * heads * hd) as usize;
+    let dev = dst.device().clone();
+    dispatch!(dst.dtype(), "cache-write", |T| {
+        let x = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
+        let cs = c.as_cuda_slice::<T>()?.slice(cl.start_offset()..);
+        let mut out = dst.as_cuda_slice_mut::<T>()?.slice_mut(dl.start_offset()..);
+        let func = kernel!(dev, T, "cache_write")?;
+        let mut b = func.builder();
+        b.arg(&mut out).arg(&x).arg(&cs);
+        for v in [&b_n, &t_n, &heads, &hd, &width, &first, &cap, &at, &rope] {
+            b.arg(v);
+        }
+        // SAFETY: argument types and order match `cache_write_*` in fused.cu;
+        // `fused::cache_write` checked that every write lands inside `dst`.
+        unsafe { b.launch(elementwise(n)) }.w()?;
+        Ok(())
+    })
+}
+
+/// Threads per attention block: a multiple of both 32 and hd, at least 128.
+fn attend_threads(hd: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let unit = hd / gcd(hd, 32) * 32;
+    unit * 128usize.div_ceil(unit)
+}
+
+pub(super) fn attend(op: &Attend, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let (b_n, t_n, width) = l.shape().dims3()?;
+    let (_, kv_n, s_n, hd) = op.k.dims4()?;
+    let threads = attend_threads(hd);
+    if threads > 1024 {
+        bail!("attend: head size {hd} needs {threads} threads a block");
+    }
+    let (sb, sh) = (op.k.stride()[0] as i64, op.k.stride()[1] as i64);
+    let [t_i, h_i, kv_i, hd_i, width_i, s_i] = i32s([t_n, op.nh, kv_n, hd, width, s_n])?;
+    let blocks = u32::try_from(b_n * t_n * op.nh).map_err(|_| candle_core::Error::Msg("attend: too many queries".into()))?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: ((hd + s_n + threads) * 4) as u32 };
+    let (csq, csl) = op.csq.storage_and_layout();
+    let (k, kl) = op.k.storage_and_layout();
+    let (v, vl) = op.v.storage_and_layout();
+    let (m, ml) = op.mask.storage_and_layout();
+    let (Storage::Cuda(csq), Storage::Cuda(k), Storage::Cuda(v), Storage::Cuda(m)) = (&*csq, &*k, &*v, &*m) else {
+        bail!("attend: inputs on different devices");
+    };
+    let mask = m.as_cuda_slice::<f32>()?.slice(ml.start_offset()..);
+    let dev = s.device();
+    dispatch!(s.dtype(), "attend", |T| {
+        let x = s.as_cuda_slice::<T>()?.slice(l.start_offset()..);
+        let cs = csq.as_cuda_slice::<T>()?.slice(csl.start_offset()..);
+        let (kx, vx) = (k.as_cuda_slice::<T>()?.slice(kl.start_offset()..), v.as_cuda_slice::<T>()?.slice(vl.start_offset()..));
+        // SAFETY: every element is written by the kernel below.
+        let y: CudaSlice<T> = unsafe { dev.alloc::<T>(b_n * t_n * op.nh * hd)? };
+        let func = kernel!(dev, T, "attend")?;
+        let mut b = func.builder();
+        b.arg(&x).arg(&cs).arg(&kx).arg(&vx).arg(&mask).arg(&y);
+        for v in [&t_i, &h_i, &kv_i, &hd_i, &width_i, &s_i] {
+            b.arg(v);
+        }
+        b.arg(&sb).arg(&sh);
+        // SAFETY: argument types and order match `attend_*` in fused.cu; shapes
+        // and strides were checked by `fused::attend`.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((b_n, t_n, op.nh * hd))))
+    })
+}

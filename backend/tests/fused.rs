@@ -1,0 +1,212 @@
+//! The fused inference ops (`model::fused`) against the composed candle ops they
+//! replace: op by op on random inputs (f32 and bf16, GQA, strided caches,
+//! masked positions), and whole decodes of a tiny model with the fused path on
+//! and off. Runs on `AMORTIZE_TEST_DEVICE` (the GPU script sets `cuda`), so the
+//! same checks cover the CPU bodies here and the CUDA kernels there.
+
+use amortize::decode::{self, SampleConfig};
+use amortize::model::fused::{attend, cache_write, silu_mul};
+use amortize::model::tiny::write_tiny_model;
+use amortize::model::LanguageModel;
+use candle_core::{DType, Device, Tensor, D};
+use rand::{Rng, SeedableRng};
+
+fn dev() -> Device {
+    match std::env::var("AMORTIZE_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
+        _ => Device::Cpu,
+    }
+}
+
+fn random(dims: &[usize], seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, dims, &dev()).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// x·cos + rotate_half(x)·sin, x: [B, T, heads, hd], cs: [B, T, hd] (cos | sin).
+fn rope_reference(x: &Tensor, cs: &Tensor) -> Tensor {
+    let hd = x.dim(D::Minus1).unwrap();
+    let (cos, sin) = (cs.narrow(2, 0, hd / 2).unwrap(), cs.narrow(2, hd / 2, hd / 2).unwrap());
+    let full = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1).unwrap().unsqueeze(2).unwrap();
+    let (a, b) = (x.narrow(D::Minus1, 0, hd / 2).unwrap(), x.narrow(D::Minus1, hd / 2, hd / 2).unwrap());
+    let rot = Tensor::cat(&[&b.neg().unwrap(), &a], D::Minus1).unwrap();
+    (x.broadcast_mul(&full(&cos)).unwrap() + rot.broadcast_mul(&full(&sin)).unwrap()).unwrap()
+}
+
+const NH: usize = 4;
+const NKV: usize = 2;
+const HD: usize = 8;
+const CAP: usize = 12;
+
+/// One decode-like call: B rows, `t` new tokens after `len` cached positions.
+/// Returns the fused output and cache, and the composed reference of both.
+fn attention_case(dtype: DType, t: usize, len: usize, seed: u64) -> [(Tensor, Tensor); 2] {
+    let b = 3;
+    let width = (NH + 2 * NKV) * HD;
+    let s = len + t;
+    let qkv = random(&[b, t, width], seed).to_dtype(dtype).unwrap();
+    // Real rotary tables (angles of positions 5.., one row per token).
+    let angles: Vec<f32> = (0..b * t).flat_map(|i| (0..HD / 2).map(move |j| (5 + i) as f32 / 10f32.powf(j as f32 / 2.0))).collect();
+    let ang = Tensor::from_vec(angles, (b, t, HD / 2), &dev()).unwrap();
+    let cs = Tensor::cat(&[ang.cos().unwrap(), ang.sin().unwrap()], 2).unwrap();
+    let scale = 1.0 / (HD as f64).sqrt();
+    let cs_q = (&cs * scale).unwrap();
+    let (cs, cs_q) = (cs.to_dtype(dtype).unwrap(), cs_q.to_dtype(dtype).unwrap());
+    // Buffers [B, KV, CAP, HD] with `len` filled positions.
+    let kbuf = random(&[b, NKV, CAP, HD], seed + 1).to_dtype(dtype).unwrap();
+    let vbuf = random(&[b, NKV, CAP, HD], seed + 2).to_dtype(dtype).unwrap();
+    let (k0, v0) = (kbuf.copy().unwrap(), vbuf.copy().unwrap());
+    // Row 0 sees everything, row 1 has two padded (masked) cached positions,
+    // row 2 sees only the new tokens; causal inside the new tokens.
+    let mut mask = vec![0f32; b * t * s];
+    for r in 0..b {
+        for q in 0..t {
+            for k in 0..s {
+                let hidden = (r == 1 && k < 2) || (r == 2 && k < len) || (k >= len && k - len > q);
+                if hidden {
+                    mask[(r * t + q) * s + k] = -1e9;
+                }
+            }
+        }
+    }
+    let mask = Tensor::from_vec(mask, (b, t, s), &dev()).unwrap();
+
+    cache_write(&kbuf, &qkv, &cs, NH, len, true).unwrap();
+    cache_write(&vbuf, &qkv, &cs, NH + NKV, len, false).unwrap();
+    let (k, v) = (kbuf.narrow(2, 0, s).unwrap(), vbuf.narrow(2, 0, s).unwrap());
+    let y = attend(&qkv, &cs_q, &k, &v, &mask, NH).unwrap();
+
+    // The composed reference, in f32.
+    let f = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
+    let heads = f(&qkv).reshape((b, t, NH + 2 * NKV, HD)).unwrap();
+    let q = rope_reference(&heads.narrow(2, 0, NH).unwrap(), &f(&cs_q)); // [B, T, H, hd]
+    let kn = rope_reference(&heads.narrow(2, NH, NKV).unwrap(), &f(&cs)).transpose(1, 2).unwrap();
+    let vn = heads.narrow(2, NH + NKV, NKV).unwrap().transpose(1, 2).unwrap();
+    let kref = Tensor::cat(&[&f(&k0).narrow(2, 0, len).unwrap(), &kn, &f(&k0).narrow(2, s, CAP - s).unwrap()], 2).unwrap();
+    let vref = Tensor::cat(&[&f(&v0).narrow(2, 0, len).unwrap(), &vn, &f(&v0).narrow(2, s, CAP - s).unwrap()], 2).unwrap();
+    let rep = NH / NKV;
+    let kx = kref.narrow(2, 0, s).unwrap().repeat_interleave_heads(rep);
+    let vx = vref.narrow(2, 0, s).unwrap().repeat_interleave_heads(rep);
+    let q = q.transpose(1, 2).unwrap().contiguous().unwrap(); // [B, H, T, hd]
+    let scores = q.matmul(&kx.t().unwrap()).unwrap().broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap();
+    let p = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+    let yref = p.matmul(&vx).unwrap().transpose(1, 2).unwrap().reshape((b, t, NH * HD)).unwrap();
+    [(y, Tensor::cat(&[&kbuf, &vbuf], 1).unwrap()), (yref, Tensor::cat(&[&kref, &vref], 1).unwrap())]
+}
+
+trait RepeatHeads {
+    fn repeat_interleave_heads(&self, rep: usize) -> Tensor;
+}
+
+impl RepeatHeads for Tensor {
+    /// [B, KV, S, hd] → [B, KV·rep, S, hd], head h reading kv head h / rep.
+    fn repeat_interleave_heads(&self, rep: usize) -> Tensor {
+        let (b, kv, s, hd) = self.dims4().unwrap();
+        self.unsqueeze(2).unwrap().broadcast_as((b, kv, rep, s, hd)).unwrap().reshape((b, kv * rep, s, hd)).unwrap()
+    }
+}
+
+#[test]
+fn cache_write_and_attend_equal_the_composed_ops() {
+    for (t, len) in [(1, 5), (3, 4), (1, 0)] {
+        let [(y, cache), (yref, cref)] = attention_case(DType::F32, t, len, 10 + t as u64);
+        assert!(max_abs_diff(&y, &yref) < 1e-5, "f32 t={t} len={len}: attention differs by {}", max_abs_diff(&y, &yref));
+        assert!(max_abs_diff(&cache, &cref) < 1e-6, "f32 t={t} len={len}: cache differs");
+        // bf16: one rounding of the output (and of each cached value) apart.
+        let [(y, cache), (yref, cref)] = attention_case(DType::BF16, t, len, 20 + t as u64);
+        assert!(max_abs_diff(&y, &yref) < 2e-2, "bf16 t={t}: attention differs by {}", max_abs_diff(&y, &yref));
+        assert!(max_abs_diff(&cache, &cref) < 2e-2, "bf16 t={t}: cache differs");
+    }
+}
+
+#[test]
+fn silu_mul_equals_the_composed_ops() {
+    let x = random(&[2, 3, 10], 3);
+    let reference = (x.narrow(2, 0, 5).unwrap().silu().unwrap() * x.narrow(2, 5, 5).unwrap()).unwrap();
+    assert_eq!(silu_mul(&x).unwrap().dims(), [2, 3, 5]);
+    assert!(max_abs_diff(&silu_mul(&x).unwrap(), &reference) < 1e-6);
+    let xb = x.to_dtype(DType::BF16).unwrap();
+    assert!(max_abs_diff(&silu_mul(&xb).unwrap(), &reference) < 2e-2);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let qkv = random(&[1, 1, (NH + 2 * NKV) * HD], 1);
+    let cs = random(&[1, 1, HD], 2);
+    let buf = random(&[1, NKV, 4, HD], 3);
+    assert!(cache_write(&buf, &qkv, &cs, NH, 4, true).is_err(), "a write past the reserved room");
+    assert!(cache_write(&buf, &qkv, &cs, NH + 2 * NKV, 0, true).is_err(), "heads past the qkv width");
+    let mask = Tensor::zeros((1, 1, 3), DType::F32, &dev()).unwrap();
+    let k = buf.narrow(2, 0, 2).unwrap();
+    assert!(attend(&qkv, &cs, &k, &k, &mask, NH).is_err(), "a mask of the wrong length");
+    assert!(attend(&qkv, &cs, &k, &k, &mask.narrow(2, 0, 2).unwrap(), 3).is_err(), "heads not a multiple of kv heads");
+    assert!(silu_mul(&random(&[2, 3], 4)).is_err(), "an odd width");
+}
+
+fn tiny(dir: &tempfile::TempDir, dtype: DType) -> LanguageModel {
+    let paths = write_tiny_model(dir.path(), 7).unwrap();
+    LanguageModel::load(&paths.gguf, &dev(), dtype).unwrap()
+}
+
+/// A whole seeded sampling run (prompts of different lengths: left padding,
+/// reserved cache, one token a step) is the same with the fused path on and off.
+#[test]
+fn fused_decoding_equals_composed_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lm = tiny(&dir, DType::F32);
+    let prompts = vec![lm.tokenizer.encode("the cat sat").unwrap(), lm.tokenizer.encode("12 + 3 =").unwrap(), lm.tokenizer.encode("a").unwrap()];
+    let cfg = SampleConfig { n: 2, max_new_tokens: 16, temperature: 1.0, seed: 5, ..Default::default() };
+    let mut runs = Vec::new();
+    for on in [false, true] {
+        lm.llama.set_fused(on);
+        runs.push(decode::sample(&lm, &prompts, &cfg, None, None).unwrap());
+    }
+    let (off, on) = (&runs[0], &runs[1]);
+    assert!(on.iter().map(|s| s.tokens.len()).sum::<usize>() > 12, "too short to test decoding");
+    for (a, b) in off.iter().zip(on) {
+        assert_eq!(a.tokens, b.tokens);
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() < 1e-4, "composed {x} vs fused {y}");
+        }
+    }
+}
+
+/// Token by token into reserved room, the fused path gives the full pass's
+/// logits in f32. In bf16 it is no further from the f32 model than the composed
+/// path is (it rounds once per op where the composed path rounds at every step).
+#[test]
+fn fused_incremental_logits_equal_the_full_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "the cat and the hat sat on the mat";
+    let incremental = |lm: &mut LanguageModel, fused: bool| {
+        let ids = lm.tokenizer.encode(text).unwrap();
+        lm.llama.set_fused(fused);
+        let mut cache = lm.llama.new_cache();
+        lm.llama.forward(&[ids[..3].to_vec()], &mut cache, None).unwrap();
+        cache.reserve(ids.len()).unwrap();
+        let mut parts = Vec::new();
+        for &id in &ids[3..] {
+            parts.push(lm.llama.logits(&lm.llama.forward(&[vec![id]], &mut cache, None).unwrap()).unwrap());
+        }
+        Tensor::cat(&parts, 1).unwrap().squeeze(0).unwrap()
+    };
+    let mut lm = tiny(&dir, DType::F32);
+    let ids = lm.tokenizer.encode(text).unwrap();
+    lm.llama.set_fused(false);
+    let full = lm.llama.logits(&lm.llama.forward(std::slice::from_ref(&ids), &mut lm.llama.new_cache(), None).unwrap()).unwrap().squeeze(0).unwrap();
+    let full = full.narrow(0, 3, ids.len() - 3).unwrap();
+    let d = max_abs_diff(&full, &incremental(&mut lm, true));
+    assert!(d < 5e-5, "f32: fused incremental logits differ by {d}");
+
+    let mut lm = tiny(&dir, DType::BF16);
+    let (composed, fused) = (max_abs_diff(&full, &incremental(&mut lm, false)), max_abs_diff(&full, &incremental(&mut lm, true)));
+    eprintln!("bf16 token by token vs the f32 full pass: composed {composed}, fused {fused}");
+    assert!(fused <= 1.5 * composed + 0.05, "bf16: fused {fused} vs composed {composed} from the f32 logits");
+}
