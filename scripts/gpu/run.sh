@@ -4,8 +4,9 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="engine parity decode big step mfu prof arith rng".
-# Logs go to $OUT (at most 8 files come back).
+# Sections can be skipped: SKIP="engine fused parity decode big step mfu prof arith rng".
+# Logs are packed into $OUT/logs.tar.xz next to $OUT/summary.txt (at most 8
+# files come back from a call).
 set -u
 G=${GPU_DIR:-/tmp/amz}
 OUT=${OUT:-/tmp/amz-out}
@@ -28,6 +29,11 @@ if ! skip engine && [ -x "$G/test-engine" ]; then
   AMORTIZE_TEST_DEVICE=cuda timeout 300 "$G/test-engine" --test-threads 1 > "$OUT/engine.txt" 2>&1
   rows+=("engine tests (cuda, f32)|$(grep -E '^test result' "$OUT/engine.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/engine.txt" | head -3 | tr '\n' ' ')")
 fi
+if ! skip fused && [ -x "$G/test-fused" ]; then
+  # The fused decode kernels (model/fused.rs, backend/kernels/fused.cu) against the composed ops.
+  AMORTIZE_TEST_DEVICE=cuda timeout 180 "$G/test-fused" --test-threads 1 --nocapture > "$OUT/fused.txt" 2>&1
+  rows+=("fused-kernel tests (cuda, f32 + bf16)|$(grep -E '^test result' "$OUT/fused.txt" | tail -1) $(grep -E 'token by token' "$OUT/fused.txt") $(grep -E 'FAILED|panicked' "$OUT/fused.txt" | head -3 | tr '\n' ' ')")
+fi
 if ! skip parity && [ -x "$G/test-parity" ] && [ -f "$G/model.gguf" ]; then
   AMORTIZE_MODEL="$G/model.gguf" AMORTIZE_TEST_DATA="$PWD/backend/tests/data" AMORTIZE_TEST_DEVICE=cuda \
     timeout 300 "$G/test-parity" --nocapture > "$OUT/parity.txt" 2>&1
@@ -44,10 +50,14 @@ if ! skip decode; then
   L="$OUT/lora.jsonl"
   timeout 180 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,64 --new-tokens 64 --lora-r 64 --json >> "$L" 2>> "$OUT/err.txt"
   rows+=("decode smollm2-135m bf16 + LoRA r64 tok/s (adapter / folded)|$(J 'f"b{batch}: {tokens_per_s:.0f} / {folded_tokens_per_s:.0f} (fold {fold_s*1e3:.0f} ms)"' "$L" | tr '\n' ';')")
+  # Composed ops vs the fused kernels (off by default on CUDA until this has run), same process.
+  F="$OUT/fused-decode.jsonl"
+  timeout 180 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --json >> "$F" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-135m bf16 tok/s, fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f}" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
 fi
 if ! skip big; then
-  timeout 240 "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"{tokens_per_s:.1f} tok/s, weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl")")
+  timeout 240 "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s, weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
 fi
 if ! skip step; then
   S="$OUT/step.jsonl"
@@ -59,6 +69,9 @@ if ! skip step; then
   AB="$OUT/step-ab.jsonl"
   timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --backward autograd,taped --fold false --json >> "$AB" 2>> "$OUT/err.txt"
   rows+=("step b64 A/B (fold off)|$(J 'f"{backward}: {sec_per_step:.3f} s/step, backward phase {phase_sec_per_step_backward*1e3:.0f} ms, decode {phase_sec_per_step_decode*1e3:.0f} ms"' "$AB" | tr '\n' ';')")
+  FS="$OUT/step-fused.jsonl"
+  timeout 240 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --fused false,true --json >> "$FS" 2>> "$OUT/err.txt"
+  rows+=("step b64, fused false -> true|$(J 'f"fused={fused}: {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms, reward {phase_sec_per_step_reward*1e3:.0f} ms"' "$FS" | tr '\n' ';')")
 fi
 if ! skip mfu; then
   M="$OUT/mfu.jsonl"
@@ -92,4 +105,8 @@ if ! skip rng && [ -f "$G/model.gguf" ]; then
   rows+=("rng|$(grep -E '^\{|^real|trained' "$R" | tr '\n' ' ' | cut -c1-600)")
 fi
 [ -s "$OUT/err.txt" ] && rows+=("stderr|$(tail -c 600 "$OUT/err.txt" | tr '\n' ' ')")
-{ echo "=== summary ==="; for r in "${rows[@]}"; do echo "$r"; done; } | tee "$OUT/summary.txt"
+{ echo "=== summary ==="; for r in "${rows[@]}"; do echo "$r"; done; } > /tmp/amz-summary.txt
+# Everything but the summary in one archive (a call returns at most 8 files).
+tar -C "$OUT" -cJf /tmp/amz-logs.tar.xz . && find "$OUT" -mindepth 1 -delete && mv /tmp/amz-logs.tar.xz "$OUT/logs.tar.xz"
+cp /tmp/amz-summary.txt "$OUT/summary.txt"
+cat "$OUT/summary.txt"
