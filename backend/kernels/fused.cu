@@ -42,22 +42,23 @@ __device__ void silu_mul(const T* x, T* y, int64_t rows, int64_t inter) {
   }
 }
 
-// Writes heads [first, first + heads) of qkv [B, T, width] (each hd wide),
-// rotated by cs [B, T, hd] when rope != 0, into dst [B, heads, cap, hd] at
-// positions [at, at + T).
+// Writes the keys (rotated by cs [B, T, hd]: cos | sin) and the values of qkv
+// [B, T, width] into kv [2, B, heads, cap, hd] at positions [at, at + T): key
+// head h is qkv's head first + h, value head h is first + heads + h.
 template <typename T>
-__device__ void cache_write(T* dst, const T* qkv, const T* cs, int b_n, int t_n, int heads, int hd,
-                            int width, int first, int cap, int at, int rope) {
-  int64_t n = (int64_t)b_n * t_n * heads * hd;
+__device__ void cache_write(T* kv, const T* qkv, const T* cs, int b_n, int t_n, int heads, int hd,
+                            int width, int first, int cap, int at) {
+  int64_t n = 2 * (int64_t)b_n * t_n * heads * hd;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
        idx += (int64_t)gridDim.x * blockDim.x) {
     int d = idx % hd;
     int h = (idx / hd) % heads;
     int t = (idx / ((int64_t)hd * heads)) % t_n;
-    int64_t b = idx / ((int64_t)hd * heads * t_n);
-    const T* x = qkv + (b * t_n + t) * width + (int64_t)(first + h) * hd;
-    float v = rope ? rotated(x, cs + (b * t_n + t) * hd, hd, d) : to_f(x[d]);
-    dst[((b * heads + h) * cap + at + t) * hd + d] = from_f<T>(v);
+    int64_t b = (idx / ((int64_t)hd * heads * t_n)) % b_n;
+    int which = idx / ((int64_t)hd * heads * t_n * b_n);  // 0: key, 1: value
+    const T* x = qkv + (b * t_n + t) * width + (int64_t)(first + which * heads + h) * hd;
+    float v = which == 0 ? rotated(x, cs + (b * t_n + t) * hd, hd, d) : to_f(x[d]);
+    kv[(((which * b_n + b) * heads + h) * cap + at + t) * hd + d] = from_f<T>(v);
   }
 }
 
@@ -133,14 +134,42 @@ __device__ void attend(const T* qkv, const T* csq, const T* k, const T* v, const
   }
 }
 
+// out[0] = x + a (rounded to T), out[1] = rms_norm(out[0]) · w; one block per
+// row of `hidden` values. x, a: [rows, hidden]; out: [2, rows, hidden].
+template <typename T>
+__device__ void add_rms_norm(const T* x, const T* a, const T* w, T* out, int64_t rows, int hidden, float eps) {
+  __shared__ float red[32];
+  int64_t row = blockIdx.x;
+  const T* xr = x + row * hidden;
+  const T* ar = a + row * hidden;
+  T* sum = out + row * hidden;
+  T* norm = out + (rows + row) * hidden;
+  float sq = 0.0f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    T s = from_f<T>(to_f(xr[i]) + to_f(ar[i]));
+    sum[i] = s;
+    float f = to_f(s);
+    sq += f * f;
+  }
+  sq = block_reduce(sq, red, 0);
+  float scale = rsqrtf(sq / hidden + eps);
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    norm[i] = from_f<T>(to_f(sum[i]) * scale * to_f(w[i]));
+  }
+}
+
 #define FUSED_KERNELS(NAME, T)                                                                        \
   extern "C" __global__ void silu_mul_##NAME(const T* x, T* y, int64_t rows, int64_t inter) {        \
     silu_mul<T>(x, y, rows, inter);                                                                   \
   }                                                                                                   \
-  extern "C" __global__ void cache_write_##NAME(T* dst, const T* qkv, const T* cs, int b_n, int t_n, \
+  extern "C" __global__ void cache_write_##NAME(T* kv, const T* qkv, const T* cs, int b_n, int t_n,  \
                                                 int heads, int hd, int width, int first, int cap,     \
-                                                int at, int rope) {                                   \
-    cache_write<T>(dst, qkv, cs, b_n, t_n, heads, hd, width, first, cap, at, rope);                   \
+                                                int at) {                                             \
+    cache_write<T>(kv, qkv, cs, b_n, t_n, heads, hd, width, first, cap, at);                          \
+  }                                                                                                   \
+  extern "C" __global__ void add_rms_norm_##NAME(const T* x, const T* a, const T* w, T* out,         \
+                                                 int64_t rows, int hidden, float eps) {               \
+    add_rms_norm<T>(x, a, w, out, rows, hidden, eps);                                                 \
   }                                                                                                   \
   extern "C" __global__ void attend_##NAME(const T* qkv, const T* csq, const T* k, const T* v,       \
                                            const float* mask, T* y, int t_n, int h_n, int kv_n,      \

@@ -5,7 +5,7 @@
 //! same checks cover the CPU bodies here and the CUDA kernels there.
 
 use amortize::decode::{self, SampleConfig};
-use amortize::model::fused::{attend, cache_write, silu_mul};
+use amortize::model::fused::{add_rms_norm, attend, cache_write, silu_mul};
 use amortize::model::tiny::write_tiny_model;
 use amortize::model::LanguageModel;
 use candle_core::{DType, Device, Tensor, D};
@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 fn dev() -> Device {
     match std::env::var("AMORTIZE_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
+        Ok("cuda") => amortize::model::parse_device("cuda").expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
         _ => Device::Cpu,
     }
 }
@@ -59,10 +59,9 @@ fn attention_case(dtype: DType, t: usize, len: usize, seed: u64) -> [(Tensor, Te
     let scale = 1.0 / (HD as f64).sqrt();
     let cs_q = (&cs * scale).unwrap();
     let (cs, cs_q) = (cs.to_dtype(dtype).unwrap(), cs_q.to_dtype(dtype).unwrap());
-    // Buffers [B, KV, CAP, HD] with `len` filled positions.
-    let kbuf = random(&[b, NKV, CAP, HD], seed + 1).to_dtype(dtype).unwrap();
-    let vbuf = random(&[b, NKV, CAP, HD], seed + 2).to_dtype(dtype).unwrap();
-    let (k0, v0) = (kbuf.copy().unwrap(), vbuf.copy().unwrap());
+    // The buffer [2, B, KV, CAP, HD] (keys, values) with `len` filled positions.
+    let kv = random(&[2, b, NKV, CAP, HD], seed + 1).to_dtype(dtype).unwrap();
+    let (k0, v0) = (kv.get(0).unwrap().copy().unwrap(), kv.get(1).unwrap().copy().unwrap());
     // Row 0 sees everything, row 1 has two padded (masked) cached positions,
     // row 2 sees only the new tokens; causal inside the new tokens.
     let mut mask = vec![0f32; b * t * s];
@@ -78,9 +77,8 @@ fn attention_case(dtype: DType, t: usize, len: usize, seed: u64) -> [(Tensor, Te
     }
     let mask = Tensor::from_vec(mask, (b, t, s), &dev()).unwrap();
 
-    cache_write(&kbuf, &qkv, &cs, NH, len, true).unwrap();
-    cache_write(&vbuf, &qkv, &cs, NH + NKV, len, false).unwrap();
-    let (k, v) = (kbuf.narrow(2, 0, s).unwrap(), vbuf.narrow(2, 0, s).unwrap());
+    cache_write(&kv, &qkv, &cs, len).unwrap();
+    let (k, v) = (kv.get(0).unwrap().narrow(2, 0, s).unwrap(), kv.get(1).unwrap().narrow(2, 0, s).unwrap());
     let y = attend(&qkv, &cs_q, &k, &v, &mask, NH).unwrap();
 
     // The composed reference, in f32.
@@ -98,7 +96,7 @@ fn attention_case(dtype: DType, t: usize, len: usize, seed: u64) -> [(Tensor, Te
     let scores = q.matmul(&kx.t().unwrap()).unwrap().broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap();
     let p = candle_nn::ops::softmax_last_dim(&scores).unwrap();
     let yref = p.matmul(&vx).unwrap().transpose(1, 2).unwrap().reshape((b, t, NH * HD)).unwrap();
-    [(y, Tensor::cat(&[&kbuf, &vbuf], 1).unwrap()), (yref, Tensor::cat(&[&kref, &vref], 1).unwrap())]
+    [(y, kv), (yref, Tensor::stack(&[&kref, &vref], 0).unwrap())]
 }
 
 trait RepeatHeads {
@@ -140,14 +138,29 @@ fn silu_mul_equals_the_composed_ops() {
 fn bad_shapes_are_errors() {
     let qkv = random(&[1, 1, (NH + 2 * NKV) * HD], 1);
     let cs = random(&[1, 1, HD], 2);
-    let buf = random(&[1, NKV, 4, HD], 3);
-    assert!(cache_write(&buf, &qkv, &cs, NH, 4, true).is_err(), "a write past the reserved room");
-    assert!(cache_write(&buf, &qkv, &cs, NH + 2 * NKV, 0, true).is_err(), "heads past the qkv width");
+    let buf = random(&[2, 1, NKV, 4, HD], 3);
+    assert!(cache_write(&buf, &qkv, &cs, 4).is_err(), "a write past the reserved room");
+    assert!(cache_write(&buf, &qkv.narrow(2, 0, 3 * HD).unwrap(), &cs, 0).is_err(), "fewer heads than keys and values");
+    assert!(cache_write(&buf.get(0).unwrap(), &qkv, &cs, 0).is_err(), "keys without values");
     let mask = Tensor::zeros((1, 1, 3), DType::F32, &dev()).unwrap();
-    let k = buf.narrow(2, 0, 2).unwrap();
+    let k = buf.get(0).unwrap().narrow(2, 0, 2).unwrap();
     assert!(attend(&qkv, &cs, &k, &k, &mask, NH).is_err(), "a mask of the wrong length");
     assert!(attend(&qkv, &cs, &k, &k, &mask.narrow(2, 0, 2).unwrap(), 3).is_err(), "heads not a multiple of kv heads");
     assert!(silu_mul(&random(&[2, 3], 4)).is_err(), "an odd width");
+    assert!(add_rms_norm(&qkv, &qkv, &cs.flatten_all().unwrap(), 1e-5).is_err(), "a norm weight of the wrong size");
+}
+
+#[test]
+fn add_rms_norm_equals_the_composed_ops() {
+    let (x, a, w) = (random(&[2, 3, 40], 5), random(&[2, 3, 40], 6), random(&[40], 7));
+    let sum = (&x + &a).unwrap();
+    let norm = candle_nn::ops::rms_norm(&sum, &w, 1e-5).unwrap();
+    let (s, n) = add_rms_norm(&x, &a, &w, 1e-5).unwrap();
+    assert_eq!(s.dims(), [2, 3, 40]);
+    assert!(max_abs_diff(&s, &sum) < 1e-6 && max_abs_diff(&n, &norm) < 1e-5);
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let (s, n) = add_rms_norm(&bf(&x), &bf(&a), &bf(&w), 1e-5).unwrap();
+    assert!(max_abs_diff(&s, &sum) < 2e-2 && max_abs_diff(&n, &norm) < 5e-2);
 }
 
 fn tiny(dir: &tempfile::TempDir, dtype: DType) -> LanguageModel {

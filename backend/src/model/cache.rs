@@ -18,13 +18,17 @@ pub struct KvCache {
     /// Per layer: keys and values, [B, n_kv_heads, S', head_dim], S' ≥ S: the
     /// first S positions are filled, the rest is reserved room.
     pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per layer, when [`KvCache::reserve`] made room: one buffer
+    /// [2, B, n_kv_heads, S', head_dim] whose halves are `layers`' keys and
+    /// values (the fused decode path writes both with one kernel).
+    room: Vec<Option<Tensor>>,
     /// `valid[b][s]`: position `s` of row `b` holds a real token.
     pub(crate) valid: Vec<Vec<bool>>,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers], valid: Vec::new() }
+        KvCache { layers: vec![None; num_layers], room: vec![None; num_layers], valid: Vec::new() }
     }
 
     /// Rows in the cache (0 before the first forward pass).
@@ -49,7 +53,7 @@ impl KvCache {
     /// A cache whose row `i` is a copy of row `rows[i]` of this one.
     pub fn select(&self, rows: &[usize]) -> Result<KvCache> {
         if self.is_empty() {
-            return Ok(KvCache { layers: self.layers.clone(), valid: rows.iter().map(|_| Vec::new()).collect() });
+            return Ok(KvCache { layers: self.layers.clone(), room: vec![None; self.layers.len()], valid: rows.iter().map(|_| Vec::new()).collect() });
         }
         let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), self.device())?;
         let layers = self
@@ -61,7 +65,7 @@ impl KvCache {
             })
             .collect::<Result<Vec<_>>>()?;
         let valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
-        Ok(KvCache { layers, valid })
+        Ok(KvCache { room: vec![None; layers.len()], layers, valid })
     }
 
     /// Each row repeated `n` times in a row (`[a, b]` → `[a, a, b, b]` for n = 2).
@@ -84,19 +88,20 @@ impl KvCache {
     /// Makes room for `extra` more positions per layer, so appends write in place.
     pub fn reserve(&mut self, extra: usize) -> Result<()> {
         let len = self.len();
-        for l in self.layers.iter_mut().flatten() {
-            let (k, v) = (&l.0, &l.1);
+        for (l, room) in self.layers.iter_mut().zip(&mut self.room) {
+            let Some((k, v)) = l else { continue };
             if k.dim(2)? >= len + extra || k.track_op() || v.track_op() {
                 continue;
             }
-            let grow = |t: &Tensor| -> Result<Tensor> {
-                let mut shape = t.dims().to_vec();
-                shape[2] = len + extra;
-                let buf = Tensor::zeros(shape, t.dtype(), t.device())?;
-                buf.slice_set(&t.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-                Ok(buf)
-            };
-            *l = (grow(k)?, grow(v)?);
+            let mut shape = vec![2];
+            shape.extend_from_slice(k.dims());
+            shape[3] = len + extra;
+            let buf = Tensor::zeros(shape, k.dtype(), k.device())?;
+            let (kb, vb) = (buf.get(0)?, buf.get(1)?);
+            kb.slice_set(&k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            vb.slice_set(&v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            *l = Some((kb, vb));
+            *room = Some(buf);
         }
         Ok(())
     }
@@ -127,13 +132,11 @@ impl KvCache {
         self.layers.iter().flatten().next().map(|(k, _)| k.device()).unwrap_or(&candle_core::Device::Cpu)
     }
 
-    /// The layer's key/value buffers when `t` more positions fit in their
-    /// reserved room (and they are not gradient-tracked): the fused decode path
-    /// writes into them in place.
-    pub(crate) fn room(&self, layer: usize, t: usize) -> Option<(&Tensor, &Tensor)> {
-        let (k, v) = self.layers.get(layer)?.as_ref()?;
-        let fits = self.len() + t <= k.dim(2).ok()?;
-        (fits && !k.track_op() && !v.track_op()).then_some((k, v))
+    /// The layer's key/value buffer [2, B, KV, S', hd] when `t` more positions
+    /// fit in its reserved room: the fused decode path writes into it in place.
+    pub(crate) fn room(&self, layer: usize, t: usize) -> Option<&Tensor> {
+        let buf = self.room.get(layer)?.as_ref()?;
+        (self.len() + t <= buf.dim(3).ok()?).then_some(buf)
     }
 
     /// Appends one layer's new keys/values after the filled positions (the
@@ -155,6 +158,7 @@ impl KvCache {
             }
             None => (k, v),
         };
+        self.room[layer] = None;
         self.layers[layer] = Some(kv.clone());
         Ok(kv)
     }

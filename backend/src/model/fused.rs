@@ -2,9 +2,10 @@
 //! launches several.
 //!
 //! - [`silu_mul`]: SwiGLU's `silu(gate) · up` from the fused gate/up product.
-//! - [`cache_write`]: a slice of heads of the fused q/k/v product, rotated or not,
+//! - [`add_rms_norm`]: the residual add and the next RMSNorm.
+//! - [`cache_write`]: the keys (rotated) and values of the fused q/k/v product
 //!   written into a KV cache's reserved room (replaces the transpose, the split
-//!   copies, RoPE and `slice_set`).
+//!   copies, RoPE and two `slice_set`s).
 //! - [`attend`]: a few queries (rotated on the fly) against the cache: scores,
 //!   mask, softmax and the weighted values in one kernel, output already in
 //!   [B, T, heads·hd] (replaces two matrix products, the mask add, the softmax
@@ -33,17 +34,29 @@ pub fn silu_mul(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1_no_bwd(&SiluMul)?)
 }
 
-/// Writes heads `first..first + heads` of `qkv` [B, T, width] (each `hd` wide),
-/// rotated by `cs` [B, T, hd] (cos | sin) when `rope`, into `buf`
-/// [B, heads, cap, hd] at positions `at..at + T`, in place.
-pub fn cache_write(buf: &Tensor, qkv: &Tensor, cs: &Tensor, first: usize, at: usize, rope: bool) -> Result<()> {
-    let (b, heads, cap, hd) = buf.dims4()?;
-    let (qb, t, width) = qkv.dims3()?;
-    if qb != b || cs.dims() != [b, t, hd] || at + t > cap || (first + heads) * hd > width || !buf.is_contiguous() {
-        return Err(crate::Error::invalid("cache_write", format!("buffer {:?}, qkv {:?}, tables {:?}, at {at}", buf.dims(), qkv.dims(), cs.dims())));
+/// `(x + a, rms_norm(x + a) · w)` (the sum rounded to the model dtype before the
+/// norm, as the composed ops do); x, a: [.., hidden], w: [hidden].
+pub fn add_rms_norm(x: &Tensor, a: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let hidden = x.dim(candle_core::D::Minus1)?;
+    if a.dims() != x.dims() || w.dims() != [hidden] || a.dtype() != x.dtype() || w.dtype() != x.dtype() {
+        return Err(crate::Error::invalid("add_rms_norm", format!("x {:?}, a {:?}, w {:?}", x.dims(), a.dims(), w.dims())));
     }
-    let op = CacheWrite { first, at, rope };
-    Ok(buf.inplace_op3(&qkv.contiguous()?, &cs.contiguous()?, &op)?)
+    let out = x.contiguous()?.apply_op3_no_bwd(&a.contiguous()?, &w.contiguous()?, &AddRmsNorm { eps: eps as f32 })?;
+    Ok((out.get(0)?, out.get(1)?))
+}
+
+/// Writes the keys of `qkv` [B, T, width] (heads `width/hd − 2·KV ..`, rotated
+/// by `cs` [B, T, hd]: cos | sin) and its values (the last KV heads) into `kv`
+/// [2, B, KV, cap, hd] at positions `at..at + T`, in place.
+pub fn cache_write(kv: &Tensor, qkv: &Tensor, cs: &Tensor, at: usize) -> Result<()> {
+    let dims = kv.dims();
+    let (qb, t, width) = qkv.dims3()?;
+    let ok = dims.len() == 5 && dims[0] == 2 && dims[1] == qb && cs.dims() == [qb, t, dims[4]] && at + t <= dims[3] && kv.is_contiguous();
+    if !ok || width % dims[4] != 0 || width / dims[4] < 2 * dims[2] {
+        return Err(crate::Error::invalid("cache_write", format!("buffer {:?}, qkv {:?}, tables {:?}, at {at}", kv.dims(), qkv.dims(), cs.dims())));
+    }
+    let op = CacheWrite { first: width / dims[4] - 2 * dims[2], at };
+    Ok(kv.inplace_op3(&qkv.contiguous()?, &cs.contiguous()?, &op)?)
 }
 
 /// Attention of the queries in heads `0..nh` of `qkv` [B, T, width], rotated by
@@ -73,10 +86,13 @@ pub fn attend(qkv: &Tensor, csq: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor,
 }
 
 pub(super) struct SiluMul;
+pub(super) struct AddRmsNorm {
+    pub eps: f32,
+}
+/// `first`: qkv's first key head.
 pub(super) struct CacheWrite {
     pub first: usize,
     pub at: usize,
-    pub rope: bool,
 }
 pub(super) struct Attend {
     pub csq: Tensor,
@@ -198,23 +214,69 @@ impl InplaceOp3 for CacheWrite {
 impl CacheWrite {
     /// The CPU body: `out` starts at the buffer's first element.
     fn cpu<T: WithDType>(&self, out: &mut [T], dl: &Layout, x: &[T], ql: &Layout, c: &[T]) -> candle_core::Result<()> {
-        let (b_n, heads, cap, hd) = dl.shape().dims4()?;
+        let (b_n, heads, cap, hd) = (dl.dims()[1], dl.dims()[2], dl.dims()[3], dl.dims()[4]);
         let (_, t_n, width) = ql.shape().dims3()?;
-        for b in 0..b_n {
-            for t in 0..t_n {
-                let row = (b * t_n + t) * width;
-                let c = &c[(b * t_n + t) * hd..(b * t_n + t + 1) * hd];
-                for h in 0..heads {
-                    let x = &x[row + (self.first + h) * hd..row + (self.first + h + 1) * hd];
-                    let o = ((b * heads + h) * cap + self.at + t) * hd;
-                    for (d, out) in out[o..o + hd].iter_mut().enumerate() {
-                        let v = if self.rope { rotated(x, c, d) } else { f(x[d]) };
-                        *out = T::from_f64(v as f64);
+        for which in 0..2 {
+            for b in 0..b_n {
+                for t in 0..t_n {
+                    let row = (b * t_n + t) * width;
+                    let c = &c[(b * t_n + t) * hd..(b * t_n + t + 1) * hd];
+                    for h in 0..heads {
+                        let head = self.first + which * heads + h;
+                        let x = &x[row + head * hd..row + (head + 1) * hd];
+                        let o = (((which * b_n + b) * heads + h) * cap + self.at + t) * hd;
+                        for (d, out) in out[o..o + hd].iter_mut().enumerate() {
+                            let v = if which == 0 { rotated(x, c, d) } else { f(x[d]) };
+                            *out = T::from_f64(v as f64);
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl candle_core::CustomOp3 for AddRmsNorm {
+    fn name(&self) -> &'static str {
+        "add-rms-norm"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, a: &CpuStorage, al: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let hidden = *xl.dims().last().unwrap_or(&0);
+        let rows = xl.shape().elem_count() / hidden.max(1);
+        let shape = Shape::from([&[2], xl.dims()].concat());
+        float_dispatch!(x, self.name(), |T| {
+            let (x, a, w) = (cpu_slice::<T>(x, xl)?, cpu_slice::<T>(a, al)?, cpu_slice::<T>(w, wl)?);
+            let mut out = vec![T::from_f64(0.0); 2 * rows * hidden];
+            let (sums, norms) = out.split_at_mut(rows * hidden);
+            for r in 0..rows {
+                let (s, n) = (&mut sums[r * hidden..(r + 1) * hidden], &mut norms[r * hidden..(r + 1) * hidden]);
+                let mut sq = 0f32;
+                for (i, s) in s.iter_mut().enumerate() {
+                    *s = T::from_f64((f(x[r * hidden + i]) + f(a[r * hidden + i])) as f64);
+                    sq += f(*s) * f(*s);
+                }
+                let scale = 1.0 / (sq / hidden as f32 + self.eps).sqrt();
+                for ((n, &s), &w) in n.iter_mut().zip(s.iter()).zip(&w[..hidden]) {
+                    *n = T::from_f64((f(s) * scale * f(w)) as f64);
+                }
+            }
+            Ok((T::to_cpu_storage_owned(out), shape))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        a: &candle_core::CudaStorage,
+        al: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::add_rms_norm(self, (x, xl), (a, al), (w, wl))
     }
 }
 

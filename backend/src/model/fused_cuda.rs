@@ -9,7 +9,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, WithDType};
 use half::{bf16, f16};
 
-use super::fused::{Attend, CacheWrite};
+use super::fused::{AddRmsNorm, Attend, CacheWrite};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "amortize_fused";
@@ -76,10 +76,10 @@ pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, inter: usize) -
 }
 
 pub(super) fn cache_write(op: &CacheWrite, (dst, dl): (&mut CudaStorage, &Layout), (q, ql): (&CudaStorage, &Layout), (c, cl): (&CudaStorage, &Layout)) -> Result<()> {
-    let (b_n, heads, cap, hd) = dl.shape().dims4()?;
+    let (b_n, heads, cap, hd) = (dl.dims()[1], dl.dims()[2], dl.dims()[3], dl.dims()[4]);
     let (_, t_n, width) = ql.shape().dims3()?;
-    let [b_n, t_n, heads, hd, width, first, cap, at, rope] = i32s([b_n, t_n, heads, hd, width, op.first, cap, op.at, op.rope as usize])?;
-    let n = (b_n * t_n * heads * hd) as usize;
+    let [b_n, t_n, heads, hd, width, first, cap, at] = i32s([b_n, t_n, heads, hd, width, op.first, cap, op.at])?;
+    let n = 2 * (b_n * t_n * heads * hd) as usize;
     let dev = dst.device().clone();
     dispatch!(dst.dtype(), "cache-write", |T| {
         let x = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
@@ -88,13 +88,37 @@ pub(super) fn cache_write(op: &CacheWrite, (dst, dl): (&mut CudaStorage, &Layout
         let func = kernel!(dev, T, "cache_write")?;
         let mut b = func.builder();
         b.arg(&mut out).arg(&x).arg(&cs);
-        for v in [&b_n, &t_n, &heads, &hd, &width, &first, &cap, &at, &rope] {
+        for v in [&b_n, &t_n, &heads, &hd, &width, &first, &cap, &at] {
             b.arg(v);
         }
         // SAFETY: argument types and order match `cache_write_*` in fused.cu;
         // `fused::cache_write` checked that every write lands inside `dst`.
         unsafe { b.launch(elementwise(n)) }.w()?;
         Ok(())
+    })
+}
+
+pub(super) fn add_rms_norm(op: &AddRmsNorm, (x, xl): (&CudaStorage, &Layout), (a, al): (&CudaStorage, &Layout), (w, wl): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let hidden = *xl.dims().last().unwrap_or(&0);
+    let rows = xl.shape().elem_count() / hidden.max(1);
+    let [hidden_i] = i32s([hidden])?;
+    let rows_i = rows as i64;
+    let blocks = u32::try_from(rows.max(1)).map_err(|_| candle_core::Error::Msg("add-rms-norm: too many rows".into()))?;
+    let threads = if hidden >= 1024 { 1024 } else { hidden.div_ceil(32).max(1) as u32 * 32 };
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let dev = x.device();
+    dispatch!(x.dtype(), "add-rms-norm", |T| {
+        let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+        let as_ = a.as_cuda_slice::<T>()?.slice(al.start_offset()..);
+        let ws = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(2 * rows * hidden)? };
+        let func = kernel!(dev, T, "add_rms_norm")?;
+        let mut b = func.builder();
+        b.arg(&xs).arg(&as_).arg(&ws).arg(&out).arg(&rows_i).arg(&hidden_i).arg(&op.eps);
+        // SAFETY: argument types and order match `add_rms_norm_*` in fused.cu.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from([&[2], xl.dims()].concat())))
     })
 }
 

@@ -138,8 +138,8 @@ struct Ctx<'a> {
     /// Rotary tables of this call's positions, [B, T, hd/2] in the model dtype;
     /// the query's are scaled by 1/√hd (rotation is linear, so this scales q·k).
     attn: Attn,
-    /// SwiGLU through `fused::silu_mul`.
-    fused_mlp: bool,
+    /// Residual adds with their RMSNorm and SwiGLU through `fused.rs`.
+    fused: bool,
 }
 
 /// What the attention of one pass reads.
@@ -333,14 +333,17 @@ impl Llama {
             let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
             Attn::Composed { cos, sin, cos_q, sin_q, mask }
         };
-        let ctx = Ctx { lora, grad, attn, fused_mlp: fused };
+        let ctx = Ctx { lora, grad, attn, fused };
 
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
+        // Each block ends with its residual add and the next norm (the final one last).
+        let mut h = self.rms_norm(&x, self.layers.first().map_or(&self.norm, |l| &l.attn_norm), ctx.grad)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.block(l, layer, &x, cache, &ctx)?;
+            let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.attn_norm);
+            (x, h) = self.block(l, layer, (&x, &h), next_norm, cache, &ctx)?;
         }
-        self.rms_norm(&x, &self.norm, ctx.grad)
+        Ok(h)
     }
 
     /// The rotary tables at position ids `pos` (row-major [B, T]): cos, sin and
@@ -407,15 +410,26 @@ impl Llama {
         }
     }
 
-    fn block(&self, l: usize, w: &Layer, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
-        let h = self.rms_norm(x, &w.attn_norm, ctx.grad)?;
-        let x = (x + self.attention(l, w, &h, cache, ctx)?)?;
-        let h = self.rms_norm(&x, &w.mlp_norm, ctx.grad)?;
+    /// One block on the residual stream `x` and its normed `h`: returns the new
+    /// stream and its norm by `next_norm` (the next block's, or the final one).
+    fn block(&self, l: usize, w: &Layer, (x, h): (&Tensor, &Tensor), next_norm: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        let attn = self.attention(l, w, h, cache, ctx)?;
+        let (x, h) = self.add_norm(x, &attn, &w.mlp_norm, ctx)?;
         let gu = self.proj(l, &[Proj::Gate, Proj::Up], &w.gate_up, &h, ctx)?; // [B, T, 2I]
         let i = self.config.intermediate_size;
-        let act = if ctx.fused_mlp { fused::silu_mul(&gu)? } else { (gu.narrow(D::Minus1, 0, i)?.silu()? * gu.narrow(D::Minus1, i, i)?)? };
+        let act = if ctx.fused { fused::silu_mul(&gu)? } else { (gu.narrow(D::Minus1, 0, i)?.silu()? * gu.narrow(D::Minus1, i, i)?)? };
         let mlp = self.proj(l, &[Proj::Down], &w.down, &act, ctx)?;
-        Ok((x + mlp)?)
+        self.add_norm(&x, &mlp, next_norm, ctx)
+    }
+
+    /// `(x + a, rms_norm(x + a) · w)`.
+    fn add_norm(&self, x: &Tensor, a: &Tensor, w: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        if ctx.fused {
+            return fused::add_rms_norm(x, a, w, self.config.rms_norm_eps);
+        }
+        let x = (x + a)?;
+        let h = self.rms_norm(&x, w, ctx.grad)?;
+        Ok((x, h))
     }
 
     fn attention(&self, l: usize, w: &Layer, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
@@ -427,12 +441,10 @@ impl Llama {
         let (cos, sin, cos_q, sin_q, mask) = match &ctx.attn {
             Attn::Composed { cos, sin, cos_q, sin_q, mask } => (cos, sin, cos_q, sin_q, mask),
             Attn::Fused { cs, cs_q, mask } => {
-                let (kb, vb) = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?;
-                let (kb, vb) = (kb.clone(), vb.clone());
+                let kv = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?.clone();
                 let len = cache.len();
-                fused::cache_write(&kb, &qkv, cs, nh, len, true)?;
-                fused::cache_write(&vb, &qkv, cs, nh + nkv, len, false)?;
-                let (k, v) = (kb.narrow(2, 0, len + t)?, vb.narrow(2, 0, len + t)?);
+                fused::cache_write(&kv, &qkv, cs, len)?; // [2, B, KV, cap, hd]
+                let (k, v) = (kv.get(0)?.narrow(2, 0, len + t)?, kv.get(1)?.narrow(2, 0, len + t)?);
                 let y = fused::attend(&qkv, cs_q, &k, &v, mask, nh)?; // [B, T, H·hd]
                 return self.proj(l, &[Proj::O], &w.o, &y, ctx);
             }

@@ -114,7 +114,8 @@ impl Llama {
         let mut cache = self.new_cache();
         let pp = self.prepare(&[prompt.to_vec()], &mut cache)?;
         // The rows see the prompt as P valid cached positions.
-        let mut after = KvCache { layers: vec![None; self.layers.len()], valid: vec![vec![true; p_len]; rows.len()] };
+        let mut after = KvCache::new(self.layers.len());
+        after.valid = vec![vec![true; p_len]; rows.len()];
         let pr = self.prepare(rows, &mut after)?;
         let seg_p = self.segment(pp.pos, pp.mask, pp.dims, p_len)?;
         let seg_r = self.segment(pr.pos, pr.mask, pr.dims, p_len + pr.dims.1)?;
