@@ -28,7 +28,7 @@ fn model_dir() -> PathBuf {
 fn device() -> Device {
     // CPU unless AMORTIZE_TEST_DEVICE=cuda (the GPU run of the same check).
     match std::env::var("AMORTIZE_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
+        Ok("cuda") => amortize::model::parse_device("cuda").expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
         _ => Device::Cpu,
     }
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 /// CPU unless `AMORTIZE_TEST_DEVICE=cuda` (the GPU run of the same checks).
 fn dev() -> Device {
     match std::env::var("AMORTIZE_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
+        Ok("cuda") => amortize::model::parse_device("cuda").expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
         _ => Device::Cpu,
     }
 }

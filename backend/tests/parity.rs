@@ -18,7 +18,7 @@ fn model() -> LanguageModel {
     assert!(path.exists(), "{} is missing: run scripts/setup.sh first", path.display());
     // CPU unless AMORTIZE_TEST_DEVICE=cuda (the GPU run of the same check).
     let device = match std::env::var("AMORTIZE_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
+        Ok("cuda") => amortize::model::parse_device("cuda").expect("AMORTIZE_TEST_DEVICE=cuda but no CUDA device"),
         _ => Device::Cpu,
     };
     LanguageModel::load(&path, &device, DType::F32).expect("load SmolLM2")

@@ -54,6 +54,12 @@ if ! skip decode; then
   F="$OUT/fused-decode.jsonl"
   timeout 180 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --json >> "$F" 2>> "$OUT/err.txt"
   rows+=("decode smollm2-135m bf16 tok/s, fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f}" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
+  # cudarc's per-allocation events (kept with AMORTIZE_CUDA_EVENTS=1) vs without (the default): separate processes, same script.
+  E="$OUT/events.jsonl"
+  for ev in 1 0; do
+    AMORTIZE_CUDA_EVENTS=$ev timeout 120 "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,64 --new-tokens 64 --fused false,true --json 2>> "$OUT/err.txt" | sed "s/^{/{\"events\": $ev, /" >> "$E"
+  done
+  rows+=("decode smollm2-135m bf16 tok/s, cudarc events on / off|$(J 'f"events={events} b{batch} fused={fused}: {tokens_per_s:.0f}"' "$E" | tr '\n' ';')")
 fi
 if ! skip big; then
   timeout 240 "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"

@@ -80,10 +80,32 @@ pub fn parse_device(name: &str) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 return Err(Error::invalid("device", "this binary was built without CUDA (build with --features cuda)"));
             }
-            Device::new_cuda(ord.unwrap_or(0)).map_err(|e| Error::invalid("device", e.to_string()))
+            cuda_device(ord.unwrap_or(0))
         }
         other => Err(Error::invalid("device", format!("`{other}` (use cpu, cuda, cuda:N or auto)"))),
     }
+}
+
+/// A CUDA device as the engine uses it: candle's per-thread stream, without
+/// cudarc's event tracking. That tracking creates two CUDA events per
+/// allocation (and destroys them on free), i.e. per op output, but only
+/// synchronises anything once a context runs several explicit streams, which
+/// candle's device never creates: here it is pure launch overhead.
+/// `AMORTIZE_CUDA_EVENTS=1` keeps it (for A/B timings).
+#[allow(unused_variables)]
+pub fn cuda_device(ordinal: usize) -> Result<Device> {
+    let device = Device::new_cuda(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        if std::env::var("AMORTIZE_CUDA_EVENTS").as_deref() != Ok("1") {
+            // SAFETY: cudarc only records and waits on these events in
+            // multi-stream mode (streams made with `new_stream`), which candle's
+            // device never enters: with or without them, nothing is ordered
+            // differently.
+            unsafe { d.disable_event_tracking() };
+        }
+    }
+    Ok(device)
 }
 
 /// Parses `f32`, `bf16` or `f16`.
