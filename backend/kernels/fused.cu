@@ -158,6 +158,48 @@ __device__ void add_rms_norm(const T* x, const T* a, const T* w, T* out, int64_t
   }
 }
 
+// The backward of y = rms_norm(x) · w for one row per block: dx = r·g −
+// x·r³·mean(g ⊙ x) with g = w ⊙ dy, r = (mean x² + eps)^(−½); out = acc + dx
+// (acc read only when has_acc). x, dy, acc, out: [rows, hidden].
+template <typename T>
+__device__ void rms_norm_backward(const T* x, const T* w, const T* dy, const T* acc, T* out, int hidden,
+                                  float eps, int has_acc) {
+  __shared__ float red[32];
+  int64_t off = (int64_t)blockIdx.x * hidden;
+  float sxx = 0.0f, sgx = 0.0f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float xi = to_f(x[off + i]);
+    sxx += xi * xi;
+    sgx += to_f(w[i]) * to_f(dy[off + i]) * xi;
+  }
+  sxx = block_reduce(sxx, red, 0);
+  sgx = block_reduce(sgx, red, 0);
+  float r = rsqrtf(sxx / hidden + eps);
+  float c = r * r * r * sgx / hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float d = r * to_f(w[i]) * to_f(dy[off + i]) - to_f(x[off + i]) * c;
+    if (has_acc) d += to_f(acc[off + i]);
+    out[off + i] = from_f<T>(d);
+  }
+}
+
+// The backward of act = silu(g) ⊙ u over gu = [g · u] [rows, 2I]: out [rows, 2I]
+// = [d ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))) · d ⊙ silu(g)] for d = d_act [rows, I].
+template <typename T>
+__device__ void swiglu_backward(const T* gu, const T* d_act, T* out, int64_t rows, int64_t inter) {
+  int64_t n = rows * inter;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int64_t r = idx / inter, i = idx % inter;
+    float g = to_f(gu[r * 2 * inter + i]);
+    float u = to_f(gu[r * 2 * inter + inter + i]);
+    float d = to_f(d_act[idx]);
+    float sig = 1.0f / (1.0f + __expf(-g));
+    out[r * 2 * inter + i] = from_f<T>(d * u * sig * (1.0f + g * (1.0f - sig)));
+    out[r * 2 * inter + inter + i] = from_f<T>(d * g * sig);
+  }
+}
+
 #define FUSED_KERNELS(NAME, T)                                                                        \
   extern "C" __global__ void silu_mul_##NAME(const T* x, T* y, int64_t rows, int64_t inter) {        \
     silu_mul<T>(x, y, rows, inter);                                                                   \
@@ -166,6 +208,15 @@ __device__ void add_rms_norm(const T* x, const T* a, const T* w, T* out, int64_t
                                                 int heads, int hd, int width, int first, int cap,     \
                                                 int at) {                                             \
     cache_write<T>(kv, qkv, cs, b_n, t_n, heads, hd, width, first, cap, at);                          \
+  }                                                                                                   \
+  extern "C" __global__ void rms_norm_backward_##NAME(const T* x, const T* w, const T* dy,             \
+                                                      const T* acc, T* out, int hidden, float eps,    \
+                                                      int has_acc) {                                  \
+    rms_norm_backward<T>(x, w, dy, acc, out, hidden, eps, has_acc);                                   \
+  }                                                                                                   \
+  extern "C" __global__ void swiglu_backward_##NAME(const T* gu, const T* d_act, T* out, int64_t rows, \
+                                                    int64_t inter) {                                  \
+    swiglu_backward<T>(gu, d_act, out, rows, inter);                                                  \
   }                                                                                                   \
   extern "C" __global__ void add_rms_norm_##NAME(const T* x, const T* a, const T* w, T* out,         \
                                                  int64_t rows, int hidden, float eps) {               \

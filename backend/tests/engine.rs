@@ -634,17 +634,27 @@ mod taped_backward {
         }
     }
 
+    /// The model with the fused ops (`model::fused`, `model::fused_grad`) on or off.
+    fn with_fused(mut lm: LanguageModel, on: bool) -> LanguageModel {
+        lm.llama.set_fused(on);
+        lm
+    }
+
     #[test]
     fn taped_gradients_equal_autograd() {
-        check(&model(false, true), Proj::ALL.to_vec());
-        check(&model(true, false), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down]);
-        check(&model(true, true), vec![Proj::K, Proj::O, Proj::Gate]);
+        for fused in [true, false] {
+            check(&with_fused(model(false, true), fused), Proj::ALL.to_vec());
+            check(&with_fused(model(true, false), fused), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down]);
+            check(&with_fused(model(true, true), fused), vec![Proj::K, Proj::O, Proj::Gate]);
+        }
     }
 
     /// Dropout: each projection its own mask, in the fused groups too.
     #[test]
     fn taped_gradients_with_dropout_equal_finite_differences() {
-        check_dropout(&model(false, true), Proj::ALL.to_vec());
-        check_dropout(&model(true, false), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down]);
+        for fused in [true, false] {
+            check_dropout(&with_fused(model(false, true), fused), Proj::ALL.to_vec());
+            check_dropout(&with_fused(model(true, false), fused), vec![Proj::Q, Proj::V, Proj::Up, Proj::Down]);
+        }
     }
 }

@@ -163,6 +163,34 @@ fn add_rms_norm_equals_the_composed_ops() {
     assert!(max_abs_diff(&s, &sum) < 2e-2 && max_abs_diff(&n, &norm) < 5e-2);
 }
 
+/// The taped pass's fused backward steps against autograd through the composed
+/// forward (f32), and in bf16 within its rounding. (`engine.rs` checks them
+/// inside whole taped passes.)
+#[test]
+fn fused_backward_steps_equal_autograd() {
+    use amortize::model::fused_grad::{rms_norm_backward, swiglu_backward};
+    let (x, w, dy, acc) = (random(&[5, 24], 8), random(&[24], 9), random(&[5, 24], 10), random(&[5, 24], 11));
+    let xv = candle_core::Var::from_tensor(&x).unwrap();
+    let y = candle_nn::ops::rms_norm_slow(xv.as_tensor(), &w, 1e-5).unwrap();
+    let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let reference = (g.get(xv.as_tensor()).unwrap() + &acc).unwrap();
+    let fused = rms_norm_backward(&x, &w, &dy, 1e-5, Some(&acc)).unwrap();
+    assert!(max_abs_diff(&fused, &reference) < 1e-5, "rms-norm backward differs by {}", max_abs_diff(&fused, &reference));
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let fused = rms_norm_backward(&bf(&x), &bf(&w), &bf(&dy), 1e-5, Some(&bf(&acc))).unwrap();
+    assert!(max_abs_diff(&fused, &reference) < 0.1);
+
+    let (gu, d) = (random(&[5, 16], 12), random(&[5, 8], 13));
+    let gv = candle_core::Var::from_tensor(&gu).unwrap();
+    let act = (gv.as_tensor().narrow(1, 0, 8).unwrap().silu().unwrap() * gv.as_tensor().narrow(1, 8, 8).unwrap()).unwrap();
+    let g = (&act * &d).unwrap().sum_all().unwrap().backward().unwrap();
+    let reference = g.get(gv.as_tensor()).unwrap();
+    assert!(max_abs_diff(&swiglu_backward(&gu, &d).unwrap(), &reference) < 1e-6);
+    assert!(max_abs_diff(&swiglu_backward(&bf(&gu), &bf(&d)).unwrap(), &reference) < 2e-2);
+    assert!(swiglu_backward(&gu, &d.narrow(1, 0, 7).unwrap()).is_err());
+    assert!(rms_norm_backward(&x, &w.narrow(0, 0, 20).unwrap(), &dy, 1e-5, None).is_err());
+}
+
 fn tiny(dir: &tempfile::TempDir, dtype: DType) -> LanguageModel {
     let paths = write_tiny_model(dir.path(), 7).unwrap();
     LanguageModel::load(&paths.gguf, &dev(), dtype).unwrap()

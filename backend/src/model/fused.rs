@@ -11,6 +11,8 @@
 //!   [B, T, heads·hd] (replaces two matrix products, the mask add, the softmax
 //!   and the transpose copy).
 //!
+//! The taped training pass's fused backward steps are in `fused_grad.rs`.
+//!
 //! Each op is a candle custom op with a CPU body (the reference, in this file) and
 //! a CUDA body (`fused_cuda.rs`, kernels in `backend/kernels/fused.cu`). Both
 //! compute in f32 and round once to the model dtype. Inference only: no op here
@@ -122,12 +124,13 @@ macro_rules! float_dispatch {
         }
     };
 }
+pub(super) use float_dispatch;
 
-fn f<T: WithDType>(x: T) -> f32 {
+pub(super) fn f<T: WithDType>(x: T) -> f32 {
     x.to_f64() as f32
 }
 
-fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+pub(super) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
     Ok(&s.as_slice::<T>()?[l.start_offset()..])
 }
 

@@ -10,6 +10,7 @@ use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, With
 use half::{bf16, f16};
 
 use super::fused::{AddRmsNorm, Attend, CacheWrite};
+use super::fused_grad::RmsNormBackward;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "amortize_fused";
@@ -103,9 +104,7 @@ pub(super) fn add_rms_norm(op: &AddRmsNorm, (x, xl): (&CudaStorage, &Layout), (a
     let rows = xl.shape().elem_count() / hidden.max(1);
     let [hidden_i] = i32s([hidden])?;
     let rows_i = rows as i64;
-    let blocks = u32::try_from(rows.max(1)).map_err(|_| candle_core::Error::Msg("add-rms-norm: too many rows".into()))?;
-    let threads = if hidden >= 1024 { 1024 } else { hidden.div_ceil(32).max(1) as u32 * 32 };
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let cfg = row_blocks(rows, hidden)?;
     let dev = x.device();
     dispatch!(x.dtype(), "add-rms-norm", |T| {
         let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
@@ -171,5 +170,59 @@ pub(super) fn attend(op: &Attend, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
         // and strides were checked by `fused::attend`.
         unsafe { b.launch(cfg) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((b_n, t_n, op.nh * hd))))
+    })
+}
+
+/// One block per row: 32·k threads, up to 1024.
+fn row_blocks(rows: usize, hidden: usize) -> Result<LaunchConfig> {
+    let blocks = u32::try_from(rows.max(1)).map_err(|_| candle_core::Error::Msg("fused kernel: too many rows".into()))?;
+    let threads = hidden.div_ceil(32).clamp(1, 32) as u32 * 32;
+    Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+}
+
+pub(super) fn rms_norm_backward(op: &RmsNormBackward, (x, xl): (&CudaStorage, &Layout), (w, wl): (&CudaStorage, &Layout), (dy, dl): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let hidden = *xl.dims().last().unwrap_or(&1);
+    let rows = xl.shape().elem_count() / hidden.max(1);
+    let [hidden_i] = i32s([hidden])?;
+    let has_acc = op.acc.is_some() as i32;
+    let acc = op.acc.as_ref().map(|a| a.storage_and_layout());
+    let dev = x.device();
+    dispatch!(x.dtype(), "rms-norm-backward", |T| {
+        let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+        let ws = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+        let ds = dy.as_cuda_slice::<T>()?.slice(dl.start_offset()..);
+        let acc = match &acc {
+            Some((s, l)) => match &**s {
+                Storage::Cuda(s) => s.as_cuda_slice::<T>()?.slice(l.start_offset()..),
+                _ => bail!("rms-norm-backward: inputs on different devices"),
+            },
+            None => x.as_cuda_slice::<T>()?.slice(xl.start_offset()..), // not read
+        };
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * hidden)? };
+        let func = kernel!(dev, T, "rms_norm_backward")?;
+        let mut b = func.builder();
+        b.arg(&xs).arg(&ws).arg(&ds).arg(&acc).arg(&out).arg(&hidden_i).arg(&op.eps).arg(&has_acc);
+        // SAFETY: argument types and order match `rms_norm_backward_*` in fused.cu.
+        unsafe { b.launch(row_blocks(rows, hidden)?) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
+    })
+}
+
+pub(super) fn swiglu_backward((gu, gl): (&CudaStorage, &Layout), (d, dl): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let (rows, two_i) = gl.shape().dims2()?;
+    let (r, i) = (rows as i64, (two_i / 2) as i64);
+    let dev = gu.device();
+    dispatch!(gu.dtype(), "swiglu-backward", |T| {
+        let gs = gu.as_cuda_slice::<T>()?.slice(gl.start_offset()..);
+        let ds = d.as_cuda_slice::<T>()?.slice(dl.start_offset()..);
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * two_i)? };
+        let func = kernel!(dev, T, "swiglu_backward")?;
+        let mut b = func.builder();
+        b.arg(&gs).arg(&ds).arg(&out).arg(&r).arg(&i);
+        // SAFETY: argument types and order match `swiglu_backward_*` in fused.cu.
+        unsafe { b.launch(elementwise(rows * two_i / 2)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), gl.shape().clone()))
     })
 }

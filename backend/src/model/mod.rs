@@ -9,6 +9,7 @@ pub mod fold;
 pub mod fused;
 #[cfg(feature = "cuda")]
 mod fused_cuda;
+pub mod fused_grad;
 pub mod llama;
 pub mod loader;
 pub mod lora;

@@ -29,7 +29,8 @@ use candle_core::{DType, Tensor, D};
 use super::cache::KvCache;
 use super::llama::{Layer, Llama};
 use super::lora::{LoraGrads, LoraView, Proj};
-use super::tape_ops::{lora_backward, proj, proj_backward, rms_norm_backward, swiglu_backward, LoraTape};
+use super::fused;
+use super::tape_ops::{lora_backward, proj, proj_backward, rms_norm_backward_add, swiglu_backward, LoraTape};
 use crate::{Error, Result};
 
 const QKV: &[Proj] = &[Proj::Q, Proj::K, Proj::V];
@@ -121,17 +122,30 @@ impl Llama {
         let seg_r = self.segment(pr.pos, pr.mask, pr.dims, p_len + pr.dims.1)?;
         let mut xp = self.embed.embedding(&Tensor::new(pp.ids, self.device())?)?; // [P, H]
         let mut xr = self.embed.embedding(&Tensor::new(pr.ids, self.device())?)?; // [B·T, H]
+        // Each block ends with its residual add and the next norm (the final one last).
+        let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
+        let eps = self.config.rms_norm_eps as f32;
+        let (mut hp, mut hr) = (candle_nn::ops::rms_norm(&xp, first_norm, eps)?, candle_nn::ops::rms_norm(&xr, first_norm, eps)?);
         let mut blocks = Vec::with_capacity(self.layers.len());
         for (l, w) in self.layers.iter().enumerate() {
-            let (np, tp) = self.block_tape(l, w, xp, lora, &seg_p, None)?;
-            let (nr, tr) = self.block_tape(l, w, xr, lora, &seg_r, Some((&tp.k, &tp.v)))?;
+            let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.attn_norm);
+            let (np, nhp, tp) = self.block_tape(l, w, (xp, hp), next_norm, lora, &seg_p, None)?;
+            let (nr, nhr, tr) = self.block_tape(l, w, (xr, hr), next_norm, lora, &seg_r, Some((&tp.k, &tp.v)))?;
             blocks.push([tp, tr]);
-            (xp, xr) = (np, nr);
+            (xp, xr, hp, hr) = (np, nr, nhp, nhr);
         }
-        let eps = self.config.rms_norm_eps as f32;
-        let hp = candle_nn::ops::rms_norm(&xp, &self.norm, eps)?;
-        let hr = candle_nn::ops::rms_norm(&xr, &self.norm, eps)?.reshape((seg_r.b, seg_r.t, self.config.hidden_size))?;
+        let hr = hr.reshape((seg_r.b, seg_r.t, self.config.hidden_size))?;
         Ok((hp, hr, Tape { segs: [seg_p, seg_r], blocks, last: [xp, xr] }))
+    }
+
+    /// `(x + a, rms_norm(x + a) · w)`: one fused op, or composed.
+    fn add_norm_tape(&self, x: &Tensor, a: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.fused() {
+            return fused::add_rms_norm(x, a, w, self.config.rms_norm_eps);
+        }
+        let sum = (x + a)?;
+        let h = candle_nn::ops::rms_norm(&sum, w, self.config.rms_norm_eps as f32)?;
+        Ok((sum, h))
     }
 
     /// Masks and rotary tables of a segment from `prepare`'s output.
@@ -144,15 +158,16 @@ impl Llama {
         Ok(Segment { b, t, mask, cos, sin, cos_q, sin_q, neg_sin, neg_sin_q })
     }
 
-    /// One block over a segment; `before`: the keys and values [1, KV, P, hd]
-    /// of the prompt this segment continues.
-    fn block_tape(&self, l: usize, w: &Layer, x: Tensor, lora: &LoraView, seg: &Segment, before: Option<(&Tensor, &Tensor)>) -> Result<(Tensor, BlockTape)> {
+    /// One block over a segment: the residual stream `x` and its attention-normed
+    /// `h1` in; the new stream, its norm by `next_norm` and the tape out.
+    /// `before`: the keys and values [1, KV, P, hd] of the prompt this segment
+    /// continues.
+    #[allow(clippy::too_many_arguments)]
+    fn block_tape(&self, l: usize, w: &Layer, (x, h1): (Tensor, Tensor), next_norm: &Tensor, lora: &LoraView, seg: &Segment, before: Option<(&Tensor, &Tensor)>) -> Result<(Tensor, Tensor, BlockTape)> {
         let c = &self.config;
         let (nh, nkv, hd, i) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let (b, t, rep) = (seg.b, seg.t, nh / nkv);
-        let eps = c.rms_norm_eps as f32;
 
-        let h1 = candle_nn::ops::rms_norm(&x, &w.attn_norm, eps)?;
         let (qkv, u_qkv) = proj(l, QKV, &w.qkv, &h1, lora)?; // [N, (H + 2·KV)·hd]
         let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, &seg.cos_q, &seg.sin_q)?;
@@ -173,14 +188,13 @@ impl Llama {
         let y = probs.to_dtype(self.dtype())?.matmul(&v)?; // [B, KV, rep·T, hd]
         let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         let (o, u_o) = proj(l, O, &w.o, &y, lora)?;
-        let x1 = (&x + o)?;
+        let (x1, h2) = self.add_norm_tape(&x, &o, &w.mlp_norm)?;
 
-        let h2 = candle_nn::ops::rms_norm(&x1, &w.mlp_norm, eps)?;
         let (gu, u_gu) = proj(l, GATE_UP, &w.gate_up, &h2, lora)?; // [N, 2I]
-        let act = (gu.narrow(1, 0, i)?.silu()? * gu.narrow(1, i, i)?)?;
+        let act = if self.fused() { fused::silu_mul(&gu)? } else { (gu.narrow(1, 0, i)?.silu()? * gu.narrow(1, i, i)?)? };
         let (down, u_down) = proj(l, DOWN, &w.down, &act, lora)?;
-        let out = (&x1 + down)?;
-        Ok((out, BlockTape { x, h1, u_qkv, q, k, v, probs, y, u_o, x1, h2, gu, act, u_gu, u_down }))
+        let (out, h_next) = self.add_norm_tape(&x1, &down, next_norm)?;
+        Ok((out, h_next, BlockTape { x, h1, u_qkv, q, k, v, probs, y, u_o, x1, h2, gu, act, u_gu, u_down }))
     }
 
     /// Adds to `grads` the adapter's gradients given the loss's gradients with
@@ -194,14 +208,15 @@ impl Llama {
         }
         let eps = self.config.rms_norm_eps;
         let d = [d_prompt.to_dtype(self.dtype())?, d_rows.to_dtype(self.dtype())?.reshape((b * t, h))?];
-        let mut dx = [rms_norm_backward(&tape.last[0], &self.norm, &d[0], eps)?, rms_norm_backward(&tape.last[1], &self.norm, &d[1], eps)?];
+        let fused = self.fused();
+        let mut dx = [rms_norm_backward_add(&tape.last[0], &self.norm, &d[0], eps, None, fused)?, rms_norm_backward_add(&tape.last[1], &self.norm, &d[1], eps, None, fused)?];
         for (l, (w, s)) in self.layers.iter().zip(&tape.blocks).enumerate().rev() {
             // MLP: x2 = x1 + down(swiglu(gate_up(norm(x1)))), each segment.
             for (k, s) in s.iter().enumerate() {
                 let d_act = proj_backward(l, DOWN, &w.down, &s.act, s.u_down.as_ref(), &dx[k], lora, grads)?;
-                let d_gu = swiglu_backward(&s.gu, &d_act)?;
+                let d_gu = swiglu_backward(&s.gu, &d_act, fused)?;
                 let d_h2 = proj_backward(l, GATE_UP, &w.gate_up, &s.h2, s.u_gu.as_ref(), &d_gu, lora, grads)?;
-                dx[k] = (&dx[k] + rms_norm_backward(&s.x1, &w.mlp_norm, &d_h2, eps)?)?;
+                dx[k] = rms_norm_backward_add(&s.x1, &w.mlp_norm, &d_h2, eps, Some(&dx[k]), fused)?;
             }
             // Attention: x1 = x + o(attn(qkv(norm(x)))). The rows first: part of
             // their keys and values are the prompt's, summed over the rows.
@@ -219,7 +234,7 @@ impl Llama {
                     lora_backward(l, QKV, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, false, lora, grads)?;
                 } else {
                     let d_h1 = proj_backward(l, QKV, &w.qkv, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, lora, grads)?;
-                    dx[k] = (&dx[k] + rms_norm_backward(&s[k].x, &w.attn_norm, &d_h1, eps)?)?;
+                    dx[k] = rms_norm_backward_add(&s[k].x, &w.attn_norm, &d_h1, eps, Some(&dx[k]), fused)?;
                 }
             }
         }

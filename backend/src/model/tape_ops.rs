@@ -1,9 +1,12 @@
 //! The taped pass's building blocks with their backward: a projection with
 //! its adapter (the LoRA factors' gradients go to a [`LoraGrads`]), RMSNorm and
 //! SwiGLU. Plain functions over [N, features] tensors; `tape.rs` composes them.
+//! RMSNorm's and SwiGLU's backward run composed here or as one fused op each
+//! (`fused_grad.rs`), as the caller says.
 
 use candle_core::{DType, Tensor, D};
 
+use super::fused_grad;
 use super::llama::Linear;
 use super::lora::{LoraGrads, LoraView, Proj};
 use crate::Result;
@@ -77,8 +80,20 @@ pub(super) fn lora_backward(l: usize, group: &[Proj], x: &Tensor, t: Option<&Lor
     Ok(dx)
 }
 
+/// `acc + dx` (or dx) for RMSNorm's backward below: one fused op or composed.
+pub(super) fn rms_norm_backward_add(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64, acc: Option<&Tensor>, fused: bool) -> Result<Tensor> {
+    if fused {
+        return fused_grad::rms_norm_backward(x, w, dy, eps, acc);
+    }
+    let dx = rms_norm_backward(x, w, dy, eps)?;
+    Ok(match acc {
+        Some(a) => (a + dx)?,
+        None => dx,
+    })
+}
+
 /// RMSNorm y = w ⊙ x·r, r = (mean x² + ε)^(−½): dx = r·g − x·r³·mean(g ⊙ x), g = w ⊙ dy (f32).
-pub(super) fn rms_norm_backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
+fn rms_norm_backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
     let x32 = x.to_dtype(DType::F32)?;
     let g = dy.to_dtype(DType::F32)?.broadcast_mul(&w.to_dtype(DType::F32)?)?;
     let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?; // [N, 1]
@@ -89,7 +104,10 @@ pub(super) fn rms_norm_backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -
 
 /// act = silu(g) ⊙ u over gu = [g · u]: d gu = [d act ⊙ u ⊙ silu'(g) · d act ⊙ silu(g)],
 /// silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
-pub(super) fn swiglu_backward(gu: &Tensor, d_act: &Tensor) -> Result<Tensor> {
+pub(super) fn swiglu_backward(gu: &Tensor, d_act: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused {
+        return fused_grad::swiglu_backward(gu, d_act);
+    }
     let i = d_act.dim(1)?;
     let (g, u) = (gu.narrow(1, 0, i)?, gu.narrow(1, i, i)?);
     let sig = candle_nn::ops::sigmoid(&g)?;
