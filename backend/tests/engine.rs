@@ -581,7 +581,7 @@ mod taped_backward {
         close(&taped.log_pt, &pt, "log_pt", 1e-5);
         close(&taped.states, &st, "states", 1e-5);
         let g = loss(&taped.log_pf, &taped.log_pt, &taped.states).backward().unwrap();
-        let grads = taped.backward(lm, &infer, &g).unwrap().in_var_order(&c.adapter);
+        let grads = taped.backward(lm, &infer, &g).unwrap().in_var_order(&c.adapter).unwrap();
         assert_eq!(grads.len(), reference.len());
         for (i, (a, b)) in grads.iter().zip(&reference).enumerate() {
             let (a, b) = (a.as_ref().unwrap_or_else(|| panic!("no taped gradient for var {i}")), b.as_ref().unwrap());
@@ -605,7 +605,7 @@ mod taped_backward {
             let taped = policy_logprobs_taped(lm, &view, &PROMPT, &c.trajs, Some(&c.bias), &STOPS, MIN_LEN, MAX_LEN).unwrap();
             // Linear in the outputs: finite differences then see only the model's curvature.
             let l = loss_with(&taped.log_pf, &taped.log_pt, &taped.states, false);
-            let grads = backward.then(|| taped.backward(lm, &view, &l.backward().unwrap()).unwrap().in_var_order(&c.adapter));
+            let grads = backward.then(|| taped.backward(lm, &view, &l.backward().unwrap()).unwrap().in_var_order(&c.adapter).unwrap());
             (l.to_scalar::<f32>().unwrap() as f64, grads)
         };
         let grads = run(true).1.unwrap();

@@ -267,7 +267,7 @@ impl<'a> Ppo<'a> {
             }
             let g = loss.backward()?;
             // The adapter's gradients from the taped pass, then the value head's.
-            let mut grads = taped.backward(self.lm, &view, &g)?.in_var_order(&self.adapter);
+            let mut grads = taped.backward(self.lm, &view, &g)?.in_var_order(&self.adapter)?;
             grads.extend([&self.value.0, &self.value.1].map(|v| g.get(v.as_tensor()).cloned()));
             // Clipped (when max_grad_norm > 0) and applied in one flat update.
             let norm = self.opt.step_clipped(&grads, self.cfg.lr, self.cfg.max_grad_norm)?;

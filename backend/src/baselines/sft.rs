@@ -132,7 +132,7 @@ pub fn train_sft(
             for t in &tapes {
                 t.backward_into(lm, &view, &g, &mut sum)?;
             }
-            let grads = sum.in_var_order(&adapter);
+            let grads = sum.in_var_order(&adapter)?;
             // Clipped (when max_grad_norm > 0) and applied in one flat update.
             let norm = opt.step_clipped(&grads, cfg.lr, cfg.max_grad_norm)?;
             if !norm.is_finite() {

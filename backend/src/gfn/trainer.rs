@@ -362,7 +362,7 @@ impl<'a> Trainer<'a> {
             self.lap(&mut clock, &mut phases.backward)?;
         }
         if self.backward == Backward::Taped {
-            grads = taped_grads.in_var_order(&self.adapter);
+            grads = taped_grads.in_var_order(&self.adapter)?;
         }
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, step);
         let norm = self.opt.step_clipped(&grads, lr, self.cfg.max_grad_norm)?;

@@ -128,7 +128,7 @@ pub struct LoraAdapter {
     pub config: LoraConfig,
     pub(super) layers: Vec<[Option<LoraPair>; 7]>,
     /// Output size of each projection (`Proj` order), for fused views.
-    outs: [usize; 7],
+    pub(super) outs: [usize; 7],
 }
 
 fn out_dims(model: &LlamaConfig) -> [usize; 7] {

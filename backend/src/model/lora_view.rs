@@ -103,17 +103,36 @@ impl LoraView {
 /// projection, from a hand-written backward pass (`model::tape`).
 pub struct LoraGrads {
     pub layers: Vec<[Option<(Tensor, Tensor)>; 7]>,
+    /// Per layer, the q/k/v and gate/up groups' gradients as the fused pairs
+    /// have them (d A stacked [Σr, in], d(sB) block-diagonal [Σout, Σr], f32),
+    /// summed over passes and split once, in [`LoraGrads::in_var_order`].
+    groups: Vec<[Option<(Tensor, Tensor)>; 2]>,
 }
+
+/// The fused groups, in `LoraGrads::groups` order.
+const FUSED_GROUPS: [&[Proj]; 2] = [&[Proj::Q, Proj::K, Proj::V], &[Proj::Gate, Proj::Up]];
 
 impl LoraGrads {
     /// No gradients yet, for an adapter of `layers` layers.
     pub fn new(layers: usize) -> Self {
-        LoraGrads { layers: (0..layers).map(|_| Default::default()).collect() }
+        LoraGrads { layers: (0..layers).map(|_| Default::default()).collect(), groups: (0..layers).map(|_| Default::default()).collect() }
     }
 
     /// In the order of [`LoraAdapter::vars`] (layer, projection, A then B);
     /// `None` where the pass produced no gradient.
-    pub fn in_var_order(self, adapter: &LoraAdapter) -> Vec<Option<Tensor>> {
+    pub fn in_var_order(mut self, adapter: &LoraAdapter) -> Result<Vec<Option<Tensor>>> {
+        let (r, scale) = (adapter.config.r, adapter.config.scale());
+        for l in 0..self.groups.len() {
+            let present: [bool; 7] = match adapter.layers.get(l) {
+                Some(slots) => std::array::from_fn(|i| slots[i].is_some()),
+                None => continue,
+            };
+            for (g, group) in FUSED_GROUPS.iter().enumerate() {
+                if let Some((da, dsb)) = self.groups[l][g].take() {
+                    split_into(&mut self.layers[l], group, &present, &adapter.outs, (r, scale), &da, &dsb)?;
+                }
+            }
+        }
         let mut out = Vec::new();
         for (l, slots) in adapter.layers.iter().enumerate() {
             for (i, pair) in slots.iter().enumerate() {
@@ -124,8 +143,28 @@ impl LoraGrads {
                 }
             }
         }
-        out
+        Ok(out)
     }
+}
+
+/// Adds a group pair's gradients (`da` [Σr, in], `dsb` [Σout, Σr]) to each
+/// present projection's `A` and `B` gradients in `slots` (f32).
+fn split_into(slots: &mut [Option<(Tensor, Tensor)>; 7], group: &[Proj], present: &[bool; 7], outs: &[usize; 7], (r, scale): (usize, f64), da: &Tensor, dsb: &Tensor) -> Result<()> {
+    let (mut row, mut k) = (0, 0);
+    for &p in group {
+        let out = outs[p.index()];
+        if present[p.index()] {
+            let ga = da.narrow(0, k * r, r)?.to_dtype(DType::F32)?;
+            let gb = (dsb.narrow(0, row, out)?.narrow(1, k * r, r)?.to_dtype(DType::F32)? * scale)?;
+            slots[p.index()] = Some(match slots[p.index()].take() {
+                Some((a0, b0)) => ((a0 + ga)?, (b0 + gb)?),
+                None => (ga, gb),
+            });
+            k += 1;
+        }
+        row += out;
+    }
+    Ok(())
 }
 
 impl LoraView {
@@ -202,29 +241,25 @@ impl LoraView {
         }
     }
 
-    /// Splits the gradients of a [`LoraView::group_pair`] (`da` [Σr, in], `dsb`
-    /// [Σout, Σr], model dtype) into each projection's `A` and `B` gradients,
-    /// added to what `into` holds.
+    /// Adds the gradients of a [`LoraView::group_pair`] (`da` [Σr, in], `dsb`
+    /// [Σout, Σr], model dtype) to what `into` holds: a fused group's as they
+    /// are (split per projection once, by [`LoraGrads::in_var_order`]), a single
+    /// projection's as its `A` and `B` gradients.
     pub(crate) fn split_group_grads(&self, layer: usize, group: &[Proj], da: &Tensor, dsb: &Tensor, into: &mut LoraGrads) -> Result<()> {
-        let (Some(present), Some(slots)) = (self.present.get(layer), into.layers.get_mut(layer)) else {
+        let (Some(present), Some(slots), Some(groups)) = (self.present.get(layer), into.layers.get_mut(layer), into.groups.get_mut(layer)) else {
             return Err(Error::invalid("lora", format!("no layer {layer} in the adapter")));
         };
-        let (mut row, mut k) = (0, 0);
-        for &p in group {
-            let out = self.outs[p.index()];
-            if present[p.index()] {
-                let ga = da.narrow(0, k * self.r, self.r)?.to_dtype(DType::F32)?;
-                let gb = (dsb.narrow(0, row, out)?.narrow(1, k * self.r, self.r)?.to_dtype(DType::F32)? * self.scale)?;
-                // A pass over several segments adds each one's share.
-                slots[p.index()] = Some(match slots[p.index()].take() {
-                    Some((a0, b0)) => ((a0 + ga)?, (b0 + gb)?),
-                    None => (ga, gb),
-                });
-                k += 1;
-            }
-            row += out;
+        if let Some(g) = FUSED_GROUPS.iter().position(|f| *f == group) {
+            // A pass over several segments (and micro-batches) adds each one's
+            // share, in f32 (a no-op cast for f32 models).
+            let (da, dsb) = (da.to_dtype(DType::F32)?, dsb.to_dtype(DType::F32)?);
+            groups[g] = Some(match groups[g].take() {
+                Some((a0, b0)) => ((a0 + da)?, (b0 + dsb)?),
+                None => (da, dsb),
+            });
+            return Ok(());
         }
-        Ok(())
+        split_into(slots, group, present, &self.outs, (self.r, self.scale), da, dsb)
     }
 }
 
