@@ -200,6 +200,28 @@ __device__ void swiglu_backward(const T* gu, const T* d_act, T* out, int64_t row
   }
 }
 
+// Block-diagonal scale·[B0; B1; B2] [rows, cols]: member m (rank k_m, 0 when
+// absent) owns rows [rs_m, rs_m + o_m) and columns [cs_m, cs_m + k_m), and
+// reads b_m [o_m, k_m]; every other element is 0.
+template <typename T>
+__device__ void block_diag(const T* b0, const T* b1, const T* b2, T* out, int rows, int cols, int rs0,
+                           int rs1, int rs2, int o0, int o1, int o2, int cs0, int cs1, int cs2, int k0,
+                           int k1, int k2, float scale) {
+  int64_t n = (int64_t)rows * cols;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int row = idx / cols, col = idx % cols;
+    const T* b = b0;
+    int rs = rs0, cs = cs0, k = k0;
+    if (row >= rs2 && row < rs2 + o2) { b = b2; rs = rs2; cs = cs2; k = k2; }
+    else if (row >= rs1 && row < rs1 + o1) { b = b1; rs = rs1; cs = cs1; k = k1; }
+    else if (!(row >= rs0 && row < rs0 + o0)) { k = 0; }
+    float v = 0.0f;
+    if (k > 0 && col >= cs && col < cs + k) v = to_f(b[(int64_t)(row - rs) * k + (col - cs)]) * scale;
+    out[idx] = from_f<T>(v);
+  }
+}
+
 #define FUSED_KERNELS(NAME, T)                                                                        \
   extern "C" __global__ void silu_mul_##NAME(const T* x, T* y, int64_t rows, int64_t inter) {        \
     silu_mul<T>(x, y, rows, inter);                                                                   \
@@ -217,6 +239,13 @@ __device__ void swiglu_backward(const T* gu, const T* d_act, T* out, int64_t row
   extern "C" __global__ void swiglu_backward_##NAME(const T* gu, const T* d_act, T* out, int64_t rows, \
                                                     int64_t inter) {                                  \
     swiglu_backward<T>(gu, d_act, out, rows, inter);                                                  \
+  }                                                                                                   \
+  extern "C" __global__ void block_diag_##NAME(const T* b0, const T* b1, const T* b2, T* out, int rows, \
+                                               int cols, int rs0, int rs1, int rs2, int o0, int o1,   \
+                                               int o2, int cs0, int cs1, int cs2, int k0, int k1,     \
+                                               int k2, float scale) {                                 \
+    block_diag<T>(b0, b1, b2, out, rows, cols, rs0, rs1, rs2, o0, o1, o2, cs0, cs1, cs2, k0, k1, k2,  \
+                  scale);                                                                             \
   }                                                                                                   \
   extern "C" __global__ void add_rms_norm_##NAME(const T* x, const T* a, const T* w, T* out,         \
                                                  int64_t rows, int hidden, float eps) {               \

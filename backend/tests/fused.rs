@@ -5,7 +5,7 @@
 //! same checks cover the CPU bodies here and the CUDA kernels there.
 
 use amortize::decode::{self, SampleConfig};
-use amortize::model::fused::{add_rms_norm, attend, cache_write, silu_mul};
+use amortize::model::fused::{add_rms_norm, attend, block_diag, cache_write, silu_mul};
 use amortize::model::tiny::write_tiny_model;
 use amortize::model::LanguageModel;
 use candle_core::{DType, Device, Tensor, D};
@@ -78,8 +78,7 @@ fn attention_case(dtype: DType, t: usize, len: usize, seed: u64) -> [(Tensor, Te
     let mask = Tensor::from_vec(mask, (b, t, s), &dev()).unwrap();
 
     cache_write(&kv, &qkv, &cs, len).unwrap();
-    let (k, v) = (kv.get(0).unwrap().narrow(2, 0, s).unwrap(), kv.get(1).unwrap().narrow(2, 0, s).unwrap());
-    let y = attend(&qkv, &cs_q, &k, &v, &mask, NH).unwrap();
+    let y = attend(&qkv, &cs_q, &kv, s, &mask, NH).unwrap();
 
     // The composed reference, in f32.
     let f = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
@@ -124,6 +123,29 @@ fn cache_write_and_attend_equal_the_composed_ops() {
     }
 }
 
+/// scale · blockdiag(B's), with an absent member's rows zero, against the
+/// zeros-and-cats composition.
+#[test]
+fn block_diag_equals_the_composed_ops() {
+    let (b0, b2) = (random(&[3, 2], 1), random(&[4, 2], 2));
+    let z = |r: usize, c: usize| Tensor::zeros((r, c), DType::F32, &dev()).unwrap();
+    let reference = Tensor::cat(
+        &[
+            Tensor::cat(&[&b0, &z(3, 2)], 1).unwrap(),
+            z(5, 4), // the absent member: 5 outputs, no rank
+            Tensor::cat(&[&z(4, 2), &b2], 1).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    let reference = (reference * 0.5).unwrap();
+    let got = block_diag(&[Some(&b0), None, Some(&b2)], &[3, 5, 4], 0.5).unwrap();
+    assert_eq!(got.dims(), [12, 4]);
+    assert!(max_abs_diff(&got, &reference) == 0.0);
+    let lone = block_diag(&[None, Some(&b2)], &[3, 4], 2.0).unwrap();
+    assert!(max_abs_diff(&lone, &Tensor::cat(&[&z(3, 2), &(&b2 * 2.0).unwrap()], 0).unwrap()) == 0.0);
+}
+
 #[test]
 fn silu_mul_equals_the_composed_ops() {
     let x = random(&[2, 3, 10], 3);
@@ -143,9 +165,11 @@ fn bad_shapes_are_errors() {
     assert!(cache_write(&buf, &qkv.narrow(2, 0, 3 * HD).unwrap(), &cs, 0).is_err(), "fewer heads than keys and values");
     assert!(cache_write(&buf.get(0).unwrap(), &qkv, &cs, 0).is_err(), "keys without values");
     let mask = Tensor::zeros((1, 1, 3), DType::F32, &dev()).unwrap();
-    let k = buf.get(0).unwrap().narrow(2, 0, 2).unwrap();
-    assert!(attend(&qkv, &cs, &k, &k, &mask, NH).is_err(), "a mask of the wrong length");
-    assert!(attend(&qkv, &cs, &k, &k, &mask.narrow(2, 0, 2).unwrap(), 3).is_err(), "heads not a multiple of kv heads");
+    assert!(attend(&qkv, &cs, &buf, 2, &mask, NH).is_err(), "a mask of the wrong length");
+    assert!(attend(&qkv, &cs, &buf, 5, &Tensor::zeros((1, 1, 5), DType::F32, &dev()).unwrap(), NH).is_err(), "past the buffer");
+    assert!(attend(&qkv, &cs, &buf, 2, &mask.narrow(2, 0, 2).unwrap(), 3).is_err(), "heads not a multiple of kv heads");
+    assert!(block_diag(&[None, None], &[3, 4], 1.0).is_err(), "no member");
+    assert!(block_diag(&[Some(&random(&[3, 2], 5))], &[4], 1.0).is_err(), "rows not the member's outputs");
     assert!(silu_mul(&random(&[2, 3], 4)).is_err(), "an odd width");
     assert!(add_rms_norm(&qkv, &qkv, &cs.flatten_all().unwrap(), 1e-5).is_err(), "a norm weight of the wrong size");
 }

@@ -62,29 +62,111 @@ pub fn cache_write(kv: &Tensor, qkv: &Tensor, cs: &Tensor, at: usize) -> Result<
 }
 
 /// Attention of the queries in heads `0..nh` of `qkv` [B, T, width], rotated by
-/// `csq` [B, T, hd] (already scaled by 1/√hd), over `k`, `v` [B, KV, S, hd] (any
-/// batch and head strides; each position's hd values contiguous) with the
-/// additive f32 `mask` [B, T, S]. Returns [B, T, nh·hd].
-pub fn attend(qkv: &Tensor, csq: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, nh: usize) -> Result<Tensor> {
+/// `csq` [B, T, hd] (already scaled by 1/√hd), over the first `len` positions of
+/// the keys and values in `kv` [2, B, KV, cap, hd] (a cache's room, see
+/// [`cache_write`]) with the additive f32 `mask` [B, T, len]. Returns
+/// [B, T, nh·hd].
+pub fn attend(qkv: &Tensor, csq: &Tensor, kv: &Tensor, len: usize, mask: &Tensor, nh: usize) -> Result<Tensor> {
     let (b, t, width) = qkv.dims3()?;
-    let (kb, nkv, s, hd) = k.dims4()?;
-    let dense_rows = |x: &Tensor| x.stride()[2] == hd && x.stride()[3] == 1;
-    let ok = kb == b
-        && v.dims() == k.dims()
-        && v.stride() == k.stride()
-        && dense_rows(k)
-        && csq.dims() == [b, t, hd]
-        && mask.dims() == [b, t, s]
+    let dims = kv.dims();
+    let ok = dims.len() == 5
+        && dims[0] == 2
+        && dims[1] == b
+        && kv.is_contiguous()
+        && len <= dims[3]
+        && csq.dims() == [b, t, dims[4]]
+        && mask.dims() == [b, t, len]
         && mask.dtype() == candle_core::DType::F32
-        && nkv > 0
-        && nh.is_multiple_of(nkv)
-        && nh * hd <= width
-        && s <= ATTEND_MAX_S;
+        && dims[2] > 0
+        && nh.is_multiple_of(dims[2])
+        && nh * dims[4] <= width
+        && len <= ATTEND_MAX_S;
     if !ok {
-        return Err(crate::Error::invalid("attend", format!("qkv {:?}, k {:?} {:?}, v {:?}, mask {:?}", qkv.dims(), k.dims(), k.stride(), v.dims(), mask.dims())));
+        return Err(crate::Error::invalid("attend", format!("qkv {:?}, kv {:?}, len {len}, mask {:?}", qkv.dims(), kv.dims(), mask.dims())));
     }
-    let op = Attend { csq: csq.contiguous()?, k: k.clone(), v: v.clone(), mask: mask.contiguous()?, nh };
+    let op = Attend { csq: csq.contiguous()?, kv: kv.clone(), len, mask: mask.contiguous()?, nh };
     Ok(qkv.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// `scale · blockdiag(parts)` [Σ out, Σ rank] for the (at most 3) members of a
+/// projection group: member m has `outs[m]` output rows and, when present, a
+/// `B` [outs[m], r_m] on the diagonal; an absent member's rows are zero. One op
+/// (the composed version takes a zeros, a cat or two per member and a cat).
+pub fn block_diag(parts: &[Option<&Tensor>], outs: &[usize], scale: f64) -> Result<Tensor> {
+    let first = parts.iter().flatten().next();
+    let (Some(first), true) = (first, parts.len() == outs.len() && parts.len() <= 3) else {
+        return Err(crate::Error::invalid("block_diag", format!("{} parts for {} outputs (1 to 3, one present)", parts.len(), outs.len())));
+    };
+    let mut m = Members { rs: [0; 3], o: [0; 3], cs: [0; 3], k: [0; 3] };
+    let (mut rows, mut cols) = (0, 0);
+    for (i, (p, &o)) in parts.iter().zip(outs).enumerate() {
+        let k = match p {
+            Some(b) if b.dims() == [o, b.dim(1)?] && b.dtype() == first.dtype() => b.dim(1)?,
+            Some(b) => return Err(crate::Error::invalid("block_diag", format!("member {i}: {:?} for {o} outputs", b.dims()))),
+            None => 0,
+        };
+        (m.rs[i], m.o[i], m.cs[i], m.k[i]) = (rows, o, cols, k);
+        rows += o;
+        cols += k;
+    }
+    // The first present member is the op's input; the others are locked in the op.
+    let lead = parts.iter().position(|p| p.is_some()).unwrap_or(0);
+    let others = parts.iter().enumerate().map(|(i, p)| p.filter(|_| i != lead).map(|t| t.contiguous()).transpose()).collect::<candle_core::Result<_>>()?;
+    let op = BlockDiag { rows, cols, m, scale: scale as f32, lead, others };
+    Ok(first.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// Row starts, row counts, column starts and ranks of `block_diag`'s members.
+pub(super) struct Members {
+    pub rs: [usize; 3],
+    pub o: [usize; 3],
+    pub cs: [usize; 3],
+    pub k: [usize; 3],
+}
+
+pub(super) struct BlockDiag {
+    pub rows: usize,
+    pub cols: usize,
+    pub m: Members,
+    pub scale: f32,
+    /// Which member is the op's input; the other present members' B.
+    pub lead: usize,
+    pub others: Vec<Option<Tensor>>,
+}
+
+impl CustomOp1 for BlockDiag {
+    fn name(&self) -> &'static str {
+        "block-diag"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, sl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let guards: Vec<_> = self.others.iter().map(|p| p.as_ref().map(|p| p.storage_and_layout())).collect();
+        float_dispatch!(s, self.name(), |T| {
+            let mut out = vec![T::from_f64(0.0); self.rows * self.cols];
+            for (i, g) in guards.iter().enumerate() {
+                let b = match g {
+                    _ if i == self.lead => cpu_slice::<T>(s, sl)?,
+                    Some((g, l)) => match &**g {
+                        Storage::Cpu(b) => cpu_slice::<T>(b, l)?,
+                        _ => bail!("block-diag: inputs on different devices"),
+                    },
+                    None => continue,
+                };
+                let m = &self.m;
+                for r in 0..m.o[i] {
+                    for c in 0..m.k[i] {
+                        out[(m.rs[i] + r) * self.cols + m.cs[i] + c] = T::from_f64((f(b[r * m.k[i] + c]) * self.scale) as f64);
+                    }
+                }
+            }
+            Ok((T::to_cpu_storage_owned(out), Shape::from((self.rows, self.cols))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, sl: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::block_diag(self, s, sl)
+    }
 }
 
 pub(super) struct SiluMul;
@@ -96,12 +178,23 @@ pub(super) struct CacheWrite {
     pub first: usize,
     pub at: usize,
 }
+/// (`kv` is one tensor, so one storage lock: keys and values share it.)
 pub(super) struct Attend {
     pub csq: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
+    pub kv: Tensor,
+    pub len: usize,
     pub mask: Tensor,
     pub nh: usize,
+}
+
+impl Attend {
+    /// (KV heads, positions attended, head size, batch stride, head stride,
+    /// offset of the values after the keys) in elements.
+    pub(super) fn geometry(&self) -> (usize, usize, usize, usize, usize, usize) {
+        let d = self.kv.dims();
+        let (b, kv_n, cap, hd) = (d[1], d[2], d[3], d[4]);
+        (kv_n, self.len, hd, kv_n * cap * hd, cap * hd, b * kv_n * cap * hd)
+    }
 }
 
 /// Runs `$body` with `$T` bound to the storage's element type (f32, bf16, f16).
@@ -290,19 +383,18 @@ impl CustomOp1 for Attend {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b_n, t_n, width) = l.shape().dims3()?;
-        let (_, kv_n, s_n, hd) = self.k.dims4()?;
+        let (kv_n, s_n, hd, sb, sh, v_off) = self.geometry();
         let (nh, rep) = (self.nh, self.nh / kv_n);
-        let (sb, sh) = (self.k.stride()[0], self.k.stride()[1]);
         let (csq, csl) = self.csq.storage_and_layout();
-        let (k, kl) = self.k.storage_and_layout();
-        let (v, vl) = self.v.storage_and_layout();
+        let (kv, kvl) = self.kv.storage_and_layout();
         let (m, ml) = self.mask.storage_and_layout();
-        let (Storage::Cpu(csq), Storage::Cpu(k), Storage::Cpu(v), Storage::Cpu(m)) = (&*csq, &*k, &*v, &*m) else {
+        let (Storage::Cpu(csq), Storage::Cpu(kv), Storage::Cpu(m)) = (&*csq, &*kv, &*m) else {
             bail!("attend: inputs on different devices");
         };
         let m = cpu_slice::<f32>(m, ml)?;
         float_dispatch!(s, self.name(), |T| {
-            let (x, c, k, v) = (cpu_slice::<T>(s, l)?, cpu_slice::<T>(csq, csl)?, cpu_slice::<T>(k, kl)?, cpu_slice::<T>(v, vl)?);
+            let (x, c, k) = (cpu_slice::<T>(s, l)?, cpu_slice::<T>(csq, csl)?, cpu_slice::<T>(kv, kvl)?);
+            let v = &k[v_off..];
             let mut y = vec![T::from_f64(0.0); b_n * t_n * nh * hd];
             // One task per (row, new token); each head's query, scores and sums in f32.
             y.par_chunks_mut(nh * hd).enumerate().for_each(|(row, out)| {

@@ -9,7 +9,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, WithDType};
 use half::{bf16, f16};
 
-use super::fused::{AddRmsNorm, Attend, CacheWrite};
+use super::fused::{AddRmsNorm, Attend, BlockDiag, CacheWrite};
 use super::fused_grad::RmsNormBackward;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
@@ -135,20 +135,19 @@ fn attend_threads(hd: usize) -> usize {
 
 pub(super) fn attend(op: &Attend, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let (b_n, t_n, width) = l.shape().dims3()?;
-    let (_, kv_n, s_n, hd) = op.k.dims4()?;
+    let (kv_n, s_n, hd, sb, sh, v_off) = op.geometry();
     let threads = attend_threads(hd);
     if threads > 1024 {
         bail!("attend: head size {hd} needs {threads} threads a block");
     }
-    let (sb, sh) = (op.k.stride()[0] as i64, op.k.stride()[1] as i64);
+    let (sb, sh) = (sb as i64, sh as i64);
     let [t_i, h_i, kv_i, hd_i, width_i, s_i] = i32s([t_n, op.nh, kv_n, hd, width, s_n])?;
     let blocks = u32::try_from(b_n * t_n * op.nh).map_err(|_| candle_core::Error::Msg("attend: too many queries".into()))?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: ((hd + s_n + threads) * 4) as u32 };
     let (csq, csl) = op.csq.storage_and_layout();
-    let (k, kl) = op.k.storage_and_layout();
-    let (v, vl) = op.v.storage_and_layout();
+    let (kv, kvl) = op.kv.storage_and_layout();
     let (m, ml) = op.mask.storage_and_layout();
-    let (Storage::Cuda(csq), Storage::Cuda(k), Storage::Cuda(v), Storage::Cuda(m)) = (&*csq, &*k, &*v, &*m) else {
+    let (Storage::Cuda(csq), Storage::Cuda(kv), Storage::Cuda(m)) = (&*csq, &*kv, &*m) else {
         bail!("attend: inputs on different devices");
     };
     let mask = m.as_cuda_slice::<f32>()?.slice(ml.start_offset()..);
@@ -156,7 +155,8 @@ pub(super) fn attend(op: &Attend, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
     dispatch!(s.dtype(), "attend", |T| {
         let x = s.as_cuda_slice::<T>()?.slice(l.start_offset()..);
         let cs = csq.as_cuda_slice::<T>()?.slice(csl.start_offset()..);
-        let (kx, vx) = (k.as_cuda_slice::<T>()?.slice(kl.start_offset()..), v.as_cuda_slice::<T>()?.slice(vl.start_offset()..));
+        let kvs = kv.as_cuda_slice::<T>()?;
+        let (kx, vx) = (kvs.slice(kvl.start_offset()..), kvs.slice(kvl.start_offset() + v_off..));
         // SAFETY: every element is written by the kernel below.
         let y: CudaSlice<T> = unsafe { dev.alloc::<T>(b_n * t_n * op.nh * hd)? };
         let func = kernel!(dev, T, "attend")?;
@@ -224,5 +224,42 @@ pub(super) fn swiglu_backward((gu, gl): (&CudaStorage, &Layout), (d, dl): (&Cuda
         // SAFETY: argument types and order match `swiglu_backward_*` in fused.cu.
         unsafe { b.launch(elementwise(rows * two_i / 2)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), gl.shape().clone()))
+    })
+}
+
+pub(super) fn block_diag(op: &BlockDiag, s: &CudaStorage, sl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let m = &op.m;
+    let ints = i32s([op.rows, op.cols, m.rs[0], m.rs[1], m.rs[2], m.o[0], m.o[1], m.o[2], m.cs[0], m.cs[1], m.cs[2], m.k[0], m.k[1], m.k[2]])?;
+    let guards: Vec<_> = op.others.iter().map(|p| p.as_ref().map(|p| p.storage_and_layout())).collect();
+    let dev = s.device();
+    dispatch!(s.dtype(), "block-diag", |T| {
+        // Absent members read nothing (rank 0): the input's view stands in.
+        let lead = s.as_cuda_slice::<T>()?.slice(sl.start_offset()..);
+        let mut views = Vec::with_capacity(3);
+        for g in &guards {
+            views.push(match g {
+                Some((g, l)) => match &**g {
+                    Storage::Cuda(b) => Some(b.as_cuda_slice::<T>()?.slice(l.start_offset()..)),
+                    _ => bail!("block-diag: inputs on different devices"),
+                },
+                None => None,
+            });
+        }
+        views.resize_with(3, || None);
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(op.rows * op.cols)? };
+        let func = kernel!(dev, T, "block_diag")?;
+        let mut b = func.builder();
+        for v in &views {
+            b.arg(v.as_ref().unwrap_or(&lead));
+        }
+        b.arg(&out);
+        for v in &ints {
+            b.arg(v);
+        }
+        b.arg(&op.scale);
+        // SAFETY: argument types and order match `block_diag_*` in fused.cu.
+        unsafe { b.launch(elementwise(op.rows * op.cols)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((op.rows, op.cols))))
     })
 }

@@ -444,8 +444,7 @@ impl Llama {
                 let kv = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?.clone();
                 let len = cache.len();
                 fused::cache_write(&kv, &qkv, cs, len)?; // [2, B, KV, cap, hd]
-                let (k, v) = (kv.get(0)?.narrow(2, 0, len + t)?, kv.get(1)?.narrow(2, 0, len + t)?);
-                let y = fused::attend(&qkv, cs_q, &k, &v, mask, nh)?; // [B, T, H·hd]
+                let y = fused::attend(&qkv, cs_q, &kv, len + t, mask, nh)?; // [B, T, H·hd]
                 return self.proj(l, &[Proj::O], &w.o, &y, ctx);
             }
         };

@@ -32,6 +32,8 @@ pub enum Proj {
 
 /// The projections as the forward pass groups them (fused q/k/v and gate/up).
 pub(crate) const GROUPS: [&[Proj]; 4] = [&[Proj::Q, Proj::K, Proj::V], &[Proj::O], &[Proj::Gate, Proj::Up], &[Proj::Down]];
+/// The groups whose adapters untracked views fuse into one pair each.
+pub(crate) const FUSED: [&[Proj]; 2] = [&[Proj::Q, Proj::K, Proj::V], &[Proj::Gate, Proj::Up]];
 
 impl Proj {
     pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
@@ -187,30 +189,23 @@ impl LoraAdapter {
         };
         let scale = self.config.scale();
         let mut layers = Vec::with_capacity(self.layers.len());
+        let mut fused = Vec::new();
         for l in &self.layers {
+            // Untracked views fuse q/k/v and gate/up (see `fuse`): those
+            // projections get no pair of their own.
             let mut slots: [Option<(Tensor, Tensor)>; 7] = Default::default();
             for (i, p) in l.iter().enumerate() {
                 if let Some(p) = p {
-                    slots[i] = Some((get(&p.a)?, (get(&p.b)? * scale)?));
+                    if tracked || !FUSED.iter().any(|g| g.contains(&Proj::ALL[i])) {
+                        slots[i] = Some((get(&p.a)?, (get(&p.b)? * scale)?));
+                    }
                 }
             }
             layers.push(slots);
-        }
-        let fused = if tracked {
-            Vec::new()
-        } else {
-            let fused = layers
-                .iter()
-                .map(|l| Ok([fuse(l, &[Proj::Q, Proj::K, Proj::V], &self.outs)?, fuse(l, &[Proj::Gate, Proj::Up], &self.outs)?]))
-                .collect::<Result<Vec<_>>>()?;
-            // The fused pairs replace the per-projection ones of their groups.
-            for l in &mut layers {
-                for p in [Proj::Q, Proj::K, Proj::V, Proj::Gate, Proj::Up] {
-                    l[p.index()] = None;
-                }
+            if !tracked {
+                fused.push([fuse(l, FUSED[0], &self.outs, scale, dtype)?, fuse(l, FUSED[1], &self.outs, scale, dtype)?]);
             }
-            fused
-        };
+        }
         let dropout = if mode == Mode::Infer { 0.0 } else { self.config.dropout as f32 };
         let present = self.layers.iter().map(|l| std::array::from_fn(|i| l[i].is_some())).collect();
         let (outs, r) = (self.outs, self.config.r);

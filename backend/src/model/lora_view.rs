@@ -109,8 +109,7 @@ pub struct LoraGrads {
     groups: Vec<[Option<(Tensor, Tensor)>; 2]>,
 }
 
-/// The fused groups, in `LoraGrads::groups` order.
-const FUSED_GROUPS: [&[Proj]; 2] = [&[Proj::Q, Proj::K, Proj::V], &[Proj::Gate, Proj::Up]];
+use super::lora::FUSED as FUSED_GROUPS;
 
 impl LoraGrads {
     /// No gradients yet, for an adapter of `layers` layers.
@@ -297,36 +296,20 @@ impl LoraView {
     }
 }
 
-/// One (A, B) pair for the projections of `group` (untargeted ones get zero
-/// rows): A's stacked, B's block-diagonal, so `x Aᵀ Bᵀ` is their deltas side by side.
-pub(super) fn fuse(layer: &[Option<(Tensor, Tensor)>; 7], group: &[Proj], outs: &[usize; 7]) -> Result<Option<(Tensor, Tensor)>> {
-    let present: Vec<&(Tensor, Tensor)> = group.iter().filter_map(|p| layer[p.index()].as_ref()).collect();
-    let Some(first) = present.first() else { return Ok(None) };
-    let (dt, dev) = (first.0.dtype(), first.0.device());
-    let a = Tensor::cat(&present.iter().map(|(a, _)| a).collect::<Vec<_>>(), 0)?;
-    let ranks: Vec<usize> = present.iter().map(|(a, _)| a.dim(0)).collect::<candle_core::Result<_>>()?;
-    let total: usize = ranks.iter().sum();
-    let mut rows = Vec::with_capacity(group.len());
-    let mut col = 0;
-    for &p in group {
-        let out = outs[p.index()];
-        rows.push(match &layer[p.index()] {
-            Some((_, b)) => {
-                let r = b.dim(1)?;
-                let mut parts = Vec::with_capacity(3);
-                if col > 0 {
-                    parts.push(Tensor::zeros((out, col), dt, dev)?);
-                }
-                parts.push(b.clone());
-                if total - col - r > 0 {
-                    parts.push(Tensor::zeros((out, total - col - r), dt, dev)?);
-                }
-                col += r;
-                Tensor::cat(&parts, 1)?
-            }
-            None => Tensor::zeros((out, total), dt, dev)?,
-        });
+/// One (A, B) pair for the projections of `group` of an adapter layer, in
+/// `dtype`: A's stacked [Σr, in], scale · B's block-diagonal [Σout, Σr]
+/// (untargeted projections get zero rows), so `x Aᵀ Bᵀ` is their deltas side by
+/// side. Detached.
+pub(super) fn fuse(layer: &[Option<super::lora::LoraPair>; 7], group: &[Proj], outs: &[usize; 7], scale: f64, dtype: DType) -> Result<Option<(Tensor, Tensor)>> {
+    let members: Vec<Option<&super::lora::LoraPair>> = group.iter().map(|p| layer[p.index()].as_ref()).collect();
+    if members.iter().all(|m| m.is_none()) {
+        return Ok(None);
     }
-    Ok(Some((a, Tensor::cat(&rows, 0)?)))
+    let a: Vec<Tensor> = members.iter().flatten().map(|m| m.a.as_tensor().detach()).collect();
+    let a = Tensor::cat(&a, 0)?.to_dtype(dtype)?;
+    let bs: Vec<Option<Tensor>> = members.iter().map(|m| m.map(|m| m.b.as_tensor().detach())).collect();
+    let bs: Vec<Option<&Tensor>> = bs.iter().map(|b| b.as_ref()).collect();
+    let group_outs: Vec<usize> = group.iter().map(|p| outs[p.index()]).collect();
+    let b = super::fused::block_diag(&bs, &group_outs, scale)?.to_dtype(dtype)?;
+    Ok(Some((a, b)))
 }
-
