@@ -260,3 +260,56 @@ __device__ void block_diag(const T* b0, const T* b1, const T* b2, T* out, int ro
 FUSED_KERNELS(f32, float)
 FUSED_KERNELS(bf16, __nv_bfloat16)
 FUSED_KERNELS(f16, __half)
+
+// Multi-tensor AdamW over n f32 tensors (the optimizer's parameters), with flat
+// f32 moments m, v. table: [4, n] int64: parameter pointers, gradient pointers
+// (0: no gradient, the tensor and its moments are left alone), offsets into the
+// flat moments (ascending) and sizes. Element idx of the flat range belongs to
+// the last tensor whose offset is <= idx.
+__device__ __forceinline__ int owner(const int64_t* offsets, int n, int64_t idx) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= idx) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Per-block partial sums of the squared gradients (out: [gridDim.x]).
+extern "C" __global__ void grad_sumsq_multi(const int64_t* table, int n, int64_t total, float* out) {
+  __shared__ float red[32];
+  const int64_t* grads = table + n;
+  const int64_t* offsets = table + 2 * n;
+  float acc = 0.0f;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int i = owner(offsets, n, idx);
+    if (grads[i] == 0) continue;
+    float g = ((const float*)grads[i])[idx - offsets[i]];
+    acc += g * g;
+  }
+  acc = block_reduce(acc, red, 0);
+  if (threadIdx.x == 0) out[blockIdx.x] = acc;
+}
+
+// p <- p (1 - lr wd) - lr (m / bc1) / (sqrt(v / bc2) + eps), with g scaled by gscale.
+extern "C" __global__ void adamw_multi(const int64_t* table, int n, int64_t total, float* m, float* v,
+                                       float lr, float beta1, float beta2, float eps, float wd, float bc1,
+                                       float bc2, float gscale) {
+  const int64_t* params = table;
+  const int64_t* grads = table + n;
+  const int64_t* offsets = table + 2 * n;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int i = owner(offsets, n, idx);
+    if (grads[i] == 0) continue;
+    int64_t j = idx - offsets[i];
+    float g = ((const float*)grads[i])[j] * gscale;
+    float mi = beta1 * m[idx] + (1.0f - beta1) * g;
+    float vi = beta2 * v[idx] + (1.0f - beta2) * g * g;
+    m[idx] = mi;
+    v[idx] = vi;
+    float* p = (float*)params[i];
+    p[j] = p[j] * (1.0f - lr * wd) - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+  }
+}

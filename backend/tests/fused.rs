@@ -215,6 +215,33 @@ fn fused_backward_steps_equal_autograd() {
     assert!(rms_norm_backward(&x, &w.narrow(0, 0, 20).unwrap(), &dy, 1e-5, None).is_err());
 }
 
+/// AdamW's fused step (one pass for the norm, one for the update) follows the
+/// composed one over several clipped steps, with a parameter that has no
+/// gradient (it and its moments stay put) and parameters of several shapes.
+#[test]
+fn fused_adamw_follows_the_composed_one() {
+    use amortize::gfn::optim::{AdamW, AdamWConfig};
+    let shapes: [&[usize]; 4] = [&[3, 5], &[7], &[2, 2, 2], &[11, 3]];
+    let make = |fused: bool| {
+        let vars: Vec<candle_core::Var> = shapes.iter().enumerate().map(|(i, s)| candle_core::Var::from_tensor(&random(s, 30 + i as u64)).unwrap()).collect();
+        let mut opt = AdamW::new(vars, AdamWConfig { weight_decay: 0.1, ..Default::default() }).unwrap();
+        opt.fused = fused;
+        opt
+    };
+    let (mut a, mut b) = (make(false), make(true));
+    for step in 0..4u64 {
+        let grads: Vec<Option<Tensor>> = shapes.iter().enumerate().map(|(i, s)| (i != 2).then(|| (random(s, 100 * step + i as u64) * 3.0).unwrap())).collect();
+        let (na, nb) = (a.step_clipped(&grads, 0.05, 1.0).unwrap(), b.step_clipped(&grads, 0.05, 1.0).unwrap());
+        assert!((na - nb).abs() <= 1e-5 * na, "step {step}: norms {na} vs {nb}");
+        assert!(na > 1.0, "the clip must act");
+    }
+    for (i, (pa, pb)) in a.params().iter().zip(b.params()).enumerate() {
+        let d = max_abs_diff(pa.as_tensor(), pb.as_tensor());
+        assert!(d < 1e-5, "parameter {i} differs by {d}");
+    }
+    assert_eq!(max_abs_diff(a.params()[2].as_tensor(), &random(shapes[2], 32)), 0.0, "no gradient: unchanged");
+}
+
 fn tiny(dir: &tempfile::TempDir, dtype: DType) -> LanguageModel {
     let paths = write_tiny_model(dir.path(), 7).unwrap();
     LanguageModel::load(&paths.gguf, &dev(), dtype).unwrap()

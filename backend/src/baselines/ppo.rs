@@ -155,7 +155,8 @@ impl<'a> Ppo<'a> {
         let value = (Var::zeros((h, 1), DType::F32, lm.device())?, Var::zeros(1, DType::F32, lm.device())?);
         let mut params = adapter.vars();
         params.extend([value.0.clone(), value.1.clone()]);
-        let opt = AdamW::new(params, AdamWConfig { weight_decay: 0.0, ..Default::default() })?;
+        let mut opt = AdamW::new(params, AdamWConfig { weight_decay: 0.0, ..Default::default() })?;
+        opt.fused = lm.llama.fused();
         let bias = match task.mask.bias(lm.config().vocab_size, task.mask_penalty) {
             Some(b) => Some(Tensor::from_vec(b, lm.config().vocab_size, lm.device())?),
             None => None,

@@ -84,6 +84,7 @@ pub fn train_sft(
     }
     let adapter = LoraAdapter::new(lm.config(), lora_config(shape)?, lm.device(), cfg.seed)?;
     let mut opt = AdamW::new(adapter.vars(), AdamWConfig { weight_decay: 0.0, ..Default::default() })?;
+    opt.fused = lm.llama.fused();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     if let Some(o) = out {
         std::fs::create_dir_all(o)?;

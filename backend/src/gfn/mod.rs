@@ -6,6 +6,7 @@
 pub mod buffer;
 pub mod loss;
 pub mod optim;
+mod optim_fused;
 pub mod reward;
 pub mod schedule;
 pub mod trajectory;

@@ -35,6 +35,9 @@ pub struct AdamW {
     /// Offset of each parameter in the flat vectors.
     offsets: Vec<usize>,
     pub t: usize,
+    /// Clip and update in one pass each (`optim_fused.rs`) where every
+    /// parameter and gradient is f32; the composed path otherwise.
+    pub fused: bool,
 }
 
 impl AdamW {
@@ -49,7 +52,7 @@ impl AdamW {
         // Separate storage: the sparse path updates them in place.
         let m = Tensor::zeros(total, candle_core::DType::F32, &dev)?;
         let v = Tensor::zeros(total, candle_core::DType::F32, &dev)?;
-        Ok(AdamW { config, params, m, v, offsets, t: 0 })
+        Ok(AdamW { config, params, m, v, offsets, t: 0, fused: false })
     }
 
     pub fn params(&self) -> &[Var] {
@@ -110,6 +113,16 @@ impl AdamW {
             if norm.is_finite() {
                 self.step_sparse(&grads, lr)?;
             }
+            return Ok(norm);
+        }
+        if self.fused && grads.len() == self.params.len() && super::optim_fused::applies(&self.params, grads) {
+            let norm = super::optim_fused::sum_squares(grads, &self.offsets, self.m.elem_count())?.sqrt();
+            if !norm.is_finite() {
+                return Ok(norm);
+            }
+            let gscale = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
+            self.t += 1;
+            super::optim_fused::step(&self.params, grads, &mut self.m, &mut self.v, &self.offsets, self.config, self.t, lr, gscale)?;
             return Ok(norm);
         }
         let (mut g, has) = self.flat_grads(grads)?;

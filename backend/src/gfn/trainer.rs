@@ -153,7 +153,8 @@ impl<'a> Trainer<'a> {
     }
 
     fn assemble(lm: &'a LanguageModel, task: TrainTask, cfg: TrainConfig, adapter: LoraAdapter, out: Option<&Path>) -> Result<Self> {
-        let opt = AdamW::new(adapter.vars(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
+        let mut opt = AdamW::new(adapter.vars(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
+        opt.fused = lm.llama.fused();
         // log Z per problem: TB's, and s_0's flow when a minimum length makes s_0 non-terminable.
         let (log_z, logz_opt) = if cfg.objective == Objective::Tb || cfg.min_len > 0 {
             let z = (0..task.problems.len()).map(|_| Var::zeros(1, DType::F32, lm.device())).collect::<candle_core::Result<Vec<_>>>()?;

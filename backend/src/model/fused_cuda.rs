@@ -12,8 +12,8 @@ use half::{bf16, f16};
 use super::fused::{AddRmsNorm, Attend, BlockDiag, CacheWrite};
 use super::fused_grad::RmsNormBackward;
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
-const MODULE: &str = "amortize_fused";
+pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+pub(crate) const MODULE: &str = "amortize_fused";
 
 /// Runs `$body` with `$T` bound to the element type of `$dtype` (f32, bf16, f16).
 macro_rules! dispatch {

@@ -8,7 +8,7 @@ pub mod config;
 pub mod fold;
 pub mod fused;
 #[cfg(feature = "cuda")]
-mod fused_cuda;
+pub(crate) mod fused_cuda;
 pub mod fused_grad;
 pub mod llama;
 pub mod loader;
