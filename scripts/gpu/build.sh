@@ -10,7 +10,7 @@ mkdir -p .gpu
 T=${CARGO_TARGET_DIR:-target-cuda}/release
 xz -T2 -1 -c "$T/amortize" > .gpu/amortize.xz
 # The newest test executable of each integration test.
-for t in engine fused parity; do
+for t in engine fused taped parity; do
   bin=$(find "$T/deps" -maxdepth 1 -type f -executable -name "$t-*" -printf '%T@ %p\n' | sort -rn | head -n 1 | cut -d' ' -f2)
   [ -n "$bin" ] || { echo "no test binary for $t" >&2; exit 1; }
   xz -T2 -1 -c "$bin" > ".gpu/test-$t.xz"

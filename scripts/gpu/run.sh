@@ -28,6 +28,9 @@ rows=("gpu|$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)")
 if ! skip engine && [ -x "$G/test-engine" ]; then
   AMORTIZE_TEST_DEVICE=cuda timeout 300 "$G/test-engine" --test-threads 1 > "$OUT/engine.txt" 2>&1
   rows+=("engine tests (cuda, f32)|$(grep -E '^test result' "$OUT/engine.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/engine.txt" | head -3 | tr '\n' ' ')")
+  # The taped backward (fused steps on and off) against autograd and finite differences.
+  [ -x "$G/test-taped" ] && AMORTIZE_TEST_DEVICE=cuda timeout 180 "$G/test-taped" --test-threads 1 > "$OUT/taped.txt" 2>&1
+  rows+=("taped-backward tests (cuda, f32)|$(grep -E '^test result' "$OUT/taped.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/taped.txt" | head -3 | tr '\n' ' ')")
 fi
 if ! skip fused && [ -x "$G/test-fused" ]; then
   # The fused decode kernels (model/fused.rs, backend/kernels/fused.cu) against the composed ops.

@@ -7,8 +7,10 @@
 //!
 //! Room can be reserved ahead ([`KvCache::reserve`]): later appends then write
 //! in place (one copy per tensor) instead of concatenating into new tensors, and
-//! attention reads a view of the filled part. Gradient-tracked keys/values
-//! always take the concatenating path.
+//! attention reads a view of the filled part. The reserved keys and values of
+//! a layer are the two halves of one buffer, so the fused decode path writes
+//! both with one op. Gradient-tracked keys/values always take the
+//! concatenating path.
 
 use candle_core::Tensor;
 
