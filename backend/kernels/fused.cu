@@ -222,6 +222,59 @@ __device__ void block_diag(const T* b0, const T* b1, const T* b2, T* out, int ro
   }
 }
 
+// The heads of qkv [B, T, (H + 2·KV)·hd] as three contiguous blocks of dst:
+// q [B, H, T, hd] rotated by csq, k [B, KV, T, hd] rotated by cs, v [B, KV, T, hd].
+template <typename T>
+__device__ void split_heads(const T* qkv, const T* cs, const T* csq, T* dst, int b_n, int t_n, int h_n,
+                            int kv_n, int hd) {
+  int width = (h_n + 2 * kv_n) * hd;
+  int64_t n = (int64_t)b_n * t_n * width;
+  int64_t q_size = (int64_t)b_n * h_n * t_n * hd, kv_size = (int64_t)b_n * kv_n * t_n * hd;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int part = idx < q_size ? 0 : (idx < q_size + kv_size ? 1 : 2);
+    int64_t o = part == 0 ? idx : (part == 1 ? idx - q_size : idx - q_size - kv_size);
+    int heads_n = part == 0 ? h_n : kv_n;
+    int d = o % hd;
+    int t = (o / hd) % t_n;
+    int h = (o / ((int64_t)hd * t_n)) % heads_n;
+    int64_t b = o / ((int64_t)hd * t_n * heads_n);
+    int head = part == 0 ? h : (part == 1 ? h_n + h : h_n + kv_n + h);
+    int64_t row = b * t_n + t;
+    const T* x = qkv + row * width + (int64_t)head * hd;
+    float v = part == 2 ? to_f(x[d]) : rotated(x, (part == 0 ? csq : cs) + row * hd, hd, d);
+    dst[idx] = from_f<T>(v);
+  }
+}
+
+// The backward of split_heads: d_qkv [B, T, width] from dq [B, H, T, hd],
+// dk, dv [B, KV, T, hd]; dq and dk rotated back (by −θ).
+template <typename T>
+__device__ void merge_heads_backward(const T* dq, const T* dk, const T* dv, const T* cs, const T* csq, T* dst,
+                                     int b_n, int t_n, int h_n, int kv_n, int hd) {
+  int width = (h_n + 2 * kv_n) * hd;
+  int64_t n = (int64_t)b_n * t_n * width;
+  int half = hd / 2;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int d = idx % hd;
+    int head = (idx / hd) % (h_n + 2 * kv_n);
+    int64_t row = idx / width;
+    int64_t b = row / t_n;
+    int t = row % t_n;
+    int part = head < h_n ? 0 : (head < h_n + kv_n ? 1 : 2);
+    int h = part == 0 ? head : (part == 1 ? head - h_n : head - h_n - kv_n);
+    int heads_n = part == 0 ? h_n : kv_n;
+    const T* x = (part == 0 ? dq : (part == 1 ? dk : dv)) + ((b * heads_n + h) * t_n + t) * hd;
+    const T* c = (part == 0 ? csq : cs) + row * hd;
+    float v;
+    if (part == 2) v = to_f(x[d]);
+    else if (d < half) v = to_f(x[d]) * to_f(c[d]) + to_f(x[d + half]) * to_f(c[half + d]);
+    else v = to_f(x[d]) * to_f(c[d - half]) - to_f(x[d - half]) * to_f(c[d]);
+    dst[idx] = from_f<T>(v);
+  }
+}
+
 #define FUSED_KERNELS(NAME, T)                                                                        \
   extern "C" __global__ void silu_mul_##NAME(const T* x, T* y, int64_t rows, int64_t inter) {        \
     silu_mul<T>(x, y, rows, inter);                                                                   \
@@ -246,6 +299,15 @@ __device__ void block_diag(const T* b0, const T* b1, const T* b2, T* out, int ro
                                                int k2, float scale) {                                 \
     block_diag<T>(b0, b1, b2, out, rows, cols, rs0, rs1, rs2, o0, o1, o2, cs0, cs1, cs2, k0, k1, k2,  \
                   scale);                                                                             \
+  }                                                                                                   \
+  extern "C" __global__ void split_heads_##NAME(const T* qkv, const T* cs, const T* csq, T* dst,      \
+                                                int b_n, int t_n, int h_n, int kv_n, int hd) {        \
+    split_heads<T>(qkv, cs, csq, dst, b_n, t_n, h_n, kv_n, hd);                                       \
+  }                                                                                                   \
+  extern "C" __global__ void merge_heads_backward_##NAME(const T* dq, const T* dk, const T* dv,       \
+                                                         const T* cs, const T* csq, T* dst, int b_n,  \
+                                                         int t_n, int h_n, int kv_n, int hd) {        \
+    merge_heads_backward<T>(dq, dk, dv, cs, csq, dst, b_n, t_n, h_n, kv_n, hd);                       \
   }                                                                                                   \
   extern "C" __global__ void add_rms_norm_##NAME(const T* x, const T* a, const T* w, T* out,         \
                                                  int64_t rows, int hidden, float eps) {               \

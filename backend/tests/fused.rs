@@ -146,6 +146,51 @@ fn block_diag_equals_the_composed_ops() {
     assert!(max_abs_diff(&lone, &Tensor::cat(&[&z(3, 2), &(&b2 * 2.0).unwrap()], 0).unwrap()) == 0.0);
 }
 
+/// split_heads against the transpose, split copies and candle's RoPE; its
+/// backward against autograd through the same composition.
+#[test]
+fn split_heads_and_its_backward_equal_the_composed_ops() {
+    use amortize::model::fused_heads::{merge_heads_backward, split_heads};
+    let (b, t) = (2, 3);
+    let width = (NH + 2 * NKV) * HD;
+    let qkv = random(&[b * t, width], 40);
+    let ang = random(&[b, t, HD / 2], 41);
+    let cs = Tensor::cat(&[ang.cos().unwrap(), ang.sin().unwrap()], 2).unwrap();
+    let cs_q = (&cs * 0.5).unwrap();
+    // Differentiable RoPE on [B, heads, T, hd] (candle's fused one has no backward).
+    let rope = |x: &Tensor, c: &Tensor| {
+        let (cos, sin) = (c.narrow(2, 0, HD / 2).unwrap(), c.narrow(2, HD / 2, HD / 2).unwrap());
+        let full = |t: &Tensor| Tensor::cat(&[t, t], 2).unwrap().unsqueeze(1).unwrap();
+        let (lo, hi) = (x.narrow(3, 0, HD / 2).unwrap(), x.narrow(3, HD / 2, HD / 2).unwrap());
+        let rot = Tensor::cat(&[&hi.neg().unwrap(), &lo], 3).unwrap();
+        (x.broadcast_mul(&full(&cos)).unwrap() + rot.broadcast_mul(&full(&sin)).unwrap()).unwrap()
+    };
+    let composed = |x: &Tensor| {
+        let heads = x.reshape((b, t, NH + 2 * NKV, HD)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let q = rope(&heads.narrow(1, 0, NH).unwrap().contiguous().unwrap(), &cs_q);
+        let k = rope(&heads.narrow(1, NH, NKV).unwrap().contiguous().unwrap(), &cs);
+        (q, k, heads.narrow(1, NH + NKV, NKV).unwrap().contiguous().unwrap())
+    };
+    let (q, k, v) = split_heads(&qkv, &cs, &cs_q, (b, t), (NH, NKV)).unwrap();
+    let (qr, kr, vr) = composed(&qkv);
+    assert!(max_abs_diff(&q, &qr) < 1e-6 && max_abs_diff(&k, &kr) < 1e-6 && max_abs_diff(&v, &vr) == 0.0);
+    let bf = |x: &Tensor| x.to_dtype(DType::BF16).unwrap();
+    let (qb, kb, _) = split_heads(&bf(&qkv), &bf(&cs), &bf(&cs_q), (b, t), (NH, NKV)).unwrap();
+    assert!(max_abs_diff(&qb, &qr) < 2e-2 && max_abs_diff(&kb, &kr) < 2e-2);
+
+    // Backward: weights on every output element, gradient of their sum.
+    let (wq, wk, wv) = (random(q.dims(), 42), random(k.dims(), 43), random(v.dims(), 44));
+    let var = candle_core::Var::from_tensor(&qkv).unwrap();
+    let (q, k, v) = composed(var.as_tensor());
+    let loss = ((q * &wq).unwrap().sum_all().unwrap() + (k * &wk).unwrap().sum_all().unwrap() + (v * &wv).unwrap().sum_all().unwrap()).unwrap();
+    let reference = loss.backward().unwrap().get(var.as_tensor()).unwrap().clone();
+    let got = merge_heads_backward(&wq, &wk, &wv, &cs, &cs_q).unwrap();
+    assert_eq!(got.dims(), [b * t, width]);
+    assert!(max_abs_diff(&got, &reference) < 1e-5, "merge backward differs by {}", max_abs_diff(&got, &reference));
+    assert!(split_heads(&qkv, &cs, &cs_q, (b, t + 1), (NH, NKV)).is_err());
+    assert!(merge_heads_backward(&wq, &wk, &wv.narrow(3, 0, 4).unwrap(), &cs, &cs_q).is_err());
+}
+
 #[test]
 fn silu_mul_equals_the_composed_ops() {
     let x = random(&[2, 3, 10], 3);

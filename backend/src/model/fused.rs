@@ -228,7 +228,7 @@ pub(super) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> cand
 }
 
 /// Element `d` of one head's rotated values (see `rotated` in fused.cu).
-fn rotated<T: WithDType>(x: &[T], cs: &[T], d: usize) -> f32 {
+pub(super) fn rotated<T: WithDType>(x: &[T], cs: &[T], d: usize) -> f32 {
     let half = cs.len() / 2;
     if d < half {
         f(x[d]) * f(cs[d]) - f(x[d + half]) * f(cs[half + d])

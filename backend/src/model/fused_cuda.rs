@@ -11,6 +11,7 @@ use half::{bf16, f16};
 
 use super::fused::{AddRmsNorm, Attend, BlockDiag, CacheWrite};
 use super::fused_grad::RmsNormBackward;
+use super::fused_heads::{Dims, MergeHeadsBackward};
 
 pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 pub(crate) const MODULE: &str = "amortize_fused";
@@ -261,5 +262,56 @@ pub(super) fn block_diag(op: &BlockDiag, s: &CudaStorage, sl: &Layout) -> Result
         // SAFETY: argument types and order match `block_diag_*` in fused.cu.
         unsafe { b.launch(elementwise(op.rows * op.cols)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((op.rows, op.cols))))
+    })
+}
+
+pub(super) fn split_heads(d: Dims, (q, ql): (&CudaStorage, &Layout), (c, cl): (&CudaStorage, &Layout), (cq, cql): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let n = d.b * d.t * d.width();
+    let [b_n, t_n, h_n, kv_n, hd] = i32s([d.b, d.t, d.nh, d.nkv, d.hd])?;
+    let dev = q.device();
+    dispatch!(q.dtype(), "split-heads", |T| {
+        let x = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
+        let cs = c.as_cuda_slice::<T>()?.slice(cl.start_offset()..);
+        let csq = cq.as_cuda_slice::<T>()?.slice(cql.start_offset()..);
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
+        let func = kernel!(dev, T, "split_heads")?;
+        let mut b = func.builder();
+        b.arg(&x).arg(&cs).arg(&csq).arg(&out);
+        for v in [&b_n, &t_n, &h_n, &kv_n, &hd] {
+            b.arg(v);
+        }
+        // SAFETY: argument types and order match `split_heads_*` in fused.cu.
+        unsafe { b.launch(elementwise(n)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(n)))
+    })
+}
+
+pub(super) fn merge_heads_backward(op: &MergeHeadsBackward, (dq, dql): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let d = op.dims;
+    let n = d.b * d.t * d.width();
+    let [b_n, t_n, h_n, kv_n, hd] = i32s([d.b, d.t, d.nh, d.nkv, d.hd])?;
+    let guards = [&op.dk, &op.dv, &op.cs, &op.cs_q].map(|x| x.storage_and_layout());
+    let dev = dq.device();
+    dispatch!(dq.dtype(), "merge-heads-backward", |T| {
+        let mut src = Vec::with_capacity(4);
+        for (g, l) in &guards {
+            match &**g {
+                Storage::Cuda(s) => src.push(s.as_cuda_slice::<T>()?.slice(l.start_offset()..)),
+                _ => bail!("merge-heads-backward: inputs on different devices"),
+            }
+        }
+        let q = dq.as_cuda_slice::<T>()?.slice(dql.start_offset()..);
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
+        let func = kernel!(dev, T, "merge_heads_backward")?;
+        let mut b = func.builder();
+        b.arg(&q).arg(&src[0]).arg(&src[1]).arg(&src[2]).arg(&src[3]).arg(&out);
+        for v in [&b_n, &t_n, &h_n, &kv_n, &hd] {
+            b.arg(v);
+        }
+        // SAFETY: argument types and order match `merge_heads_backward_*` in fused.cu.
+        unsafe { b.launch(elementwise(n)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((d.b * d.t, d.width()))))
     })
 }

@@ -151,7 +151,9 @@ enum Attn {
     /// the model dtype; the query's are scaled by 1/√hd (rotation is linear, so
     /// this scales q·k). The mask is [B, KV, rep, T, S] additive (the same for
     /// every head): f32 when training, else the model dtype.
-    Composed { cos: Tensor, sin: Tensor, cos_q: Tensor, sin_q: Tensor, mask: Tensor },
+    /// With the fused ops on (inference), `cs` holds the `cos | sin` tables
+    /// [B, T, hd] (plain, query's) for `fused_heads::split_heads`.
+    Composed { cos: Tensor, sin: Tensor, cos_q: Tensor, sin_q: Tensor, mask: Tensor, cs: Option<[Tensor; 2]> },
     /// `fused::cache_write` + `fused::attend` (a few new tokens, every layer's
     /// cache has room): `cs`, `cs_q` [B, T, hd] (cos | sin), mask [B, T, S] f32.
     Fused { cs: Tensor, cs_q: Tensor, mask: Tensor },
@@ -333,8 +335,9 @@ impl Llama {
             let c = &self.config;
             let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
             let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
+            let cs = if fused { Some(self.rope_cs_at(pos.clone(), (b, t))?) } else { None };
             let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
-            Attn::Composed { cos, sin, cos_q, sin_q, mask }
+            Attn::Composed { cos, sin, cos_q, sin_q, mask, cs }
         };
         let ctx = Ctx { lora, grad, attn, fused };
 
@@ -363,7 +366,7 @@ impl Llama {
     }
 
     /// [`Llama::rope_at`]'s tables as `cos | sin`, [B, T, hd]: plain and the query's.
-    fn rope_cs_at(&self, pos: Vec<u32>, (b, t): (usize, usize)) -> Result<[Tensor; 2]> {
+    pub(super) fn rope_cs_at(&self, pos: Vec<u32>, (b, t): (usize, usize)) -> Result<[Tensor; 2]> {
         if pos.iter().any(|&p| p as usize >= self.config.max_position_embeddings) {
             let len = pos.iter().copied().max().unwrap_or(0) as usize + 1;
             return Err(Error::TooLong { len, max: self.config.max_position_embeddings });
@@ -441,8 +444,8 @@ impl Llama {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
         let qkv = self.proj(l, &[Proj::Q, Proj::K, Proj::V], &w.qkv, x, ctx)?; // [B, T, (H + 2·KV)·hd]
-        let (cos, sin, cos_q, sin_q, mask) = match &ctx.attn {
-            Attn::Composed { cos, sin, cos_q, sin_q, mask } => (cos, sin, cos_q, sin_q, mask),
+        let (cos, sin, cos_q, sin_q, mask, cs) = match &ctx.attn {
+            Attn::Composed { cos, sin, cos_q, sin_q, mask, cs } => (cos, sin, cos_q, sin_q, mask, cs),
             Attn::Fused { cs, cs_q, mask } => {
                 let kv = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?.clone();
                 let len = cache.len();
@@ -451,16 +454,22 @@ impl Llama {
                 return self.proj(l, &[Proj::O], &w.o, &y, ctx);
             }
         };
-        let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?; // [B, H + 2·KV, T, hd]
-        let q = heads.narrow(1, 0, nh)?.contiguous()?; // [B, H, T, hd]
-        let k = heads.narrow(1, nh, nkv)?.contiguous()?; // [B, KV, T, hd]
-        let v = heads.narrow(1, nh + nkv, nkv)?.contiguous()?;
-        // q comes out scaled by 1/√hd (see `Ctx`).
-        let (q, k) = if ctx.grad {
-            // Differentiable composition (candle's fused rope has no backward).
-            (apply_rope(&q, cos_q, sin_q)?, apply_rope(&k, cos, sin)?)
-        } else {
-            (candle_nn::rotary_emb::rope(&q, cos_q, sin_q)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+        // q comes out scaled by 1/√hd (see `Ctx`): [B, H, T, hd]; k, v [B, KV, T, hd].
+        let (q, k, v) = match cs {
+            Some([cs, cs_q]) => super::fused_heads::split_heads(&qkv, cs, cs_q, (b, t), (nh, nkv))?,
+            None => {
+                let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?; // [B, H + 2·KV, T, hd]
+                let q = heads.narrow(1, 0, nh)?.contiguous()?;
+                let k = heads.narrow(1, nh, nkv)?.contiguous()?;
+                let v = heads.narrow(1, nh + nkv, nkv)?.contiguous()?;
+                let (q, k) = if ctx.grad {
+                    // Differentiable composition (candle's fused rope has no backward).
+                    (apply_rope(&q, cos_q, sin_q)?, apply_rope(&k, cos, sin)?)
+                } else {
+                    (candle_nn::rotary_emb::rope(&q, cos_q, sin_q)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+                };
+                (q, k, v)
+            }
         };
         let (k, v) = cache.append(l, k, v)?; // [B, KV, S, hd]
         let s = k.dim(2)?;

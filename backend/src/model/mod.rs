@@ -10,6 +10,7 @@ pub mod fused;
 #[cfg(feature = "cuda")]
 pub(crate) mod fused_cuda;
 pub mod fused_grad;
+pub mod fused_heads;
 pub mod llama;
 pub mod loader;
 pub mod lora;

@@ -29,7 +29,7 @@ use candle_core::{DType, Tensor, D};
 use super::cache::KvCache;
 use super::llama::{Layer, Llama};
 use super::lora::{LoraGrads, LoraView, Proj};
-use super::fused;
+use super::{fused, fused_heads};
 use super::tape_ops::{lora_backward, proj, proj_backward, rms_norm_backward_add, swiglu_backward, LoraTape};
 use crate::{Error, Result};
 
@@ -53,6 +53,9 @@ struct Segment {
     sin_q: Tensor,
     neg_sin: Tensor,
     neg_sin_q: Tensor,
+    /// The same as [B, T, hd] tables `cos | sin` (plain, query's), for the fused ops.
+    cs: Tensor,
+    cs_q: Tensor,
 }
 
 /// What the backward of one block reads for one segment (N = B·T rows).
@@ -153,9 +156,10 @@ impl Llama {
         let c = &self.config;
         let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
         let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), self.device())?.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
+        let [cs, cs_q] = self.rope_cs_at(pos.clone(), (b, t))?;
         let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
         let (neg_sin, neg_sin_q) = (sin.neg()?, sin_q.neg()?);
-        Ok(Segment { b, t, mask, cos, sin, cos_q, sin_q, neg_sin, neg_sin_q })
+        Ok(Segment { b, t, mask, cos, sin, cos_q, sin_q, neg_sin, neg_sin_q, cs, cs_q })
     }
 
     /// One block over a segment: the residual stream `x` and its attention-normed
@@ -169,10 +173,14 @@ impl Llama {
         let (b, t, rep) = (seg.b, seg.t, nh / nkv);
 
         let (qkv, u_qkv) = proj(l, QKV, &w.qkv, &h1, lora)?; // [N, (H + 2·KV)·hd]
-        let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, &seg.cos_q, &seg.sin_q)?;
-        let k = candle_nn::rotary_emb::rope(&heads.narrow(1, nh, nkv)?.contiguous()?, &seg.cos, &seg.sin)?;
-        let v = heads.narrow(1, nh + nkv, nkv)?.contiguous()?;
+        let (q, k, v) = if self.fused() {
+            fused_heads::split_heads(&qkv, &seg.cs, &seg.cs_q, (b, t), (nh, nkv))?
+        } else {
+            let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, &seg.cos_q, &seg.sin_q)?;
+            let k = candle_nn::rotary_emb::rope(&heads.narrow(1, nh, nkv)?.contiguous()?, &seg.cos, &seg.sin)?;
+            (q, k, heads.narrow(1, nh + nkv, nkv)?.contiguous()?)
+        };
         let (k, v) = match before {
             Some((kp, vp)) => {
                 let p = kp.dim(2)?;
@@ -263,6 +271,9 @@ impl Llama {
     /// d(q·k·v) [N, (H + 2·KV)·hd] from the gradients of the rotated queries
     /// [B, H, T, hd], rotated keys and values [B, KV, T, hd].
     fn qkv_grad(&self, seg: &Segment, dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Result<Tensor> {
+        if self.fused() {
+            return fused_heads::merge_heads_backward(dq, dk, dv, &seg.cs, &seg.cs_q);
+        }
         let c = &self.config;
         let dq = candle_nn::rotary_emb::rope(dq, &seg.cos_q, &seg.neg_sin_q)?;
         let dk = candle_nn::rotary_emb::rope(dk, &seg.cos, &seg.neg_sin)?;
