@@ -75,20 +75,20 @@ fn contiguous(grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaDevice, Device, Storage, Tensor, Var};
 
     use crate::model::fused_cuda::{MODULE, PTX};
     use crate::Result;
 
-    /// The device address of a contiguous f32 tensor's first element (the
-    /// tensor, held by the caller, keeps it alive).
-    fn address(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
+    /// The device address of a tensor's first element, of element type `T`
+    /// (the tensor, held by the caller, keeps it alive).
+    fn address<T: CudaDType>(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
         let (s, l) = t.storage_and_layout();
         let Storage::Cuda(s) = &*s else { return Err(crate::Error::invalid("optimizer", "tensors on different devices")) };
         let stream = dev.cuda_stream();
-        let (ptr, _sync) = s.as_cuda_slice::<f32>()?.device_ptr(&stream);
-        Ok(ptr + 4 * l.start_offset() as u64)
+        let (ptr, _sync) = s.as_cuda_slice::<T>()?.device_ptr(&stream);
+        Ok(ptr + (std::mem::size_of::<T>() * l.start_offset()) as u64)
     }
 
     /// The [4, n] table (parameters, gradients or 0, offsets, sizes) on the
@@ -98,10 +98,10 @@ mod cuda {
         let mut t = vec![0i64; 4 * n];
         for i in 0..n {
             if let Some(p) = params {
-                t[i] = address(p[i].as_tensor(), dev)? as i64;
+                t[i] = address::<f32>(p[i].as_tensor(), dev)? as i64;
             }
             if let Some(g) = &grads[i] {
-                t[n + i] = address(g, dev)? as i64;
+                t[n + i] = address::<f32>(g, dev)? as i64;
             }
             t[2 * n + i] = offsets[i] as i64;
             t[3 * n + i] = grads[i].as_ref().map_or(0, |g| g.elem_count()) as i64;
@@ -119,7 +119,7 @@ mod cuda {
         let total = total as i64;
         let grid = blocks(total);
         let mut out = unsafe { dev.alloc::<f32>(grid as usize)? };
-        let t = address_i64(&table, dev)?;
+        let t = address::<i64>(&table, dev)?;
         let func = dev.get_or_load_custom_func("grad_sumsq_multi", MODULE, PTX)?;
         let mut b = func.builder();
         b.arg(&t).arg(&n).arg(&total).arg(&mut out);
@@ -133,7 +133,7 @@ mod cuda {
     pub(super) fn step(dev: &CudaDevice, params: &[Var], grads: &[Option<Tensor>], (m, v): (&Tensor, &Tensor), offsets: &[usize], s: [f64; 8]) -> Result<()> {
         let (table, n) = table(dev, Some(params), grads, offsets)?;
         let total = m.elem_count() as i64;
-        let (t, mp, vp) = (address_i64(&table, dev)?, address(m, dev)?, address(v, dev)?);
+        let (t, mp, vp) = (address::<i64>(&table, dev)?, address::<f32>(m, dev)?, address::<f32>(v, dev)?);
         let [lr, b1, b2, eps, wd, bc1, bc2, gs] = s.map(|x| x as f32);
         let func = dev.get_or_load_custom_func("adamw_multi", MODULE, PTX)?;
         let mut b = func.builder();
@@ -147,13 +147,5 @@ mod cuda {
         // caller, and the kernel writes only the parameters and moments.
         unsafe { b.launch(LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.w()?;
         Ok(())
-    }
-
-    fn address_i64(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
-        let (s, l) = t.storage_and_layout();
-        let Storage::Cuda(s) = &*s else { return Err(crate::Error::invalid("optimizer", "tensors on different devices")) };
-        let stream = dev.cuda_stream();
-        let (ptr, _sync) = s.as_cuda_slice::<i64>()?.device_ptr(&stream);
-        Ok(ptr + 8 * l.start_offset() as u64)
     }
 }

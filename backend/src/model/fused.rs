@@ -1,5 +1,5 @@
-//! Fused inference ops for the decode step: one kernel where the composed path
-//! launches several.
+//! Fused inference ops: one kernel where the composed path launches several
+//! (the decode step is bound by launches on a GPU).
 //!
 //! - [`silu_mul`]: SwiGLU's `silu(gate) · up` from the fused gate/up product.
 //! - [`add_rms_norm`]: the residual add and the next RMSNorm.
@@ -10,8 +10,11 @@
 //!   mask, softmax and the weighted values in one kernel, output already in
 //!   [B, T, heads·hd] (replaces two matrix products, the mask add, the softmax
 //!   and the transpose copy).
+//! - [`block_diag`]: a fused adapter group's block-diagonal scale·B, built once
+//!   per inference view.
 //!
-//! The taped training pass's fused backward steps are in `fused_grad.rs`.
+//! The head split is in `fused_heads.rs`, the taped training pass's fused
+//! backward steps in `fused_grad.rs`.
 //!
 //! Each op is a candle custom op with a CPU body (the reference, in this file) and
 //! a CUDA body (`fused_cuda.rs`, kernels in `backend/kernels/fused.cu`). Both
@@ -20,8 +23,8 @@
 //! (`Llama::set_fused`), not this module's.
 
 use candle_core::backend::BackendStorage;
-use rayon::prelude::*;
 use candle_core::{bail, CpuStorage, CustomOp1, InplaceOp3, Layout, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
 
 use crate::Result;
 

@@ -138,8 +138,7 @@ struct Ctx<'a> {
     lora: Option<&'a LoraView>,
     /// Differentiable ops are needed (an adapter is being trained).
     grad: bool,
-    /// Rotary tables of this call's positions, [B, T, hd/2] in the model dtype;
-    /// the query's are scaled by 1/√hd (rotation is linear, so this scales q·k).
+    /// What attention reads: rotary tables and the mask.
     attn: Attn,
     /// Residual adds with their RMSNorm and SwiGLU through `fused.rs`.
     fused: bool,
@@ -147,16 +146,23 @@ struct Ctx<'a> {
 
 /// What the attention of one pass reads.
 enum Attn {
-    /// Matrix products. Rotary tables of this call's positions, [B, T, hd/2] in
-    /// the model dtype; the query's are scaled by 1/√hd (rotation is linear, so
-    /// this scales q·k). The mask is [B, KV, rep, T, S] additive (the same for
+    /// Matrix products. The mask is [B, KV, rep, T, S] additive (the same for
     /// every head): f32 when training, else the model dtype.
-    /// With the fused ops on (inference), `cs` holds the `cos | sin` tables
-    /// [B, T, hd] (plain, query's) for `fused_heads::split_heads`.
-    Composed { cos: Tensor, sin: Tensor, cos_q: Tensor, sin_q: Tensor, mask: Tensor, cs: Option<[Tensor; 2]> },
+    Composed { rope: Rope, mask: Tensor },
     /// `fused::cache_write` + `fused::attend` (a few new tokens, every layer's
     /// cache has room): `cs`, `cs_q` [B, T, hd] (cos | sin), mask [B, T, S] f32.
     Fused { cs: Tensor, cs_q: Tensor, mask: Tensor },
+}
+
+/// Rotary tables of a pass's positions in the model dtype; the query's are
+/// scaled by 1/√hd (rotation is linear, so this scales q·k).
+enum Rope {
+    /// cos, sin, the query's cos, sin: [B, T, hd/2] each (candle's RoPE, or the
+    /// differentiable one when training).
+    Halves([Tensor; 4]),
+    /// `cos | sin` [B, T, hd], plain and the query's, for
+    /// `fused_heads::split_heads` (inference with the fused ops on).
+    Joined([Tensor; 2]),
 }
 
 /// One pass's inputs, row-major: token and position ids [B, T], the additive
@@ -183,10 +189,12 @@ impl Llama {
         Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, dtype, device: device.clone() })
     }
 
-    /// Whether inference passes use the fused ops (`model/fused.rs`): SwiGLU in
-    /// one kernel and, for decode steps into a cache with reserved room, keys and
-    /// values written in place and attention in one kernel. Training passes never
-    /// do. The default is [`fused::default_on`].
+    /// Whether passes use the fused ops: in inference (`fused.rs`,
+    /// `fused_heads.rs`) the residual add with its norm, SwiGLU and the head
+    /// split, each one kernel, and for decode steps into a cache with reserved
+    /// room the cache write and attention; in the taped training pass also its
+    /// fused backward steps (`fused_grad.rs`); and the trainers' AdamW. Autograd
+    /// passes never do. The default is [`fused::default_on`].
     pub fn set_fused(&mut self, on: bool) {
         self.fused = on;
     }
@@ -335,9 +343,8 @@ impl Llama {
             let c = &self.config;
             let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
             let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
-            let cs = if fused { Some(self.rope_cs_at(pos.clone(), (b, t))?) } else { None };
-            let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
-            Attn::Composed { cos, sin, cos_q, sin_q, mask, cs }
+            let rope = if fused { Rope::Joined(self.rope_cs_at(pos, (b, t))?) } else { Rope::Halves(self.rope_at(pos, (b, t))?) };
+            Attn::Composed { rope, mask }
         };
         let ctx = Ctx { lora, grad, attn, fused };
 
@@ -444,8 +451,8 @@ impl Llama {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
         let qkv = self.proj(l, &[Proj::Q, Proj::K, Proj::V], &w.qkv, x, ctx)?; // [B, T, (H + 2·KV)·hd]
-        let (cos, sin, cos_q, sin_q, mask, cs) = match &ctx.attn {
-            Attn::Composed { cos, sin, cos_q, sin_q, mask, cs } => (cos, sin, cos_q, sin_q, mask, cs),
+        let (rope, mask) = match &ctx.attn {
+            Attn::Composed { rope, mask } => (rope, mask),
             Attn::Fused { cs, cs_q, mask } => {
                 let kv = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?.clone();
                 let len = cache.len();
@@ -455,9 +462,9 @@ impl Llama {
             }
         };
         // q comes out scaled by 1/√hd (see `Ctx`): [B, H, T, hd]; k, v [B, KV, T, hd].
-        let (q, k, v) = match cs {
-            Some([cs, cs_q]) => super::fused_heads::split_heads(&qkv, cs, cs_q, (b, t), (nh, nkv))?,
-            None => {
+        let (q, k, v) = match rope {
+            Rope::Joined([cs, cs_q]) => super::fused_heads::split_heads(&qkv, cs, cs_q, (b, t), (nh, nkv))?,
+            Rope::Halves([cos, sin, cos_q, sin_q]) => {
                 let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?; // [B, H + 2·KV, T, hd]
                 let q = heads.narrow(1, 0, nh)?.contiguous()?;
                 let k = heads.narrow(1, nh, nkv)?.contiguous()?;
