@@ -1,7 +1,9 @@
-//! CUDA bodies of the fused inference ops (`fused.rs` holds their CPU references
-//! and the shape checks). The kernels are `backend/kernels/fused.cu`, compiled to
-//! PTX by `build.rs` and loaded once per device as the module `amortize_fused`.
-//! Launch code only: no op semantics live here.
+//! CUDA bodies of the fused ops (`fused.rs`, `fused_heads.rs` and
+//! `fused_grad.rs` hold their CPU references and the shape checks). The kernels
+//! are `backend/kernels/fused.cu`, compiled to PTX by `build.rs` and loaded once
+//! per device as the module `amortize_fused` (AdamW's multi-tensor kernels,
+//! launched from `gfn/optim_fused.rs`, live in the same module). Launch code
+//! only: no op semantics live here.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
