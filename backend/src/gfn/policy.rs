@@ -178,33 +178,21 @@ impl Plan {
     /// Where each state ends in hidden states [B·T, H] of prompt · Z rows
     /// (left-padded: a row's last token at T−1).
     fn positions(&self, t_len: usize, dev: &candle_core::Device) -> Result<Tensor> {
-        let pos: Vec<u32> = self
-            .held
-            .iter()
-            .enumerate()
-            .map(|(k, &z)| {
-                let bi = k / self.s;
-                (bi * t_len + t_len - self.z_len[bi] - 1 + z) as u32
-            })
-            .collect();
-        Ok(Tensor::new(pos, dev)?)
+        self.positions_by(dev, |bi, z| bi * t_len + t_len - self.z_len[bi] - 1 + z)
     }
 
     /// As [`Plan::positions`], for hidden states laid out as the prompt's
     /// [P, H] then the rows' [B·T, H] (each row's Z left-padded to T).
     fn positions_after_prompt(&self, p_len: usize, t_len: usize, dev: &candle_core::Device) -> Result<Tensor> {
-        let pos: Vec<u32> = self
-            .held
-            .iter()
-            .enumerate()
-            .map(|(k, &z)| {
-                let bi = k / self.s;
-                match z {
-                    0 => (p_len - 1) as u32,
-                    z => (p_len + bi * t_len + t_len - self.z_len[bi] + z - 1) as u32,
-                }
-            })
-            .collect();
+        self.positions_by(dev, |bi, z| match z {
+            0 => p_len - 1,
+            z => p_len + bi * t_len + t_len - self.z_len[bi] + z - 1,
+        })
+    }
+
+    /// `at(row, z)` for every state (row-major), z the Z tokens it holds.
+    fn positions_by(&self, dev: &candle_core::Device, at: impl Fn(usize, usize) -> usize) -> Result<Tensor> {
+        let pos: Vec<u32> = self.held.iter().enumerate().map(|(k, &z)| at(k / self.s, z) as u32).collect();
         Ok(Tensor::new(pos, dev)?)
     }
 
