@@ -45,17 +45,16 @@ struct Segment {
     t: usize,
     /// Additive mask [B, KV, rep, T, S] (S = keys seen: the prompt's, then own), f32.
     mask: Tensor,
-    /// Rotary tables [B, T, hd/2]: cos, sin, the query's scaled cos, sin, and
-    /// the two −sin (rotation by −θ is the transpose of rotation by θ).
-    cos: Tensor,
-    sin: Tensor,
-    cos_q: Tensor,
-    sin_q: Tensor,
-    neg_sin: Tensor,
-    neg_sin_q: Tensor,
-    /// The same as [B, T, hd] tables `cos | sin` (plain, query's), for the fused ops.
-    cs: Tensor,
-    cs_q: Tensor,
+    rope: SegRope,
+}
+
+/// A segment's rotary tables, as the composed or the fused ops read them.
+enum SegRope {
+    /// [B, T, hd/2]: cos, sin, the query's scaled cos, sin, and the two −sin
+    /// (rotation by −θ is the transpose of rotation by θ).
+    Halves { cos: Tensor, sin: Tensor, cos_q: Tensor, sin_q: Tensor, neg_sin: Tensor, neg_sin_q: Tensor },
+    /// `cos | sin` [B, T, hd], plain and the query's (`fused_heads`).
+    Joined { cs: Tensor, cs_q: Tensor },
 }
 
 /// What the backward of one block reads for one segment (N = B·T rows).
@@ -156,10 +155,15 @@ impl Llama {
         let c = &self.config;
         let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
         let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), self.device())?.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
-        let [cs, cs_q] = self.rope_cs_at(pos.clone(), (b, t))?;
-        let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
-        let (neg_sin, neg_sin_q) = (sin.neg()?, sin_q.neg()?);
-        Ok(Segment { b, t, mask, cos, sin, cos_q, sin_q, neg_sin, neg_sin_q, cs, cs_q })
+        let rope = if self.fused() {
+            let [cs, cs_q] = self.rope_cs_at(pos, (b, t))?;
+            SegRope::Joined { cs, cs_q }
+        } else {
+            let [cos, sin, cos_q, sin_q] = self.rope_at(pos, (b, t))?;
+            let (neg_sin, neg_sin_q) = (sin.neg()?, sin_q.neg()?);
+            SegRope::Halves { cos, sin, cos_q, sin_q, neg_sin, neg_sin_q }
+        };
+        Ok(Segment { b, t, mask, rope })
     }
 
     /// One block over a segment: the residual stream `x` and its attention-normed
@@ -173,13 +177,14 @@ impl Llama {
         let (b, t, rep) = (seg.b, seg.t, nh / nkv);
 
         let (qkv, u_qkv) = proj(l, QKV, &w.qkv, &h1, lora)?; // [N, (H + 2·KV)·hd]
-        let (q, k, v) = if self.fused() {
-            fused_heads::split_heads(&qkv, &seg.cs, &seg.cs_q, (b, t), (nh, nkv))?
-        } else {
-            let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, &seg.cos_q, &seg.sin_q)?;
-            let k = candle_nn::rotary_emb::rope(&heads.narrow(1, nh, nkv)?.contiguous()?, &seg.cos, &seg.sin)?;
-            (q, k, heads.narrow(1, nh + nkv, nkv)?.contiguous()?)
+        let (q, k, v) = match &seg.rope {
+            SegRope::Joined { cs, cs_q } => fused_heads::split_heads(&qkv, cs, cs_q, (b, t), (nh, nkv))?,
+            SegRope::Halves { cos, sin, cos_q, sin_q, .. } => {
+                let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?;
+                let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, cos_q, sin_q)?;
+                let k = candle_nn::rotary_emb::rope(&heads.narrow(1, nh, nkv)?.contiguous()?, cos, sin)?;
+                (q, k, heads.narrow(1, nh + nkv, nkv)?.contiguous()?)
+            }
         };
         let (k, v) = match before {
             Some((kp, vp)) => {
@@ -271,12 +276,13 @@ impl Llama {
     /// d(q·k·v) [N, (H + 2·KV)·hd] from the gradients of the rotated queries
     /// [B, H, T, hd], rotated keys and values [B, KV, T, hd].
     fn qkv_grad(&self, seg: &Segment, dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Result<Tensor> {
-        if self.fused() {
-            return fused_heads::merge_heads_backward(dq, dk, dv, &seg.cs, &seg.cs_q);
-        }
+        let (cos, cos_q, neg_sin, neg_sin_q) = match &seg.rope {
+            SegRope::Joined { cs, cs_q } => return fused_heads::merge_heads_backward(dq, dk, dv, cs, cs_q),
+            SegRope::Halves { cos, cos_q, neg_sin, neg_sin_q, .. } => (cos, cos_q, neg_sin, neg_sin_q),
+        };
         let c = &self.config;
-        let dq = candle_nn::rotary_emb::rope(dq, &seg.cos_q, &seg.neg_sin_q)?;
-        let dk = candle_nn::rotary_emb::rope(dk, &seg.cos, &seg.neg_sin)?;
+        let dq = candle_nn::rotary_emb::rope(dq, cos_q, neg_sin_q)?;
+        let dk = candle_nn::rotary_emb::rope(dk, cos, neg_sin)?;
         let d_heads = Tensor::cat(&[&dq, &dk, dv], 1)?; // [B, H + 2·KV, T, hd]
         Ok(d_heads.transpose(1, 2)?.reshape((seg.b * seg.t, (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim))?)
     }
