@@ -116,14 +116,7 @@ impl AdamW {
             return Ok(norm);
         }
         if self.fused && grads.len() == self.params.len() && super::optim_fused::applies(&self.params, grads) {
-            let norm = super::optim_fused::sum_squares(grads, &self.offsets, self.m.elem_count())?.sqrt();
-            if !norm.is_finite() {
-                return Ok(norm);
-            }
-            let gscale = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
-            self.t += 1;
-            super::optim_fused::step(&self.params, grads, &mut self.m, &mut self.v, &self.offsets, self.config, self.t, lr, gscale)?;
-            return Ok(norm);
+            return super::optim_fused::step_clipped(&self.params, grads, &mut self.m, &mut self.v, &self.offsets, self.config, &mut self.t, lr, max_norm);
         }
         let (mut g, has) = self.flat_grads(grads)?;
         let norm = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.sqrt();

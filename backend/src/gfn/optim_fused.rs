@@ -22,38 +22,40 @@ pub(super) fn applies(params: &[Var], grads: &[Option<Tensor>]) -> bool {
         && grads.iter().flatten().all(|g| g.dtype() == DType::F32 && g.device().location() == dev)
 }
 
-/// Σ g² over all gradients (f64 on the host).
-pub(super) fn sum_squares(grads: &[Option<Tensor>], offsets: &[usize], total: usize) -> Result<f64> {
-    let grads = contiguous(grads)?;
-    #[cfg(feature = "cuda")]
-    if let Some(candle_core::Device::Cuda(dev)) = grads.iter().flatten().next().map(|g| g.device().clone()) {
-        return cuda::sum_squares(&dev, &grads, offsets, total);
-    }
-    let _ = (offsets, total);
-    let mut sum = 0f64;
-    for g in grads.iter().flatten() {
-        sum += g.flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| (x * x) as f64).sum::<f64>();
-    }
-    Ok(sum)
-}
-
-/// One AdamW step (step number `t`) on every parameter with a gradient, the
-/// gradients scaled by `gscale` first; `m`, `v` are the flat moments.
+/// Clips the gradients to a global L2 norm of at most `max_norm` (when
+/// positive) and takes AdamW step `*t + 1` on every parameter with a gradient;
+/// `m`, `v` are the flat moments. Returns the norm before clipping; a
+/// non-finite norm leaves everything, `t` included, untouched.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn step(params: &[Var], grads: &[Option<Tensor>], m: &mut Tensor, v: &mut Tensor, offsets: &[usize], c: AdamWConfig, t: usize, lr: f64, gscale: f64) -> Result<()> {
+pub(super) fn step_clipped(params: &[Var], grads: &[Option<Tensor>], m: &mut Tensor, v: &mut Tensor, offsets: &[usize], c: AdamWConfig, t: &mut usize, lr: f64, max_norm: f64) -> Result<f64> {
     let grads = contiguous(grads)?;
-    let bc1 = 1.0 - c.beta1.powi(t as i32);
-    let bc2 = 1.0 - c.beta2.powi(t as i32);
+    let clip = |norm: f64| if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
+    let scalars = |t: usize, gscale: f64| {
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32));
+        [lr, c.beta1, c.beta2, c.eps, c.weight_decay, bc1, bc2, gscale]
+    };
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(dev) = m.device().clone() {
-        return cuda::step(&dev, params, &grads, (m, v), offsets, [lr, c.beta1, c.beta2, c.eps, c.weight_decay, bc1, bc2, gscale]);
+        // One pointer table for both kernels.
+        let table = cuda::Table::new(&dev, params, &grads, offsets, m.elem_count())?;
+        let norm = table.sum_squares(&dev)?.sqrt();
+        if norm.is_finite() {
+            *t += 1;
+            table.step(&dev, (m, v), scalars(*t, clip(norm)))?;
+        }
+        return Ok(norm);
     }
+    let gvs = grads.iter().map(|g| g.as_ref().map(|g| g.flatten_all()?.to_vec1::<f32>()).transpose()).collect::<candle_core::Result<Vec<_>>>()?;
+    let norm = gvs.iter().flatten().flat_map(|g| g.iter()).map(|&x| (x * x) as f64).sum::<f64>().sqrt();
+    if !norm.is_finite() {
+        return Ok(norm);
+    }
+    *t += 1;
     let (mut mv, mut vv) = (m.to_vec1::<f32>()?, v.to_vec1::<f32>()?);
-    let [lr, b1, b2, eps, wd, bc1, bc2, gs] = [lr, c.beta1, c.beta2, c.eps, c.weight_decay, bc1, bc2, gscale].map(|x| x as f32);
-    for (i, (p, g)) in params.iter().zip(&grads).enumerate() {
-        let Some(g) = g else { continue };
+    let [lr, b1, b2, eps, wd, bc1, bc2, gs] = scalars(*t, clip(norm)).map(|x| x as f32);
+    for (i, (p, g)) in params.iter().zip(&gvs).enumerate() {
+        let Some(gv) = g else { continue };
         let mut pv = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let gv = g.flatten_all()?.to_vec1::<f32>()?;
         let (mi, vi) = (&mut mv[offsets[i]..offsets[i] + pv.len()], &mut vv[offsets[i]..offsets[i] + pv.len()]);
         for j in 0..pv.len() {
             let g = gv[j] * gs;
@@ -65,7 +67,7 @@ pub(super) fn step(params: &[Var], grads: &[Option<Tensor>], m: &mut Tensor, v: 
     }
     *m = Tensor::from_vec(mv, m.dims(), m.device())?;
     *v = Tensor::from_vec(vv, v.dims(), v.device())?;
-    Ok(())
+    Ok(norm)
 }
 
 fn contiguous(grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
@@ -91,61 +93,64 @@ mod cuda {
         Ok(ptr + (std::mem::size_of::<T>() * l.start_offset()) as u64)
     }
 
-    /// The [4, n] table (parameters, gradients or 0, offsets, sizes) on the
-    /// device, and n. (Freed when dropped: stream-ordered, after the kernels.)
-    fn table(dev: &CudaDevice, params: Option<&[Var]>, grads: &[Option<Tensor>], offsets: &[usize]) -> Result<(Tensor, i32)> {
-        let n = grads.len();
-        let mut t = vec![0i64; 4 * n];
-        for i in 0..n {
-            if let Some(p) = params {
-                t[i] = address::<f32>(p[i].as_tensor(), dev)? as i64;
+    /// The [4, n] pointer table on the device (parameters, gradients or 0,
+    /// offsets into the flat moments, sizes), with n and the moments' length.
+    /// Freed when dropped: stream-ordered, after the kernels.
+    pub(super) struct Table {
+        table: Tensor,
+        n: i32,
+        total: i64,
+    }
+
+    impl Table {
+        pub(super) fn new(dev: &CudaDevice, params: &[Var], grads: &[Option<Tensor>], offsets: &[usize], total: usize) -> Result<Self> {
+            let n = params.len();
+            let mut t = vec![0i64; 4 * n];
+            for i in 0..n {
+                t[i] = address::<f32>(params[i].as_tensor(), dev)? as i64;
+                if let Some(g) = &grads[i] {
+                    t[n + i] = address::<f32>(g, dev)? as i64;
+                }
+                t[2 * n + i] = offsets[i] as i64;
+                t[3 * n + i] = params[i].elem_count() as i64;
             }
-            if let Some(g) = &grads[i] {
-                t[n + i] = address::<f32>(g, dev)? as i64;
+            let table = Tensor::from_vec(t, 4 * n, &Device::Cuda(dev.clone()))?;
+            let n = i32::try_from(n).map_err(|_| crate::Error::invalid("optimizer", "too many parameters"))?;
+            Ok(Table { table, n, total: total as i64 })
+        }
+
+        /// Σ g² over all gradients (f64 on the host).
+        pub(super) fn sum_squares(&self, dev: &CudaDevice) -> Result<f64> {
+            let grid = (self.total.max(1) as u64).div_ceil(256).min(1024) as u32;
+            let mut out = unsafe { dev.alloc::<f32>(grid as usize)? };
+            let t = address::<i64>(&self.table, dev)?;
+            let func = dev.get_or_load_custom_func("grad_sumsq_multi", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&t).arg(&self.n).arg(&self.total).arg(&mut out);
+            // SAFETY: argument types and order match `grad_sumsq_multi` in fused.cu;
+            // the table's pointers are live f32 tensors held by the caller.
+            unsafe { b.launch(LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.w()?;
+            let parts = dev.clone_dtoh(&out)?;
+            Ok(parts.iter().map(|&x| x as f64).sum())
+        }
+
+        /// The update; `s`: lr, β1, β2, ε, weight decay, the two bias
+        /// corrections and the gradients' scale.
+        pub(super) fn step(&self, dev: &CudaDevice, (m, v): (&Tensor, &Tensor), s: [f64; 8]) -> Result<()> {
+            let (t, mp, vp) = (address::<i64>(&self.table, dev)?, address::<f32>(m, dev)?, address::<f32>(v, dev)?);
+            let [lr, b1, b2, eps, wd, bc1, bc2, gs] = s.map(|x| x as f32);
+            let func = dev.get_or_load_custom_func("adamw_multi", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&t).arg(&self.n).arg(&self.total).arg(&mp).arg(&vp);
+            for x in [&lr, &b1, &b2, &eps, &wd, &bc1, &bc2, &gs] {
+                b.arg(x);
             }
-            t[2 * n + i] = offsets[i] as i64;
-            t[3 * n + i] = grads[i].as_ref().map_or(0, |g| g.elem_count()) as i64;
+            let grid = (self.total.max(1) as u64).div_ceil(256).min(65_535) as u32;
+            // SAFETY: argument types and order match `adamw_multi` in fused.cu; the
+            // parameters, gradients and moments are live f32 tensors held by the
+            // caller, and the kernel writes only the parameters and moments.
+            unsafe { b.launch(LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.w()?;
+            Ok(())
         }
-        let n = i32::try_from(n).map_err(|_| crate::Error::invalid("optimizer", "too many parameters"))?;
-        Ok((Tensor::from_vec(t, 4 * grads.len(), &Device::Cuda(dev.clone()))?, n))
-    }
-
-    fn blocks(total: i64) -> u32 {
-        (total.max(1) as u64).div_ceil(256).min(1024) as u32
-    }
-
-    pub(super) fn sum_squares(dev: &CudaDevice, grads: &[Option<Tensor>], offsets: &[usize], total: usize) -> Result<f64> {
-        let (table, n) = table(dev, None, grads, offsets)?;
-        let total = total as i64;
-        let grid = blocks(total);
-        let mut out = unsafe { dev.alloc::<f32>(grid as usize)? };
-        let t = address::<i64>(&table, dev)?;
-        let func = dev.get_or_load_custom_func("grad_sumsq_multi", MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(&t).arg(&n).arg(&total).arg(&mut out);
-        // SAFETY: argument types and order match `grad_sumsq_multi` in fused.cu;
-        // the table's pointers are live f32 tensors held by the caller.
-        unsafe { b.launch(LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.w()?;
-        let parts = dev.clone_dtoh(&out)?;
-        Ok(parts.iter().map(|&x| x as f64).sum())
-    }
-
-    pub(super) fn step(dev: &CudaDevice, params: &[Var], grads: &[Option<Tensor>], (m, v): (&Tensor, &Tensor), offsets: &[usize], s: [f64; 8]) -> Result<()> {
-        let (table, n) = table(dev, Some(params), grads, offsets)?;
-        let total = m.elem_count() as i64;
-        let (t, mp, vp) = (address::<i64>(&table, dev)?, address::<f32>(m, dev)?, address::<f32>(v, dev)?);
-        let [lr, b1, b2, eps, wd, bc1, bc2, gs] = s.map(|x| x as f32);
-        let func = dev.get_or_load_custom_func("adamw_multi", MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(&t).arg(&n).arg(&total).arg(&mp).arg(&vp);
-        for x in [&lr, &b1, &b2, &eps, &wd, &bc1, &bc2, &gs] {
-            b.arg(x);
-        }
-        let grid = (total.max(1) as u64).div_ceil(256).min(65_535) as u32;
-        // SAFETY: argument types and order match `adamw_multi` in fused.cu; the
-        // parameters, gradients and moments are live f32 tensors held by the
-        // caller, and the kernel writes only the parameters and moments.
-        unsafe { b.launch(LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.w()?;
-        Ok(())
     }
 }
