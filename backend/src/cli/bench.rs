@@ -127,49 +127,49 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
         let prompts: Vec<Vec<u32>> = (0..b).map(|_| (0..a.prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect();
         let mut first: Option<f64> = None;
         for &fused in &settings {
-        lm.llama.set_fused(fused);
-        let t0 = Instant::now();
-        let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), view.as_ref(), None)?;
-        let cached = elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum());
-        let fold = match &folded {
-            Some((f, _)) => {
-                let t0 = Instant::now();
-                let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), Some(f), None)?;
-                Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
-            }
-            None => None,
-        };
-        let recompute = if a.recompute { Some(recompute_rate(&lm, &prompts, a.new_tokens)?) } else { None };
-        let host = if a.host_draw {
+            lm.llama.set_fused(fused);
             let t0 = Instant::now();
-            let cfg = SampleConfig { on_device: Some(false), ..bench_cfg(1, a.new_tokens) };
-            let out = decode::sample(&lm, &prompts, &cfg, view.as_ref(), None)?;
-            Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
-        } else {
-            None
-        };
-        let over = first.map(|f| cached / f);
-        first.get_or_insert(cached);
-        if a.json {
-            println!(
-                "{}",
-                serde_json::json!({"bench": "decode", "batch": b, "fused": fused, "over_first_setting": over, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
-                    "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
-                    "host_draw_tokens_per_s": host, "dtype": format!("{:?}", lm.llama.dtype()),
-                    "lora_r": a.lora_r, "folded_tokens_per_s": fold, "fold_s": folded.as_ref().map(|f| f.1),
-                    "weight_bytes": lm.llama.weight_bytes(), "weight_gb_per_s": lm.llama.weight_bytes() as f64 * cached / b as f64 / 1e9,
-                    "device": format!("{:?}", lm.device()), "model": lm.name})
-            );
-        } else {
-            let (r, s) = match recompute {
-                Some(r) => (format!("{r:.1}"), format!("{:.2}x", cached / r)),
-                None => ("-".into(), "-".into()),
+            let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), view.as_ref(), None)?;
+            let cached = elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum());
+            let fold = match &folded {
+                Some((f, _)) => {
+                    let t0 = Instant::now();
+                    let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), Some(f), None)?;
+                    Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
+                }
+                None => None,
             };
-            let h = host.map_or("-".into(), |h| format!("{h:.1}"));
-            let f = fold.map_or(String::new(), |f| format!(" {f:>14.1} (folded adapter, {:.3} s to fold)", folded.as_ref().map_or(0.0, |x| x.1)));
-            let o = over.map_or(String::new(), |o| format!(" ({o:.2}x the first --fused setting)"));
-            println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}");
-        }
+            let recompute = if a.recompute { Some(recompute_rate(&lm, &prompts, a.new_tokens)?) } else { None };
+            let host = if a.host_draw {
+                let t0 = Instant::now();
+                let cfg = SampleConfig { on_device: Some(false), ..bench_cfg(1, a.new_tokens) };
+                let out = decode::sample(&lm, &prompts, &cfg, view.as_ref(), None)?;
+                Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
+            } else {
+                None
+            };
+            let over = first.map(|f| cached / f);
+            first.get_or_insert(cached);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "decode", "batch": b, "fused": fused, "over_first_setting": over, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
+                        "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
+                        "host_draw_tokens_per_s": host, "dtype": format!("{:?}", lm.llama.dtype()),
+                        "lora_r": a.lora_r, "folded_tokens_per_s": fold, "fold_s": folded.as_ref().map(|f| f.1),
+                        "weight_bytes": lm.llama.weight_bytes(), "weight_gb_per_s": lm.llama.weight_bytes() as f64 * cached / b as f64 / 1e9,
+                        "device": format!("{:?}", lm.device()), "model": lm.name})
+                );
+            } else {
+                let (r, s) = match recompute {
+                    Some(r) => (format!("{r:.1}"), format!("{:.2}x", cached / r)),
+                    None => ("-".into(), "-".into()),
+                };
+                let h = host.map_or("-".into(), |h| format!("{h:.1}"));
+                let f = fold.map_or(String::new(), |f| format!(" {f:>14.1} (folded adapter, {:.3} s to fold)", folded.as_ref().map_or(0.0, |x| x.1)));
+                let o = over.map_or(String::new(), |o| format!(" ({o:.2}x the first --fused setting)"));
+                println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}");
+            }
         }
     }
     Ok(())
