@@ -8,6 +8,11 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// The dynamic shared memory of a launch (kernels/emu/cuda_emu.h replaces it).
+#ifndef DYNAMIC_SHARED
+#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -86,7 +91,7 @@ __device__ float block_reduce(float v, float* red, int is_max) {
 template <typename T>
 __device__ void attend(const T* qkv, const T* csq, const T* k, const T* v, const float* mask, T* y,
                        int t_n, int h_n, int kv_n, int hd, int width, int s_n, int64_t sb, int64_t sh) {
-  extern __shared__ float smem[];
+  DYNAMIC_SHARED(float, smem);
   float* q = smem;
   float* p = smem + hd;
   float* red = p + s_n;

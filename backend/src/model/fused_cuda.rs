@@ -4,6 +4,10 @@
 //! per device as the module `amortize_fused` (AdamW's multi-tensor kernels,
 //! launched from `gfn/optim_fused.rs`, live in the same module). Launch code
 //! only: no op semantics live here.
+//!
+//! `kernels/emu/check.cpp` runs the kernels on the CPU with these launch
+//! shapes (`elementwise`, `row_blocks`, `attend_threads`): change them there
+//! too.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
