@@ -380,3 +380,78 @@ extern "C" __global__ void adamw_multi(const int64_t* table, int n, int64_t tota
     p[j] = p[j] * (1.0f - lr * wd) - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
   }
 }
+
+// Arg-max of (v, i) over the block, ties to the smaller index; every thread
+// gets the result. red_v, red_i: one slot per warp.
+__device__ void block_argmax(float& v, int& i, float* red_v, int* red_i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float w = __shfl_xor_sync(0xffffffff, v, o);
+    int j = __shfl_xor_sync(0xffffffff, i, o);
+    if (w > v || (w == v && j < i)) { v = w; i = j; }
+  }
+  int warps = blockDim.x / 32;
+  __syncthreads();  // earlier readers of red_v / red_i are done
+  if (threadIdx.x % 32 == 0) { red_v[threadIdx.x / 32] = v; red_i[threadIdx.x / 32] = i; }
+  __syncthreads();
+  v = red_v[0];
+  i = red_i[0];
+  for (int k = 1; k < warps; k++) {
+    if (red_v[k] > v || (red_v[k] == v && red_i[k] < i)) { v = red_v[k]; i = red_i[k]; }
+  }
+}
+
+// The next token of each row of logits [B, V] (f32), one block per row (see
+// src/decode/draw_fused.rs, which holds the CPU reference): x = logits + bias +
+// stop (each [V], null when absent); logp = log_softmax(x); greedy: the arg-max
+// of logp; else s = logp when temp == 1, log_softmax(logp / temp) otherwise, and
+// the Gumbel-max draw argmax(s − ln(−ln u)) with u [B, V] clamped to
+// [FLT_MIN (1.17549435e-38), u_max]. out [B, 3]: (token, logp[token], s[token] or 0).
+extern "C" __global__ void draw_rows(const float* logits, const float* bias, const float* stop, const float* u,
+                                     float* out, int v_n, float temp, int greedy, float u_max) {
+  __shared__ float red[32];
+  __shared__ float red_v[32];
+  __shared__ int red_i[32];
+  int64_t row = blockIdx.x;
+  const float* l = logits + row * v_n;
+  auto x_at = [&](int j) {
+    float x = l[j];
+    if (bias) x += bias[j];
+    if (stop) x += stop[j];
+    return x;
+  };
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < v_n; j += blockDim.x) m = fmaxf(m, x_at(j));
+  m = block_reduce(m, red, 1);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < v_n; j += blockDim.x) sum += expf(x_at(j) - m);
+  float lse = logf(block_reduce(sum, red, 0));
+  auto logp_at = [&](int j) { return (x_at(j) - m) - lse; };
+
+  // s_j = (logp_j / temp − ms) − ln Σ exp(logp_k / temp − ms); s = logp at temp 1.
+  bool tempered = !greedy && temp != 1.0f;
+  float ms = 0.0f, ls = 0.0f;
+  if (tempered) {
+    ms = -INFINITY;
+    for (int j = threadIdx.x; j < v_n; j += blockDim.x) ms = fmaxf(ms, logp_at(j) / temp);
+    ms = block_reduce(ms, red, 1);
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < v_n; j += blockDim.x) ss += expf(logp_at(j) / temp - ms);
+    ls = logf(block_reduce(ss, red, 0));
+  }
+  auto s_at = [&](int j) { return tempered ? (logp_at(j) / temp - ms) - ls : logp_at(j); };
+
+  float best = -INFINITY;
+  int tok = 0x7fffffff;
+  const float* ur = u ? u + row * v_n : nullptr;
+  for (int j = threadIdx.x; j < v_n; j += blockDim.x) {
+    float key = greedy ? logp_at(j) : s_at(j) - logf(-logf(fminf(fmaxf(ur[j], 1.17549435e-38f), u_max)));
+    if (key > best || (key == best && j < tok)) { best = key; tok = j; }
+  }
+  block_argmax(best, tok, red_v, red_i);
+  if (threadIdx.x == 0) {
+    if (tok >= v_n) tok = 0;  // every key NaN
+    out[row * 3] = (float)tok;
+    out[row * 3 + 1] = logp_at(tok);
+    out[row * 3 + 2] = greedy ? 0.0f : s_at(tok);
+  }
+}

@@ -384,3 +384,36 @@ fn fused_incremental_logits_equal_the_full_pass() {
     eprintln!("bf16 token by token vs the f32 full pass: composed {composed}, fused {fused}");
     assert!(fused <= 1.5 * composed + 0.05, "bf16: fused {fused} vs composed {composed} from the f32 logits");
 }
+
+/// The fused draw (`DeviceDraw::with_fused`) picks the composed ops' tokens with
+/// their log-probabilities, at SmolLM2's vocabulary size, with and without the
+/// mask bias and the stop mask, at three temperatures and greedy.
+#[test]
+fn fused_draw_picks_what_the_composed_ops_pick() {
+    use amortize::decode::draw::DeviceDraw;
+    let (b, v) = (6, 49_152);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let bias: Vec<f32> = (0..v).map(|i| if i % 7 == 0 { -99.0 } else { 0.0 }).collect();
+    for (masked, below_min, temperature, greedy) in [(false, false, 1.0, false), (true, true, 0.7, false), (true, false, 1.3, false), (false, true, 1.0, true), (true, false, 1.0, true)] {
+        let draws = [false, true].map(|fused| DeviceDraw::new(v, masked.then_some(&bias[..]), &[2, 5, 9], &dev()).unwrap().with_fused(fused));
+        for round in 0..3 {
+            let logits = (random(&[b, v], 100 + round) * 6.0).unwrap();
+            let u: Vec<f32> = (0..b * v).map(|_| rng.random::<f32>()).collect();
+            let u = Tensor::from_vec(u, (b, v), &dev()).unwrap();
+            let [composed, fused] = [&draws[0], &draws[1]].map(|d| d.choose(&logits, below_min, temperature, greedy, Some(&u)).unwrap());
+            for (c, f) in composed.iter().zip(&fused) {
+                let case = format!("masked {masked}, below_min {below_min}, T {temperature}, greedy {greedy}: {c:?} vs {f:?}");
+                assert_eq!(c.token, f.token, "{case}");
+                assert!((c.logprob - f.logprob).abs() < 1e-4 && (c.sample_logprob - f.sample_logprob).abs() < 1e-4, "{case}");
+                if below_min {
+                    assert!(![2, 5, 9].contains(&f.token), "{case}: a stop token below the minimum length");
+                }
+            }
+        }
+    }
+    // Bad inputs are errors: no noise for a draw, noise of the wrong shape.
+    let d = DeviceDraw::new(v, None, &[], &dev()).unwrap().with_fused(true);
+    let logits = random(&[2, v], 1);
+    assert!(d.choose(&logits, false, 1.0, false, None).is_err());
+    assert!(d.choose(&logits, false, 1.0, false, Some(&random(&[2, 3], 2))).is_err());
+}

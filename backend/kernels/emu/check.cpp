@@ -405,6 +405,60 @@ static void check_adamw() {
   }
 }
 
+// draw_rows: the launch of decode/draw_fused.rs (one block per row, 32·k threads
+// up to 1024). The token may differ from the double reference's only on a near
+// tie of the keys; its log-probabilities are checked at the token it took.
+static void check_draw(int b_n, int v_n, bool masked, bool stop_on, float temp, bool greedy) {
+  vector<float> logits = uniform<float>((size_t)b_n * v_n, 6.0), bias(v_n, 0.0f), stop(v_n, 0.0f);
+  std::uniform_real_distribution<float> u01(0.0f, 1.0f);
+  vector<float> u((size_t)b_n * v_n);
+  for (auto& x : u) x = u01(rng);
+  u[3] = 0.0f;  // clamped to FLT_MIN, not an infinite key
+  for (int j = 0; j < v_n; j += 7) bias[j] = -99.0f;
+  for (int j : {2, 5, 9}) stop[j % v_n] = -INFINITY;
+  const float u_max = 1.0f - 5.96046448e-08f;
+  vector<float> out((size_t)b_n * 3, NAN);
+  unsigned threads = (unsigned)std::clamp((v_n + 31) / 32, 1, 32) * 32;
+  emu::launch({(unsigned)b_n}, {threads}, 0, draw_rows, logits.data(), masked ? bias.data() : nullptr,
+              stop_on ? stop.data() : nullptr, greedy ? nullptr : u.data(), out.data(), v_n, temp, (int)greedy, u_max);
+  char name[96];
+  std::snprintf(name, sizeof name, "draw_rows v%d bias %d stop %d T %.1f greedy %d [f32]", v_n, masked, stop_on, temp,
+                greedy);
+  for (int r = 0; r < b_n; r++) {
+    vector<double> logp(v_n), s(v_n), key(v_n);
+    double m = -INFINITY, sum = 0;
+    for (int j = 0; j < v_n; j++) {
+      logp[j] = (double)logits[(size_t)r * v_n + j] + (masked ? bias[j] : 0.0) + (stop_on ? stop[j] : 0.0);
+      m = std::max(m, logp[j]);
+    }
+    for (int j = 0; j < v_n; j++) sum += std::exp(logp[j] - m);
+    for (int j = 0; j < v_n; j++) logp[j] -= m + std::log(sum);
+    double ms = -INFINITY, ss = 0;
+    for (int j = 0; j < v_n; j++) ms = std::max(ms, logp[j] / temp);
+    for (int j = 0; j < v_n; j++) ss += std::exp(logp[j] / temp - ms);
+    int best = 0;
+    for (int j = 0; j < v_n; j++) {
+      s[j] = logp[j] / temp - ms - std::log(ss);
+      double uj = std::clamp((double)u[(size_t)r * v_n + j], 1.17549435e-38, (double)u_max);
+      key[j] = greedy ? logp[j] : s[j] - std::log(-std::log(uj));
+      if (key[j] > key[best]) best = j;
+    }
+    double tok = out[r * 3];
+    int t = (int)tok;
+    bool ok = tok == t && t >= 0 && t < v_n && key[t] >= key[best] - 1e-4 &&
+              std::fabs(out[r * 3 + 1] - logp[t]) <= 1e-4 + 1e-5 * std::fabs(logp[t]) &&
+              std::fabs(out[r * 3 + 2] - (greedy ? 0.0 : s[t])) <= 1e-4 + 1e-5 * std::fabs(s[t]) &&
+              !(stop_on && (t == 2 || t == 5 || t == 9));
+    if (!ok) {
+      std::printf("FAIL %s: row %d took %g (logp %g, s %g), want %d (logp %g, s %g)\n", name, r, tok, out[r * 3 + 1],
+                  out[r * 3 + 2], best, logp[best], greedy ? 0.0 : s[best]);
+      failures++;
+      return;
+    }
+  }
+  std::printf("ok   %s\n", name);
+}
+
 template <typename T> static void check_all() {
   check_silu_mul<T>();
   check_cache_write<T>();
@@ -435,6 +489,11 @@ int main(int argc, char** argv) {
   if (wanted("bf16")) check_all<__nv_bfloat16>();
   if (wanted("f16")) check_all<__half>();
   check_adamw();
+  check_draw(5, 49152, true, true, 0.7f, false);  // SmolLM2's vocabulary
+  check_draw(5, 49152, false, false, 1.0f, false);
+  check_draw(3, 1000, true, false, 1.3f, false);
+  check_draw(4, 100, true, true, 1.0f, true);
+  check_draw(2, 5, false, false, 1.0f, false);
   if (emu::partial_warp_shuffles) {
     std::printf("FAIL %d warp shuffles ran in a partial warp\n", emu::partial_warp_shuffles.load());
     failures++;

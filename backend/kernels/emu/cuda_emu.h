@@ -55,14 +55,18 @@ inline std::atomic<int> partial_warp_shuffles{0};
 
 inline void __syncthreads() { emu::block_bar->arrive_and_wait(); }
 
-// Full-mask shuffle: every lane of the warp must call it (as on the GPU).
-inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
+// Full-mask shuffle of a 32-bit value: every lane of the warp must call it (as
+// on the GPU).
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+  static_assert(sizeof(T) == 4, "32-bit shuffles only");
   unsigned t = threadIdx.x, w = t / 32, lane = t % 32;
   if (mask != 0xffffffffu || (w + 1) * 32 > blockDim.x) emu::partial_warp_shuffles++;
-  emu::xchg[t] = v;
+  std::memcpy(&emu::xchg[t], &v, 4);
   emu::warp_bars[w]->arrive_and_wait();
   unsigned src = w * 32 + (lane ^ (unsigned)lane_mask);
-  float r = src < blockDim.x ? emu::xchg[src] : v;
+  T r = v;
+  if (src < blockDim.x) std::memcpy(&r, &emu::xchg[src], 4);
   emu::warp_bars[w]->arrive_and_wait();
   return r;
 }

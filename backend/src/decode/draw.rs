@@ -10,6 +10,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::draw_fused::draw_rows;
 use crate::Result;
 
 /// The largest f32 below 1: a uniform draw of exactly 1 would give an infinite
@@ -31,6 +32,8 @@ pub struct DeviceDraw {
     bias: Option<Tensor>,
     /// `-inf` at the stop tokens, `[1, V]` (added below the minimum length).
     stop_bias: Option<Tensor>,
+    /// One fused op per draw (`draw_fused.rs`) instead of the composed ops.
+    fused: bool,
 }
 
 impl DeviceDraw {
@@ -50,12 +53,25 @@ impl DeviceDraw {
             }
             Some(Tensor::from_vec(s, (1, vocab), device)?)
         };
-        Ok(DeviceDraw { bias, stop_bias })
+        Ok(DeviceDraw { bias, stop_bias, fused: false })
+    }
+
+    /// Draws with one fused op (`draw_fused.rs`) when `on`: the model's
+    /// [`crate::model::Llama::fused`] switch.
+    pub fn with_fused(mut self, on: bool) -> Self {
+        self.fused = on;
+        self
     }
 
     /// Picks one token per row of `logits` `[B, V]` (f32). `uniform` `[B, V]`
     /// holds U(0, 1) noise and is required unless `greedy`.
     pub fn choose(&self, logits: &Tensor, below_min: bool, temperature: f32, greedy: bool, uniform: Option<&Tensor>) -> Result<Vec<Pick>> {
+        if self.fused {
+            let stop = if below_min { self.stop_bias.as_ref() } else { None };
+            let x = logits.to_dtype(DType::F32)?;
+            let rows = draw_rows(&x, self.bias.as_ref(), stop, uniform, temperature, greedy, U_MAX as f32)?;
+            return picks(&rows);
+        }
         let mut x = logits.to_dtype(DType::F32)?;
         if let Some(b) = &self.bias {
             x = x.broadcast_add(b)?;
@@ -80,10 +96,15 @@ impl DeviceDraw {
             Some(s) => s.gather(&token, D::Minus1)?,
             None => lp.zeros_like()?,
         };
-        // One copy to the host: [B, 3] = (id, log q, log q_sampled); ids < 2^24 are exact in f32.
-        let rows: Vec<Vec<f32>> = Tensor::cat(&[&token.to_dtype(DType::F32)?, &lp, &slp], 1)?.to_vec2()?;
-        Ok(rows.into_iter().map(|r| Pick { token: r[0] as u32, logprob: r[1], sample_logprob: r[2] }).collect())
+        picks(&Tensor::cat(&[&token.to_dtype(DType::F32)?, &lp, &slp], 1)?)
     }
+}
+
+/// One copy to the host of [B, 3] = (id, log q, log q_sampled); ids < 2^24 are
+/// exact in f32.
+fn picks(rows: &Tensor) -> Result<Vec<Pick>> {
+    let rows: Vec<Vec<f32>> = rows.to_vec2()?;
+    Ok(rows.into_iter().map(|r| Pick { token: r[0] as u32, logprob: r[1], sample_logprob: r[2] }).collect())
 }
 
 #[cfg(test)]
@@ -102,7 +123,13 @@ mod tests {
         let dev = Device::Cpu;
         let raw = [1.0f32, 0.2, -0.5, 2.0, 0.0];
         let bias = [0.0f32, 0.0, 0.0, 0.0, -3.0];
-        let d = DeviceDraw::new(5, Some(&bias), &[3], &dev).unwrap();
+        for fused in [false, true] {
+            draws_follow_the_distribution(DeviceDraw::new(5, Some(&bias), &[3], &dev).unwrap().with_fused(fused), raw, bias);
+        }
+    }
+
+    fn draws_follow_the_distribution(d: DeviceDraw, raw: [f32; 5], bias: [f32; 5]) {
+        let dev = Device::Cpu;
         let (b, rounds) = (500, 40);
         let logits = Tensor::from_vec(raw.repeat(b), (b, 5), &dev).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -137,11 +164,13 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax_and_needs_no_noise() {
         let dev = Device::Cpu;
-        let d = DeviceDraw::new(3, None, &[], &dev).unwrap();
-        let logits = Tensor::new(&[[0.1f32, 0.9, 0.3], [2.0, -1.0, 0.0]], &dev).unwrap();
-        let p = d.choose(&logits, false, 1.0, true, None).unwrap();
-        assert_eq!((p[0].token, p[1].token), (1, 0));
-        assert_eq!(p[0].sample_logprob, 0.0);
-        assert!(d.choose(&logits, false, 1.0, false, None).is_err());
+        for fused in [false, true] {
+            let d = DeviceDraw::new(3, None, &[], &dev).unwrap().with_fused(fused);
+            let logits = Tensor::new(&[[0.1f32, 0.9, 0.3], [2.0, -1.0, 0.0]], &dev).unwrap();
+            let p = d.choose(&logits, false, 1.0, true, None).unwrap();
+            assert_eq!((p[0].token, p[1].token), (1, 0));
+            assert_eq!(p[0].sample_logprob, 0.0);
+            assert!(d.choose(&logits, false, 1.0, false, None).is_err());
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod beam;
 pub mod draw;
+mod draw_fused;
 pub mod logits;
 pub mod sample;
 pub mod score;

@@ -168,7 +168,7 @@ pub fn sample(
         if !lm.device().is_cpu() {
             lm.device().set_seed(cfg.seed)?;
         }
-        Some(DeviceDraw::new(vocab, bias.as_deref(), &stop_ids, lm.device())?)
+        Some(DeviceDraw::new(vocab, bias.as_deref(), &stop_ids, lm.device())?.with_fused(lm.llama.fused()))
     } else {
         None
     };
