@@ -130,7 +130,7 @@ if fits prof 60; then
     # One b64 training step (fused on): kernel time by kernel, and the count of launches and copies.
     timeout $(lim 150) "$NSYS" profile -o /tmp/amz-prof-step --force-overwrite true env AMORTIZE_FUSED=1 "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 1 > "$OUT/prof-step.txt" 2>&1
     timeout $(lim 120) "$NSYS" stats --report cuda_gpu_kern_sum,cuda_api_sum,cuda_gpu_mem_time_sum --format csv /tmp/amz-prof-step.nsys-rep 2>/dev/null | cut -c1-220 | head -80 >> "$OUT/prof-step.txt"
-    rows+=("nsys|$(grep -c . "$OUT/prof.txt") lines in prof.txt, $(grep -c . "$OUT/prof-step.txt") in prof-step.txt; launches in one step: $(grep -m1 -E 'cuLaunchKernel' "$OUT/prof-step.txt" | cut -d, -f3)")
+    rows+=("nsys|$(grep -c . "$OUT/prof.txt") lines in prof.txt, $(grep -c . "$OUT/prof-step.txt") in prof-step.txt; cuLaunchKernel calls (load, warm-up and one step): $(grep -m1 -E 'cuLaunchKernel' "$OUT/prof-step.txt" | cut -d, -f3)")
   else
     rows+=("nsys|not found")
   fi
