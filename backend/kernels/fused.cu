@@ -401,7 +401,7 @@ __device__ void block_argmax(float& v, int& i, float* red_v, int* red_i) {
 }
 
 // The next token of each row of logits [B, V] (f32), one block per row (see
-// src/decode/draw_fused.rs, which holds the CPU reference): x = logits + bias +
+// src/decode/fused_rows.rs, which holds the CPU reference): x = logits + bias +
 // stop (each [V], null when absent); logp = log_softmax(x); greedy: the arg-max
 // of logp; else s = logp when temp == 1, log_softmax(logp / temp) otherwise, and
 // the Gumbel-max draw argmax(s − ln(−ln u)) with u [B, V] clamped to
@@ -454,4 +454,22 @@ extern "C" __global__ void draw_rows(const float* logits, const float* bias, con
     out[row * 3 + 1] = logp_at(tok);
     out[row * 3 + 2] = greedy ? 0.0f : s_at(tok);
   }
+}
+
+// log_softmax(logits + bias) [N, V] (f32) at k ids per row (ids [N, k], each
+// < V), one block per row (see src/decode/fused_rows.rs); bias [V] or null.
+// out [N, k].
+extern "C" __global__ void logprobs_at(const float* logits, const float* bias, const uint32_t* ids, float* out,
+                                       int v_n, int k) {
+  __shared__ float red[32];
+  int64_t row = blockIdx.x;
+  const float* l = logits + row * v_n;
+  auto x_at = [&](int j) { return bias ? l[j] + bias[j] : l[j]; };
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < v_n; j += blockDim.x) m = fmaxf(m, x_at(j));
+  m = block_reduce(m, red, 1);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < v_n; j += blockDim.x) sum += expf(x_at(j) - m);
+  float lse = logf(block_reduce(sum, red, 0));
+  for (int i = threadIdx.x; i < k; i += blockDim.x) out[row * k + i] = (x_at((int)ids[row * k + i]) - m) - lse;
 }

@@ -417,3 +417,33 @@ fn fused_draw_picks_what_the_composed_ops_pick() {
     assert!(d.choose(&logits, false, 1.0, false, None).is_err());
     assert!(d.choose(&logits, false, 1.0, false, Some(&random(&[2, 3], 2))).is_err());
 }
+
+/// The reward's log-probabilities through the fused op (`logprobs_at`) equal
+/// the composed log-softmax's: the prefix-shared reward of a few trajectories
+/// (policy tokens under the mask bias, a tool token, Y after every prefix) with
+/// the fused ops off and on.
+#[test]
+fn fused_reward_logprobs_equal_the_composed_ones() {
+    use amortize::gfn::{LmReward, Problem, Reward, Trajectory};
+    let dir = tempfile::tempdir().unwrap();
+    let mut lm = tiny(&dir, DType::F32);
+    let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
+    let trajs = vec![
+        Trajectory::from_actions(enc(" 3 + 4")),
+        Trajectory::from_actions(vec![]),
+        Trajectory { tokens: [enc(" 3 + 4 ="), enc(" 7")].concat(), tool: [vec![false; enc(" 3 + 4 =").len()], vec![true; enc(" 7").len()]].concat() },
+    ];
+    let problem = Problem { key: "k".into(), policy_prompt: enc("Q"), reward_context: enc("Question: 3 + 4 - 1 ="), reward_suffix: enc(" The answer is 6."), seeds: vec![] };
+    let mask = decode::TokenMask::Forbid(enc("x+"));
+    let mut got = Vec::new();
+    for fused in [false, true] {
+        lm.llama.set_fused(fused);
+        let reward = LmReward::new(&lm, enc("Q: 1 + 1 = 2.\n"), &mask, -50.0, None).unwrap();
+        got.push(reward.log_rewards(&lm, &problem, &trajs).unwrap());
+    }
+    for (c, f) in got[0].iter().flatten().zip(got[1].iter().flatten()) {
+        assert!((c - f).abs() < 1e-3 * (1.0 + c.abs()), "composed {c} vs fused {f}");
+    }
+    let lens = |r: &Vec<Vec<f32>>| r.iter().map(Vec::len).collect::<Vec<_>>();
+    assert!(lens(&got[0]) == lens(&got[1]) && lens(&got[0]).iter().all(|&n| n > 0));
+}

@@ -15,7 +15,14 @@ fn tiny(dir: &tempfile::TempDir) -> LanguageModel {
 #[test]
 fn prefix_shared_reward_equals_naive() {
     let dir = tempfile::tempdir().unwrap();
-    let lm = tiny(&dir);
+    let mut lm = tiny(&dir);
+    for fused in [false, true] {
+        lm.llama.set_fused(fused);
+        prefix_shared_reward_equals_naive_with(&lm);
+    }
+}
+
+fn prefix_shared_reward_equals_naive_with(lm: &LanguageModel) {
     let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
     let trajs = vec![
         Trajectory::from_actions(enc(" 3 + 4")),
@@ -27,12 +34,12 @@ fn prefix_shared_reward_equals_naive() {
     let mask = TokenMask::Forbid(enc("x+"));
     for (prefix, y) in [(enc("Q: 1 + 1 = 2.\n"), enc(" The answer is 6.")), (vec![], enc(".")), (enc("demo"), vec![])] {
         let problem = Problem { key: "k".into(), policy_prompt: enc("Q"), reward_context: enc("Question: 3 + 4 - 1 ="), reward_suffix: y.clone(), seeds: vec![] };
-        let mut reward = LmReward::new(&lm, prefix, &mask, -50.0, None).unwrap();
-        let slow = reward.naive_log_rewards(&lm, &problem, &trajs).unwrap();
-        let fast = reward.log_rewards(&lm, &problem, &trajs).unwrap();
+        let mut reward = LmReward::new(lm, prefix, &mask, -50.0, None).unwrap();
+        let slow = reward.naive_log_rewards(lm, &problem, &trajs).unwrap();
+        let fast = reward.log_rewards(lm, &problem, &trajs).unwrap();
         // One trajectory per pass of Y branches (each a copy of its cache row): the same numbers.
         reward.branch_budget = Some(1);
-        let chunked = reward.log_rewards(&lm, &problem, &trajs).unwrap();
+        let chunked = reward.log_rewards(lm, &problem, &trajs).unwrap();
         for (f, c) in fast.iter().flatten().zip(chunked.iter().flatten()) {
             assert!((f - c).abs() < 1e-4, "one pass {f} vs one trajectory per pass {c}");
         }
@@ -40,7 +47,7 @@ fn prefix_shared_reward_equals_naive() {
         for (f, s) in fast.iter().zip(&slow) {
             assert_eq!(f.len(), s.len());
             for (a, b) in f.iter().zip(s) {
-                assert!((a - b).abs() < 1e-4, "prefix-shared {a} vs naive {b} (|Y| = {})", y.len());
+                assert!((a - b).abs() < 1e-4, "prefix-shared {a} vs naive {b} (|Y| = {}, fused {})", y.len(), lm.llama.fused());
             }
         }
     }

@@ -47,7 +47,7 @@ flush() {
 }
 
 if [ -x "$G/test-fused" ] && fits fused; then
-  # The fused kernels (model/fused*.rs, decode/draw_fused.rs, backend/kernels/fused.cu) against the composed ops.
+  # The fused kernels (model/fused*.rs, decode/fused_rows.rs, backend/kernels/fused.cu) against the composed ops.
   AMORTIZE_TEST_DEVICE=cuda timeout $(lim 180) "$G/test-fused" --test-threads 1 --nocapture > "$OUT/fused.txt" 2>&1
   rows+=("fused-kernel tests (cuda, f32 + bf16)|$(grep -E '^test result' "$OUT/fused.txt" | tail -1) $(grep -E 'token by token' "$OUT/fused.txt") $(grep -E 'FAILED|panicked' "$OUT/fused.txt" | head -3 | tr '\n' ' ')")
   flush

@@ -405,7 +405,7 @@ static void check_adamw() {
   }
 }
 
-// draw_rows: the launch of decode/draw_fused.rs (one block per row, 32·k threads
+// draw_rows: the launch of decode/fused_rows.rs (one block per row, 32·k threads
 // up to 1024). The token may differ from the double reference's only on a near
 // tie of the keys; its log-probabilities are checked at the token it took.
 static void check_draw(int b_n, int v_n, bool masked, bool stop_on, float temp, bool greedy) {
@@ -459,6 +459,31 @@ static void check_draw(int b_n, int v_n, bool masked, bool stop_on, float temp, 
   std::printf("ok   %s\n", name);
 }
 
+// logprobs_at: the launch of decode/fused_rows.rs (one block per row, 32·k
+// threads up to 1024), k ids a row.
+static void check_logprobs_at(int n, int v_n, int k, bool with_bias) {
+  vector<float> logits = uniform<float>((size_t)n * v_n, 8.0), bias(v_n, 0.0f);
+  for (int j = 0; j < v_n; j += 5) bias[j] = -50.0f;
+  std::uniform_int_distribution<uint32_t> pick(0, v_n - 1);
+  vector<uint32_t> ids((size_t)n * k);
+  for (auto& i : ids) i = pick(rng);
+  ids[0] = 0;
+  ids.back() = v_n - 1;
+  vector<double> want(ids.size());
+  for (int r = 0; r < n; r++) {
+    double m = -INFINITY, sum = 0;
+    auto x = [&](int j) { return (double)logits[(size_t)r * v_n + j] + (with_bias ? bias[j] : 0.0); };
+    for (int j = 0; j < v_n; j++) m = std::max(m, x(j));
+    for (int j = 0; j < v_n; j++) sum += std::exp(x(j) - m);
+    for (int i = 0; i < k; i++) want[(size_t)r * k + i] = x(ids[(size_t)r * k + i]) - m - std::log(sum);
+  }
+  vector<float> out(ids.size(), NAN);
+  unsigned threads = (unsigned)std::clamp((v_n + 31) / 32, 1, 32) * 32;
+  emu::launch({(unsigned)n}, {threads}, 0, logprobs_at, logits.data(), with_bias ? bias.data() : nullptr, ids.data(),
+              out.data(), v_n, k);
+  expect("logprobs_at v" + std::to_string(v_n) + " k" + std::to_string(k) + (with_bias ? " bias" : ""), out, want);
+}
+
 template <typename T> static void check_all() {
   check_silu_mul<T>();
   check_cache_write<T>();
@@ -494,6 +519,9 @@ int main(int argc, char** argv) {
   check_draw(3, 1000, true, false, 1.3f, false);
   check_draw(4, 100, true, true, 1.0f, true);
   check_draw(2, 5, false, false, 1.0f, false);
+  check_logprobs_at(7, 49152, 2, true);
+  check_logprobs_at(5, 49152, 1, false);
+  check_logprobs_at(3, 20, 40, true);  // more ids (40) than threads (32) a row
   if (emu::partial_warp_shuffles) {
     std::printf("FAIL %d warp shuffles ran in a partial warp\n", emu::partial_warp_shuffles.load());
     failures++;

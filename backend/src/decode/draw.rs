@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::draw_fused::draw_rows;
+use super::fused_rows::draw_rows;
 use crate::Result;
 
 /// The largest f32 below 1: a uniform draw of exactly 1 would give an infinite
@@ -32,7 +32,7 @@ pub struct DeviceDraw {
     bias: Option<Tensor>,
     /// `-inf` at the stop tokens, `[1, V]` (added below the minimum length).
     stop_bias: Option<Tensor>,
-    /// One fused op per draw (`draw_fused.rs`) instead of the composed ops.
+    /// One fused op per draw (`fused_rows.rs`) instead of the composed ops.
     fused: bool,
 }
 
@@ -56,7 +56,7 @@ impl DeviceDraw {
         Ok(DeviceDraw { bias, stop_bias, fused: false })
     }
 
-    /// Draws with one fused op (`draw_fused.rs`) when `on`: the model's
+    /// Draws with one fused op (`fused_rows.rs`) when `on`: the model's
     /// [`crate::model::Llama::fused`] switch.
     pub fn with_fused(mut self, on: bool) -> Self {
         self.fused = on;

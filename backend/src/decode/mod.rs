@@ -5,7 +5,7 @@
 
 pub mod beam;
 pub mod draw;
-mod draw_fused;
+pub(crate) mod fused_rows;
 pub mod logits;
 pub mod sample;
 pub mod score;

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use candle_core::{Tensor, D};
 
 use super::trajectory::{Problem, Trajectory};
-use crate::decode::TokenMask;
+use crate::decode::{fused_rows, TokenMask};
 use crate::model::{KvCache, LanguageModel, LoraView};
 use crate::{Error, Result};
 
@@ -86,9 +86,27 @@ impl LmReward {
         Ok(logp.gather(&idx, 1)?.squeeze(1)?.to_vec1()?)
     }
 
+    /// log-softmax of `logits` rows [N, V] (+ optional bias) at each column of
+    /// ids (N each) → one [N] per column: one fused op per call when the model's
+    /// fused ops are on (no [N, V] log-softmax), else the composed ops.
+    fn logprobs_at(lm: &LanguageModel, logits: &Tensor, columns: &[&[u32]], bias: Option<&Tensor>) -> Result<Vec<Vec<f32>>> {
+        let n = logits.dim(0)?;
+        if columns.iter().any(|c| c.len() != n) {
+            return Err(Error::invalid("reward", format!("ids for {n} rows expected")));
+        }
+        if lm.llama.fused() && !columns.is_empty() {
+            let k = columns.len();
+            let ids: Vec<u32> = (0..n).flat_map(|r| columns.iter().map(move |c| c[r])).collect();
+            let flat: Vec<f32> = fused_rows::logprobs_at(logits, &ids, k, bias)?.flatten_all()?.to_vec1()?;
+            return Ok((0..k).map(|c| (0..n).map(|r| flat[r * k + c]).collect()).collect());
+        }
+        let logp = Self::log_probs(logits, bias)?;
+        columns.iter().map(|c| Self::pick(&logp, c)).collect()
+    }
+
     /// log-softmax of `hidden` rows [N, H] (+ optional bias), gathered at `ids` → [N].
     fn gather_logprobs(&self, lm: &LanguageModel, hidden: &Tensor, ids: &[u32], bias: Option<&Tensor>) -> Result<Vec<f32>> {
-        Self::pick(&Self::log_probs(&lm.llama.logits(hidden)?, bias)?, ids)
+        Ok(Self::logprobs_at(lm, &lm.llama.logits(hidden)?, &[ids], bias)?.remove(0))
     }
 
     /// Reference implementation: every prefix's `context · Z_≤i · Y` scored from scratch.
@@ -163,16 +181,15 @@ impl Reward for LmReward {
         let z_ids: Vec<u32> = trajs.iter().flat_map(|t| t.tokens.iter().copied().chain(std::iter::once(0))).collect();
         // One output-head pass; the masked and plain distributions share it.
         let logits = lm.llama.logits(&picked)?;
-        let logp_plain = Self::log_probs(&logits, None)?;
-        let lp_plain = Self::pick(&logp_plain, &z_ids)?;
-        let lp_masked = match &self.mask_bias {
-            Some(bias) => Self::pick(&Self::log_probs(&logits, Some(bias))?, &z_ids)?,
-            None => lp_plain.clone(),
-        };
         let y0 = y.first().copied();
-        let lp_y0 = match y0 {
-            Some(y0) => Self::pick(&logp_plain, &vec![y0; z_ids.len()])?,
-            None => Vec::new(),
+        let y0s = vec![y0.unwrap_or(0); z_ids.len()];
+        let columns: &[&[u32]] = if y0.is_some() { &[&z_ids, &y0s] } else { &[&z_ids] };
+        let mut plain = Self::logprobs_at(lm, &logits, columns, None)?.into_iter();
+        let lp_plain = plain.next().unwrap_or_default();
+        let lp_y0 = plain.next().unwrap_or_default();
+        let lp_masked = match &self.mask_bias {
+            Some(bias) => Self::logprobs_at(lm, &logits, &[&z_ids], Some(bias))?.remove(0),
+            None => lp_plain.clone(),
         };
         let mut out: Vec<Vec<f32>> = Vec::with_capacity(b);
         let mut offset = 0;

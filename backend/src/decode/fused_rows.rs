@@ -1,11 +1,16 @@
-//! The next-token choice of `draw.rs` as one op, used by [`super::draw::DeviceDraw`]
-//! when the model's fused ops are on: each row's bias, stop mask, log-softmax,
-//! temperature and Gumbel-max draw (or arg-max) in a few passes over its logits,
-//! instead of about 25 ops over [B, V]. The CPU body is here; the CUDA kernel is
-//! `draw_rows` in `backend/kernels/fused.cu`, with the same arithmetic in f32.
-//! Computes only: `draw.rs` owns the masks and the noise.
+//! Row-wise fused ops over logits [N, V] (f32), each a few passes over a row
+//! instead of a handful of ops over the whole [N, V]:
+//! - [`draw_rows`]: the next-token choice of `draw.rs` (used by
+//!   [`super::draw::DeviceDraw`] when the model's fused ops are on): bias, stop
+//!   mask, log-softmax, temperature and the Gumbel-max draw (or arg-max);
+//! - [`logprobs_at`]: log-softmax(logits + bias) at given ids, the log-probabilities
+//!   the reward reads, without the [N, V] log-softmax.
+//!
+//! The CPU bodies are here; the CUDA kernels are `draw_rows` and `logprobs_at` in
+//! `backend/kernels/fused.cu`, with the same arithmetic in f32. Computes only:
+//! callers own the masks and the noise.
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -114,6 +119,65 @@ impl CustomOp1 for DrawRows {
     }
 }
 
+/// log-softmax(logits + bias) of each row of `logits` [N, V] (f32) at that
+/// row's `k` ids (`ids`: row-major [N, k], each < V); `bias`: additive, V values
+/// (f32). Returns [N, k] f32 on the logits' device.
+pub(crate) fn logprobs_at(logits: &Tensor, ids: &[u32], k: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    let invalid = |what: String| crate::Error::invalid("log-probabilities", what);
+    if logits.dtype() != DType::F32 || k == 0 || ids.len() != n * k {
+        return Err(invalid(format!("{} ids for logits {:?} [{n}, {v}] and {k} a row", ids.len(), logits.dtype())));
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
+        return Err(invalid(format!("id {bad} outside the vocabulary of {v}")));
+    }
+    let bias = match bias {
+        Some(b) if b.elem_count() == v && b.dtype() == DType::F32 => Some(b.flatten_all()?.contiguous()?),
+        Some(b) => return Err(invalid(format!("bias {:?} {:?} for {v} logits", b.dims(), b.dtype()))),
+        None => None,
+    };
+    if n == 0 {
+        return Ok(Tensor::zeros((0, k), DType::F32, logits.device())?);
+    }
+    let ids = Tensor::from_slice(ids, n * k, logits.device())?;
+    Ok(logits.contiguous()?.apply_op2_no_bwd(&ids, &LogprobsAt { bias, k })?)
+}
+
+pub(super) struct LogprobsAt {
+    bias: Option<Tensor>,
+    k: usize,
+}
+
+impl CustomOp2 for LogprobsAt {
+    fn name(&self) -> &'static str {
+        "logprobs-at"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, si: &CpuStorage, li: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ((n, v), k) = (l.shape().dims2()?, self.k);
+        let (CpuStorage::F32(all), CpuStorage::U32(ids)) = (s, si) else { bail!("logprobs-at: f32 logits and u32 ids") };
+        let logits = &all[l.start_offset()..l.start_offset() + n * v];
+        let ids = &ids[li.start_offset()..li.start_offset() + n * k];
+        let bias = host(&self.bias)?;
+        let mut out = vec![0f32; n * k];
+        out.par_chunks_mut(k).enumerate().for_each(|(r, o)| {
+            let row = &logits[r * v..(r + 1) * v];
+            let x = |j: usize| row[j] + bias.as_deref().map_or(0.0, |b| b[j]);
+            let m = (0..v).map(x).fold(f32::NEG_INFINITY, f32::max);
+            let lse = (0..v).map(|j| (x(j) - m).exp()).sum::<f32>().ln();
+            for (o, &id) in o.iter_mut().zip(&ids[r * k..(r + 1) * k]) {
+                *o = (x(id as usize) - m) - lse;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout, si: &candle_core::CudaStorage, li: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::logprobs_at(self, (s, l), (si, li))
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
@@ -121,7 +185,7 @@ mod cuda {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{bail, CudaStorage, Layout, Shape, Storage, Tensor};
 
-    use super::DrawRows;
+    use super::{DrawRows, LogprobsAt};
     use crate::model::fused_cuda::{MODULE, PTX};
 
     /// The device address of an f32 tensor held by the op (0 when absent).
@@ -146,11 +210,35 @@ mod cuda {
         let greedy = op.greedy as i32;
         let mut a = func.builder();
         a.arg(&logits).arg(&bias).arg(&stop).arg(&u).arg(&out).arg(&v_n).arg(&op.temperature).arg(&greedy).arg(&op.u_max);
-        let threads = v.div_ceil(32).clamp(1, 32) as u32 * 32;
+        let threads = row_threads(v);
         // SAFETY: argument types and order match `draw_rows` in fused.cu; the
         // bias, stop mask and noise are live [V], [V] and [B, V] f32 tensors held
         // by the op (checked by `draw_rows` above).
         unsafe { a.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((b, 3))))
+    }
+
+    pub(super) fn logprobs_at(op: &LogprobsAt, (s, l): (&CudaStorage, &Layout), (si, li): (&CudaStorage, &Layout)) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (n, v) = l.shape().dims2()?;
+        let (Ok(blocks), Ok(v_n), Ok(k)) = (u32::try_from(n), i32::try_from(v), i32::try_from(op.k)) else { bail!("logprobs-at: [{n}, {v}] logits too large") };
+        let dev = s.device();
+        let logits = s.as_cuda_slice::<f32>()?.slice(l.start_offset()..);
+        let ids = si.as_cuda_slice::<u32>()?.slice(li.start_offset()..);
+        let bias = address(&op.bias, s)?;
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(n * op.k)? };
+        let func = dev.get_or_load_custom_func("logprobs_at", MODULE, PTX)?;
+        let mut a = func.builder();
+        a.arg(&logits).arg(&bias).arg(&ids).arg(&out).arg(&v_n).arg(&k);
+        // SAFETY: argument types and order match `logprobs_at` in fused.cu; the
+        // bias is a live [V] f32 tensor held by the op, and every id is below V
+        // (checked by `logprobs_at` above).
+        unsafe { a.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (row_threads(v), 1, 1), shared_mem_bytes: 0 }) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((n, op.k))))
+    }
+
+    /// One block per row: 32·k threads, up to 1024.
+    fn row_threads(v: usize) -> u32 {
+        v.div_ceil(32).clamp(1, 32) as u32 * 32
     }
 }
