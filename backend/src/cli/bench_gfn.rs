@@ -197,6 +197,15 @@ pub struct RewardArgs {
     pub y_len: usize,
     #[arg(long, default_value_t = 32)]
     pub context_len: usize,
+    /// Fused ops (`true`, `false` or both, timed one after the other in this
+    /// process for every n; the first is the baseline of the ratio). Default:
+    /// the model's default for its device.
+    #[arg(long, value_delimiter = ',')]
+    pub fused: Vec<bool>,
+    /// Also time the naive reward (n+1 full passes a trajectory), with the
+    /// first --fused setting.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub naive: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -205,7 +214,8 @@ pub fn reward(a: RewardArgs) -> anyhow::Result<()> {
     if a.batch == 0 || a.y_len == 0 || a.context_len == 0 || a.n.contains(&0) {
         anyhow::bail!("invalid bench: lengths and batch must be positive");
     }
-    let lm = a.source.load()?;
+    let mut lm = a.source.load()?;
+    let settings = if a.fused.is_empty() { vec![lm.llama.fused()] } else { a.fused.clone() };
     let vocab = lm.tokenizer.vocab_size().min(lm.config().vocab_size) as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut toks = |k: usize| -> Vec<u32> { (0..k).map(|_| rng.random_range(3..vocab)).collect() };
@@ -213,22 +223,42 @@ pub fn reward(a: RewardArgs) -> anyhow::Result<()> {
     let reward = LmReward::new(&lm, vec![], &TokenMask::None, -99.0, None)?;
     if !a.json {
         println!("{} on {:?}: batch {}, context {}, |Y| {}", lm.name, lm.device(), a.batch, a.context_len, a.y_len);
-        println!("{:>5} {:>14} {:>14} {:>9}", "n", "shared s", "naive s", "speed-up");
+        println!("{:>5} {:>6} {:>14} {:>14} {:>9}", "n", "fused", "shared s", "naive s", "speed-up");
     }
     for &n in &a.n {
         let trajs: Vec<Trajectory> = (0..a.batch).map(|_| Trajectory::from_actions(toks(n))).collect();
-        reward.log_rewards(&lm, &problem, &trajs[..1])?; // warm-up
-        let t0 = Instant::now();
-        let fast = reward.log_rewards(&lm, &problem, &trajs)?;
-        let shared = t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let slow = reward.naive_log_rewards(&lm, &problem, &trajs)?;
-        let naive = t0.elapsed().as_secs_f64();
-        let max_diff = fast.iter().flatten().zip(slow.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        if a.json {
-            println!("{}", serde_json::json!({"bench": "reward", "n": n, "batch": a.batch, "shared_s": shared, "naive_s": naive, "speedup": naive / shared, "max_abs_diff": max_diff}));
-        } else {
-            println!("{n:>5} {shared:>14.3} {naive:>14.3} {:>8.1}x   (max |Δ| {max_diff:.1e})", naive / shared);
+        let mut first: Option<(f64, Vec<Vec<f32>>)> = None;
+        for &fused in &settings {
+            lm.llama.set_fused(fused);
+            reward.log_rewards(&lm, &problem, &trajs[..1])?; // warm-up
+            lm.device().synchronize()?;
+            let t0 = Instant::now();
+            let fast = reward.log_rewards(&lm, &problem, &trajs)?;
+            let shared = t0.elapsed().as_secs_f64();
+            let diff = |a: &[Vec<f32>], b: &[Vec<f32>]| a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let naive = match (&first, a.naive) {
+                (None, true) => {
+                    let t0 = Instant::now();
+                    let slow = reward.naive_log_rewards(&lm, &problem, &trajs)?;
+                    Some((t0.elapsed().as_secs_f64(), diff(&fast, &slow)))
+                }
+                _ => None,
+            };
+            // Against the first setting: its time and its rewards.
+            let over = first.as_ref().map(|(t, r)| (t / shared, diff(&fast, r)));
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "reward", "n": n, "batch": a.batch, "fused": fused, "shared_s": shared, "naive_s": naive.map(|x| x.0),
+                        "speedup": naive.map(|x| x.0 / shared), "max_abs_diff": naive.map(|x| x.1),
+                        "over_first_setting": over.map(|x| x.0), "max_abs_diff_first_setting": over.map(|x| x.1)})
+                );
+            } else {
+                let (t, s) = naive.map_or(("-".into(), "-".into()), |(t, d)| (format!("{t:.3}"), format!("{:.1}x   (max |Δ| {d:.1e})", t / shared)));
+                let o = over.map_or(String::new(), |(r, d)| format!(" ({r:.2}x the first --fused setting, max |Δ| {d:.1e})"));
+                println!("{n:>5} {fused:>6} {shared:>14.3} {t:>14} {s:>9}{o}");
+            }
+            first.get_or_insert((shared, fast));
         }
     }
     Ok(())
