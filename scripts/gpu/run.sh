@@ -71,6 +71,10 @@ if fits step 60; then
   FS="$OUT/step-fused.jsonl"
   timeout $(lim 240) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --fused false,true --json >> "$FS" 2>> "$OUT/err.txt"
   rows+=("step b64, fused false -> true|$(J 'f"fused={fused}: {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms, reward {phase_sec_per_step_reward*1e3:.0f} ms, backward {phase_sec_per_step_backward*1e3:.0f} ms, opt {phase_sec_per_step_optimizer*1e3:.0f} ms"' "$FS" | tr '\n' ';')")
+  # The prefix-shared reward alone (fused log-probabilities included), same process.
+  RW="$OUT/reward-fused.jsonl"
+  timeout $(lim 120) "$A" bench reward --random smollm2-135m --device cuda --dtype bf16 --n 20 --batch 64 --fused false,true,false,true --naive false --json >> "$RW" 2>> "$OUT/err.txt"
+  rows+=("reward b64 n20 |Y|8, fused false -> true|$(J 'f"fused={fused}: {shared_s*1e3:.1f} ms" + (f" ({over_first_setting:.2f}x, max diff {max_abs_diff_first_setting:.1e})" if over_first_setting else "")' "$RW" | tr '\n' ';')")
   flush
 fi
 if [ -x "$G/test-engine" ] && fits engine; then
