@@ -299,3 +299,75 @@ mod taped_backward {
         }
     }
 }
+
+mod reward_reuse {
+    use super::*;
+    use amortize::gfn::{TrainConfig, TrainTask, Trainer};
+    use std::sync::{Arc, Mutex};
+
+    /// The LM reward, recording every batch of trajectories it scores.
+    struct Recording {
+        inner: LmReward,
+        calls: Arc<Mutex<Vec<Vec<Trajectory>>>>,
+    }
+
+    impl Reward for Recording {
+        fn log_rewards(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory]) -> amortize::Result<Vec<Vec<f32>>> {
+            self.calls.lock().unwrap().push(trajs.to_vec());
+            self.inner.log_rewards(lm, problem, trajs)
+        }
+    }
+
+    /// With two allowed tokens and at most two actions there are six
+    /// trajectories: the trainer scores each distinct one once per batch, never
+    /// one the replay buffer holds, and what it stores equals the reward.
+    #[test]
+    fn each_distinct_trajectory_is_scored_once_and_buffered_ones_not_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let lm = tiny(&dir);
+        let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
+        let allowed = [enc(" a"), enc(" b")].concat();
+        let problem = Problem { key: "p".into(), policy_prompt: enc("the cat"), reward_context: enc("the cat"), reward_suffix: enc(" sat."), seeds: vec![] };
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let inner = LmReward::new(&lm, vec![], &TokenMask::None, -99.0, None).unwrap();
+        let task = TrainTask {
+            problems: vec![problem.clone()],
+            reward: Box::new(Recording { inner, calls: calls.clone() }),
+            stop_tokens: vec![lm.tokenizer.eos.unwrap()],
+            mask: TokenMask::Allow(allowed.clone()),
+            mask_penalty: -99.0,
+            tool: None,
+        };
+        let cfg = TrainConfig { lora_r: 4, batch_size: 12, grad_accum: 1, steps: 4, max_len: 2, min_len: 2, p_replay: 0.0, buffer_tolerance: 0.0, seed: 5, ..TrainConfig::default() };
+        let mut trainer = Trainer::new(&lm, task, cfg, None).unwrap();
+        let mut buffered: Vec<Vec<u32>> = Vec::new();
+        let (mut sampled, mut seen) = (0, 0);
+        trainer
+            .run_observed(|t, _| {
+                let calls = calls.lock().unwrap();
+                // This step's scoring (none when every trajectory was buffered).
+                assert!(calls.len() - seen <= 1, "{} reward calls in one step", calls.len() - seen);
+                let scored = if calls.len() > seen { calls[seen].clone() } else { Vec::new() };
+                seen = calls.len();
+                for (i, s) in scored.iter().enumerate() {
+                    assert!(s.tokens.iter().all(|x| allowed.contains(x)) && s.tokens.len() == 2, "{:?}", s.tokens);
+                    assert!(!scored[..i].iter().any(|o| o.tokens == s.tokens), "scored twice in one batch: {:?}", s.tokens);
+                    assert!(!buffered.contains(&s.tokens), "scored again though buffered: {:?}", s.tokens);
+                }
+                sampled += 12;
+                buffered = t.buffer.entries("p").iter().map(|e| e.tokens.clone()).collect();
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        let scored: usize = calls.lock().unwrap().iter().map(Vec::len).sum();
+        assert!(scored <= 4 && sampled == 48, "{scored} of {sampled} sampled trajectories scored");
+        // The stored rewards are the reward's.
+        let fresh = LmReward::new(&lm, vec![], &TokenMask::None, -99.0, None).unwrap();
+        for e in trainer.buffer.entries("p") {
+            let r = fresh.log_rewards(&lm, &problem, &[Trajectory { tokens: e.tokens.clone(), tool: e.tool.clone() }]).unwrap();
+            for (a, b) in r[0].iter().zip(&e.log_rewards) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! file and a callback the server can forward). Every step's randomness is a
 //! pure function of (seed, step), so a resumed run repeats the same steps.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -190,9 +191,32 @@ impl<'a> Trainer<'a> {
     }
 
     /// Untempered log-rewards (states below the minimum length are not endpoints
-    /// of the balance, so their values are never used).
+    /// of the balance, so their values are never used). A reward is a function
+    /// of the trajectory, so each distinct trajectory is scored once, and one the
+    /// replay buffer holds for this problem takes the rewards stored with it: a
+    /// policy that has concentrated on a few sequences mostly re-samples them.
     fn rewards(&self, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
-        self.task.reward.log_rewards(self.lm, problem, trajs)
+        let stored = self.buffer.entries(&problem.key);
+        let mut first: HashMap<(&[u32], &[bool]), usize> = HashMap::new();
+        let mut todo: Vec<Trajectory> = Vec::new();
+        // Per trajectory: its stored rewards, or its index in `todo`.
+        let plan: Vec<std::result::Result<&[f32], usize>> = trajs
+            .iter()
+            .map(|t| match stored.iter().find(|e| e.tokens == t.tokens && e.tool == t.tool) {
+                Some(e) => Ok(e.log_rewards.as_slice()),
+                None => Err(*first.entry((&t.tokens, &t.tool)).or_insert_with(|| {
+                    todo.push(t.clone());
+                    todo.len() - 1
+                })),
+            })
+            .collect();
+        let buffered = plan.iter().filter(|p| p.is_ok()).count();
+        tracing::debug!(trajectories = trajs.len(), buffered, scored = todo.len(), "rewards");
+        let scored = if todo.is_empty() { Vec::new() } else { self.task.reward.log_rewards(self.lm, problem, &todo)? };
+        if scored.len() != todo.len() {
+            return Err(Error::invalid("reward", format!("{} rewards for {} trajectories", scored.len(), todo.len())));
+        }
+        Ok(plan.into_iter().map(|p| p.map_or_else(|i| scored[i].clone(), <[f32]>::to_vec)).collect())
     }
 
     fn remember(&mut self, key: &str, trajs: &[Trajectory], rewards: &[Vec<f32>]) -> Result<()> {
