@@ -280,6 +280,43 @@ __device__ void merge_heads_backward(const T* dq, const T* dk, const T* dv, cons
   }
 }
 
+// softmax(scores + mask) in f32, one block per row of scores [B, KV, rep·T, S]
+// (rows_b = KV·rep·T rows a batch row; row j of a head group is query j mod T),
+// mask [B, T, S] f32. probs: [B, KV, rep·T, S] f32.
+template <typename T>
+__device__ void masked_softmax(const T* scores, const float* mask, float* probs, int t_n, int rows_b, int s_n) {
+  __shared__ float red[32];
+  int64_t row = blockIdx.x;
+  int64_t b = row / rows_b;
+  int t = row % t_n;
+  const T* x = scores + row * s_n;
+  const float* m = mask + (b * t_n + t) * s_n;
+  float* p = probs + row * s_n;
+  float mx = -INFINITY;
+  for (int i = threadIdx.x; i < s_n; i += blockDim.x) mx = fmaxf(mx, to_f(x[i]) + m[i]);
+  mx = block_reduce(mx, red, 1);
+  float sum = 0.0f;
+  for (int i = threadIdx.x; i < s_n; i += blockDim.x) {
+    float e = __expf(to_f(x[i]) + m[i] - mx);
+    p[i] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, red, 0);
+  for (int i = threadIdx.x; i < s_n; i += blockDim.x) p[i] = p[i] / sum;
+}
+
+// The softmax's backward, one block per row: out = p ⊙ (dp − Σ p·dp) in f32,
+// rounded to T. p: [rows, S] f32; dp, out: [rows, S].
+template <typename T>
+__device__ void softmax_backward(const T* dp, const float* p, T* out, int s_n) {
+  __shared__ float red[32];
+  int64_t off = (int64_t)blockIdx.x * s_n;
+  float dot = 0.0f;
+  for (int i = threadIdx.x; i < s_n; i += blockDim.x) dot += p[off + i] * to_f(dp[off + i]);
+  dot = block_reduce(dot, red, 0);
+  for (int i = threadIdx.x; i < s_n; i += blockDim.x) out[off + i] = from_f<T>(p[off + i] * (to_f(dp[off + i]) - dot));
+}
+
 #define FUSED_KERNELS(NAME, T)                                                                        \
   extern "C" __global__ void silu_mul_##NAME(const T* x, T* y, int64_t rows, int64_t inter) {        \
     silu_mul<T>(x, y, rows, inter);                                                                   \
@@ -317,6 +354,13 @@ __device__ void merge_heads_backward(const T* dq, const T* dk, const T* dv, cons
   extern "C" __global__ void add_rms_norm_##NAME(const T* x, const T* a, const T* w, T* out,         \
                                                  int64_t rows, int hidden, float eps) {               \
     add_rms_norm<T>(x, a, w, out, rows, hidden, eps);                                                 \
+  }                                                                                                   \
+  extern "C" __global__ void masked_softmax_##NAME(const T* scores, const float* mask, float* probs, int t_n,  \
+                                                   int rows_b, int s_n) {                                   \
+    masked_softmax<T>(scores, mask, probs, t_n, rows_b, s_n);                                             \
+  }                                                                                                   \
+  extern "C" __global__ void softmax_backward_##NAME(const T* dp, const float* p, T* out, int s_n) {       \
+    softmax_backward<T>(dp, p, out, s_n);                                                              \
   }                                                                                                   \
   extern "C" __global__ void attend_##NAME(const T* qkv, const T* csq, const T* k, const T* v,       \
                                            const float* mask, T* y, int t_n, int h_n, int kv_n,      \

@@ -447,3 +447,46 @@ fn fused_reward_logprobs_equal_the_composed_ones() {
     let lens = |r: &Vec<Vec<f32>>| r.iter().map(Vec::len).collect::<Vec<_>>();
     assert!(lens(&got[0]) == lens(&got[1]) && lens(&got[0]).iter().all(|&n| n > 0));
 }
+
+/// The taped attention's fused softmax and its backward against the composed
+/// ops (mask broadcast over the heads; f32 and bf16 scores, GQA, a padded and
+/// a fully masked query).
+#[test]
+fn fused_softmax_and_its_backward_equal_the_composed_ops() {
+    use amortize::model::fused_softmax::{masked_softmax, softmax_backward};
+    let (b, kv, rep, t, s) = (2, 3, 3, 2, 300);
+    let mut mask = vec![0f32; b * t * s];
+    for q in 0..t {
+        for k in 0..3 {
+            mask[(b * t - t + q) * s + k] = -1e9; // batch row 1: three padded keys
+        }
+    }
+    mask[..s].fill(-1e9); // batch row 0, query 0: nothing visible
+    let mask = Tensor::from_vec(mask, (b, t, s), &dev()).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let scores = (random(&[b, kv, rep * t, s], 21) * 4.0).unwrap().to_dtype(dtype).unwrap();
+        let composed = {
+            let x = scores.to_dtype(DType::F32).unwrap().reshape((b, kv, rep, t, s)).unwrap();
+            let m = mask.reshape((b, 1, 1, t, s)).unwrap().broadcast_as((b, kv, rep, t, s)).unwrap();
+            candle_nn::ops::softmax_last_dim(&(x + m).unwrap()).unwrap().reshape((b, kv, rep * t, s)).unwrap()
+        };
+        let fused = masked_softmax(&scores, &mask).unwrap();
+        assert_eq!((fused.dims(), fused.dtype()), (composed.dims(), DType::F32));
+        assert!(max_abs_diff(&fused, &composed) < 1e-6, "{dtype:?} softmax: {}", max_abs_diff(&fused, &composed));
+
+        let dp = random(&[b, kv, rep * t, s], 22).to_dtype(dtype).unwrap();
+        let composed = {
+            let d = dp.to_dtype(DType::F32).unwrap();
+            let dot = (&d * &fused).unwrap().sum_keepdim(D::Minus1).unwrap();
+            (&fused * d.broadcast_sub(&dot).unwrap()).unwrap().to_dtype(dtype).unwrap()
+        };
+        let got = softmax_backward(&fused, &dp).unwrap();
+        let tol = if dtype == DType::F32 { 1e-6 } else { 1e-3 };
+        assert_eq!(got.dtype(), dtype);
+        assert!(max_abs_diff(&got, &composed) < tol, "{dtype:?} backward: {}", max_abs_diff(&got, &composed));
+    }
+    // Shape errors are errors.
+    let scores = random(&[b, kv, rep * t, s], 1);
+    assert!(masked_softmax(&scores, &random(&[b, t, s - 1], 2)).is_err());
+    assert!(softmax_backward(&scores, &random(&[b, kv, rep * t, s - 1], 3)).is_err());
+}

@@ -38,6 +38,8 @@ template <typename T> struct K;
     static constexpr auto merge_heads_backward = merge_heads_backward_##NAME;   \
     static constexpr auto add_rms_norm = add_rms_norm_##NAME;                   \
     static constexpr auto attend = attend_##NAME;                               \
+    static constexpr auto masked_softmax = masked_softmax_##NAME;               \
+    static constexpr auto softmax_backward = softmax_backward_##NAME;           \
   };
 KERNELS(f32, float)
 KERNELS(bf16, __nv_bfloat16)
@@ -484,6 +486,48 @@ static void check_logprobs_at(int n, int v_n, int k, bool with_bias) {
   expect("logprobs_at v" + std::to_string(v_n) + " k" + std::to_string(k) + (with_bias ? " bias" : ""), out, want);
 }
 
+// The taped attention's softmax over scores [B, KV, rep·T, S] with the mask
+// [B, T, S], and its backward, at the launches of fused_cuda.rs (row_blocks).
+template <typename T> static void check_softmax(int b_n, int kv, int rep, int t_n, int s_n) {
+  const int rows = b_n * kv * rep * t_n;
+  auto scores = uniform<T>((size_t)rows * s_n, 4.0);
+  vector<float> mask((size_t)b_n * t_n * s_n, 0.0f);
+  for (int s = 0; s < s_n; s++) mask[s] = -1e9f;  // batch row 0, query 0: nothing visible
+  for (int q = 0; q < t_n; q++)
+    for (int s = 0; s < std::min(3, s_n); s++) mask[((size_t)(b_n - 1) * t_n + q) * s_n + s] = -1e9f;
+  vector<double> want((size_t)rows * s_n);
+  for (int r = 0; r < rows; r++) {
+    int b = r / (kv * rep * t_n), t = r % t_n;
+    double mx = -INFINITY, sum = 0;
+    // The mask is added in f32, as in the kernel (−1e9 swallows the score).
+    auto x = [&](int s) { return (double)((float)val(scores[(size_t)r * s_n + s]) + mask[((size_t)b * t_n + t) * s_n + s]); };
+    for (int s = 0; s < s_n; s++) mx = std::max(mx, x(s));
+    for (int s = 0; s < s_n; s++) sum += std::exp(x(s) - mx);
+    for (int s = 0; s < s_n; s++) want[(size_t)r * s_n + s] = std::exp(x(s) - mx) / sum;
+  }
+  vector<float> probs(want.size(), NAN);
+  emu::launch({(unsigned)rows}, {row_threads(s_n)}, 0, K<T>::masked_softmax, scores.data(), mask.data(), probs.data(),
+              t_n, kv * rep * t_n, s_n);
+  std::string shape = " b" + std::to_string(b_n) + " rows " + std::to_string(rows) + " s" + std::to_string(s_n);
+  // f32 probabilities: compared at f32's tolerance whatever T is.
+  double worst = 0;
+  for (size_t i = 0; i < want.size(); i++) worst = std::max(worst, std::fabs(probs[i] - want[i]));
+  bool ok = worst <= 1e-5 && std::all_of(probs.begin(), probs.end(), [](float p) { return std::isfinite(p); });
+  std::printf("%s masked_softmax%s [%s] (worst error %.3g)\n", ok ? "ok  " : "FAIL", shape.c_str(), K<T>::name, worst);
+  failures += !ok;
+
+  auto dp = uniform<T>(want.size(), 1.0);
+  vector<double> back(want.size());
+  for (int r = 0; r < rows; r++) {
+    double dot = 0;
+    for (int s = 0; s < s_n; s++) dot += (double)probs[(size_t)r * s_n + s] * val(dp[(size_t)r * s_n + s]);
+    for (int s = 0; s < s_n; s++) back[(size_t)r * s_n + s] = probs[(size_t)r * s_n + s] * (val(dp[(size_t)r * s_n + s]) - dot);
+  }
+  vector<T> out(want.size(), cast<T>(NAN));
+  emu::launch({(unsigned)rows}, {row_threads(s_n)}, 0, K<T>::softmax_backward, dp.data(), probs.data(), out.data(), s_n);
+  expect("softmax_backward" + shape, out, back);
+}
+
 template <typename T> static void check_all() {
   check_silu_mul<T>();
   check_cache_write<T>();
@@ -497,6 +541,8 @@ template <typename T> static void check_all() {
     check_rms_norm_backward<T>(3, hidden, true);
   }
   check_swiglu_backward<T>();
+  check_softmax<T>(2, 3, 3, 2, 300);  // SmolLM2-135M's heads, 300 keys
+  check_softmax<T>(1, 1, 1, 3, 1500); // rows longer than a block's 1,024 threads
   check_block_diag<T>();
   check_heads<T>();
 }

@@ -180,7 +180,7 @@ pub(super) fn attend(op: &Attend, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
     })
 }
 
-/// One block per row: 32·k threads, up to 1024.
+/// One block per row of `hidden` values: 32·k threads, up to 1024.
 fn row_blocks(rows: usize, hidden: usize) -> Result<LaunchConfig> {
     let blocks = u32::try_from(rows.max(1)).map_err(|_| candle_core::Error::Msg("fused kernel: too many rows".into()))?;
     let threads = hidden.div_ceil(32).clamp(1, 32) as u32 * 32;
@@ -319,5 +319,46 @@ pub(super) fn merge_heads_backward(op: &MergeHeadsBackward, (dq, dql): (&CudaSto
         // SAFETY: argument types and order match `merge_heads_backward_*` in fused.cu.
         unsafe { b.launch(elementwise(n)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((d.b * d.t, d.width()))))
+    })
+}
+
+pub(super) fn masked_softmax((s, l): (&CudaStorage, &Layout), (m, ml): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let (b, kv, rows, s_n) = l.shape().dims4()?;
+    let (_, t_n, _) = ml.shape().dims3()?;
+    let [t_i, rows_b, s_i] = i32s([t_n, kv * rows, s_n])?;
+    let n_rows = b * kv * rows;
+    let cfg = row_blocks(n_rows, s_n)?;
+    let dev = s.device();
+    let mask = m.as_cuda_slice::<f32>()?.slice(ml.start_offset()..);
+    dispatch!(s.dtype(), "masked-softmax", |T| {
+        let x = s.as_cuda_slice::<T>()?.slice(l.start_offset()..);
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(n_rows * s_n)? };
+        let func = kernel!(dev, T, "masked_softmax")?;
+        let mut a = func.builder();
+        a.arg(&x).arg(&mask).arg(&out).arg(&t_i).arg(&rows_b).arg(&s_i);
+        // SAFETY: argument types and order match `masked_softmax_*` in fused.cu;
+        // `fused_softmax::masked_softmax` checked the shapes.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), l.shape().clone()))
+    })
+}
+
+pub(super) fn softmax_backward((d, dl): (&CudaStorage, &Layout), (p, pl): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let s_n = *dl.dims().last().unwrap_or(&1);
+    let rows = dl.shape().elem_count() / s_n.max(1);
+    let [s_i] = i32s([s_n])?;
+    let dev = d.device();
+    let probs = p.as_cuda_slice::<f32>()?.slice(pl.start_offset()..);
+    dispatch!(d.dtype(), "softmax-backward", |T| {
+        let dp = d.as_cuda_slice::<T>()?.slice(dl.start_offset()..);
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * s_n)? };
+        let func = kernel!(dev, T, "softmax_backward")?;
+        let mut a = func.builder();
+        a.arg(&dp).arg(&probs).arg(&out).arg(&s_i);
+        // SAFETY: argument types and order match `softmax_backward_*` in fused.cu.
+        unsafe { a.launch(row_blocks(rows, s_n)?) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), dl.shape().clone()))
     })
 }

@@ -11,6 +11,7 @@ pub mod fused;
 pub(crate) mod fused_cuda;
 pub mod fused_grad;
 pub mod fused_heads;
+pub mod fused_softmax;
 pub mod llama;
 pub mod loader;
 pub mod lora;

@@ -29,7 +29,7 @@ use candle_core::{DType, Tensor, D};
 use super::cache::KvCache;
 use super::llama::{Layer, Llama};
 use super::lora::{LoraGrads, LoraView, Proj};
-use super::{fused, fused_heads};
+use super::{fused, fused_heads, fused_softmax};
 use super::tape_ops::{lora_backward, proj, proj_backward, rms_norm_backward_add, swiglu_backward, LoraTape};
 use crate::{Error, Result};
 
@@ -43,7 +43,8 @@ struct Segment {
     /// Rows and (padded) length.
     b: usize,
     t: usize,
-    /// Additive mask [B, KV, rep, T, S] (S = keys seen: the prompt's, then own), f32.
+    /// Additive mask (S = keys seen: the prompt's, then own), f32: [B, T, S] for
+    /// the fused softmax, [B, KV, rep, T, S] (broadcast over the heads) otherwise.
     mask: Tensor,
     rope: SegRope,
 }
@@ -154,7 +155,13 @@ impl Llama {
     fn segment(&self, pos: Vec<u32>, mask: Vec<f32>, (b, t): (usize, usize), s: usize) -> Result<Segment> {
         let c = &self.config;
         let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
-        let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), self.device())?.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
+        // The fused softmax reads the mask per query; the composed add wants it
+        // broadcast over the heads.
+        let mask = if self.fused() {
+            Tensor::from_vec(mask, (b, t, s), self.device())?
+        } else {
+            Tensor::from_vec(mask, (b, 1, 1, t, s), self.device())?.broadcast_as((b, nkv, rep, t, s))?.contiguous()?
+        };
         let rope = if self.fused() {
             let [cs, cs_q] = self.rope_cs_at(pos, (b, t))?;
             SegRope::Joined { cs, cs_q }
@@ -196,8 +203,13 @@ impl Llama {
         };
         let s = k.dim(2)?;
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?;
-        let probs = candle_nn::ops::softmax_last_dim(&(scores + &seg.mask)?)?.reshape((b, nkv, rep * t, s))?;
+        let scores = q.matmul(&k.t()?)?; // [B, KV, rep·T, S]
+        let probs = if self.fused() {
+            fused_softmax::masked_softmax(&scores, &seg.mask)?
+        } else {
+            let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, s))?;
+            candle_nn::ops::softmax_last_dim(&(scores + &seg.mask)?)?.reshape((b, nkv, rep * t, s))?
+        }; // f32
         let y = probs.to_dtype(self.dtype())?.matmul(&v)?; // [B, KV, rep·T, hd]
         let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         let (o, u_o) = proj(l, O, &w.o, &y, lora)?;
@@ -265,9 +277,14 @@ impl Llama {
         let probs = s.probs.to_dtype(self.dtype())?;
         let dv = probs.t()?.matmul(&d_y)?; // [B, KV, S, hd]
         // Softmax: d scores = p ⊙ (d p − Σ_j p_j d p_j), in f32.
-        let d_probs = d_y.matmul(&s.v.t()?)?.to_dtype(DType::F32)?; // [B, KV, rep·T, S]
-        let dot = (&d_probs * &s.probs)?.sum_keepdim(D::Minus1)?;
-        let d_scores = (&s.probs * d_probs.broadcast_sub(&dot)?)?.to_dtype(self.dtype())?;
+        let d_probs = d_y.matmul(&s.v.t()?)?; // [B, KV, rep·T, S]
+        let d_scores = if self.fused() {
+            fused_softmax::softmax_backward(&s.probs, &d_probs)?
+        } else {
+            let d_probs = d_probs.to_dtype(DType::F32)?;
+            let dot = (&d_probs * &s.probs)?.sum_keepdim(D::Minus1)?;
+            (&s.probs * d_probs.broadcast_sub(&dot)?)?.to_dtype(self.dtype())?
+        };
         let dq = d_scores.matmul(&s.k)?.reshape((b, nh, t, hd))?;
         let dk = d_scores.t()?.matmul(&s.q)?; // [B, KV, S, hd]
         Ok((dq, dk, dv))
