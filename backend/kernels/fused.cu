@@ -444,6 +444,18 @@ __device__ void block_argmax(float& v, int& i, float* red_v, int* red_i) {
   }
 }
 
+// m = max of f(j) over j < n, and lse = ln Σ exp(f(j) − m), over the block
+// (every thread gets both).
+template <typename F>
+__device__ void block_max_lse(F f, int n, float* red, float& m, float& lse) {
+  m = -INFINITY;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, f(j));
+  m = block_reduce(m, red, 1);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) sum += expf(f(j) - m);
+  lse = logf(block_reduce(sum, red, 0));
+}
+
 // The next token of each row of logits [B, V] (f32), one block per row (see
 // src/decode/fused_rows.rs, which holds the CPU reference): x = logits + bias +
 // stop (each [V], null when absent); logp = log_softmax(x); greedy: the arg-max
@@ -463,25 +475,14 @@ extern "C" __global__ void draw_rows(const float* logits, const float* bias, con
     if (stop) x += stop[j];
     return x;
   };
-  float m = -INFINITY;
-  for (int j = threadIdx.x; j < v_n; j += blockDim.x) m = fmaxf(m, x_at(j));
-  m = block_reduce(m, red, 1);
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j < v_n; j += blockDim.x) sum += expf(x_at(j) - m);
-  float lse = logf(block_reduce(sum, red, 0));
+  float m, lse;
+  block_max_lse(x_at, v_n, red, m, lse);
   auto logp_at = [&](int j) { return (x_at(j) - m) - lse; };
 
   // s_j = (logp_j / temp − ms) − ln Σ exp(logp_k / temp − ms); s = logp at temp 1.
   bool tempered = !greedy && temp != 1.0f;
   float ms = 0.0f, ls = 0.0f;
-  if (tempered) {
-    ms = -INFINITY;
-    for (int j = threadIdx.x; j < v_n; j += blockDim.x) ms = fmaxf(ms, logp_at(j) / temp);
-    ms = block_reduce(ms, red, 1);
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < v_n; j += blockDim.x) ss += expf(logp_at(j) / temp - ms);
-    ls = logf(block_reduce(ss, red, 0));
-  }
+  if (tempered) block_max_lse([&](int j) { return logp_at(j) / temp; }, v_n, red, ms, ls);
   auto s_at = [&](int j) { return tempered ? (logp_at(j) / temp - ms) - ls : logp_at(j); };
 
   float best = -INFINITY;
@@ -509,11 +510,7 @@ extern "C" __global__ void logprobs_at(const float* logits, const float* bias, c
   int64_t row = blockIdx.x;
   const float* l = logits + row * v_n;
   auto x_at = [&](int j) { return bias ? l[j] + bias[j] : l[j]; };
-  float m = -INFINITY;
-  for (int j = threadIdx.x; j < v_n; j += blockDim.x) m = fmaxf(m, x_at(j));
-  m = block_reduce(m, red, 1);
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j < v_n; j += blockDim.x) sum += expf(x_at(j) - m);
-  float lse = logf(block_reduce(sum, red, 0));
+  float m, lse;
+  block_max_lse(x_at, v_n, red, m, lse);
   for (int i = threadIdx.x; i < k; i += blockDim.x) out[row * k + i] = (x_at((int)ids[row * k + i]) - m) - lse;
 }
