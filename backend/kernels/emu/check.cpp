@@ -420,7 +420,7 @@ static void check_draw(int b_n, int v_n, bool masked, bool stop_on, float temp, 
   for (int j : {2, 5, 9}) stop[j % v_n] = -INFINITY;
   const float u_max = 1.0f - 5.96046448e-08f;
   vector<float> out((size_t)b_n * 3, NAN);
-  unsigned threads = (unsigned)std::clamp((v_n + 31) / 32, 1, 32) * 32;
+  unsigned threads = row_threads(v_n);
   emu::launch({(unsigned)b_n}, {threads}, 0, draw_rows, logits.data(), masked ? bias.data() : nullptr,
               stop_on ? stop.data() : nullptr, greedy ? nullptr : u.data(), out.data(), v_n, temp, (int)greedy, u_max);
   char name[96];
@@ -480,7 +480,7 @@ static void check_logprobs_at(int n, int v_n, int k, bool with_bias) {
     for (int i = 0; i < k; i++) want[(size_t)r * k + i] = x(ids[(size_t)r * k + i]) - m - std::log(sum);
   }
   vector<float> out(ids.size(), NAN);
-  unsigned threads = (unsigned)std::clamp((v_n + 31) / 32, 1, 32) * 32;
+  unsigned threads = row_threads(v_n);
   emu::launch({(unsigned)n}, {threads}, 0, logprobs_at, logits.data(), with_bias ? bias.data() : nullptr, ids.data(),
               out.data(), v_n, k);
   expect("logprobs_at v" + std::to_string(v_n) + " k" + std::to_string(k) + (with_bias ? " bias" : ""), out, want);

@@ -181,26 +181,21 @@ impl CustomOp2 for LogprobsAt {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{bail, CudaStorage, Layout, Shape, Storage, Tensor};
+    use candle_core::{bail, CudaStorage, Layout, Shape, Tensor};
 
     use super::{DrawRows, LogprobsAt};
-    use crate::model::fused_cuda::{MODULE, PTX};
+    use crate::model::fused_cuda::{device_address, row_blocks, MODULE, PTX};
 
     /// The device address of an f32 tensor held by the op (0 when absent).
     fn address(t: &Option<Tensor>, s: &CudaStorage) -> candle_core::Result<u64> {
-        let Some(t) = t else { return Ok(0) };
-        let (st, l) = t.storage_and_layout();
-        let Storage::Cuda(c) = &*st else { bail!("draw-rows: inputs on different devices") };
-        let stream = s.device().cuda_stream();
-        let (ptr, _sync) = c.as_cuda_slice::<f32>()?.device_ptr(&stream);
-        Ok(ptr + 4 * l.start_offset() as u64)
+        Ok(t.as_ref().map(|t| device_address::<f32>(t, s.device())).transpose()?.unwrap_or(0))
     }
 
     pub(super) fn draw_rows(op: &DrawRows, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let (b, v) = l.shape().dims2()?;
-        let (Ok(blocks), Ok(v_n)) = (u32::try_from(b), i32::try_from(v)) else { bail!("draw-rows: [{b}, {v}] logits too large") };
+        let Ok(v_n) = i32::try_from(v) else { bail!("draw-rows: [{b}, {v}] logits too large") };
         let dev = s.device();
         let logits = s.as_cuda_slice::<f32>()?.slice(l.start_offset()..);
         let (bias, stop, u) = (address(&op.bias, s)?, address(&op.stop, s)?, address(&op.uniform, s)?);
@@ -210,17 +205,16 @@ mod cuda {
         let greedy = op.greedy as i32;
         let mut a = func.builder();
         a.arg(&logits).arg(&bias).arg(&stop).arg(&u).arg(&out).arg(&v_n).arg(&op.temperature).arg(&greedy).arg(&op.u_max);
-        let threads = row_threads(v);
         // SAFETY: argument types and order match `draw_rows` in fused.cu; the
         // bias, stop mask and noise are live [V], [V] and [B, V] f32 tensors held
         // by the op (checked by `draw_rows` above).
-        unsafe { a.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }) }.w()?;
+        unsafe { a.launch(row_blocks(b, v)?) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((b, 3))))
     }
 
     pub(super) fn logprobs_at(op: &LogprobsAt, (s, l): (&CudaStorage, &Layout), (si, li): (&CudaStorage, &Layout)) -> candle_core::Result<(CudaStorage, Shape)> {
         let (n, v) = l.shape().dims2()?;
-        let (Ok(blocks), Ok(v_n), Ok(k)) = (u32::try_from(n), i32::try_from(v), i32::try_from(op.k)) else { bail!("logprobs-at: [{n}, {v}] logits too large") };
+        let (Ok(v_n), Ok(k)) = (i32::try_from(v), i32::try_from(op.k)) else { bail!("logprobs-at: [{n}, {v}] logits too large") };
         let dev = s.device();
         let logits = s.as_cuda_slice::<f32>()?.slice(l.start_offset()..);
         let ids = si.as_cuda_slice::<u32>()?.slice(li.start_offset()..);
@@ -233,12 +227,7 @@ mod cuda {
         // SAFETY: argument types and order match `logprobs_at` in fused.cu; the
         // bias is a live [V] f32 tensor held by the op, and every id is below V
         // (checked by `logprobs_at` above).
-        unsafe { a.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (row_threads(v), 1, 1), shared_mem_bytes: 0 }) }.w()?;
+        unsafe { a.launch(row_blocks(n, v)?) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((n, op.k))))
-    }
-
-    /// One block per row: 32·k threads, up to 1024.
-    fn row_threads(v: usize) -> u32 {
-        v.div_ceil(32).clamp(1, 32) as u32 * 32
     }
 }

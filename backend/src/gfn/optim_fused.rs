@@ -76,22 +76,12 @@ fn contiguous(grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaDevice, Device, Storage, Tensor, Var};
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaDevice, Device, Tensor, Var};
 
-    use crate::model::fused_cuda::{MODULE, PTX};
+    use crate::model::fused_cuda::{device_address, MODULE, PTX};
     use crate::Result;
-
-    /// The device address of a tensor's first element, of element type `T`
-    /// (the tensor, held by the caller, keeps it alive).
-    fn address<T: CudaDType>(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
-        let (s, l) = t.storage_and_layout();
-        let Storage::Cuda(s) = &*s else { return Err(crate::Error::invalid("optimizer", "tensors on different devices")) };
-        let stream = dev.cuda_stream();
-        let (ptr, _sync) = s.as_cuda_slice::<T>()?.device_ptr(&stream);
-        Ok(ptr + (std::mem::size_of::<T>() * l.start_offset()) as u64)
-    }
 
     /// The [4, n] pointer table on the device (parameters, gradients or 0,
     /// offsets into the flat moments, sizes), with n and the moments' length.
@@ -107,9 +97,9 @@ mod cuda {
             let n = params.len();
             let mut t = vec![0i64; 4 * n];
             for i in 0..n {
-                t[i] = address::<f32>(params[i].as_tensor(), dev)? as i64;
+                t[i] = device_address::<f32>(params[i].as_tensor(), dev)? as i64;
                 if let Some(g) = &grads[i] {
-                    t[n + i] = address::<f32>(g, dev)? as i64;
+                    t[n + i] = device_address::<f32>(g, dev)? as i64;
                 }
                 t[2 * n + i] = offsets[i] as i64;
                 t[3 * n + i] = params[i].elem_count() as i64;
@@ -123,7 +113,7 @@ mod cuda {
         pub(super) fn sum_squares(&self, dev: &CudaDevice) -> Result<f64> {
             let grid = (self.total.max(1) as u64).div_ceil(256).min(1024) as u32;
             let mut out = unsafe { dev.alloc::<f32>(grid as usize)? };
-            let t = address::<i64>(&self.table, dev)?;
+            let t = device_address::<i64>(&self.table, dev)?;
             let func = dev.get_or_load_custom_func("grad_sumsq_multi", MODULE, PTX)?;
             let mut b = func.builder();
             b.arg(&t).arg(&self.n).arg(&self.total).arg(&mut out);
@@ -137,7 +127,7 @@ mod cuda {
         /// The update; `s`: lr, β1, β2, ε, weight decay, the two bias
         /// corrections and the gradients' scale.
         pub(super) fn step(&self, dev: &CudaDevice, (m, v): (&Tensor, &Tensor), s: [f64; 8]) -> Result<()> {
-            let (t, mp, vp) = (address::<i64>(&self.table, dev)?, address::<f32>(m, dev)?, address::<f32>(v, dev)?);
+            let (t, mp, vp) = (device_address::<i64>(&self.table, dev)?, device_address::<f32>(m, dev)?, device_address::<f32>(v, dev)?);
             let [lr, b1, b2, eps, wd, bc1, bc2, gs] = s.map(|x| x as f32);
             let func = dev.get_or_load_custom_func("adamw_multi", MODULE, PTX)?;
             let mut b = func.builder();

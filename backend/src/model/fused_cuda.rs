@@ -10,9 +10,9 @@
 //! too.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::WrapErr;
-use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, WithDType};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use half::{bf16, f16};
 
 use super::fused::{AddRmsNorm, Attend, BlockDiag, CacheWrite};
@@ -128,6 +128,17 @@ pub(super) fn add_rms_norm(op: &AddRmsNorm, (x, xl): (&CudaStorage, &Layout), (a
     })
 }
 
+/// The device address of a CUDA tensor's first element, of element type `T`,
+/// for kernels that take raw pointers (optional inputs, pointer tables); the
+/// caller holds the tensor, which keeps the memory alive.
+pub(crate) fn device_address<T: CudaDType>(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*s else { bail!("fused kernel: inputs on different devices") };
+    let stream = dev.cuda_stream();
+    let (ptr, _sync) = s.as_cuda_slice::<T>()?.device_ptr(&stream);
+    Ok(ptr + (std::mem::size_of::<T>() * l.start_offset()) as u64)
+}
+
 /// Threads per attention block: a multiple of both 32 and hd, at least 128.
 fn attend_threads(hd: usize) -> usize {
     let gcd = |mut a: usize, mut b: usize| {
@@ -181,7 +192,7 @@ pub(super) fn attend(op: &Attend, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
 }
 
 /// One block per row of `hidden` values: 32·k threads, up to 1024.
-fn row_blocks(rows: usize, hidden: usize) -> Result<LaunchConfig> {
+pub(crate) fn row_blocks(rows: usize, hidden: usize) -> Result<LaunchConfig> {
     let blocks = u32::try_from(rows.max(1)).map_err(|_| candle_core::Error::Msg("fused kernel: too many rows".into()))?;
     let threads = hidden.div_ceil(32).clamp(1, 32) as u32 * 32;
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
