@@ -66,13 +66,11 @@ impl DeviceDraw {
     /// Picks one token per row of `logits` `[B, V]` (f32). `uniform` `[B, V]`
     /// holds U(0, 1) noise and is required unless `greedy`.
     pub fn choose(&self, logits: &Tensor, below_min: bool, temperature: f32, greedy: bool, uniform: Option<&Tensor>) -> Result<Vec<Pick>> {
+        let mut x = logits.to_dtype(DType::F32)?;
         if self.fused {
             let stop = if below_min { self.stop_bias.as_ref() } else { None };
-            let x = logits.to_dtype(DType::F32)?;
-            let rows = draw_rows(&x, self.bias.as_ref(), stop, uniform, temperature, greedy, U_MAX as f32)?;
-            return picks(&rows);
+            return picks(&draw_rows(&x, self.bias.as_ref(), stop, uniform, temperature, greedy, U_MAX as f32)?);
         }
-        let mut x = logits.to_dtype(DType::F32)?;
         if let Some(b) = &self.bias {
             x = x.broadcast_add(b)?;
         }
