@@ -45,7 +45,7 @@ const MIN_LEN: (usize, f32) = (2, -4.0);
 const MAX_LEN: usize = 6;
 
 fn case(lm: &LanguageModel, targets: Vec<Proj>, dropout: f64) -> Case {
-    let dev = dev();
+    let dev = lm.device().clone();
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout, targets };
     let adapter = LoraAdapter::new(lm.config(), cfg, &dev, 3).unwrap();
     // Seeded values (uniform in ±0.5): the same case on every run.
@@ -115,7 +115,9 @@ fn check(lm: &LanguageModel, targets: Vec<Proj>) {
 /// finite differences of the same masked function are (a view with the same
 /// seed draws the same masks).
 fn check_dropout(lm: &LanguageModel, targets: Vec<Proj>) {
-    let dev = dev();
+    // The model's own device: on CUDA each `dev()` call is a new device with
+    // its own generator, and the masks come from the activations' device.
+    let dev = lm.device().clone();
     let c = case(lm, targets, 0.3);
     let run = |backward: bool| -> (f64, Option<Vec<Option<Tensor>>>) {
         if !dev.is_cpu() {
