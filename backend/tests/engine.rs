@@ -464,6 +464,57 @@ fn on_device_draws_agree_with_the_scorer_and_the_host() {
     assert_eq!(dg.iter().map(|s| &s.tokens).collect::<Vec<_>>(), hg.iter().map(|s| &s.tokens).collect::<Vec<_>>());
 }
 
+/// The on-device loop that reads the draws back every few steps (the default
+/// off the CPU) gives exactly the stepwise loop's samples: stops inside a
+/// chunk, rows that run on after their stop, the minimum length, a mask,
+/// greedy, and a chunk longer than the whole decode.
+#[test]
+fn draws_read_back_in_chunks_equal_the_stepwise_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let adapter = LoraAdapter::new(lm.config(), LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: Proj::ALL.to_vec() }, &dev(), 2).unwrap();
+    perturb(&adapter, 5);
+    let view = adapter.view(Mode::Infer, DType::F32).unwrap();
+    let prompts = vec![lm.tokenizer.encode("the cat sat").unwrap(), lm.tokenizer.encode("1 +").unwrap()];
+    let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
+    let mut base = SampleConfig {
+        n: 6,
+        max_new_tokens: 11,
+        min_new_tokens: 2,
+        temperature: 0.9,
+        mask: decode::TokenMask::Forbid(enc("cat")),
+        mask_penalty: -3.0,
+        stop_tokens: Some(vec![]),
+        seed: 4,
+        on_device: Some(true),
+        ..Default::default()
+    };
+    // The stop tokens: the two ids this model draws most often, so that rows stop early.
+    let free = decode::sample(&lm, &prompts, &base, Some(&view), None).unwrap();
+    let mut counts = std::collections::HashMap::<u32, usize>::new();
+    free.iter().flat_map(|s| &s.tokens).for_each(|&t| *counts.entry(t).or_default() += 1);
+    let mut by_count: Vec<(usize, u32)> = counts.into_iter().map(|(t, c)| (c, t)).collect();
+    by_count.sort_unstable_by(|a, b| b.cmp(a));
+    base.stop_tokens = Some(by_count.iter().take(2).map(|&(_, t)| t).collect());
+    let key = |v: &[decode::Sample]| v.iter().map(|s| (s.tokens.clone(), s.logprobs.clone(), s.sample_logprobs.clone(), s.stop)).collect::<Vec<_>>();
+    for greedy in [false, true] {
+        let cfg = SampleConfig { greedy, ..base.clone() };
+        let stepwise = decode::sample(&lm, &prompts, &SampleConfig { readback_every: Some(1), ..cfg.clone() }, Some(&view), None).unwrap();
+        if !greedy {
+            let early = |lo: usize, hi: usize| stepwise.iter().any(|s| s.stop == decode::StopReason::StopToken && (lo..=hi).contains(&s.tokens.len()));
+            // Stops inside a chunk (not at its end), in the first and a later chunk.
+            assert!(early(3, 5) || early(7, 8), "no row stops inside a chunk: {:?}", stepwise.iter().map(|s| s.tokens.len()).collect::<Vec<_>>());
+            assert!(stepwise.iter().any(|s| s.tokens.len() == base.max_new_tokens), "no row runs to the end");
+        }
+        for every in [Some(3), None, Some(50)] {
+            let chunked = decode::sample(&lm, &prompts, &SampleConfig { readback_every: every, ..cfg.clone() }, Some(&view), None).unwrap();
+            assert_eq!(key(&chunked), key(&stepwise), "readback every {every:?}, greedy {greedy}");
+        }
+    }
+    let bad = SampleConfig { readback_every: Some(0), ..base };
+    assert!(decode::sample(&lm, &prompts, &bad, Some(&view), None).is_err());
+}
+
 /// With room reserved, appends write into the cache in place: one token at a
 /// time gives the full pass's logits, and after a rewind the overwritten tail
 /// gives them again.

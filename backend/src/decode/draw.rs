@@ -66,10 +66,16 @@ impl DeviceDraw {
     /// Picks one token per row of `logits` `[B, V]` (f32). `uniform` `[B, V]`
     /// holds U(0, 1) noise and is required unless `greedy`.
     pub fn choose(&self, logits: &Tensor, below_min: bool, temperature: f32, greedy: bool, uniform: Option<&Tensor>) -> Result<Vec<Pick>> {
+        picks(&self.choose_rows(logits, below_min, temperature, greedy, uniform)?)
+    }
+
+    /// [`DeviceDraw::choose`] without the copy to the host: `[B, 3]` f32 rows
+    /// of (id, log q, log q_sampled), left on the device (ids < 2^24 are exact).
+    pub fn choose_rows(&self, logits: &Tensor, below_min: bool, temperature: f32, greedy: bool, uniform: Option<&Tensor>) -> Result<Tensor> {
         let mut x = logits.to_dtype(DType::F32)?;
         if self.fused {
             let stop = if below_min { self.stop_bias.as_ref() } else { None };
-            return picks(&draw_rows(&x, self.bias.as_ref(), stop, uniform, temperature, greedy, U_MAX as f32)?);
+            return draw_rows(&x, self.bias.as_ref(), stop, uniform, temperature, greedy, U_MAX as f32);
         }
         if let Some(b) = &self.bias {
             x = x.broadcast_add(b)?;
@@ -94,13 +100,13 @@ impl DeviceDraw {
             Some(s) => s.gather(&token, D::Minus1)?,
             None => lp.zeros_like()?,
         };
-        picks(&Tensor::cat(&[&token.to_dtype(DType::F32)?, &lp, &slp], 1)?)
+        Ok(Tensor::cat(&[&token.to_dtype(DType::F32)?, &lp, &slp], 1)?)
     }
 }
 
 /// One copy to the host of [B, 3] = (id, log q, log q_sampled); ids < 2^24 are
 /// exact in f32.
-fn picks(rows: &Tensor) -> Result<Vec<Pick>> {
+pub(super) fn picks(rows: &Tensor) -> Result<Vec<Pick>> {
     let rows: Vec<Vec<f32>> = rows.to_vec2()?;
     Ok(rows.into_iter().map(|r| Pick { token: r[0] as u32, logprob: r[1], sample_logprob: r[2] }).collect())
 }

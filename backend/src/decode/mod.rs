@@ -13,6 +13,6 @@ pub mod tool;
 
 pub use beam::{beam_search, BeamConfig, Hypothesis};
 pub use logits::TokenMask;
-pub use sample::{sample, Sample, SampleConfig, StopReason};
+pub use sample::{sample, Sample, SampleConfig, StopReason, READBACK_EVERY};
 pub use score::{score, Scored};
 pub use tool::{Calculator, ToolHook};

@@ -42,7 +42,17 @@ pub struct SampleConfig {
     /// generator, seeded with `seed` at the start of the call.
     #[serde(skip)]
     pub on_device: Option<bool>,
+    /// With on-device choice and no tool or stop string: decode steps between
+    /// copies of the draws to the host (`None`: [`READBACK_EVERY`]; 1: the
+    /// stepwise loop, one copy and one host round trip per token).
+    #[serde(skip)]
+    pub readback_every: Option<usize>,
 }
+
+/// Decode steps queued between readbacks when the draws stay on the device: the
+/// host queues step k + 1 while the device runs step k, and a loop whose rows
+/// have all finished runs at most this many steps too many.
+pub const READBACK_EVERY: usize = 8;
 
 impl Default for SampleConfig {
     fn default() -> Self {
@@ -60,6 +70,7 @@ impl Default for SampleConfig {
             stop_strings: Vec::new(),
             seed: 0,
             on_device: None,
+            readback_every: None,
         }
     }
 }
@@ -91,6 +102,9 @@ impl SampleConfig {
         }
         if self.stop_strings.iter().any(|s| s.is_empty()) {
             return Err(Error::invalid("stop", "stop strings must not be empty"));
+        }
+        if self.readback_every == Some(0) {
+            return Err(Error::invalid("readback_every", "must be at least 1"));
         }
         Ok(())
     }
@@ -190,6 +204,12 @@ pub fn sample(
         .map(|_| Row { tokens: vec![], tool: vec![], logprobs: vec![], sample_logprobs: vec![], actions: 0, stop: None })
         .collect();
 
+    let chunk = cfg.readback_every.unwrap_or(READBACK_EVERY);
+    if let Some(d) = device_draw.as_ref().filter(|_| chunk > 1 && tool.is_none() && cfg.stop_strings.is_empty()) {
+        decode_on_device(lm, d, last, &mut cache, &mut rows, &stop_ids, cfg, (lora, &mut rng), chunk)?;
+        return samples(lm, rows, cfg.n);
+    }
+
     // Every unfinished row has taken the same number of actions so far.
     for step in 0.. {
         let below_min = step < cfg.min_new_tokens;
@@ -257,6 +277,66 @@ pub fn sample(
     }
 
     samples(lm, rows, cfg.n)
+}
+
+/// The decode loop with the draws kept on the device: each step's tokens feed
+/// the next step directly ([`crate::model::Llama::forward_ids`]) and the host
+/// reads the draws back once per `chunk` steps, so it queues work while the
+/// device runs instead of waiting on every token. Finished rows keep running
+/// (what they draw after their stop is dropped); the loop ends at a readback
+/// that finds every row done. It gives the stepwise loop's samples: a row's
+/// values never depend on another row's, and the noise is drawn in the same order.
+#[allow(clippy::too_many_arguments)]
+fn decode_on_device(
+    lm: &LanguageModel,
+    draw: &DeviceDraw,
+    mut last: candle_core::Tensor,
+    cache: &mut crate::model::KvCache,
+    rows: &mut [Row],
+    stop_ids: &[u32],
+    cfg: &SampleConfig,
+    (lora, rng): (Option<&LoraView>, &mut rand_chacha::ChaCha8Rng),
+    chunk: usize,
+) -> Result<()> {
+    let mut step = 0;
+    while step < cfg.max_new_tokens {
+        let k = chunk.min(cfg.max_new_tokens - step);
+        let mut drawn = Vec::with_capacity(k);
+        for j in step..step + k {
+            let logits = lm.llama.logits(&last)?; // [B, V] f32
+            let uniform = if cfg.greedy { None } else { Some(noise(logits.dims2()?, rng, lm.device())?) };
+            let picked = draw.choose_rows(&logits, j < cfg.min_new_tokens, cfg.temperature, cfg.greedy, uniform.as_ref())?; // [B, 3]
+            // The next step is queued before the readback (wasted only when every row has finished).
+            if j + 1 < cfg.max_new_tokens {
+                last = lm.llama.forward_ids(&picked.narrow(1, 0, 1)?.squeeze(1)?, cache, lora)?.squeeze(1)?;
+            }
+            drawn.push(picked);
+        }
+        step += k;
+        let drawn: Vec<Vec<f32>> = candle_core::Tensor::cat(&drawn, 1)?.to_vec2()?; // [B, 3k]
+        for (row, picks) in rows.iter_mut().zip(drawn) {
+            for p in picks.chunks_exact(3) {
+                if row.stop.is_some() {
+                    break;
+                }
+                let tok = p[0] as u32;
+                row.tokens.push(tok);
+                row.tool.push(false);
+                row.logprobs.push(p[1]);
+                row.sample_logprobs.push(p[2]);
+                row.actions += 1;
+                if stop_ids.contains(&tok) {
+                    row.stop = Some(StopReason::StopToken);
+                } else if row.actions >= cfg.max_new_tokens {
+                    row.stop = Some(StopReason::MaxTokens);
+                }
+            }
+        }
+        if rows.iter().all(|r| r.stop.is_some()) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// U(0, 1) noise `[B, V]`: the device's generator off the CPU, the seeded host

@@ -75,6 +75,7 @@ impl Llama {
                 }
             }
         }
+        let ids = Tensor::from_vec(ids, (b, t), self.device())?;
         let hidden = self.run(ids, pos, mask, (b, t), cache, lora)?;
         for v in cache.valid.iter_mut() {
             v.extend(std::iter::repeat_n(false, t));

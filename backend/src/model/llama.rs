@@ -254,7 +254,24 @@ impl Llama {
     /// [B, T, hidden] (T = longest row); row `b`'s last real token is at T-1.
     pub fn forward(&self, rows: &[Vec<u32>], cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
         let p = self.prepare(rows, cache)?;
-        let hidden = self.run(p.ids, p.pos, p.mask, p.dims, cache, lora)?;
+        let ids = Tensor::from_vec(p.ids, p.dims, &self.device)?;
+        let hidden = self.run(ids, p.pos, p.mask, p.dims, cache, lora)?;
+        for (i, v) in p.step_valid.into_iter().enumerate() {
+            cache.valid[i].extend(v);
+        }
+        Ok(hidden)
+    }
+
+    /// One decode step whose tokens are already on the device: `ids` [B] (u32),
+    /// one real token per row, e.g. the previous step's draw. Nothing is read
+    /// back, so the host can queue the next steps while the device runs this
+    /// one. Returns [B, 1, hidden].
+    pub fn forward_ids(&self, ids: &Tensor, cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
+        let b = ids.dim(0)?;
+        // Positions and mask depend only on the cache and the row count.
+        let p = self.prepare(&vec![vec![0u32]; b], cache)?;
+        let ids = ids.to_dtype(DType::U32)?.reshape((b, 1))?;
+        let hidden = self.run(ids, p.pos, p.mask, p.dims, cache, lora)?;
         for (i, v) in p.step_valid.into_iter().enumerate() {
             cache.valid[i].extend(v);
         }
@@ -321,10 +338,11 @@ impl Llama {
         Ok(Prepared { ids, pos, mask, dims: (b, t), step_valid })
     }
 
-    /// The layers over prepared inputs: `ids`/`pos` row-major [B, T], `mask`
-    /// additive [B, T, S] (S = cached + T). Appends the keys/values to `cache`
-    /// (its validity is the caller's to extend). Returns [B, T, hidden].
-    pub(super) fn run(&self, ids: Vec<u32>, pos: Vec<u32>, mask: Vec<f32>, (b, t): (usize, usize), cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
+    /// The layers over prepared inputs: `ids` [B, T] (u32, on the device),
+    /// `pos` row-major [B, T], `mask` additive [B, T, S] (S = cached + T).
+    /// Appends the keys/values to `cache` (its validity is the caller's to
+    /// extend). Returns [B, T, hidden].
+    pub(super) fn run(&self, ids: Tensor, pos: Vec<u32>, mask: Vec<f32>, (b, t): (usize, usize), cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
         let s = cache.len() + t;
         let dev = &self.device;
         let grad = lora.is_some_and(|l| l.tracked);
@@ -348,7 +366,6 @@ impl Llama {
         };
         let ctx = Ctx { lora, grad, attn, fused };
 
-        let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
         // Each block ends with its residual add and the next norm (the final one last).
         let mut h = self.rms_norm(&x, self.layers.first().map_or(&self.norm, |l| &l.attn_norm), ctx.grad)?;
