@@ -4,7 +4,7 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="engine fused parity decode big step mfu prof arith rng".
+# Sections can be skipped: SKIP="fused decode events stepfused engine parity hostdraw big step steprng stepab mfu prof arith rng".
 # The most decisive sections run first (the fused kernels' tests, then their
 # A/B timings). The script keeps within BUDGET seconds (default 400: each
 # section's timeout is cut to what is left, and sections that no longer fit are
@@ -56,9 +56,12 @@ B="$OUT/bench.jsonl"
 if fits decode 60; then
   # Composed ops vs the fused kernels (off by default on CUDA until this has run), same process.
   F="$OUT/fused-decode.jsonl"
-  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --json >> "$F" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-135m bf16 tok/s, fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f}" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
+  # With each setting, also the stepwise loop (draws read back after every token) against the default chunked readback.
+  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --stepwise --json >> "$F" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-135m bf16 tok/s (readback every 8 / stepwise), fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f}" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
   flush
+fi
+if fits events 60; then
   # cudarc's per-allocation events (kept with AMORTIZE_CUDA_EVENTS=1) vs without (the default): separate processes, same script.
   E="$OUT/events.jsonl"
   for ev in 1 0; do
@@ -67,7 +70,7 @@ if fits decode 60; then
   rows+=("decode smollm2-135m bf16 tok/s, cudarc events on / off|$(J 'f"events={events} b{batch} fused={fused}: {tokens_per_s:.0f}"' "$E" | tr '\n' ';')")
   flush
 fi
-if fits step 60; then
+if fits stepfused 60; then
   FS="$OUT/step-fused.jsonl"
   timeout $(lim 240) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --fused false,true --json >> "$FS" 2>> "$OUT/err.txt"
   rows+=("step b64, fused false -> true|$(J 'f"fused={fused}: {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms, reward {phase_sec_per_step_reward*1e3:.0f} ms, backward {phase_sec_per_step_backward*1e3:.0f} ms, opt {phase_sec_per_step_optimizer*1e3:.0f} ms"' "$FS" | tr '\n' ';')")
@@ -91,7 +94,7 @@ if [ -x "$G/test-parity" ] && [ -f "$G/model.gguf" ] && fits parity; then
   rows+=("parity (cuda, f32)|$(grep -E 'max \|' "$OUT/parity.txt" | tail -1) $(grep -E '^test result' "$OUT/parity.txt" | cut -c1-40)")
   flush
 fi
-if fits decode 60; then
+if fits hostdraw 60; then
   # Device-side token choice vs the host path (whole logits copied back), same process.
   timeout $(lim 240) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --host-draw --json >> "$B" 2>> "$OUT/err.txt"
   timeout $(lim 120) "$A" bench decode --random smollm2-135m --device cuda --dtype f32 --batch 64 --new-tokens 64 --json >> "$B" 2>> "$OUT/err.txt"
@@ -103,8 +106,8 @@ if fits decode 60; then
   flush
 fi
 if fits big 60; then
-  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s, weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
+  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --stepwise --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s (stepwise {stepwise_tokens_per_s or 0:.1f}), weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
   flush
 fi
 if fits step 60; then
@@ -113,6 +116,16 @@ if fits step 60; then
     timeout $(lim 240) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json >> "$S" 2>> "$OUT/err.txt"
   done
   rows+=("step smollm2-135m bf16 r64 |Z|<=20|$(J 'f"b{batch}: {sec_per_step:.3f} s/step {traj_per_s:.0f} traj/s (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$S" | tr '\n' ';')")
+  flush
+fi
+if fits steprng 60; then
+  # A task without a tool (rng): its sampling takes the chunked on-device decode loop.
+  SR="$OUT/step-rng.jsonl"
+  timeout $(lim 120) "$A" bench step --task rng --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --json >> "$SR" 2>> "$OUT/err.txt"
+  rows+=("step rng task b64|$(J 'f"{sec_per_step:.3f} s/step {traj_per_s:.0f} traj/s, decode {phase_sec_per_step_decode*1e3:.0f} ms, reward {phase_sec_per_step_reward*1e3:.0f} ms, backward {phase_sec_per_step_backward*1e3:.0f} ms, opt {phase_sec_per_step_optimizer*1e3:.0f} ms"' "$SR" | tr '\n' ';')")
+  flush
+fi
+if fits stepab 60; then
   # Same process: candle's autograd vs the taped backward (sampling unfolded in both), then folded sampling.
   AB="$OUT/step-ab.jsonl"
   timeout $(lim 240) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --backward autograd,taped --fold false --json >> "$AB" 2>> "$OUT/err.txt"
