@@ -132,12 +132,6 @@ if fits stepab 60; then
   rows+=("step b64 A/B (fold off)|$(J 'f"{backward}: {sec_per_step:.3f} s/step, backward phase {phase_sec_per_step_backward*1e3:.0f} ms, decode {phase_sec_per_step_decode*1e3:.0f} ms"' "$AB" | tr '\n' ';')")
   flush
 fi
-if fits mfu 60; then
-  M="$OUT/mfu.jsonl"
-  timeout $(lim 300) "$A" bench step --random smollm2-1.7b --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 2 --json >> "$M" 2>> "$OUT/err.txt"
-  rows+=("step smollm2-1.7b bf16 r64 b64|$(J 'f"{sec_per_step:.3f} s/step {traj_per_s:.0f} traj/s, {model_tflops_per_s:.1f} TFLOP/s = MFU {mfu_h100_bf16:.1%} (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$M")")
-  flush
-fi
 if fits prof 60; then
   # Where a decode step's time goes: GPU kernel time vs the wall (launch-bound when far below).
   NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
@@ -159,6 +153,12 @@ if [ -f "$G/model.gguf" ] && fits arith 60; then
   ( time timeout $(lim 300) "$A" train --task arithmetic --model "$G/model.gguf" --device cuda --steps ${ARITH_STEPS:-30} --seed 0 --out /tmp/amz-arith --quiet ) > "$OUT/arith.txt" 2>&1
   cp /tmp/amz-arith/metrics.jsonl "$OUT/arith-cuda-metrics.jsonl" 2>/dev/null
   rows+=("arithmetic train on cuda|$(grep -E '^real' "$OUT/arith.txt") $(J 'f"step {step}: loss {loss:.3f} mean log R {mean_log_r:.2f}"' "$OUT/arith-cuda-metrics.jsonl" 2>/dev/null | tail -1)")
+  flush
+fi
+if fits mfu 60; then
+  M="$OUT/mfu.jsonl"
+  timeout $(lim 300) "$A" bench step --random smollm2-1.7b --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 2 --json >> "$M" 2>> "$OUT/err.txt"
+  rows+=("step smollm2-1.7b bf16 r64 b64|$(J 'f"{sec_per_step:.3f} s/step {traj_per_s:.0f} traj/s, {model_tflops_per_s:.1f} TFLOP/s = MFU {mfu_h100_bf16:.1%} (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$M")")
   flush
 fi
 if [ -f "$G/model.gguf" ] && fits rng 90; then
