@@ -139,7 +139,7 @@ fn check_dropout(lm: &LanguageModel, targets: Vec<Proj>) {
         assert_eq!(l, run(false).0);
     }
     let vars = c.adapter.vars();
-    let eps = 1e-3f32;
+    let eps = 2e-3f32;
     for i in (0..vars.len()).step_by(5) {
         let g: Vec<f32> = grads[i].as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let (k, &gk) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
@@ -150,7 +150,10 @@ fn check_dropout(lm: &LanguageModel, targets: Vec<Proj>) {
             vars[i].set(&Tensor::from_vec(w, orig.shape(), &dev).unwrap()).unwrap();
             run(false).0
         };
-        let fd = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+        // Central differences at h and h/2, Richardson-extrapolated: the h² term
+        // cancels (the steeper CUDA case was 1.6% off at h = 1e-3 without it).
+        let central = |h: f32| (shifted(h) - shifted(-h)) / (2.0 * h as f64);
+        let fd = (4.0 * central(eps / 2.0) - central(eps)) / 3.0;
         vars[i].set(&orig).unwrap();
         assert!((fd - gk as f64).abs() <= 1e-2 * (gk as f64).abs().max(1.0), "var {i}[{k}]: taped {gk} vs finite differences {fd}");
     }
