@@ -49,10 +49,14 @@ __device__ void silu_mul(const T* x, T* y, int64_t rows, int64_t inter) {
 
 // Writes the keys (rotated by cs [B, T, hd]: cos | sin) and the values of qkv
 // [B, T, width] into kv [2, B, heads, cap, hd] at positions [at, at + T): key
-// head h is qkv's head first + h, value head h is first + heads + h.
+// head h is qkv's head first + h, value head h is first + heads + h. With
+// at_dev set, `at` is read from it (a replayed CUDA graph's position), and a
+// position that does not fit writes nothing.
 template <typename T>
 __device__ void cache_write(T* kv, const T* qkv, const T* cs, int b_n, int t_n, int heads, int hd,
-                            int width, int first, int cap, int at) {
+                            int width, int first, int cap, int at, const unsigned* at_dev) {
+  if (at_dev) at = *at_dev > (unsigned)cap ? cap + 1 : (int)*at_dev;
+  if (at < 0 || at + t_n > cap) return;
   int64_t n = 2 * (int64_t)b_n * t_n * heads * hd;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
        idx += (int64_t)gridDim.x * blockDim.x) {
@@ -323,8 +327,8 @@ __device__ void softmax_backward(const T* dp, const float* p, T* out, int s_n) {
   }                                                                                                   \
   extern "C" __global__ void cache_write_##NAME(T* kv, const T* qkv, const T* cs, int b_n, int t_n,  \
                                                 int heads, int hd, int width, int first, int cap,     \
-                                                int at) {                                             \
-    cache_write<T>(kv, qkv, cs, b_n, t_n, heads, hd, width, first, cap, at);                          \
+                                                int at, const unsigned* at_dev) {                     \
+    cache_write<T>(kv, qkv, cs, b_n, t_n, heads, hd, width, first, cap, at, at_dev);                  \
   }                                                                                                   \
   extern "C" __global__ void rms_norm_backward_##NAME(const T* x, const T* w, const T* dy,             \
                                                       const T* acc, T* out, int hidden, float eps,    \

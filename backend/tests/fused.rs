@@ -5,7 +5,7 @@
 //! same checks cover the CPU bodies here and the CUDA kernels there.
 
 use amortize::decode::{self, SampleConfig};
-use amortize::model::fused::{add_rms_norm, attend, block_diag, cache_write, silu_mul};
+use amortize::model::fused::{add_rms_norm, attend, block_diag, cache_write, cache_write_at, silu_mul};
 use amortize::model::tiny::write_tiny_model;
 use amortize::model::LanguageModel;
 use candle_core::{DType, Device, Tensor, D};
@@ -220,6 +220,31 @@ fn silu_mul_equals_the_composed_ops() {
     assert!(max_abs_diff(&silu_mul(&x).unwrap(), &reference) < 1e-6);
     let xb = x.to_dtype(DType::BF16).unwrap();
     assert!(max_abs_diff(&silu_mul(&xb).unwrap(), &reference) < 2e-2);
+}
+
+/// The cache write at a position held on the device (what a replayed CUDA
+/// graph uses) equals the write at a host position; a position past the
+/// room writes nothing; a position tensor of the wrong kind is an error.
+#[test]
+fn cache_write_at_a_device_position_equals_the_host_one() {
+    let qkv = random(&[2, 1, (NH + 2 * NKV) * HD], 1);
+    let cs = random(&[2, 1, HD], 2);
+    let before = random(&[2, 2, NKV, CAP, HD], 3);
+    let at = |p: u32| Tensor::new(&[p], &dev()).unwrap();
+    for p in [0, 5, CAP - 1] {
+        let (host, device) = (before.copy().unwrap(), before.copy().unwrap());
+        cache_write(&host, &qkv, &cs, p).unwrap();
+        cache_write_at(&device, &qkv, &cs, &at(p as u32)).unwrap();
+        assert_eq!(max_abs_diff(&host, &device), 0.0, "position {p}");
+        assert!(max_abs_diff(&host, &before) > 0.0);
+    }
+    for p in [CAP as u32, u32::MAX] {
+        let device = before.copy().unwrap();
+        cache_write_at(&device, &qkv, &cs, &at(p)).unwrap();
+        assert_eq!(max_abs_diff(&device, &before), 0.0, "position {p} is past the room");
+    }
+    assert!(cache_write_at(&before, &qkv, &cs, &Tensor::new(&[1f32], &dev()).unwrap()).is_err(), "a float position");
+    assert!(cache_write_at(&before, &qkv, &cs, &Tensor::new(&[1u32, 2], &dev()).unwrap()).is_err(), "two positions");
 }
 
 #[test]

@@ -149,8 +149,21 @@ template <typename T> static void check_cache_write() {
   for (unsigned grid : {elementwise(n), 2u}) {
     auto kv = kv0;
     emu::launch({grid}, {256}, 0, K<T>::cache_write, kv.data(), qkv.data(), cs.data(), b_n, t_n, kv_n, hd, width, first,
-                cap, at);
+                cap, at, (const unsigned*)nullptr);
     expect("cache_write grid " + std::to_string(grid), kv, want);
+  }
+  // The position read from memory (a replayed graph): the argument is ignored.
+  const unsigned at_mem = at;
+  auto kv = kv0;
+  emu::launch({elementwise(n)}, {256}, 0, K<T>::cache_write, kv.data(), qkv.data(), cs.data(), b_n, t_n, kv_n, hd, width,
+              first, cap, 7, &at_mem);
+  expect("cache_write at_dev", kv, want);
+  // A position from memory that does not fit writes nothing.
+  for (unsigned bad : {(unsigned)cap - 1, (unsigned)cap, 0xffffffffu}) {
+    auto kv = kv0;
+    emu::launch({elementwise(n)}, {256}, 0, K<T>::cache_write, kv.data(), qkv.data(), cs.data(), b_n, t_n, kv_n, hd, width,
+                first, cap, 0, &bad);
+    expect("cache_write out of room", kv, vals(kv0));
   }
 }
 

@@ -54,13 +54,27 @@ pub fn add_rms_norm(x: &Tensor, a: &Tensor, w: &Tensor, eps: f64) -> Result<(Ten
 /// by `cs` [B, T, hd]: cos | sin) and its values (the last KV heads) into `kv`
 /// [2, B, KV, cap, hd] at positions `at..at + T`, in place.
 pub fn cache_write(kv: &Tensor, qkv: &Tensor, cs: &Tensor, at: usize) -> Result<()> {
+    write_kv(kv, qkv, cs, at, None)
+}
+
+/// [`cache_write`] at the position held by `at` ([1] u32, on the device): what
+/// a replayed CUDA graph reads (`model::graph`). A position where the T new
+/// tokens do not fit writes nothing.
+pub fn cache_write_at(kv: &Tensor, qkv: &Tensor, cs: &Tensor, at: &Tensor) -> Result<()> {
+    if at.dims() != [1] || at.dtype() != candle_core::DType::U32 || !at.is_contiguous() {
+        return Err(crate::Error::invalid("cache_write", format!("position {:?} {:?} (want [1] u32)", at.dims(), at.dtype())));
+    }
+    write_kv(kv, qkv, cs, 0, Some(at.clone()))
+}
+
+fn write_kv(kv: &Tensor, qkv: &Tensor, cs: &Tensor, at: usize, at_dev: Option<Tensor>) -> Result<()> {
     let dims = kv.dims();
     let (qb, t, width) = qkv.dims3()?;
     let ok = dims.len() == 5 && dims[0] == 2 && dims[1] == qb && cs.dims() == [qb, t, dims[4]] && at + t <= dims[3] && kv.is_contiguous();
     if !ok || width % dims[4] != 0 || width / dims[4] < 2 * dims[2] {
         return Err(crate::Error::invalid("cache_write", format!("buffer {:?}, qkv {:?}, tables {:?}, at {at}", kv.dims(), qkv.dims(), cs.dims())));
     }
-    let op = CacheWrite { first: width / dims[4] - 2 * dims[2], at };
+    let op = CacheWrite { first: width / dims[4] - 2 * dims[2], at, at_dev };
     Ok(kv.inplace_op3(&qkv.contiguous()?, &cs.contiguous()?, &op)?)
 }
 
@@ -180,6 +194,8 @@ pub(super) struct AddRmsNorm {
 pub(super) struct CacheWrite {
     pub first: usize,
     pub at: usize,
+    /// [1] u32 holding the position instead of `at` (see [`cache_write_at`]).
+    pub at_dev: Option<Tensor>,
 }
 /// (`kv` is one tensor, so one storage lock: keys and values share it.)
 pub(super) struct Attend {
@@ -315,6 +331,13 @@ impl CacheWrite {
     fn cpu<T: WithDType>(&self, out: &mut [T], dl: &Layout, x: &[T], ql: &Layout, c: &[T]) -> candle_core::Result<()> {
         let (b_n, heads, cap, hd) = (dl.dims()[1], dl.dims()[2], dl.dims()[3], dl.dims()[4]);
         let (_, t_n, width) = ql.shape().dims3()?;
+        let at = match &self.at_dev {
+            Some(a) => a.to_vec1::<u32>()?[0] as usize,
+            None => self.at,
+        };
+        if at + t_n > cap {
+            return Ok(()); // as the kernel: no room, no write
+        }
         for which in 0..2 {
             for b in 0..b_n {
                 for t in 0..t_n {
@@ -323,7 +346,7 @@ impl CacheWrite {
                     for h in 0..heads {
                         let head = self.first + which * heads + h;
                         let x = &x[row + head * hd..row + (head + 1) * hd];
-                        let o = (((which * b_n + b) * heads + h) * cap + self.at + t) * hd;
+                        let o = (((which * b_n + b) * heads + h) * cap + at + t) * hd;
                         for (d, out) in out[o..o + hd].iter_mut().enumerate() {
                             let v = if which == 0 { rotated(x, c, d) } else { f(x[d]) };
                             *out = T::from_f64(v as f64);

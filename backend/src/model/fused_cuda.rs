@@ -93,12 +93,14 @@ pub(super) fn cache_write(op: &CacheWrite, (dst, dl): (&mut CudaStorage, &Layout
         let x = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
         let cs = c.as_cuda_slice::<T>()?.slice(cl.start_offset()..);
         let mut out = dst.as_cuda_slice_mut::<T>()?.slice_mut(dl.start_offset()..);
+        let at_dev = op.at_dev.as_ref().map(|t| device_address::<u32>(t, &dev)).transpose()?.unwrap_or(0);
         let func = kernel!(dev, T, "cache_write")?;
         let mut b = func.builder();
         b.arg(&mut out).arg(&x).arg(&cs);
         for v in [&b_n, &t_n, &heads, &hd, &width, &first, &cap, &at] {
             b.arg(v);
         }
+        b.arg(&at_dev);
         // SAFETY: argument types and order match `cache_write_*` in fused.cu;
         // `fused::cache_write` checked that every write lands inside `dst`.
         unsafe { b.launch(elementwise(n)) }.w()?;
