@@ -465,9 +465,10 @@ fn on_device_draws_agree_with_the_scorer_and_the_host() {
 }
 
 /// The on-device loop that reads the draws back every few steps (the default
-/// off the CPU) gives exactly the stepwise loop's samples: stops inside a
-/// chunk, rows that run on after their stop, the minimum length, a mask,
-/// greedy, and a chunk longer than the whole decode.
+/// off the CPU), with or without fixed-shape steps (CUDA graphs), gives
+/// exactly the stepwise loop's samples: stops inside a chunk, rows that run on
+/// after their stop, the minimum length, a mask, greedy, and a chunk longer
+/// than the whole decode.
 #[test]
 fn draws_read_back_in_chunks_equal_the_stepwise_loop() {
     let dir = tempfile::tempdir().unwrap();
@@ -506,13 +507,46 @@ fn draws_read_back_in_chunks_equal_the_stepwise_loop() {
             assert!(early(3, 5) || early(7, 8), "no row stops inside a chunk: {:?}", stepwise.iter().map(|s| s.tokens.len()).collect::<Vec<_>>());
             assert!(stepwise.iter().any(|s| s.tokens.len() == base.max_new_tokens), "no row runs to the end");
         }
-        for every in [Some(3), None, Some(50)] {
-            let chunked = decode::sample(&lm, &prompts, &SampleConfig { readback_every: every, ..cfg.clone() }, Some(&view), None).unwrap();
-            assert_eq!(key(&chunked), key(&stepwise), "readback every {every:?}, greedy {greedy}");
+        // Also with each step in fixed shapes (`model::graph`: a replayed CUDA graph on CUDA, eager here).
+        for (every, fixed) in [Some(3), None, Some(50)].into_iter().flat_map(|e| [(e, Some(false)), (e, Some(true))]) {
+            let chunked = decode::sample(&lm, &prompts, &SampleConfig { readback_every: every, static_steps: fixed, ..cfg.clone() }, Some(&view), None).unwrap();
+            assert_eq!(key(&chunked), key(&stepwise), "readback every {every:?}, fixed shapes {fixed:?}, greedy {greedy}");
         }
     }
     let bad = SampleConfig { readback_every: Some(0), ..base };
     assert!(decode::sample(&lm, &prompts, &bad, Some(&view), None).is_err());
+}
+
+/// A tool that appends one or two tokens after some policy tokens (a pure
+/// function of the text, as `ToolHook` requires).
+struct Every3rd;
+
+impl decode::ToolHook for Every3rd {
+    fn after_token(&self, generated: &str) -> Option<String> {
+        match generated.len() % 3 {
+            0 => Some(" the".into()),
+            1 if generated.len() > 6 => Some(" a the".into()),
+            _ => None,
+        }
+    }
+}
+
+/// In the stepwise loop (a tool), steps where every row feeds one token run in
+/// fixed shapes (`model::graph`) and the others eagerly: the same samples as
+/// all-eager, after the cache's reserved room is used up too.
+#[test]
+fn fixed_shape_steps_between_tool_calls_equal_eager_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let prompts = vec![lm.tokenizer.encode("the cat sat").unwrap(), lm.tokenizer.encode("1 +").unwrap()];
+    let cfg = SampleConfig { n: 3, max_new_tokens: 9, temperature: 0.9, stop_tokens: Some(vec![]), seed: 11, on_device: Some(true), ..Default::default() };
+    let eager = decode::sample(&lm, &prompts, &SampleConfig { static_steps: Some(false), ..cfg.clone() }, None, Some(&Every3rd)).unwrap();
+    let fixed = decode::sample(&lm, &prompts, &SampleConfig { static_steps: Some(true), ..cfg.clone() }, None, Some(&Every3rd)).unwrap();
+    let key = |v: &[decode::Sample]| v.iter().map(|s| (s.tokens.clone(), s.tool.clone(), s.logprobs.clone())).collect::<Vec<_>>();
+    assert_eq!(key(&fixed), key(&eager));
+    // The tool fired (steps with two or three new tokens ran eagerly), and the rows outgrew the room.
+    assert!(eager.iter().any(|s| s.tool.iter().filter(|&&t| t).count() >= 2));
+    assert!(eager.iter().any(|s| s.tokens.len() > cfg.max_new_tokens + 2));
 }
 
 /// With room reserved, appends write into the cache in place: one token at a

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::draw::{DeviceDraw, Pick};
 use super::logits::{argmax, draw, log_softmax_in_place, sampling_logprobs, TokenMask};
 use super::tool::ToolHook;
+use crate::model::graph::StaticStep;
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
 
@@ -47,6 +48,12 @@ pub struct SampleConfig {
     /// stepwise loop, one copy and one host round trip per token).
     #[serde(skip)]
     pub readback_every: Option<usize>,
+    /// In that loop, run each step in fixed shapes (`model::graph`), recorded
+    /// once as a CUDA graph and replayed on CUDA (`None`: yes off the CPU when
+    /// the fused ops are on; on the CPU `Some(true)` runs the same fixed-shape
+    /// step eagerly).
+    #[serde(skip)]
+    pub static_steps: Option<bool>,
 }
 
 /// Decode steps queued between readbacks when the draws stay on the device: the
@@ -71,6 +78,7 @@ impl Default for SampleConfig {
             seed: 0,
             on_device: None,
             readback_every: None,
+            static_steps: None,
         }
     }
 }
@@ -210,10 +218,13 @@ pub fn sample(
         return samples(lm, rows, cfg.n);
     }
 
+    // Steps where every row feeds one token run in fixed shapes (a CUDA graph on CUDA).
+    let on_cpu = lm.device().is_cpu();
+    let mut fixed = if cfg.static_steps.unwrap_or(!on_cpu) { StaticStep::new(&lm.llama, &cache, lora, !on_cpu)? } else { None };
+    let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     // Every unfinished row has taken the same number of actions so far.
     for step in 0.. {
         let below_min = step < cfg.min_new_tokens;
-        let logits = lm.llama.logits(&last)?; // [B, V] f32
         let picks: Vec<Option<Pick>> = match &device_draw {
             Some(d) => {
                 let uniform = if cfg.greedy { None } else { Some(noise(logits.dims2()?, &mut rng, lm.device())?) };
@@ -265,15 +276,25 @@ pub fn sample(
         if rows.iter().all(|r| r.stop.is_some()) {
             break;
         }
-        // Finished rows contribute nothing (an all-padding slot).
+        // Finished rows contribute nothing (an all-padding slot; in a
+        // fixed-shape step, a token whose outputs are never read).
         for (i, r) in rows.iter().enumerate() {
             if r.stop.is_some() {
                 next[i].clear();
             }
         }
-        let hidden = lm.llama.forward(&next, &mut cache, lora)?;
-        let t = hidden.dim(1)?;
-        last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let one_each = rows.iter().zip(&next).all(|(r, n)| r.stop.is_some() || n.len() == 1);
+        logits = match fixed.as_mut().filter(|f| one_each && f.fits(&cache)) {
+            Some(f) => {
+                let ids: Vec<u32> = next.iter().map(|n| n.first().copied().unwrap_or(0)).collect();
+                f.step(&lm.llama, &candle_core::Tensor::new(ids, lm.device())?, &mut cache, lora)?
+            }
+            None => {
+                let hidden = lm.llama.forward(&next, &mut cache, lora)?;
+                let t = hidden.dim(1)?;
+                lm.llama.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?
+            }
+        };
     }
 
     samples(lm, rows, cfg.n)
@@ -290,7 +311,7 @@ pub fn sample(
 fn decode_on_device(
     lm: &LanguageModel,
     draw: &DeviceDraw,
-    mut last: candle_core::Tensor,
+    last: candle_core::Tensor,
     cache: &mut crate::model::KvCache,
     rows: &mut [Row],
     stop_ids: &[u32],
@@ -298,17 +319,23 @@ fn decode_on_device(
     (lora, rng): (Option<&LoraView>, &mut rand_chacha::ChaCha8Rng),
     chunk: usize,
 ) -> Result<()> {
+    let on_cpu = lm.device().is_cpu();
+    let mut fixed = if cfg.static_steps.unwrap_or(!on_cpu) { StaticStep::new(&lm.llama, cache, lora, !on_cpu)? } else { None };
+    let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     let mut step = 0;
     while step < cfg.max_new_tokens {
         let k = chunk.min(cfg.max_new_tokens - step);
         let mut drawn = Vec::with_capacity(k);
         for j in step..step + k {
-            let logits = lm.llama.logits(&last)?; // [B, V] f32
             let uniform = if cfg.greedy { None } else { Some(noise(logits.dims2()?, rng, lm.device())?) };
             let picked = draw.choose_rows(&logits, j < cfg.min_new_tokens, cfg.temperature, cfg.greedy, uniform.as_ref())?; // [B, 3]
             // The next step is queued before the readback (wasted only when every row has finished).
             if j + 1 < cfg.max_new_tokens {
-                last = lm.llama.forward_ids(&picked.narrow(1, 0, 1)?.squeeze(1)?, cache, lora)?.squeeze(1)?;
+                let ids = picked.narrow(1, 0, 1)?.squeeze(1)?;
+                logits = match fixed.as_mut().filter(|f| f.fits(cache)) {
+                    Some(f) => f.step(&lm.llama, &ids, cache, lora)?,
+                    None => lm.llama.logits(&lm.llama.forward_ids(&ids, cache, lora)?.squeeze(1)?)?,
+                };
             }
             drawn.push(picked);
         }

@@ -151,7 +151,10 @@ enum Attn {
     Composed { rope: Rope, mask: Tensor },
     /// `fused::cache_write` + `fused::attend` (a few new tokens, every layer's
     /// cache has room): `cs`, `cs_q` [B, T, hd] (cos | sin), mask [B, T, S] f32.
-    Fused { cs: Tensor, cs_q: Tensor, mask: Tensor },
+    /// With `at` ([1] u32 on the device, `model::graph`'s fixed-shape step) the
+    /// write position is read on the device and attention spans the whole
+    /// room (S = its capacity; the mask hides what is not filled).
+    Fused { cs: Tensor, cs_q: Tensor, mask: Tensor, at: Option<Tensor> },
 }
 
 /// Rotary tables of a pass's positions in the model dtype; the query's are
@@ -350,7 +353,7 @@ impl Llama {
         let room = (0..self.layers.len()).all(|l| cache.room(l, t).is_some());
         let attn = if fused && room && t <= fused::ATTEND_MAX_T && s <= fused::ATTEND_MAX_S {
             let [cs, cs_q] = self.rope_cs_at(pos, (b, t))?;
-            Attn::Fused { cs, cs_q, mask: Tensor::from_vec(mask, (b, t, s), dev)? }
+            Attn::Fused { cs, cs_q, mask: Tensor::from_vec(mask, (b, t, s), dev)?, at: None }
         } else {
             let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), dev)?;
             // Inference in bf16/f16 adds the mask and takes the softmax in the model
@@ -364,14 +367,28 @@ impl Llama {
             let rope = if fused { Rope::Joined(self.rope_cs_at(pos, (b, t))?) } else { Rope::Halves(self.rope_at(pos, (b, t))?) };
             Attn::Composed { rope, mask }
         };
-        let ctx = Ctx { lora, grad, attn, fused };
+        self.layers_over(ids, &Ctx { lora, grad, attn, fused }, (b, t), cache)
+    }
 
+    /// One decode step in fixed shapes (`model::graph`): `ids`, `pos` [B] u32,
+    /// `mask` [B, 1, cap] f32 over the cache's whole room, `at` [1] u32 the
+    /// write position, all on the device. Returns [B, 1, hidden].
+    pub(super) fn run_static(&self, ids: &Tensor, pos: &Tensor, mask: &Tensor, at: &Tensor, cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
+        let b = ids.dim(0)?;
+        let hd = self.config.head_dim;
+        let [cs, cs_q] = self.rope_cs.clone().map(|table| table.index_select(pos, 0)?.reshape((b, 1, hd)));
+        let attn = Attn::Fused { cs: cs?, cs_q: cs_q?, mask: mask.clone(), at: Some(at.clone()) };
+        self.layers_over(ids.reshape((b, 1))?, &Ctx { lora, grad: false, attn, fused: true }, (b, 1), cache)
+    }
+
+    /// Embedding, the blocks and the final norm: [B, T] ids → [B, T, hidden].
+    fn layers_over(&self, ids: Tensor, ctx: &Ctx, (b, t): (usize, usize), cache: &mut KvCache) -> Result<Tensor> {
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
         // Each block ends with its residual add and the next norm (the final one last).
         let mut h = self.rms_norm(&x, self.layers.first().map_or(&self.norm, |l| &l.attn_norm), ctx.grad)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.attn_norm);
-            (x, h) = self.block(l, layer, (&x, &h), next_norm, cache, &ctx)?;
+            (x, h) = self.block(l, layer, (&x, &h), next_norm, cache, ctx)?;
         }
         Ok(h)
     }
@@ -470,11 +487,20 @@ impl Llama {
         let qkv = self.proj(l, &[Proj::Q, Proj::K, Proj::V], &w.qkv, x, ctx)?; // [B, T, (H + 2·KV)·hd]
         let (rope, mask) = match &ctx.attn {
             Attn::Composed { rope, mask } => (rope, mask),
-            Attn::Fused { cs, cs_q, mask } => {
+            Attn::Fused { cs, cs_q, mask, at } => {
                 let kv = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?.clone();
                 let len = cache.len();
-                fused::cache_write(&kv, &qkv, cs, len)?; // [2, B, KV, cap, hd]
-                let y = fused::attend(&qkv, cs_q, &kv, len + t, mask, nh)?; // [B, T, H·hd]
+                let s = match at {
+                    Some(at) => {
+                        fused::cache_write_at(&kv, &qkv, cs, at)?;
+                        kv.dim(3)?
+                    }
+                    None => {
+                        fused::cache_write(&kv, &qkv, cs, len)?; // [2, B, KV, cap, hd]
+                        len + t
+                    }
+                };
+                let y = fused::attend(&qkv, cs_q, &kv, s, mask, nh)?; // [B, T, H·hd]
                 return self.proj(l, &[Proj::O], &w.o, &y, ctx);
             }
         };

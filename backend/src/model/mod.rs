@@ -12,6 +12,7 @@ pub(crate) mod fused_cuda;
 pub mod fused_grad;
 pub mod fused_heads;
 pub mod fused_softmax;
+pub mod graph;
 pub mod llama;
 pub mod loader;
 pub mod lora;
