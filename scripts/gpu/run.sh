@@ -57,8 +57,9 @@ if fits decode 60; then
   # Composed ops vs the fused kernels (off by default on CUDA until this has run), same process.
   F="$OUT/fused-decode.jsonl"
   # With each setting, also the stepwise loop (draws read back after every token) against the default chunked readback.
-  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --stepwise --json >> "$F" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-135m bf16 tok/s (readback every 8 / stepwise), fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f}" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
+  # ... and, with the fused ops, eager steps against the default CUDA-graph steps.
+  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --stepwise --eager-steps --json >> "$F" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-135m bf16 tok/s (default / stepwise readback / eager steps), fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f} / {eager_steps_tokens_per_s or 0:.0f}" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
   flush
 fi
 if fits events 60; then
@@ -106,8 +107,8 @@ if fits hostdraw 60; then
   flush
 fi
 if fits big 60; then
-  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --stepwise --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s (stepwise {stepwise_tokens_per_s or 0:.1f}), weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
+  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --stepwise --eager-steps --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s (stepwise {stepwise_tokens_per_s or 0:.1f}, eager steps {eager_steps_tokens_per_s or 0:.1f}), weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
   flush
 fi
 if fits step 60; then
