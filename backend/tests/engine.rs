@@ -498,6 +498,7 @@ fn draws_read_back_in_chunks_equal_the_stepwise_loop() {
     by_count.sort_unstable_by(|a, b| b.cmp(a));
     base.stop_tokens = Some(by_count.iter().take(2).map(|&(_, t)| t).collect());
     let key = |v: &[decode::Sample]| v.iter().map(|s| (s.tokens.clone(), s.logprobs.clone(), s.sample_logprobs.clone(), s.stop)).collect::<Vec<_>>();
+    let graphs = amortize::model::graph::recorded_graphs();
     for greedy in [false, true] {
         let cfg = SampleConfig { greedy, ..base.clone() };
         let stepwise = decode::sample(&lm, &prompts, &SampleConfig { readback_every: Some(1), ..cfg.clone() }, Some(&view), None).unwrap();
@@ -515,6 +516,8 @@ fn draws_read_back_in_chunks_equal_the_stepwise_loop() {
     }
     let bad = SampleConfig { readback_every: Some(0), ..base };
     assert!(decode::sample(&lm, &prompts, &bad, Some(&view), None).is_err());
+    // On CUDA the fixed-shape steps were recorded and replayed as graphs (a failed recording only warns).
+    assert_eq!(amortize::model::graph::recorded_graphs() > graphs, lm.device().is_cuda(), "CUDA graphs recorded");
 }
 
 /// A tool that appends one or two tokens after some policy tokens (a pure
@@ -541,7 +544,9 @@ fn fixed_shape_steps_between_tool_calls_equal_eager_steps() {
     let prompts = vec![lm.tokenizer.encode("the cat sat").unwrap(), lm.tokenizer.encode("1 +").unwrap()];
     let cfg = SampleConfig { n: 3, max_new_tokens: 9, temperature: 0.9, stop_tokens: Some(vec![]), seed: 11, on_device: Some(true), ..Default::default() };
     let eager = decode::sample(&lm, &prompts, &SampleConfig { static_steps: Some(false), ..cfg.clone() }, None, Some(&Every3rd)).unwrap();
+    let graphs = amortize::model::graph::recorded_graphs();
     let fixed = decode::sample(&lm, &prompts, &SampleConfig { static_steps: Some(true), ..cfg.clone() }, None, Some(&Every3rd)).unwrap();
+    assert_eq!(amortize::model::graph::recorded_graphs() > graphs, lm.device().is_cuda(), "CUDA graphs recorded");
     let key = |v: &[decode::Sample]| v.iter().map(|s| (s.tokens.clone(), s.tool.clone(), s.logprobs.clone())).collect::<Vec<_>>();
     assert_eq!(key(&fixed), key(&eager));
     // The tool fired (steps with two or three new tokens ran eagerly), and the rows outgrew the room.

@@ -57,9 +57,9 @@ if fits decode 60; then
   # Composed ops vs the fused kernels (off by default on CUDA until this has run), same process.
   F="$OUT/fused-decode.jsonl"
   # With each setting, also the stepwise loop (draws read back after every token) against the default chunked readback.
-  # ... and, with the fused ops, eager steps against the default CUDA-graph steps.
-  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --stepwise --eager-steps --json >> "$F" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-135m bf16 tok/s (default / stepwise readback / eager steps), fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f} / {eager_steps_tokens_per_s or 0:.0f}" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
+  # ... and decode steps replayed as CUDA graphs (model::graph; off by default until this has run).
+  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --stepwise --graph --json >> "$F" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-135m bf16 tok/s (default / stepwise readback / CUDA-graph steps), fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f} / {graph_tokens_per_s or 0:.0f} ({graphs_recorded} graphs)" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
   flush
 fi
 if fits events 60; then
@@ -107,8 +107,8 @@ if fits hostdraw 60; then
   flush
 fi
 if fits big 60; then
-  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --stepwise --eager-steps --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s (stepwise {stepwise_tokens_per_s or 0:.1f}, eager steps {eager_steps_tokens_per_s or 0:.1f}), weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
+  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --stepwise --graph --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s (stepwise {stepwise_tokens_per_s or 0:.1f}, CUDA-graph steps {graph_tokens_per_s or 0:.1f}), weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
   flush
 fi
 if fits step 60; then
@@ -117,6 +117,12 @@ if fits step 60; then
     timeout $(lim 240) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json >> "$S" 2>> "$OUT/err.txt"
   done
   rows+=("step smollm2-135m bf16 r64 |Z|<=20|$(J 'f"b{batch}: {sec_per_step:.3f} s/step {traj_per_s:.0f} traj/s (decode {share_decode:.0%} reward {share_reward:.0%} backward {share_backward:.0%} opt {share_optimizer:.0%})"' "$S" | tr '\n' ';')")
+  # Sampling with decode steps replayed as CUDA graphs (between the calculator's insertions) vs eager: separate processes.
+  SG="$OUT/step-graph.jsonl"
+  for g in 0 1 0 1; do
+    AMORTIZE_CUDA_GRAPH=$g timeout $(lim 90) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --json 2>> "$OUT/err.txt" | sed "s/^{/{\"graph\": $g, /" >> "$SG"
+  done
+  rows+=("step b64, CUDA-graph decode steps off / on|$(J 'f"graph={graph} ({graphs_recorded} recorded): {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms"' "$SG" | tr '\n' ';')")
   flush
 fi
 if fits steprng 60; then

@@ -71,11 +71,11 @@ pub struct DecodeArgs {
     /// [`decode::READBACK_EVERY`] tokens when they are chosen on the device.
     #[arg(long)]
     pub stepwise: bool,
-    /// Also time the chunked loop with eager steps against the default,
-    /// fixed-shape steps replayed as a CUDA graph (`model::graph`; on CUDA
-    /// with the fused ops on).
+    /// Also time decoding with fixed-shape steps, recorded once as a CUDA
+    /// graph and replayed (`model::graph`; needs the fused ops), against the
+    /// default (`AMORTIZE_CUDA_GRAPH` decides; off unless set to 1).
     #[arg(long)]
-    pub eager_steps: bool,
+    pub graph: bool,
     /// Decode through a LoRA adapter of this rank (all projections), and also
     /// through the same adapter folded into the weights (`model::fold`).
     #[arg(long)]
@@ -166,9 +166,9 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let eager = if a.eager_steps {
+            let graph = if a.graph {
                 let t0 = Instant::now();
-                let cfg = SampleConfig { static_steps: Some(false), ..bench_cfg(1, a.new_tokens) };
+                let cfg = SampleConfig { static_steps: Some(true), ..bench_cfg(1, a.new_tokens) };
                 let out = decode::sample(&lm, &prompts, &cfg, view.as_ref(), None)?;
                 Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
             } else {
@@ -181,7 +181,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"bench": "decode", "batch": b, "fused": fused, "over_first_setting": over, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
                         "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
-                        "host_draw_tokens_per_s": host, "stepwise_tokens_per_s": stepwise, "eager_steps_tokens_per_s": eager, "dtype": format!("{:?}", lm.llama.dtype()),
+                        "host_draw_tokens_per_s": host, "stepwise_tokens_per_s": stepwise, "graph_tokens_per_s": graph, "graphs_recorded": amortize::model::graph::recorded_graphs(), "dtype": format!("{:?}", lm.llama.dtype()),
                         "lora_r": a.lora_r, "folded_tokens_per_s": fold, "fold_s": folded.as_ref().map(|f| f.1),
                         "weight_bytes": lm.llama.weight_bytes(), "weight_gb_per_s": lm.llama.weight_bytes() as f64 * cached / b as f64 / 1e9,
                         "device": format!("{:?}", lm.device()), "model": lm.name})
@@ -195,7 +195,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 let f = fold.map_or(String::new(), |f| format!(" {f:>14.1} (folded adapter, {:.3} s to fold)", folded.as_ref().map_or(0.0, |x| x.1)));
                 let o = over.map_or(String::new(), |o| format!(" ({o:.2}x the first --fused setting)"));
                 let w = stepwise.map_or(String::new(), |w| format!(" (stepwise readback: {w:.1} tok/s)"));
-                let e = eager.map_or(String::new(), |e| format!(" (eager steps: {e:.1} tok/s)"));
+                let e = graph.map_or(String::new(), |g| format!(" (graph steps: {g:.1} tok/s)"));
                 println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}{w}{e}");
             }
         }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::draw::{DeviceDraw, Pick};
 use super::logits::{argmax, draw, log_softmax_in_place, sampling_logprobs, TokenMask};
 use super::tool::ToolHook;
-use crate::model::graph::StaticStep;
+use crate::model::graph::{self, StaticStep};
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
 
@@ -48,10 +48,10 @@ pub struct SampleConfig {
     /// stepwise loop, one copy and one host round trip per token).
     #[serde(skip)]
     pub readback_every: Option<usize>,
-    /// In that loop, run each step in fixed shapes (`model::graph`), recorded
-    /// once as a CUDA graph and replayed on CUDA (`None`: yes off the CPU when
-    /// the fused ops are on; on the CPU `Some(true)` runs the same fixed-shape
-    /// step eagerly).
+    /// Run decode steps that feed one token per row in fixed shapes
+    /// (`model::graph`), recorded once as a CUDA graph and replayed on CUDA
+    /// (`None`: [`crate::model::graph::default_on`]; on the CPU `Some(true)`
+    /// runs the same fixed-shape step eagerly). Needs the fused ops.
     #[serde(skip)]
     pub static_steps: Option<bool>,
 }
@@ -220,7 +220,7 @@ pub fn sample(
 
     // Steps where every row feeds one token run in fixed shapes (a CUDA graph on CUDA).
     let on_cpu = lm.device().is_cpu();
-    let mut fixed = if cfg.static_steps.unwrap_or(!on_cpu) { StaticStep::new(&lm.llama, &cache, lora, !on_cpu)? } else { None };
+    let mut fixed = if cfg.static_steps.unwrap_or_else(|| graph::default_on(lm.device())) { StaticStep::new(&lm.llama, &cache, lora, !on_cpu)? } else { None };
     let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     // Every unfinished row has taken the same number of actions so far.
     for step in 0.. {
@@ -320,7 +320,7 @@ fn decode_on_device(
     chunk: usize,
 ) -> Result<()> {
     let on_cpu = lm.device().is_cpu();
-    let mut fixed = if cfg.static_steps.unwrap_or(!on_cpu) { StaticStep::new(&lm.llama, cache, lora, !on_cpu)? } else { None };
+    let mut fixed = if cfg.static_steps.unwrap_or_else(|| graph::default_on(lm.device())) { StaticStep::new(&lm.llama, cache, lora, !on_cpu)? } else { None };
     let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     let mut step = 0;
     while step < cfg.max_new_tokens {

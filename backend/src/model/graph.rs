@@ -22,6 +22,22 @@ use super::llama::{Llama, MASKED};
 use super::lora::LoraView;
 use crate::{Error, Result};
 
+/// Whether decoding uses fixed-shape steps unless told otherwise:
+/// `AMORTIZE_CUDA_GRAPH=1` or `0` decides; else off. On CUDA they stay off by
+/// default until their device tests and timings have run on a GPU (the CPU
+/// runs them eagerly, which gains nothing there).
+pub fn default_on(_device: &candle_core::Device) -> bool {
+    std::env::var("AMORTIZE_CUDA_GRAPH").as_deref() == Ok("1")
+}
+
+/// CUDA graphs recorded so far in this process (for tests and benchmarks: a
+/// failed recording falls back to eager steps with only a warning).
+pub fn recorded_graphs() -> usize {
+    RECORDED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static RECORDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A fixed-shape decode step for one batch and one cache room.
 pub struct StaticStep {
     /// [B] u32: the tokens the step feeds.
@@ -144,6 +160,7 @@ impl StaticStep {
                 Ok(graph) => {
                     tracing::debug!(batch = self.b, room = self.cap, "decode step recorded as a CUDA graph");
                     self.graph = Some(graph);
+                    RECORDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) => {
                     tracing::warn!("decoding without a CUDA graph: recording the step failed: {e}");
