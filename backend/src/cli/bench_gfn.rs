@@ -109,6 +109,7 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
                 phases.decode += p.decode;
                 phases.reward += p.reward;
                 phases.backward += p.backward;
+                phases.policy_pass += p.policy_pass;
                 phases.optimizer += p.optimizer;
             }
         }
@@ -120,11 +121,11 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
         let tokens_per_s = tokens / total;
         let share = trainer.profile.then(|| {
             let s = |x: f64| x / total;
-            serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "optimizer": s(phases.optimizer)})
+            serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "policy_pass": s(phases.policy_pass), "optimizer": s(phases.optimizer)})
         });
         let per_step = trainer.profile.then(|| {
             let s = |x: f64| x / a.steps as f64;
-            serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "optimizer": s(phases.optimizer)})
+            serde_json::json!({"decode": s(phases.decode), "reward": s(phases.reward), "backward": s(phases.backward), "policy_pass": s(phases.policy_pass), "optimizer": s(phases.optimizer)})
         });
         let tflops = flops / total / 1e12;
         let backward = format!("{mode:?}").to_lowercase();
@@ -144,9 +145,9 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
             if trainer.profile {
                 let pct = |x: f64| 100.0 * x / total;
                 let ms = |x: f64| 1e3 * x / a.steps as f64;
-                println!("  share of the step: decode {:.0}%, reward {:.0}%, backward {:.0}%, optimizer {:.0}% ({:.0} / {:.0} / {:.0} / {:.0} ms)",
+                println!("  share of the step: decode {:.0}%, reward {:.0}%, backward {:.0}%, optimizer {:.0}% ({:.0} / {:.0} / {:.0} / {:.0} ms; the policy pass {:.0} ms of the backward)",
                     pct(phases.decode), pct(phases.reward), pct(phases.backward), pct(phases.optimizer),
-                    ms(phases.decode), ms(phases.reward), ms(phases.backward), ms(phases.optimizer));
+                    ms(phases.decode), ms(phases.reward), ms(phases.backward), ms(phases.optimizer), ms(phases.policy_pass));
             }
         }
     }

@@ -71,6 +71,9 @@ pub struct Phases {
     pub reward: f64,
     /// The teacher-forced policy pass, the loss and its backward pass.
     pub backward: f64,
+    /// Of `backward`: the teacher-forced policy pass alone (log P_F, log P_T).
+    #[serde(default)]
+    pub policy_pass: f64,
     /// Clipping and the optimiser update.
     pub optimizer: f64,
 }
@@ -351,6 +354,10 @@ impl<'a> Trainer<'a> {
                 let (pf, pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
                 (pf, pt, None)
             };
+            let mut pass = 0.0;
+            self.lap(&mut clock, &mut pass)?;
+            phases.backward += pass;
+            phases.policy_pass += pass;
             let z = if self.log_z.is_empty() {
                 None
             } else {
