@@ -1,5 +1,6 @@
 //! Batched ancestral sampling: each prompt is run once, its KV cache forked per
-//! sample, and rows advance together (finished rows sit idle as padding).
+//! sample, and rows advance together (finished rows sit idle as padding, or,
+//! where the draws stay on the device between readbacks, run on unread).
 //! Returns, per sample, the tokens, the text and the per-token log-probability
 //! under the policy (masks applied, temperature 1) — what the trainer needs —
 //! and under the distribution actually sampled from.
@@ -219,8 +220,7 @@ pub fn sample(
     }
 
     // Steps where every row feeds one token run in fixed shapes (a CUDA graph on CUDA).
-    let on_cpu = lm.device().is_cpu();
-    let mut fixed = if cfg.static_steps.unwrap_or_else(|| graph::default_on(lm.device())) { StaticStep::new(&lm.llama, &cache, lora, !on_cpu)? } else { None };
+    let mut fixed = fixed_steps(lm, &cache, cfg, lora)?;
     let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     // Every unfinished row has taken the same number of actions so far.
     for step in 0.. {
@@ -319,8 +319,7 @@ fn decode_on_device(
     (lora, rng): (Option<&LoraView>, &mut rand_chacha::ChaCha8Rng),
     chunk: usize,
 ) -> Result<()> {
-    let on_cpu = lm.device().is_cpu();
-    let mut fixed = if cfg.static_steps.unwrap_or_else(|| graph::default_on(lm.device())) { StaticStep::new(&lm.llama, cache, lora, !on_cpu)? } else { None };
+    let mut fixed = fixed_steps(lm, cache, cfg, lora)?;
     let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     let mut step = 0;
     while step < cfg.max_new_tokens {
@@ -364,6 +363,15 @@ fn decode_on_device(
         }
     }
     Ok(())
+}
+
+/// The fixed-shape step for this decode (`model::graph`), when asked for and
+/// possible; recorded as a CUDA graph off the CPU.
+fn fixed_steps(lm: &LanguageModel, cache: &crate::model::KvCache, cfg: &SampleConfig, lora: Option<&LoraView>) -> Result<Option<StaticStep>> {
+    if !cfg.static_steps.unwrap_or_else(|| graph::default_on(lm.device())) {
+        return Ok(None);
+    }
+    StaticStep::new(&lm.llama, cache, lora, !lm.device().is_cpu())
 }
 
 /// U(0, 1) noise `[B, V]`: the device's generator off the CPU, the seeded host
