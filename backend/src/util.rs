@@ -33,6 +33,14 @@ pub fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Appends one JSON line to `dir/metrics.jsonl` (the training loops' metrics stream).
+pub fn append_metrics<T: serde::Serialize>(dir: &Path, m: &T) -> crate::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("metrics.jsonl"))?;
+    writeln!(f, "{}", serde_json::to_string(m)?)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,12 +49,4 @@ mod tests {
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::rfc3339(1_795_774_500), "2026-11-27T10:15:00Z");
     }
-}
-
-/// Appends one JSON line to `dir/metrics.jsonl` (the training loops' metrics stream).
-pub fn append_metrics<T: serde::Serialize>(dir: &Path, m: &T) -> crate::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("metrics.jsonl"))?;
-    writeln!(f, "{}", serde_json::to_string(m)?)?;
-    Ok(())
 }

@@ -89,9 +89,9 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
     for (mode, fused) in a.backward.iter().flat_map(|&m| settings.iter().map(move |&f| (m, f))) {
         lm.llama.set_fused(fused);
         let lm = &lm;
-        let train_task = task.train_task(&lm)?;
+        let train_task = task.train_task(lm)?;
         let shape = TokenShape::of(&train_task.problems);
-        let mut trainer = Trainer::new(&lm, train_task, cfg.clone(), None)?;
+        let mut trainer = Trainer::new(lm, train_task, cfg.clone(), None)?;
         trainer.profile = a.phases.unwrap_or(!lm.device().is_cpu());
         trainer.backward = mode.into();
         trainer.fold = a.fold;

@@ -47,7 +47,7 @@ impl Default for BeamConfig {
 
 impl BeamConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.beams == 0 || self.groups == 0 || self.beams % self.groups != 0 {
+        if self.beams == 0 || self.groups == 0 || !self.beams.is_multiple_of(self.groups) {
             return Err(Error::invalid("beams", "beams must be a positive multiple of groups"));
         }
         if self.max_new_tokens == 0 || self.min_new_tokens > self.max_new_tokens {

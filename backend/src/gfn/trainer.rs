@@ -258,7 +258,7 @@ impl<'a> Trainer<'a> {
                 crate::util::append_metrics(out, &m)?;
             }
             let every = self.cfg.checkpoint_every;
-            if self.out.is_some() && ((every > 0 && self.step % every == 0) || self.step == self.cfg.steps) {
+            if self.out.is_some() && ((every > 0 && self.step.is_multiple_of(every)) || self.step == self.cfg.steps) {
                 self.save_checkpoint()?;
             }
             if on_step(self, &m).is_break() {

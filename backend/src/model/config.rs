@@ -136,13 +136,13 @@ impl LlamaConfig {
                 return Err(Error::invalid(name, "must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::invalid(
                 "num_key_value_heads",
                 format!("{} does not divide {} heads", self.num_key_value_heads, self.num_attention_heads),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::invalid("head_dim", "must be even for rotary embeddings"));
         }
         Ok(())

@@ -175,15 +175,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn query_values_decode() {
-        assert_eq!(super::percent_decode("a%2Fb+c%3d%"), "a/b c=%");
-        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
-    }
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -245,4 +236,13 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_decode() {
+        assert_eq!(super::percent_decode("a%2Fb+c%3d%"), "a/b c=%");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+    }
 }
