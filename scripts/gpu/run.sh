@@ -4,7 +4,7 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="fused decode events stepfused engine parity hostdraw big step steprng stepab mfu prof arith rng".
+# Sections can be skipped: SKIP="fused decode events stepfused engine parity hostdraw big step steprng stepab mfu prof arith rng sanitize".
 # The most decisive sections run first (the fused kernels' tests, then their
 # A/B timings). The script keeps within BUDGET seconds (default 400: each
 # section's timeout is cut to what is left, and sections that no longer fit are
@@ -175,6 +175,17 @@ if [ -f "$G/model.gguf" ] && fits rng 90; then
   { echo "# train"; ( time timeout $(lim 400) "$A" train --task rng --model "$G/model.gguf" --device cuda --out /tmp/amz-rng --quiet ${RNG_ARGS:-} ) ; } >> "$R" 2>&1
   { echo "# gfn"; timeout $(lim 150) "$A" eval --task rng --model "$G/model.gguf" --adapter /tmp/amz-rng/adapter --device cuda --samples 10000 --batch 500 --json; } >> "$R" 2>&1
   rows+=("rng|$(grep -E '^\{|^real|trained' "$R" | tr '\n' ' ' | cut -c1-600)")
+fi
+if [ -x "$G/test-fused" ] && fits sanitize 120; then
+  # The fused kernels under compute-sanitizer's memcheck (out-of-bounds and misaligned accesses, leaks).
+  CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [ -n "$CS" ]; then
+    AMORTIZE_TEST_DEVICE=cuda timeout $(lim 300) "$CS" --tool memcheck --leak-check full "$G/test-fused" --test-threads 1 > "$OUT/sanitize.txt" 2>&1
+    rows+=("compute-sanitizer memcheck, fused tests|$(grep -E '^test result|ERROR SUMMARY' "$OUT/sanitize.txt" | tr '\n' ' ')")
+  else
+    rows+=("compute-sanitizer|not found")
+  fi
+  flush
 fi
 [ -s "$OUT/err.txt" ] && rows+=("stderr|$(tail -c 600 "$OUT/err.txt" | tr '\n' ' ')")
 flush
