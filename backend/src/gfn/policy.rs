@@ -92,9 +92,9 @@ pub fn policy_logprobs_taped(
     let plan = Plan::new(prompt, trajs, stop_ids, max_len)?;
     // The prompt runs once for the whole batch; each row continues it with its Z.
     let z_rows: Vec<Vec<u32>> = trajs.iter().map(|t| t.tokens.clone()).collect();
-    let (hp, hr, tape) = lm.llama.forward_tape(prompt, &z_rows, view)?;
-    let (b, t_len, h) = hr.dims3()?;
-    let hidden = Tensor::cat(&[&hp, &hr.reshape((b * t_len, h))?], 0)?; // [P + B·T, H]
+    let (hidden, tape) = lm.llama.forward_tape(prompt, &z_rows, view)?; // [P + B·T, H]
+    let (_, b, t_len) = tape.dims();
+    let h = hidden.dim(1)?;
     let pos = plan.positions_after_prompt(prompt.len(), t_len, lm.device())?;
     let picked = hidden.index_select(&pos, 0)?;
     let logits = Var::from_tensor(&lm.llama.logits(&picked)?)?;
@@ -127,7 +127,7 @@ impl TapedPolicy {
             Some(d) => Tensor::zeros((p + b * t, h), d.dtype(), lm.device())?.index_add(&self.pos, &d, 0)?,
             None => Tensor::zeros((p + b * t, h), lm.llama.dtype(), lm.device())?,
         };
-        lm.llama.backward_tape(&self.tape, &d_hidden.narrow(0, 0, p)?, &d_hidden.narrow(0, p, b * t)?.reshape((b, t, h))?, view, into)
+        lm.llama.backward_tape(&self.tape, &d_hidden, view, into)
     }
 }
 

@@ -13,7 +13,10 @@
 //!
 //! The batch shares its prompt: the prompt runs once (one row), and the B rows
 //! that continue it attend to its keys and values, whose gradients are summed
-//! over the rows. The pass thus costs P + B·T tokens, not B·(P + T).
+//! over the rows. The pass thus costs P + B·T tokens, not B·(P + T). The
+//! token-wise ops (projections and their adapters, norms, SwiGLU) run over the
+//! prompt's and the rows' tokens as one [P + B·T, H] stream, so each is one op
+//! per layer; only attention runs per segment.
 //!
 //! Owns only this pass; the layers' weights are `llama.rs`'s, the adapter's
 //! pairs `lora.rs`'s, the per-op backward steps `tape_ops.rs`'s. The adapter
@@ -58,13 +61,8 @@ enum SegRope {
     Joined { cs: Tensor, cs_q: Tensor },
 }
 
-/// What the backward of one block reads for one segment (N = B·T rows).
-struct BlockTape {
-    /// Block input [N, H] and its attention-normed copy.
-    x: Tensor,
-    h1: Tensor,
-    /// The adapter's activations of q/k/v, o, gate/up and down.
-    u_qkv: Option<LoraTape>,
+/// What the backward of one block's attention reads for one segment.
+struct AttnTape {
     /// Rotated, pre-scaled queries grouped by kv head [B, KV, rep·T, hd]; the
     /// keys and values attended to [B, KV, S, hd] (rotated keys).
     q: Tensor,
@@ -72,6 +70,18 @@ struct BlockTape {
     v: Tensor,
     /// Attention probabilities [B, KV, rep·T, S], f32.
     probs: Tensor,
+}
+
+/// What the backward of one block reads. The token-wise parts cover both
+/// segments at once: N = P + B·T rows, the prompt's first.
+struct BlockTape {
+    /// Block input [N, H] and its attention-normed copy.
+    x: Tensor,
+    h1: Tensor,
+    /// The adapter's activations of q/k/v, o, gate/up and down.
+    u_qkv: Option<LoraTape>,
+    /// The prompt's attention and the rows'.
+    att: [AttnTape; 2],
     /// Attention output [N, heads·hd] (the o projection's input).
     y: Tensor,
     u_o: Option<LoraTape>,
@@ -89,10 +99,10 @@ struct BlockTape {
 pub struct Tape {
     /// The prompt and the rows after it.
     segs: [Segment; 2],
-    /// Per block: the prompt's tape and the rows'.
-    blocks: Vec<[BlockTape; 2]>,
-    /// The final norm's inputs [P, H] and [B·T, H].
-    last: [Tensor; 2],
+    /// Per block.
+    blocks: Vec<BlockTape>,
+    /// The final norm's input [P + B·T, H].
+    last: Tensor,
 }
 
 impl Tape {
@@ -103,11 +113,11 @@ impl Tape {
 }
 
 impl Llama {
-    /// The final hidden states of `prompt` [P, hidden] and of each row of
-    /// `rows` after it [B, T, hidden] (rows left-padded as in `forward`), under
-    /// the adapter `lora`, with the tape for [`Llama::backward_tape`]. `lora`
-    /// must be an inference view or a tape view.
-    pub fn forward_tape(&self, prompt: &[u32], rows: &[Vec<u32>], lora: &LoraView) -> Result<(Tensor, Tensor, Tape)> {
+    /// The final hidden states [P + B·T, hidden] of `prompt` (its P rows first)
+    /// and of each row of `rows` after it (B rows left-padded to T tokens as in
+    /// `forward`), under the adapter `lora`, with the tape for
+    /// [`Llama::backward_tape`]. `lora` must be an inference view or a tape view.
+    pub fn forward_tape(&self, prompt: &[u32], rows: &[Vec<u32>], lora: &LoraView) -> Result<(Tensor, Tape)> {
         if lora.tracked || lora.is_folded() {
             return Err(Error::invalid("lora", "the taped pass takes an unfolded inference or tape view (it builds no autograd graph)"));
         }
@@ -123,22 +133,23 @@ impl Llama {
         let pr = self.prepare(rows, &mut after)?;
         let seg_p = self.segment(pp.pos, pp.mask, pp.dims, p_len)?;
         let seg_r = self.segment(pr.pos, pr.mask, pr.dims, p_len + pr.dims.1)?;
-        let mut xp = self.embed.embedding(&Tensor::new(pp.ids, self.device())?)?; // [P, H]
-        let mut xr = self.embed.embedding(&Tensor::new(pr.ids, self.device())?)?; // [B·T, H]
+        // The token-wise ops (projections, norms, SwiGLU) run over the prompt's
+        // P rows and the B·T rows' tokens as one [P + B·T, H] stream; only
+        // attention splits it by segment.
+        let ids = [pp.ids, pr.ids].concat();
+        let mut x = self.embed.embedding(&Tensor::new(ids, self.device())?)?; // [N, H]
         // Each block ends with its residual add and the next norm (the final one last).
         let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
-        let eps = self.config.rms_norm_eps as f32;
-        let (mut hp, mut hr) = (candle_nn::ops::rms_norm(&xp, first_norm, eps)?, candle_nn::ops::rms_norm(&xr, first_norm, eps)?);
+        let mut h = candle_nn::ops::rms_norm(&x, first_norm, self.config.rms_norm_eps as f32)?;
+        let segs = [seg_p, seg_r];
         let mut blocks = Vec::with_capacity(self.layers.len());
         for (l, w) in self.layers.iter().enumerate() {
             let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.attn_norm);
-            let (np, nhp, tp) = self.block_tape(l, w, (xp, hp), next_norm, lora, &seg_p, None)?;
-            let (nr, nhr, tr) = self.block_tape(l, w, (xr, hr), next_norm, lora, &seg_r, Some((&tp.k, &tp.v)))?;
-            blocks.push([tp, tr]);
-            (xp, xr, hp, hr) = (np, nr, nhp, nhr);
+            let (nx, nh, bt) = self.block_tape(l, w, (x, h), next_norm, lora, &segs)?;
+            blocks.push(bt);
+            (x, h) = (nx, nh);
         }
-        let hr = hr.reshape((seg_r.b, seg_r.t, self.config.hidden_size))?;
-        Ok((hp, hr, Tape { segs: [seg_p, seg_r], blocks, last: [xp, xr] }))
+        Ok((h, Tape { segs, blocks, last: x }))
     }
 
     /// `(x + a, rms_norm(x + a) · w)`: one fused op, or composed.
@@ -173,19 +184,36 @@ impl Llama {
         Ok(Segment { b, t, mask, rope })
     }
 
-    /// One block over a segment: the residual stream `x` and its attention-normed
-    /// `h1` in; the new stream, its norm by `next_norm` and the tape out.
+    /// One block over both segments: the residual stream `x` [P + B·T, H] and
+    /// its attention-normed `h1` in; the new stream, its norm by `next_norm`
+    /// and the tape out.
+    fn block_tape(&self, l: usize, w: &Layer, (x, h1): (Tensor, Tensor), next_norm: &Tensor, lora: &LoraView, segs: &[Segment; 2]) -> Result<(Tensor, Tensor, BlockTape)> {
+        let i = self.config.intermediate_size;
+        let (qkv, u_qkv) = proj(l, QKV, &w.qkv, &h1, lora)?; // [N, (H + 2·KV)·hd]
+        let p_len = segs[0].t;
+        let (ap, yp) = self.attention_tape(&qkv.narrow(0, 0, p_len)?, &segs[0], None)?;
+        let (ar, yr) = self.attention_tape(&qkv.narrow(0, p_len, segs[1].b * segs[1].t)?, &segs[1], Some((&ap.k, &ap.v)))?;
+        let y = Tensor::cat(&[&yp, &yr], 0)?; // [N, heads·hd]
+        let (o, u_o) = proj(l, O, &w.o, &y, lora)?;
+        let (x1, h2) = self.add_norm_tape(&x, &o, &w.mlp_norm)?;
+
+        let (gu, u_gu) = proj(l, GATE_UP, &w.gate_up, &h2, lora)?; // [N, 2I]
+        let act = if self.fused() { fused::silu_mul(&gu)? } else { (gu.narrow(1, 0, i)?.silu()? * gu.narrow(1, i, i)?)? };
+        let (down, u_down) = proj(l, DOWN, &w.down, &act, lora)?;
+        let (out, h_next) = self.add_norm_tape(&x1, &down, next_norm)?;
+        Ok((out, h_next, BlockTape { x, h1, u_qkv, att: [ap, ar], y, u_o, x1, h2, gu, act, u_gu, u_down }))
+    }
+
+    /// Attention of one segment from its rows of the q·k·v product
+    /// [B·T, (H + 2·KV)·hd]: the tape and the output [B·T, heads·hd].
     /// `before`: the keys and values [1, KV, P, hd] of the prompt this segment
     /// continues.
-    #[allow(clippy::too_many_arguments)]
-    fn block_tape(&self, l: usize, w: &Layer, (x, h1): (Tensor, Tensor), next_norm: &Tensor, lora: &LoraView, seg: &Segment, before: Option<(&Tensor, &Tensor)>) -> Result<(Tensor, Tensor, BlockTape)> {
+    fn attention_tape(&self, qkv: &Tensor, seg: &Segment, before: Option<(&Tensor, &Tensor)>) -> Result<(AttnTape, Tensor)> {
         let c = &self.config;
-        let (nh, nkv, hd, i) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (b, t, rep) = (seg.b, seg.t, nh / nkv);
-
-        let (qkv, u_qkv) = proj(l, QKV, &w.qkv, &h1, lora)?; // [N, (H + 2·KV)·hd]
         let (q, k, v) = match &seg.rope {
-            SegRope::Joined { cs, cs_q } => fused_heads::split_heads(&qkv, cs, cs_q, (b, t), (nh, nkv))?,
+            SegRope::Joined { cs, cs_q } => fused_heads::split_heads(qkv, cs, cs_q, (b, t), (nh, nkv))?,
             SegRope::Halves { cos, sin, cos_q, sin_q, .. } => {
                 let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?.transpose(1, 2)?.contiguous()?;
                 let q = candle_nn::rotary_emb::rope(&heads.narrow(1, 0, nh)?.contiguous()?, cos_q, sin_q)?;
@@ -212,55 +240,42 @@ impl Llama {
         }; // f32
         let y = probs.to_dtype(self.dtype())?.matmul(&v)?; // [B, KV, rep·T, hd]
         let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-        let (o, u_o) = proj(l, O, &w.o, &y, lora)?;
-        let (x1, h2) = self.add_norm_tape(&x, &o, &w.mlp_norm)?;
-
-        let (gu, u_gu) = proj(l, GATE_UP, &w.gate_up, &h2, lora)?; // [N, 2I]
-        let act = if self.fused() { fused::silu_mul(&gu)? } else { (gu.narrow(1, 0, i)?.silu()? * gu.narrow(1, i, i)?)? };
-        let (down, u_down) = proj(l, DOWN, &w.down, &act, lora)?;
-        let (out, h_next) = self.add_norm_tape(&x1, &down, next_norm)?;
-        Ok((out, h_next, BlockTape { x, h1, u_qkv, q, k, v, probs, y, u_o, x1, h2, gu, act, u_gu, u_down }))
+        Ok((AttnTape { q, k, v, probs }, y))
     }
 
-    /// Adds to `grads` the adapter's gradients given the loss's gradients with
-    /// respect to [`Llama::forward_tape`]'s outputs: `d_prompt` [P, hidden] and
-    /// `d_rows` [B, T, hidden].
-    pub fn backward_tape(&self, tape: &Tape, d_prompt: &Tensor, d_rows: &Tensor, lora: &LoraView, grads: &mut LoraGrads) -> Result<()> {
+    /// Adds to `grads` the adapter's gradients given the loss's gradient
+    /// `d_hidden` [P + B·T, hidden] with respect to [`Llama::forward_tape`]'s output.
+    pub fn backward_tape(&self, tape: &Tape, d_hidden: &Tensor, lora: &LoraView, grads: &mut LoraGrads) -> Result<()> {
         let (p_len, b, t) = tape.dims();
         let h = self.config.hidden_size;
-        if d_prompt.dims() != [p_len, h] || d_rows.dims() != [b, t, h] {
-            return Err(Error::invalid("d_hidden", format!("shapes {:?} and {:?}, the pass made [{p_len}, {h}] and [{b}, {t}, {h}]", d_prompt.dims(), d_rows.dims())));
+        if d_hidden.dims() != [p_len + b * t, h] {
+            return Err(Error::invalid("d_hidden", format!("shape {:?}, the pass made [{}, {h}]", d_hidden.dims(), p_len + b * t)));
         }
         let eps = self.config.rms_norm_eps;
-        let d = [d_prompt.to_dtype(self.dtype())?, d_rows.to_dtype(self.dtype())?.reshape((b * t, h))?];
         let fused = self.fused();
-        let mut dx = [rms_norm_backward_add(&tape.last[0], &self.norm, &d[0], eps, None, fused)?, rms_norm_backward_add(&tape.last[1], &self.norm, &d[1], eps, None, fused)?];
+        let mut dx = rms_norm_backward_add(&tape.last, &self.norm, &d_hidden.to_dtype(self.dtype())?, eps, None, fused)?;
+        let [seg_p, seg_r] = &tape.segs;
         for (l, (w, s)) in self.layers.iter().zip(&tape.blocks).enumerate().rev() {
-            // MLP: x2 = x1 + down(swiglu(gate_up(norm(x1)))), each segment.
-            for (k, s) in s.iter().enumerate() {
-                let d_act = proj_backward(l, DOWN, &w.down, &s.act, s.u_down.as_ref(), &dx[k], lora, grads)?;
-                let d_gu = swiglu_backward(&s.gu, &d_act, fused)?;
-                let d_h2 = proj_backward(l, GATE_UP, &w.gate_up, &s.h2, s.u_gu.as_ref(), &d_gu, lora, grads)?;
-                dx[k] = rms_norm_backward_add(&s.x1, &w.mlp_norm, &d_h2, eps, Some(&dx[k]), fused)?;
-            }
+            // MLP: x2 = x1 + down(swiglu(gate_up(norm(x1)))), all tokens at once.
+            let d_act = proj_backward(l, DOWN, &w.down, &s.act, s.u_down.as_ref(), &dx, lora, grads)?;
+            let d_gu = swiglu_backward(&s.gu, &d_act, fused)?;
+            let d_h2 = proj_backward(l, GATE_UP, &w.gate_up, &s.h2, s.u_gu.as_ref(), &d_gu, lora, grads)?;
+            dx = rms_norm_backward_add(&s.x1, &w.mlp_norm, &d_h2, eps, Some(&dx), fused)?;
             // Attention: x1 = x + o(attn(qkv(norm(x)))). The rows first: part of
             // their keys and values are the prompt's, summed over the rows.
-            let d_y = proj_backward(l, O, &w.o, &s[1].y, s[1].u_o.as_ref(), &dx[1], lora, grads)?;
-            let (dq_r, dk_all, dv_all) = self.attention_backward(&s[1], &tape.segs[1], &d_y)?;
+            let d_y = proj_backward(l, O, &w.o, &s.y, s.u_o.as_ref(), &dx, lora, grads)?; // [N, heads·hd]
+            let (dq_r, dk_all, dv_all) = self.attention_backward(&s.att[1], seg_r, &d_y.narrow(0, p_len, b * t)?)?;
             let (dk_r, dv_r) = (dk_all.narrow(2, p_len, t)?.contiguous()?, dv_all.narrow(2, p_len, t)?.contiguous()?);
-            let d_y = proj_backward(l, O, &w.o, &s[0].y, s[0].u_o.as_ref(), &dx[0], lora, grads)?;
-            let (dq_p, dk_p, dv_p) = self.attention_backward(&s[0], &tape.segs[0], &d_y)?;
+            let (dq_p, dk_p, dv_p) = self.attention_backward(&s.att[0], seg_p, &d_y.narrow(0, 0, p_len)?)?;
             let dk_p = (dk_p + dk_all.narrow(2, 0, p_len)?.sum_keepdim(0)?)?;
             let dv_p = (dv_p + dv_all.narrow(2, 0, p_len)?.sum_keepdim(0)?)?;
-            for (k, (dq, dk, dv)) in [(dq_p, dk_p, dv_p), (dq_r, dk_r, dv_r)].into_iter().enumerate() {
-                let d_qkv = self.qkv_grad(&tape.segs[k], &dq, &dk, &dv)?;
-                if l == 0 {
-                    // The first block's input is the frozen embedding: no input gradient.
-                    lora_backward(l, QKV, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, false, lora, grads)?;
-                } else {
-                    let d_h1 = proj_backward(l, QKV, &w.qkv, &s[k].h1, s[k].u_qkv.as_ref(), &d_qkv, lora, grads)?;
-                    dx[k] = rms_norm_backward_add(&s[k].x, &w.attn_norm, &d_h1, eps, Some(&dx[k]), fused)?;
-                }
+            let d_qkv = Tensor::cat(&[&self.qkv_grad(seg_p, &dq_p, &dk_p, &dv_p)?, &self.qkv_grad(seg_r, &dq_r, &dk_r, &dv_r)?], 0)?;
+            if l == 0 {
+                // The first block's input is the frozen embedding: no input gradient.
+                lora_backward(l, QKV, &s.h1, s.u_qkv.as_ref(), &d_qkv, false, lora, grads)?;
+            } else {
+                let d_h1 = proj_backward(l, QKV, &w.qkv, &s.h1, s.u_qkv.as_ref(), &d_qkv, lora, grads)?;
+                dx = rms_norm_backward_add(&s.x, &w.attn_norm, &d_h1, eps, Some(&dx), fused)?;
             }
         }
         Ok(())
@@ -268,7 +283,7 @@ impl Llama {
 
     /// Gradients of the queries [B, H, T, hd] (rotated) and of the keys and
     /// values attended to [B, KV, S, hd] from d(attention output) [N, H·hd].
-    fn attention_backward(&self, s: &BlockTape, seg: &Segment, d_y: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attention_backward(&self, s: &AttnTape, seg: &Segment, d_y: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t) = (seg.b, seg.t);
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
