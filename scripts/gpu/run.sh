@@ -4,7 +4,7 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="fused decode events stepfused engine parity hostdraw big step steprng stepab mfu prof arith rng sanitize".
+# Sections can be skipped: SKIP="fused decode pool events stepfused engine parity hostdraw big step steprng stepab mfu prof arith rng sanitize".
 # The most decisive sections run first (the fused kernels' tests, then their
 # A/B timings). The script keeps within BUDGET seconds (default 400: each
 # section's timeout is cut to what is left, and sections that no longer fit are
@@ -60,6 +60,19 @@ if fits decode 60; then
   # ... and decode steps replayed as CUDA graphs (model::graph; off by default until this has run).
   timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --stepwise --graph --json >> "$F" 2>> "$OUT/err.txt"
   rows+=("decode smollm2-135m bf16 tok/s (default / stepwise readback / CUDA-graph steps), fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f} / {graph_tokens_per_s or 0:.0f} ({graphs_recorded} graphs)" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
+  flush
+fi
+if fits pool 60; then
+  # The memory pool keeping its memory (the default) vs releasing it at every synchronisation
+  # (AMORTIZE_CUDA_POOL_RELEASE=1, the driver's default): alternating processes.
+  PL="$OUT/pool.jsonl"
+  for r in 1 0 1 0; do
+    AMORTIZE_CUDA_POOL_RELEASE=$r timeout $(lim 60) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,64 --new-tokens 64 --stepwise --json 2>> "$OUT/err.txt" | sed "s/^{/{\"release\": $r, /" >> "$PL"
+  done
+  for r in 1 0; do
+    AMORTIZE_CUDA_POOL_RELEASE=$r timeout $(lim 90) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --json 2>> "$OUT/err.txt" | sed "s/^{/{\"release\": $r, /" >> "$PL"
+  done
+  rows+=("pool release at sync on / off (decode tok/s default / stepwise; step s)|$(J '(f"release={release} b{batch}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f}" if bench == "decode" else f"release={release} step b64: {sec_per_step:.3f} s (decode {phase_sec_per_step_decode*1e3:.0f} ms, backward {phase_sec_per_step_backward*1e3:.0f} ms)")' "$PL" | tr '\n' ';')")
   flush
 fi
 if fits events 60; then

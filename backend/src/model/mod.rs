@@ -96,6 +96,13 @@ pub fn parse_device(name: &str) -> Result<Device> {
 /// synchronises anything once a context runs several explicit streams, which
 /// candle's device never creates: here it is pure launch overhead.
 /// `AMORTIZE_CUDA_EVENTS=1` keeps it (for A/B timings).
+///
+/// The device's memory pool also keeps what it has grown to: by default a
+/// stream-ordered pool hands its free memory back to the driver at every
+/// synchronisation (each decode step's readback, each phase boundary), and
+/// the next step's allocations must map it again (PyTorch's caching
+/// allocator avoids the same). `AMORTIZE_CUDA_POOL_RELEASE=1` keeps the
+/// driver's default.
 #[allow(unused_variables)]
 pub fn cuda_device(ordinal: usize) -> Result<Device> {
     let device = Device::new_cuda(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
@@ -108,8 +115,37 @@ pub fn cuda_device(ordinal: usize) -> Result<Device> {
             // differently.
             unsafe { d.disable_event_tracking() };
         }
+        if std::env::var("AMORTIZE_CUDA_POOL_RELEASE").as_deref() != Ok("1") {
+            if let Err(e) = keep_pool_memory(d) {
+                tracing::debug!("the CUDA memory pool keeps its default release threshold: {e}");
+            }
+        }
     }
     Ok(device)
+}
+
+/// Sets the device's default memory pool (where candle's stream-ordered
+/// allocations come from) to keep freed memory instead of releasing it at
+/// each synchronisation.
+#[cfg(feature = "cuda")]
+fn keep_pool_memory(d: &candle_core::CudaDevice) -> std::result::Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let stream = d.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep = u64::MAX;
+    // SAFETY: plain driver calls on the context bound above; `pool` and `keep`
+    // outlive them, and the attribute takes a u64 (cuMemPoolSetAttribute).
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("{r:?}"));
+    }
+    let r = unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut keep as *mut u64).cast()) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("{r:?}"));
+    }
+    Ok(())
 }
 
 /// Parses `f32`, `bf16` or `f16`.
