@@ -141,42 +141,19 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
             // Untimed, at this batch size: memory pools and library heuristics
             // warm up here, not in whichever timed variant runs first.
             decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens.min(8)), view.as_ref(), None)?;
-            let t0 = Instant::now();
-            let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), view.as_ref(), None)?;
-            let cached = elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum());
-            let fold = match &folded {
-                Some((f, _)) => {
-                    let t0 = Instant::now();
-                    let out = decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens), Some(f), None)?;
-                    Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
-                }
-                None => None,
+            // New tokens per second of one timed decode of `prompts`.
+            let rate = |cfg: SampleConfig, lora: Option<&amortize::model::LoraView>| -> anyhow::Result<f64> {
+                let t0 = Instant::now();
+                let out = decode::sample(&lm, &prompts, &cfg, lora, None)?;
+                Ok(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
             };
+            let base = bench_cfg(1, a.new_tokens);
+            let cached = rate(base.clone(), view.as_ref())?;
+            let fold = folded.as_ref().map(|(f, _)| rate(base.clone(), Some(f))).transpose()?;
             let recompute = if a.recompute { Some(recompute_rate(&lm, &prompts, a.new_tokens)?) } else { None };
-            let host = if a.host_draw {
-                let t0 = Instant::now();
-                let cfg = SampleConfig { on_device: Some(false), ..bench_cfg(1, a.new_tokens) };
-                let out = decode::sample(&lm, &prompts, &cfg, view.as_ref(), None)?;
-                Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
-            } else {
-                None
-            };
-            let stepwise = if a.stepwise {
-                let t0 = Instant::now();
-                let cfg = SampleConfig { readback_every: Some(1), ..bench_cfg(1, a.new_tokens) };
-                let out = decode::sample(&lm, &prompts, &cfg, view.as_ref(), None)?;
-                Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
-            } else {
-                None
-            };
-            let graph = if a.graph {
-                let t0 = Instant::now();
-                let cfg = SampleConfig { static_steps: Some(true), ..bench_cfg(1, a.new_tokens) };
-                let out = decode::sample(&lm, &prompts, &cfg, view.as_ref(), None)?;
-                Some(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
-            } else {
-                None
-            };
+            let host = a.host_draw.then(|| rate(SampleConfig { on_device: Some(false), ..base.clone() }, view.as_ref())).transpose()?;
+            let stepwise = a.stepwise.then(|| rate(SampleConfig { readback_every: Some(1), ..base.clone() }, view.as_ref())).transpose()?;
+            let graph = a.graph.then(|| rate(SampleConfig { static_steps: Some(true), ..base.clone() }, view.as_ref())).transpose()?;
             let over = first.map(|f| cached / f);
             first.get_or_insert(cached);
             if a.json {
