@@ -219,3 +219,26 @@ fn compare_beam_search_and_the_em_step() {
     assert!(em["accepted"].as_u64().unwrap() >= 1);
     assert!(out.join("gfn-seed0/adapter/adapter_config.json").exists() && out.join("gfn-sft-seed0/adapter/adapter_config.json").exists());
 }
+
+/// `bench decode` and `bench step` on random tiny weights: one JSON object per
+/// batch size with every variant asked for (host draw, stepwise readback,
+/// fixed-shape steps), and a step's phases with the policy pass inside the
+/// backward phase.
+#[test]
+fn bench_prints_one_json_row_per_setting() {
+    let out = stdout(&run(&["bench", "decode", "--random", "tiny", "--batch", "1,3", "--new-tokens", "6", "--prompt-len", "4", "--host-draw", "--stepwise", "--graph", "--json"]));
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    for r in &rows {
+        for key in ["tokens_per_s", "host_draw_tokens_per_s", "stepwise_tokens_per_s", "graph_tokens_per_s"] {
+            assert!(r[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {r}");
+        }
+        assert_eq!(r["graphs_recorded"], 0, "no CUDA graph on the CPU");
+    }
+    let out = stdout(&run(&["bench", "step", "--task", "rng", "--random", "tiny", "--batch", "2", "--steps", "1", "--lora-r", "2", "--phases", "true", "--json"]));
+    let r: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(r["sec_per_step"].as_f64().unwrap() > 0.0);
+    let phase = |k: &str| r["phase_sec_per_step"][k].as_f64().unwrap();
+    assert!(phase("policy_pass") > 0.0 && phase("policy_pass") <= phase("backward"));
+    assert!(!run(&["bench", "decode", "--random", "tiny", "--batch", "0"]).status.success());
+}
