@@ -38,6 +38,10 @@ pub fn recorded_graphs() -> usize {
 
 static RECORDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Set by the first failed recording: later steps of this process do not try
+/// again (and do not warn again).
+static RECORDING_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A fixed-shape decode step for one batch and one cache room.
 pub struct StaticStep {
     /// [B] u32: the tokens the step feeds.
@@ -88,7 +92,7 @@ impl StaticStep {
             rooms,
             b,
             cap,
-            capture: capture && dev.is_cuda(),
+            capture: capture && dev.is_cuda() && !RECORDING_FAILED.load(std::sync::atomic::Ordering::Relaxed),
             #[cfg(feature = "cuda")]
             graph: None,
         }))
@@ -163,7 +167,9 @@ impl StaticStep {
                     RECORDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) => {
-                    tracing::warn!("decoding without a CUDA graph: recording the step failed: {e}");
+                    if !RECORDING_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!("decoding without CUDA graphs from now on: recording a step failed: {e}");
+                    }
                     self.capture = false;
                 }
             }
