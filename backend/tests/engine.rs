@@ -554,6 +554,54 @@ fn fixed_shape_steps_between_tool_calls_equal_eager_steps() {
     assert!(eager.iter().any(|s| s.tokens.len() > cfg.max_new_tokens + 2));
 }
 
+/// A fixed-shape step gives the logits of the ordinary forward pass, then
+/// refuses (an error, no panic) once the cache's room is full or the cache
+/// no longer writes into the room it was made for.
+#[test]
+fn fixed_shape_steps_match_forward_and_stop_at_the_room() {
+    use amortize::model::graph::StaticStep;
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(&dir);
+    let prompts = vec![lm.tokenizer.encode("the cat").unwrap(), lm.tokenizer.encode("1 + 2 =").unwrap()];
+    let feed: [u32; 2] = [40, 41];
+    let run = |fixed: bool| -> (Vec<Tensor>, amortize::model::KvCache, Option<StaticStep>) {
+        let mut cache = lm.llama.new_cache();
+        lm.llama.forward(&prompts, &mut cache, None).unwrap();
+        cache.reserve(2).unwrap();
+        let mut step = StaticStep::new(&lm.llama, &cache, None, false).unwrap();
+        assert_eq!(step.is_some(), lm.llama.fused());
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            out.push(match step.as_mut().filter(|_| fixed) {
+                Some(s) => s.step(&lm.llama, &Tensor::new(&feed, lm.device()).unwrap(), &mut cache, None).unwrap().copy().unwrap(),
+                None => {
+                    let rows: Vec<Vec<u32>> = feed.iter().map(|&t| vec![t]).collect();
+                    let h = lm.llama.forward(&rows, &mut cache, None).unwrap();
+                    lm.llama.logits(&h.squeeze(1).unwrap()).unwrap()
+                }
+            });
+        }
+        (out, cache, step)
+    };
+    let (eager, _, _) = run(false);
+    let (fixed, mut cache, step) = run(true);
+    for (a, b) in eager.iter().zip(&fixed) {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "fixed-shape step vs forward: {d}");
+    }
+    let mut step = step.unwrap();
+    // The room (2 positions) is full.
+    assert!(!step.fits(&cache));
+    assert!(step.step(&lm.llama, &Tensor::new(&feed, lm.device()).unwrap(), &mut cache, None).is_err());
+    // A cache with new room (a new buffer) is not the step's room either.
+    cache.reserve(4).unwrap();
+    assert!(!step.fits(&cache));
+    assert!(step.step(&lm.llama, &Tensor::new(&feed, lm.device()).unwrap(), &mut cache, None).is_err());
+    // Ids of the wrong shape are an error.
+    let mut fresh = StaticStep::new(&lm.llama, &cache, None, false).unwrap().unwrap();
+    assert!(fresh.step(&lm.llama, &Tensor::new(&[1u32, 2, 3], lm.device()).unwrap(), &mut cache, None).is_err());
+}
+
 /// With room reserved, appends write into the cache in place: one token at a
 /// time gives the full pass's logits, and after a rewind the overwritten tail
 /// gives them again.
