@@ -161,6 +161,17 @@ struct Row {
     stop: Option<StopReason>,
 }
 
+impl Row {
+    /// Appends a policy action (counted) or a tool's token (log-probabilities 0).
+    fn push(&mut self, token: u32, tool: bool, logprob: f32, sample_logprob: f32) {
+        self.tokens.push(token);
+        self.tool.push(tool);
+        self.logprobs.push(logprob);
+        self.sample_logprobs.push(sample_logprob);
+        self.actions += usize::from(!tool);
+    }
+}
+
 /// Samples `cfg.n` continuations of every prompt; results are grouped by prompt
 /// (`n` consecutive samples each). `lora: None` samples from the base model.
 pub fn sample(
@@ -241,11 +252,7 @@ pub fn sample(
                 continue;
             }
             let Some(Pick { token: tok, logprob, sample_logprob: slp }) = pick else { continue };
-            row.tokens.push(tok);
-            row.tool.push(false);
-            row.logprobs.push(logprob);
-            row.sample_logprobs.push(slp);
-            row.actions += 1;
+            row.push(tok, false, logprob, slp);
             next[i].push(tok);
 
             if stop_ids.contains(&tok) {
@@ -261,10 +268,7 @@ pub fn sample(
                 if let Some(extra) = tool.and_then(|h| h.after_token(&text)) {
                     let ids = lm.tokenizer.encode(&extra)?;
                     for id in ids {
-                        row.tokens.push(id);
-                        row.tool.push(true);
-                        row.logprobs.push(0.0);
-                        row.sample_logprobs.push(0.0);
+                        row.push(id, true, 0.0, 0.0);
                         next[i].push(id);
                     }
                 }
@@ -346,11 +350,7 @@ fn decode_on_device(
                     break;
                 }
                 let tok = p[0] as u32;
-                row.tokens.push(tok);
-                row.tool.push(false);
-                row.logprobs.push(p[1]);
-                row.sample_logprobs.push(p[2]);
-                row.actions += 1;
+                row.push(tok, false, p[1], p[2]);
                 if stop_ids.contains(&tok) {
                     row.stop = Some(StopReason::StopToken);
                 } else if row.actions >= cfg.max_new_tokens {
@@ -368,7 +368,7 @@ fn decode_on_device(
 /// The fixed-shape step for this decode (`model::graph`), when asked for and
 /// possible; recorded as a CUDA graph off the CPU.
 fn fixed_steps(lm: &LanguageModel, cache: &crate::model::KvCache, cfg: &SampleConfig, lora: Option<&LoraView>) -> Result<Option<StaticStep>> {
-    if !cfg.static_steps.unwrap_or_else(|| graph::default_on(lm.device())) {
+    if !cfg.static_steps.unwrap_or_else(graph::default_on) {
         return Ok(None);
     }
     StaticStep::new(&lm.llama, cache, lora, !lm.device().is_cpu())

@@ -259,9 +259,7 @@ impl Llama {
         let p = self.prepare(rows, cache)?;
         let ids = Tensor::from_vec(p.ids, p.dims, &self.device)?;
         let hidden = self.run(ids, p.pos, p.mask, p.dims, cache, lora)?;
-        for (i, v) in p.step_valid.into_iter().enumerate() {
-            cache.valid[i].extend(v);
-        }
+        p.step_valid.into_iter().zip(&mut cache.valid).for_each(|(v, row)| row.extend(v));
         Ok(hidden)
     }
 
@@ -275,9 +273,7 @@ impl Llama {
         let p = self.prepare(&vec![vec![0u32]; b], cache)?;
         let ids = ids.to_dtype(DType::U32)?.reshape((b, 1))?;
         let hidden = self.run(ids, p.pos, p.mask, p.dims, cache, lora)?;
-        for (i, v) in p.step_valid.into_iter().enumerate() {
-            cache.valid[i].extend(v);
-        }
+        p.step_valid.into_iter().zip(&mut cache.valid).for_each(|(v, row)| row.extend(v));
         Ok(hidden)
     }
 
