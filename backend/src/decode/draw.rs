@@ -106,7 +106,7 @@ impl DeviceDraw {
 
 /// One copy to the host of [B, 3] = (id, log q, log q_sampled); ids < 2^24 are
 /// exact in f32.
-pub(super) fn picks(rows: &Tensor) -> Result<Vec<Pick>> {
+fn picks(rows: &Tensor) -> Result<Vec<Pick>> {
     let rows: Vec<Vec<f32>> = rows.to_vec2()?;
     Ok(rows.into_iter().map(|r| Pick { token: r[0] as u32, logprob: r[1], sample_logprob: r[2] }).collect())
 }
