@@ -31,8 +31,9 @@ pub struct ModelArgs {
     /// A LoRA adapter directory in the PEFT layout.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda, cuda:N or auto (the first GPU when the binary was built
+    /// with CUDA and one is present, else the CPU).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// f32, bf16 or f16.
     #[arg(long, default_value = "f32")]

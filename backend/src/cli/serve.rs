@@ -21,8 +21,9 @@ pub struct ServeArgs {
     /// A `.gguf` file or a Hugging Face directory.
     #[arg(long, default_value = DEFAULT_MODEL, env = "AMORTIZE_MODEL")]
     pub model: PathBuf,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda, cuda:N or auto (the first GPU when the binary was built
+    /// with CUDA and one is present, else the CPU).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// f32, bf16 or f16.
     #[arg(long, default_value = "f32")]

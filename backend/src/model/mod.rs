@@ -78,7 +78,12 @@ impl LanguageModel {
 pub fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        // The engine's CUDA device (see `cuda_device`), not candle's plain one.
+        "auto" if candle_core::utils::cuda_is_available() => cuda_device(0).or_else(|e| {
+            tracing::info!("no usable CUDA device, running on the CPU: {e}");
+            Ok(Device::Cpu)
+        }),
+        "auto" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ord = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| Error::invalid("device", format!("bad ordinal in `{s}`")))?;
             if !candle_core::utils::cuda_is_available() {
@@ -155,5 +160,24 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
         other => Err(Error::invalid("dtype", format!("`{other}` (use f32, bf16 or f16)"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_or_fail_clearly() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        // `auto` is the CPU in a CPU build, and on a CUDA build without a GPU.
+        let auto = parse_device("auto").unwrap();
+        assert_eq!(auto.is_cpu(), !candle_core::utils::cuda_is_available() || Device::new_cuda(0).is_err());
+        for bad in ["tpu", "cuda:x", ""] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.contains("device"), "{bad}: {e}");
+        }
+        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
+        assert!(parse_dtype("f8").unwrap_err().to_string().contains("f32, bf16 or f16"));
     }
 }
