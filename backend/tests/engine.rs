@@ -108,8 +108,8 @@ fn kv_cache_decoding_equals_full_recomputation() {
     // Prefill 5 tokens, then one token at a time, then a chunk of 3.
     let mut cache = lm.llama.new_cache();
     let mut parts = vec![lm.llama.logits(&lm.llama.forward(&[ids[..5].to_vec()], &mut cache, None).unwrap()).unwrap()];
-    for i in 5..ids.len() - 3 {
-        parts.push(lm.llama.logits(&lm.llama.forward(&[vec![ids[i]]], &mut cache, None).unwrap()).unwrap());
+    for &id in &ids[5..ids.len() - 3] {
+        parts.push(lm.llama.logits(&lm.llama.forward(&[vec![id]], &mut cache, None).unwrap()).unwrap());
     }
     parts.push(lm.llama.logits(&lm.llama.forward(&[ids[ids.len() - 3..].to_vec()], &mut cache, None).unwrap()).unwrap());
     let inc = Tensor::cat(&parts, 1).unwrap().squeeze(0).unwrap();
@@ -150,11 +150,11 @@ fn cache_fork_and_truncate() {
     let b = lm.tokenizer.encode(" the hat").unwrap();
     let c = lm.tokenizer.encode(" on the mat").unwrap();
     let mut cache = lm.llama.new_cache();
-    lm.llama.forward(&[a.clone()], &mut cache, None).unwrap();
+    lm.llama.forward(std::slice::from_ref(&a), &mut cache, None).unwrap();
     let mut forked = cache.repeat_rows(2).unwrap();
-    lm.llama.forward(&[b.clone()], &mut cache, None).unwrap();
+    lm.llama.forward(std::slice::from_ref(&b), &mut cache, None).unwrap();
     cache.truncate(a.len()).unwrap();
-    let after_truncate = lm.llama.logits(&lm.llama.forward(&[c.clone()], &mut cache, None).unwrap()).unwrap();
+    let after_truncate = lm.llama.logits(&lm.llama.forward(std::slice::from_ref(&c), &mut cache, None).unwrap()).unwrap();
     let both = lm.llama.logits(&lm.llama.forward(&[c.clone(), b.clone()], &mut forked, None).unwrap()).unwrap();
     let fresh = logits_of(&lm, &[a.clone(), c.clone()].concat(), None).narrow(0, a.len(), c.len()).unwrap();
     assert!(max_abs_diff(&after_truncate.squeeze(0).unwrap(), &fresh) < 1e-5);
@@ -310,7 +310,7 @@ fn beams_score_consistently_and_groups_diversify() {
     assert!(hyps.windows(2).all(|w| w[0].logprob >= w[1].logprob));
     // Greedy = one beam.
     let one = beam_search(&lm, &prompt, &BeamConfig { beams: 1, ..cfg.clone() }, None).unwrap();
-    let greedy = decode::sample(&lm, &[prompt.clone()], &SampleConfig { greedy: true, max_new_tokens: 6, stop_tokens: Some(vec![]), ..Default::default() }, None, None).unwrap();
+    let greedy = decode::sample(&lm, std::slice::from_ref(&prompt), &SampleConfig { greedy: true, max_new_tokens: 6, stop_tokens: Some(vec![]), ..Default::default() }, None, None).unwrap();
     assert_eq!(one[0].tokens, greedy[0].tokens);
     // A strong Hamming penalty makes each group start differently.
     let diverse = BeamConfig { beams: 4, groups: 4, diversity_penalty: 100.0, ..cfg };
@@ -376,7 +376,7 @@ fn merged_adapter_equals_fused_and_per_projection_views() {
     let merged = amortize::model::Llama::new(lm.config().clone(), w, &dev()).unwrap();
     let ids = lm.tokenizer.encode(TEXT).unwrap();
     let mut cache = merged.new_cache();
-    let want = merged.logits(&merged.forward(&[ids.clone()], &mut cache, None).unwrap()).unwrap().squeeze(0).unwrap();
+    let want = merged.logits(&merged.forward(std::slice::from_ref(&ids), &mut cache, None).unwrap()).unwrap().squeeze(0).unwrap();
     for mode in [Mode::Infer, Mode::Train] {
         let view = adapter.view(mode, DType::F32).unwrap();
         let got = logits_of(&lm, &ids, Some(&view));

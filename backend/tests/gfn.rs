@@ -85,6 +85,7 @@ mod exact_posterior {
     }
 
     /// KL(true posterior ‖ learned sampler) over every terminal Z.
+    #[allow(clippy::too_many_arguments)]
     fn kl_true_learned(trainer: &Trainer, lm: &LanguageModel, problem: &Problem, zs: &[Trajectory], temp: f64, stop: u32, mask: &TokenMask, (min_len, max_len): (usize, usize)) -> f64 {
         // Terminal states shorter than min_len do not exist; the sampler never stops
         // below min_len (the stop logit is penalised there, as when sampling).

@@ -241,6 +241,7 @@ pub struct StepSample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(tag = "kind", rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // a few events a second: size does not matter
 pub enum RunEvent {
     /// The run's row changed (status, step, metrics at the end).
     Status { run: Run },

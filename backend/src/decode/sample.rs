@@ -95,6 +95,7 @@ impl SampleConfig {
         if self.min_new_tokens > self.max_new_tokens {
             return Err(Error::invalid("min_new_tokens", "exceeds max_new_tokens"));
         }
+        #[allow(clippy::nonminimal_bool)] // written so that NaN fails too
         if !self.greedy && !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(Error::invalid("temperature", "must be > 0 when sampling"));
         }

@@ -57,7 +57,7 @@ impl LmReward {
         let mut guard = self.prefix_cache.lock().map_err(|_| Error::invalid("reward", "prefix cache poisoned"))?;
         if guard.is_none() {
             let mut c = lm.llama.new_cache();
-            lm.llama.forward(&[self.prefix.clone()], &mut c, self.lora.as_ref())?;
+            lm.llama.forward(std::slice::from_ref(&self.prefix), &mut c, self.lora.as_ref())?;
             *guard = Some(c);
         }
         guard.as_ref().map(|c| c.repeat_rows(rows)).unwrap_or_else(|| Ok(lm.llama.new_cache()))
@@ -120,7 +120,7 @@ impl LmReward {
             for &len in &lens {
                 let row = [ctx.as_slice(), &t.tokens[..len], y.as_slice()].concat();
                 let mut cache = lm.llama.new_cache();
-                let hidden = lm.llama.forward(&[row.clone()], &mut cache, self.lora.as_ref())?.squeeze(0)?;
+                let hidden = lm.llama.forward(std::slice::from_ref(&row), &mut cache, self.lora.as_ref())?.squeeze(0)?;
                 let mut total = 0f32;
                 // Z tokens (policy tokens with the mask bias), then Y.
                 for (j, &tok) in t.tokens[..len].iter().enumerate() {
@@ -239,8 +239,8 @@ impl Reward for LmReward {
                 let lp = self.gather_logprobs(lm, &picked, &ids, None)?;
                 let mut at = 0;
                 for &bi in &idx {
-                    for i in 0..starts[bi].len() {
-                        out[bi][i] += lp[at..at + m].iter().sum::<f32>();
+                    for slot in out[bi].iter_mut().take(starts[bi].len()) {
+                        *slot += lp[at..at + m].iter().sum::<f32>();
                         at += m;
                     }
                 }

@@ -463,7 +463,7 @@ pub fn sample_trajectories(
         seed,
         ..SampleConfig::default()
     };
-    let samples = decode::sample(lm, &[problem.policy_prompt.clone()], &cfg, Some(view), task.tool.as_deref())?;
+    let samples = decode::sample(lm, std::slice::from_ref(&problem.policy_prompt), &cfg, Some(view), task.tool.as_deref())?;
     Ok(samples
         .into_iter()
         .map(|mut s| {

@@ -55,9 +55,9 @@ impl Llama {
             }
             for i in 0..n {
                 let start = row_starts.get(i).copied();
-                for k in 0..m {
+                for (k, &tok) in feed.iter().enumerate().take(m) {
                     let q = i * m + k;
-                    ids.push(feed[k]);
+                    ids.push(tok);
                     pos.push((start.map_or(0, |e| before[e]) + k) as u32);
                     let row = &mut mask[(r * t + q) * s..(r * t + q + 1) * s];
                     if let Some(e) = start {

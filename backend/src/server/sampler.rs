@@ -164,7 +164,7 @@ pub fn generate_blocking(lm: &LanguageModel, prompt: &str, source: &Source, cfg:
         return Err(Error::TooLong { len: ids.len() + cfg.max_new_tokens, max: ctx });
     }
     let view = source.view(lm, cfg.n * cfg.max_new_tokens)?;
-    let samples = decode::sample(lm, &[ids.clone()], cfg, view.as_ref(), None)?;
+    let samples = decode::sample(lm, std::slice::from_ref(&ids), cfg, view.as_ref(), None)?;
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = samples.iter().filter(|s| !s.tokens.is_empty()).map(|s| (ids.clone(), s.tokens.clone())).collect();
     let mut scores = decode::score(lm, &pairs, None, 16)?.into_iter();
     Ok(samples
