@@ -9,7 +9,10 @@
 //! single launch per token. Only those small buffers are written from the host
 //! between launches; noise and the draw stay outside the graph. On the CPU
 //! (or with capture off) the same fixed-shape step runs eagerly, which is how
-//! the CPU tests check it against the ordinary decode path.
+//! the CPU tests check it against the ordinary decode path. On the GPU the
+//! first graph a process records is replayed once on its own step and must
+//! give that step's logits; a failed recording or check turns graphs off for
+//! the process (eager steps, one warning).
 //!
 //! Owns the step's buffers and graph; reads the model, writes the cache's
 //! reserved room (never reallocates it: a cache without room gets no step).
@@ -42,6 +45,35 @@ static RECORDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 /// again (and do not warn again).
 static RECORDING_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set once the first recorded graph of this process has been checked against its eager step.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+static CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How far a replay's logits may be from the eager step's, relative to
+/// 1 + their largest magnitude, for an f32 model and a half-precision one:
+/// the same kernels on the same inputs agree exactly unless a library picks
+/// another algorithm while recording (a few roundings apart); a replay that
+/// reads or writes the wrong buffers is off by the logits' own scale.
+const REPLAY_TOLERANCE: [f32; 2] = [1e-3, 3e-2];
+
+/// The largest |a − b| (NaN when any difference is not finite: a max skips
+/// NaNs, a sum keeps them) and the largest |b| of two logit tensors, in one readback.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn replay_gap(a: &Tensor, b: &Tensor) -> Result<(f32, f32)> {
+    let diff = (a - b)?.abs()?.flatten_all()?.to_dtype(DType::F32)?;
+    let stats = [diff.max(0)?, diff.sum(0)?, b.abs()?.flatten_all()?.to_dtype(DType::F32)?.max(0)?];
+    let v = Tensor::stack(&stats, 0)?.to_vec1::<f32>()?;
+    Ok((if v[1].is_finite() { v[0] } else { f32::NAN }, v[2]))
+}
+
+/// Whether a replay's largest logit gap `diff` (NaN: not finite) is within
+/// tolerance of logits up to `scale` in magnitude, for a model in `model`'s dtype.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn replay_matches(diff: f32, scale: f32, model: DType) -> bool {
+    let tol = REPLAY_TOLERANCE[usize::from(model != DType::F32)];
+    diff <= tol * (1.0 + scale)
+}
+
 /// A fixed-shape decode step for one batch and one cache room.
 pub struct StaticStep {
     /// [B] u32: the tokens the step feeds.
@@ -60,6 +92,9 @@ pub struct StaticStep {
     rooms: Vec<Tensor>,
     b: usize,
     cap: usize,
+    /// The model's dtype (how closely a replay must match, [`replay_matches`]).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    dtype: DType,
     /// Record and replay a CUDA graph (off on the CPU, and after a failed capture).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     capture: bool,
@@ -92,6 +127,7 @@ impl StaticStep {
             rooms,
             b,
             cap,
+            dtype: llama.dtype(),
             capture: capture && dev.is_cuda() && !RECORDING_FAILED.load(std::sync::atomic::Ordering::Relaxed),
             #[cfg(feature = "cuda")]
             graph: None,
@@ -158,9 +194,10 @@ impl StaticStep {
             // same step is recorded (recording runs nothing) for the next ones.
             let out = {
                 let _cache = dev.enable_cuda_graph_htod_cache();
-                self.eager(llama, cache, lora)?
+                // A copy: the output buffer is what a replay overwrites.
+                self.eager(llama, cache, lora)?.copy()?
             };
-            match self.record(dev, llama, cache, lora) {
+            match self.record(dev, llama, cache, lora).and_then(|graph| self.check_first(graph, &out)) {
                 Ok(graph) => {
                     tracing::debug!(batch = self.b, room = self.cap, "decode step recorded as a CUDA graph");
                     self.graph = Some(graph);
@@ -171,6 +208,9 @@ impl StaticStep {
                         tracing::warn!("decoding without CUDA graphs from now on: recording a step failed: {e}");
                     }
                     self.capture = false;
+                    // Again eagerly: a failed check's replay may have written
+                    // wrong values into this step's cache slot.
+                    return self.eager(llama, cache, lora);
                 }
             }
             return Ok(out);
@@ -185,6 +225,27 @@ impl StaticStep {
         Ok(self.logits.clone())
     }
 
+    /// The first graph of a process is replayed once on the step it was
+    /// recorded from (its cache write repeats the same values in the same
+    /// slot) and must give the eager step's logits: a recording that
+    /// captured something wrong turns graphs off instead of decoding wrongly.
+    #[cfg(feature = "cuda")]
+    fn check_first(&self, graph: candle_core::cuda_backend::cudarc::driver::CudaGraph, eager: &Tensor) -> Result<candle_core::cuda_backend::cudarc::driver::CudaGraph> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if CHECKED.load(Relaxed) {
+            return Ok(graph);
+        }
+        // NaN first: a replay that does not write the output fails too.
+        self.logits.slice_set(&Tensor::full(f32::NAN, self.logits.dims(), self.logits.device())?, 0, 0)?;
+        graph.launch().map_err(|e| Error::invalid("cuda graph", e.to_string()))?;
+        let (diff, scale) = replay_gap(&self.logits, eager)?;
+        if !replay_matches(diff, scale, self.dtype) {
+            return Err(Error::invalid("cuda graph", format!("a replay of the recorded step differs from the step by {diff} (logits up to {scale})")));
+        }
+        CHECKED.store(true, Relaxed);
+        Ok(graph)
+    }
+
     #[cfg(feature = "cuda")]
     fn record(&self, dev: &candle_core::CudaDevice, llama: &Llama, cache: &mut KvCache, lora: Option<&LoraView>) -> Result<candle_core::cuda_backend::cudarc::driver::CudaGraph> {
         use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -197,5 +258,28 @@ impl StaticStep {
         let graph = stream.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
         recorded?;
         graph.map_err(cuda)?.ok_or_else(|| Error::invalid("cuda graph", "the recording was empty"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn replay_gap_is_the_largest_difference_and_nan_when_any_is_not_finite() {
+        let d = Device::Cpu;
+        let b = Tensor::new(&[[1f32, -5.0], [2.0, 3.0]], &d).unwrap();
+        let a = Tensor::new(&[[1f32, -5.0], [2.5, 3.0]], &d).unwrap();
+        assert_eq!(replay_gap(&a, &b).unwrap(), (0.5, 5.0));
+        assert_eq!(replay_gap(&b, &b).unwrap(), (0.0, 5.0));
+        let broken = Tensor::new(&[[f32::NAN, -5.0], [2.0, 3.0]], &d).unwrap();
+        let (diff, _) = replay_gap(&broken, &b).unwrap();
+        assert!(diff.is_nan(), "{diff}");
+        // The check in `check_first` rejects NaN and large gaps, accepts rounding.
+        assert!(!replay_matches(diff, 5.0, DType::BF16) && !replay_matches(0.5, 5.0, DType::F32) && replay_matches(1e-3, 5.0, DType::F32));
+        // A few bf16 roundings of logits near 20 pass in bf16, not in f32.
+        assert!(replay_matches(0.15, 20.0, DType::BF16) && !replay_matches(0.15, 20.0, DType::F32));
+        assert!(!replay_matches(5.0, 20.0, DType::BF16));
     }
 }
