@@ -10,6 +10,7 @@ use std::process::{exit, Command};
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels/fused.cu");
+    println!("cargo:rerun-if-changed=kernels/gemv.cuh");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

@@ -87,6 +87,8 @@ __device__ float block_reduce(float v, float* red, int is_max) {
   return r;
 }
 
+#include "gemv.cuh"
+
 // Attention of T new queries over S cached keys, one block per (b, t, head).
 // q: heads [0, H) of qkv [B, T, width], rotated by csq [B, T, hd] (scaled by
 // 1/√hd); k, v: key/value (b, g, s, d) at b·sb + g·sh + s·hd + d; mask: [B, T, S]
@@ -365,6 +367,10 @@ __device__ void softmax_backward(const T* dp, const float* p, T* out, int s_n) {
   }                                                                                                   \
   extern "C" __global__ void softmax_backward_##NAME(const T* dp, const float* p, T* out, int s_n) {       \
     softmax_backward<T>(dp, p, out, s_n);                                                              \
+  }                                                                                                   \
+  extern "C" __global__ void gemv_##NAME(const T* x, const T* w, const T* nw, const T* res, T* y, int m, \
+                                         int n, int k, float eps, int mode) {                         \
+    gemv<T>(x, w, nw, res, y, m, n, k, eps, mode);                                                    \
   }                                                                                                   \
   extern "C" __global__ void attend_##NAME(const T* qkv, const T* csq, const T* k, const T* v,       \
                                            const float* mask, T* y, int t_n, int h_n, int kv_n,      \

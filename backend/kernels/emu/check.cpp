@@ -40,6 +40,7 @@ template <typename T> struct K;
     static constexpr auto attend = attend_##NAME;                               \
     static constexpr auto masked_softmax = masked_softmax_##NAME;               \
     static constexpr auto softmax_backward = softmax_backward_##NAME;           \
+    static constexpr auto gemv = gemv_##NAME;                                   \
   };
 KERNELS(f32, float)
 KERNELS(bf16, __nv_bfloat16)
@@ -541,7 +542,10 @@ template <typename T> static void check_softmax(int b_n, int kv, int rep, int t_
   expect("softmax_backward" + shape, out, back);
 }
 
+#include "check_gemv.h"
+
 template <typename T> static void check_all() {
+  check_gemvs<T>();
   check_silu_mul<T>();
   check_cache_write<T>();
   check_attend<T>(3, 1, 9, 3, 64, 320, 300);   // SmolLM2-135M heads, one new token

@@ -71,6 +71,15 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
   return r;
 }
 
+// The vector types of 16-byte loads (aligned as on the GPU: UBSan reports a
+// misaligned one).
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
 inline float __expf(float x) { return std::exp(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 

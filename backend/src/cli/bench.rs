@@ -76,6 +76,12 @@ pub struct DecodeArgs {
     /// default (`AMORTIZE_CUDA_GRAPH` decides; off unless set to 1).
     #[arg(long)]
     pub graph: bool,
+    /// Also time decoding with the gemv blocks (`model::gemv`: five kernels a
+    /// block for at most 8 rows; needs the fused ops), and with `--graph`
+    /// both together, against the default (`AMORTIZE_GEMV` decides; off
+    /// unless set to 1).
+    #[arg(long)]
+    pub gemv: bool,
     /// Decode through a LoRA adapter of this rank (all projections), and also
     /// through the same adapter folded into the weights (`model::fold`).
     #[arg(long)]
@@ -141,13 +147,19 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
             // Untimed, at this batch size: memory pools and library heuristics
             // warm up here, not in whichever timed variant runs first.
             decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens.min(8)), view.as_ref(), None)?;
-            // New tokens per second of one timed decode of `prompts`.
-            let rate = |cfg: SampleConfig, lora: Option<&amortize::model::LoraView>| -> anyhow::Result<f64> {
-                let t0 = Instant::now();
-                let out = decode::sample(&lm, &prompts, &cfg, lora, None)?;
-                Ok(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
-            };
             let base = bench_cfg(1, a.new_tokens);
+            let default_gemv = lm.llama.gemv();
+            let (gemv, gemv_graph) = if a.gemv {
+                lm.llama.set_gemv(true);
+                decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens.min(8)), view.as_ref(), None)?; // untimed
+                let g = timed(&lm, &prompts, base.clone(), view.as_ref())?;
+                let gg = a.graph.then(|| timed(&lm, &prompts, SampleConfig { static_steps: Some(true), ..base.clone() }, view.as_ref())).transpose()?;
+                lm.llama.set_gemv(default_gemv);
+                (Some(g), gg)
+            } else {
+                (None, None)
+            };
+            let rate = |cfg: SampleConfig, lora: Option<&amortize::model::LoraView>| timed(&lm, &prompts, cfg, lora);
             let cached = rate(base.clone(), view.as_ref())?;
             let fold = folded.as_ref().map(|(f, _)| rate(base.clone(), Some(f))).transpose()?;
             let recompute = if a.recompute { Some(recompute_rate(&lm, &prompts, a.new_tokens)?) } else { None };
@@ -161,7 +173,9 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"bench": "decode", "batch": b, "fused": fused, "over_first_setting": over, "new_tokens": a.new_tokens, "prompt_len": a.prompt_len,
                         "tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": recompute.map(|r| cached / r),
-                        "host_draw_tokens_per_s": host, "stepwise_tokens_per_s": stepwise, "graph_tokens_per_s": graph, "graphs_recorded": amortize::model::graph::recorded_graphs(), "dtype": format!("{:?}", lm.llama.dtype()),
+                        "host_draw_tokens_per_s": host, "stepwise_tokens_per_s": stepwise, "graph_tokens_per_s": graph, "graphs_recorded": amortize::model::graph::recorded_graphs(),
+                        "gemv_tokens_per_s": gemv, "gemv_graph_tokens_per_s": gemv_graph, "gemv_passes": amortize::model::gemv::block_passes(),
+                        "gemv_weight_gb_per_s": gemv.map(|g| lm.llama.weight_bytes() as f64 * g / b as f64 / 1e9), "dtype": format!("{:?}", lm.llama.dtype()),
                         "lora_r": a.lora_r, "folded_tokens_per_s": fold, "fold_s": folded.as_ref().map(|f| f.1),
                         "weight_bytes": lm.llama.weight_bytes(), "weight_gb_per_s": lm.llama.weight_bytes() as f64 * cached / b as f64 / 1e9,
                         "device": format!("{:?}", lm.device()), "model": lm.name})
@@ -176,11 +190,19 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 let o = over.map_or(String::new(), |o| format!(" ({o:.2}x the first --fused setting)"));
                 let w = stepwise.map_or(String::new(), |w| format!(" (stepwise readback: {w:.1} tok/s)"));
                 let e = graph.map_or(String::new(), |g| format!(" (graph steps: {g:.1} tok/s)"));
-                println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}{w}{e}");
+                let v = gemv.map_or(String::new(), |g| format!(" (gemv blocks: {g:.1} tok/s{})", gemv_graph.map_or(String::new(), |x| format!(", with graph steps {x:.1}"))));
+                println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}{w}{e}{v}");
             }
         }
     }
     Ok(())
+}
+
+/// New tokens per second of one timed decode of `prompts`.
+fn timed(lm: &amortize::model::LanguageModel, prompts: &[Vec<u32>], cfg: SampleConfig, lora: Option<&amortize::model::LoraView>) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let out = decode::sample(lm, prompts, &cfg, lora, None)?;
+    Ok(elapsed_rate(t0, out.iter().map(|s| s.tokens.len()).sum()))
 }
 
 fn bench_cfg(n: usize, new_tokens: usize) -> SampleConfig {

@@ -6,8 +6,8 @@
 //! only: no op semantics live here.
 //!
 //! `kernels/emu/check.cpp` runs the kernels on the CPU with these launch
-//! shapes (`elementwise`, `row_blocks`, `attend_threads`): change them there
-//! too.
+//! shapes (`elementwise`, `row_blocks`, `attend_threads`, `GEMV_WARPS`):
+//! change them there too.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
@@ -18,6 +18,7 @@ use half::{bf16, f16};
 use super::fused::{AddRmsNorm, Attend, BlockDiag, CacheWrite};
 use super::fused_grad::RmsNormBackward;
 use super::fused_heads::{Dims, MergeHeadsBackward};
+use super::gemv::Gemv;
 
 pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 pub(crate) const MODULE: &str = "amortize_fused";
@@ -139,6 +140,33 @@ pub(crate) fn device_address<T: CudaDType>(t: &Tensor, dev: &CudaDevice) -> Resu
     let stream = dev.cuda_stream();
     let (ptr, _sync) = s.as_cuda_slice::<T>()?.device_ptr(&stream);
     Ok(ptr + (std::mem::size_of::<T>() * l.start_offset()) as u64)
+}
+
+/// Warps per `gemv` block (`GEMV_WARPS` in gemv.cuh): one output feature a warp.
+const GEMV_WARPS: usize = 4;
+
+pub(super) fn gemv(op: &Gemv, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let (m, k) = l.shape().dims2()?;
+    let [m_i, n_i, k_i] = i32s([m, op.n, k])?;
+    let blocks = u32::try_from(op.n.div_ceil(GEMV_WARPS)).map_err(|_| candle_core::Error::Msg("gemv: too many outputs".into()))?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * GEMV_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+    let dev = s.device();
+    dispatch!(s.dtype(), "gemv", |T| {
+        let x = s.as_cuda_slice::<T>()?.slice(l.start_offset()..);
+        let w = device_address::<T>(&op.w, dev)?;
+        // Absent operands: null pointers the kernel's mode never reads.
+        let nw = op.norm.as_ref().map(|t| device_address::<T>(t, dev)).transpose()?.unwrap_or(0);
+        let res = op.residual.as_ref().map(|t| device_address::<T>(t, dev)).transpose()?.unwrap_or(0);
+        // SAFETY: every element is written by the kernel below.
+        let y: CudaSlice<T> = unsafe { dev.alloc::<T>(m * op.n)? };
+        let func = kernel!(dev, T, "gemv")?;
+        let mut b = func.builder();
+        b.arg(&x).arg(&w).arg(&nw).arg(&res).arg(&y).arg(&m_i).arg(&n_i).arg(&k_i).arg(&op.eps).arg(&op.mode);
+        // SAFETY: argument types and order match `gemv_*` in fused.cu; `gemv::gemv`
+        // checked the shapes, k % 8 and the 16-byte aligned starts.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, op.n))))
+    })
 }
 
 /// Threads per attention block: a multiple of both 32 and hd, at least 128.

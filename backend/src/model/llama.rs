@@ -129,23 +129,25 @@ pub struct Llama {
     rope_cs: [Tensor; 2],
     /// Inference passes use the fused ops of `fused.rs` (see [`Llama::set_fused`]).
     fused: bool,
+    /// Decode steps of a few rows run through `gemv.rs` (see [`Llama::set_gemv`]).
+    pub(super) gemv: bool,
     dtype: DType,
     device: Device,
 }
 
 /// Per-call context shared by the blocks.
-struct Ctx<'a> {
-    lora: Option<&'a LoraView>,
+pub(super) struct Ctx<'a> {
+    pub lora: Option<&'a LoraView>,
     /// Differentiable ops are needed (an adapter is being trained).
-    grad: bool,
+    pub grad: bool,
     /// What attention reads: rotary tables and the mask.
-    attn: Attn,
+    pub attn: Attn,
     /// Residual adds with their RMSNorm and SwiGLU through `fused.rs`.
-    fused: bool,
+    pub fused: bool,
 }
 
 /// What the attention of one pass reads.
-enum Attn {
+pub(super) enum Attn {
     /// Matrix products. The mask is [B, KV, rep, T, S] additive (the same for
     /// every head): f32 when training, else the model dtype.
     Composed { rope: Rope, mask: Tensor },
@@ -159,7 +161,7 @@ enum Attn {
 
 /// Rotary tables of a pass's positions in the model dtype; the query's are
 /// scaled by 1/√hd (rotation is linear, so this scales q·k).
-enum Rope {
+pub(super) enum Rope {
     /// cos, sin, the query's cos, sin: [B, T, hd/2] each (candle's RoPE, or the
     /// differentiable one when training).
     Halves([Tensor; 4]),
@@ -189,7 +191,8 @@ impl Llama {
         let Weights { embed, blocks, norm, lm_head } = w;
         let layers = blocks.into_iter().map(Layer::fuse).collect::<Result<Vec<_>>>()?;
         let fused = fused::default_on(device);
-        Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, dtype, device: device.clone() })
+        let gemv = super::gemv::default_on();
+        Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, gemv, dtype, device: device.clone() })
     }
 
     /// Whether passes use the fused ops: in inference (`fused.rs`,
@@ -204,6 +207,20 @@ impl Llama {
 
     pub fn fused(&self) -> bool {
         self.fused
+    }
+
+    /// Whether inference passes of at most [`super::gemv::MAX_ROWS`] new
+    /// tokens, with the fused ops on and a cache with room, run each block as
+    /// five kernels (`gemv_layers.rs`): the projections as `gemv.rs`'s
+    /// kernels with the norms, residual adds and SwiGLU fused in. Applies
+    /// without an adapter or with a folded one, and to models without
+    /// projection biases. The default is [`super::gemv::default_on`].
+    pub fn set_gemv(&mut self, on: bool) {
+        self.gemv = on;
+    }
+
+    pub fn gemv(&self) -> bool {
+        self.gemv
     }
 
     pub fn device(&self) -> &Device {
@@ -380,6 +397,9 @@ impl Llama {
     /// Embedding, the blocks and the final norm: [B, T] ids → [B, T, hidden].
     fn layers_over(&self, ids: Tensor, ctx: &Ctx, (b, t): (usize, usize), cache: &mut KvCache) -> Result<Tensor> {
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
+        if self.gemv_fits(ctx, b * t) {
+            return self.layers_gemv(x, ctx, cache);
+        }
         // Each block ends with its residual add and the next norm (the final one last).
         let mut h = self.rms_norm(&x, self.layers.first().map_or(&self.norm, |l| &l.attn_norm), ctx.grad)?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -475,6 +495,29 @@ impl Llama {
         Ok((x, h))
     }
 
+    /// With [`Attn::Fused`]: writes the keys and values of `qkv` [B, T, width]
+    /// into layer `l`'s room (`fused::cache_write`) and attends to it
+    /// (`fused::attend`). Returns [B, T, H·hd], before the output projection.
+    pub(super) fn attend_fused(&self, l: usize, qkv: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
+        let Attn::Fused { cs, cs_q, mask, at } = &ctx.attn else {
+            return Err(Error::invalid("attend", "not a fused pass"));
+        };
+        let t = qkv.dim(1)?;
+        let kv = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?.clone();
+        let len = cache.len();
+        let s = match at {
+            Some(at) => {
+                fused::cache_write_at(&kv, qkv, cs, at)?;
+                kv.dim(3)?
+            }
+            None => {
+                fused::cache_write(&kv, qkv, cs, len)?; // [2, B, KV, cap, hd]
+                len + t
+            }
+        };
+        fused::attend(qkv, cs_q, &kv, s, mask, self.config.num_attention_heads)
+    }
+
     fn attention(&self, l: usize, w: &Layer, x: &Tensor, cache: &mut KvCache, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let c = &self.config;
@@ -483,20 +526,8 @@ impl Llama {
         let qkv = self.proj(l, &[Proj::Q, Proj::K, Proj::V], &w.qkv, x, ctx)?; // [B, T, (H + 2·KV)·hd]
         let (rope, mask) = match &ctx.attn {
             Attn::Composed { rope, mask } => (rope, mask),
-            Attn::Fused { cs, cs_q, mask, at } => {
-                let kv = cache.room(l, t).ok_or_else(|| Error::invalid("cache", "no reserved room for a fused pass"))?.clone();
-                let len = cache.len();
-                let s = match at {
-                    Some(at) => {
-                        fused::cache_write_at(&kv, &qkv, cs, at)?;
-                        kv.dim(3)?
-                    }
-                    None => {
-                        fused::cache_write(&kv, &qkv, cs, len)?; // [2, B, KV, cap, hd]
-                        len + t
-                    }
-                };
-                let y = fused::attend(&qkv, cs_q, &kv, s, mask, nh)?; // [B, T, H·hd]
+            Attn::Fused { .. } => {
+                let y = self.attend_fused(l, &qkv, cache, ctx)?; // [B, T, H·hd]
                 return self.proj(l, &[Proj::O], &w.o, &y, ctx);
             }
         };

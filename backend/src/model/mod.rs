@@ -12,6 +12,8 @@ pub(crate) mod fused_cuda;
 pub mod fused_grad;
 pub mod fused_heads;
 pub mod fused_softmax;
+pub mod gemv;
+mod gemv_layers;
 pub mod graph;
 pub mod llama;
 pub mod loader;

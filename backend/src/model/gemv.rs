@@ -1,0 +1,247 @@
+//! Decode-step projections for a few rows, each one kernel with its neighbours
+//! fused in (`backend/kernels/gemv.cuh`): the RMSNorm before a projection, the
+//! residual add after one, SwiGLU between gate/up and down.
+//!
+//! A decode step of a small batch reads every weight once for a handful of
+//! rows: it is bound by memory and, on a GPU, by how many kernels the host
+//! queues. cuBLAS spends one or two kernels on each product and the fused ops
+//! of `fused.rs` one more on each norm, add and SwiGLU (9 a layer); with these
+//! a layer takes 5 (`llama.rs`: norm+q/k/v, the cache write, attention,
+//! o+add, norm+gate/up+SwiGLU, down+add — see `Llama::set_gemv`).
+//!
+//! Owns the op, its CPU reference (in f32, rounding to the model dtype where
+//! the composed ops round, so both paths agree to rounding) and its shape
+//! checks; the CUDA launch is in `fused_cuda.rs`. Inference only: no backward.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::fused::{cpu_slice, f, float_dispatch};
+use crate::{Error, Result};
+
+/// Rows (batch × new tokens) a call takes at most (the kernel's accumulators per lane).
+pub const MAX_ROWS: usize = 8;
+
+/// Whether models use the gemv blocks unless told otherwise
+/// ([`crate::model::Llama::set_gemv`]): `AMORTIZE_GEMV=1` or `0` decides;
+/// else off. They stay off by default until their device tests and timings
+/// have run on a GPU (on the CPU the op is a plain reference loop, slower
+/// than candle's matrix products).
+pub fn default_on() -> bool {
+    std::env::var("AMORTIZE_GEMV").as_deref() == Ok("1")
+}
+
+/// Passes run through the gemv blocks so far in this process (for tests and
+/// benchmarks: a pass that does not qualify runs the fused blocks silently).
+pub fn block_passes() -> usize {
+    PASSES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(super) static PASSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Kernel mode bits (`GEMV_*` in gemv.cuh).
+pub(super) const NORM: i32 = 1;
+pub(super) const RESIDUAL: i32 = 2;
+pub(super) const SWIGLU: i32 = 4;
+
+/// What is fused around the product `x · Wᵀ`.
+#[derive(Clone, Copy, Default)]
+pub struct Fuse<'a> {
+    /// RMSNorm of x first, with this weight [k] and eps.
+    pub norm: Option<(&'a Tensor, f64)>,
+    /// Added to the product: [.., n], x's rows.
+    pub residual: Option<&'a Tensor>,
+    /// `w` holds n gate rows then n up rows; the result is `silu(gate) · up`.
+    pub swiglu: bool,
+}
+
+/// Whether [`gemv`] takes `x` [.., k] and `w` [n, k] (or [2n, k]): at most
+/// [`MAX_ROWS`] rows, k a multiple of 8 (16-byte loads) and `w` dense from
+/// an aligned start (x and the rest are made dense by `gemv`).
+pub fn fits(x: &Tensor, w: &Tensor) -> bool {
+    let k = x.dims().last().copied().unwrap_or(0);
+    let rows = x.elem_count() / k.max(1);
+    let (start, dense) = w.layout().contiguous_offsets().map_or((1, false), |(s, _)| (s, true));
+    (1..=MAX_ROWS).contains(&rows) && k > 0 && k % 8 == 0 && w.rank() == 2 && w.dim(1).is_ok_and(|c| c == k) && dense && start % 8 == 0 && x.dtype() == w.dtype()
+}
+
+/// `x · Wᵀ` with `fuse` around it: x [.., k] (see [`fits`]), w [n, k] ([2n, k]
+/// with SwiGLU) → [.., n], in x's dtype.
+pub fn gemv(x: &Tensor, w: &Tensor, fuse: Fuse) -> Result<Tensor> {
+    let k = x.dims().last().copied().unwrap_or(0);
+    let n = if fuse.swiglu { w.dim(0)? / 2 } else { w.dim(0)? };
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    let bad = !fits(x, w)
+        || (fuse.swiglu && w.dim(0)? % 2 != 0)
+        || fuse.norm.is_some_and(|(nw, _)| nw.dims() != [k] || nw.dtype() != x.dtype())
+        || fuse.residual.is_some_and(|r| r.dims() != out_dims.as_slice() || r.dtype() != x.dtype());
+    if bad {
+        return Err(Error::invalid("gemv", format!("x {:?}, w {:?} {:?} (at most {MAX_ROWS} rows, k a multiple of 8)", x.dims(), w.dims(), w.dtype())));
+    }
+    let mode = fuse.norm.map_or(0, |_| NORM) | fuse.residual.map_or(0, |_| RESIDUAL) | if fuse.swiglu { SWIGLU } else { 0 };
+    // The kernel reads 16-byte vectors from each start: dense copies from offset 0 where needed.
+    let aligned = |t: &Tensor| -> Result<Tensor> {
+        match t.layout().contiguous_offsets() {
+            Some((s, _)) if s % 8 == 0 => Ok(t.clone()),
+            _ => Ok(t.copy()?),
+        }
+    };
+    let op = Gemv {
+        w: w.clone(),
+        norm: fuse.norm.map(|(nw, _)| aligned(nw)).transpose()?,
+        residual: fuse.residual.map(|r| r.contiguous()).transpose()?,
+        eps: fuse.norm.map_or(0.0, |(_, e)| e as f32),
+        mode,
+        n,
+    };
+    let x2 = aligned(&x.contiguous()?)?.reshape(((x.elem_count() / k), k))?;
+    Ok(x2.apply_op1_no_bwd(&op)?.reshape(out_dims)?)
+}
+
+/// The CPU values behind an optional operand's storage guard.
+fn cpu_of<'a, T: WithDType, G: std::ops::Deref<Target = Storage>>(g: &'a Option<(G, &Layout)>) -> candle_core::Result<Option<&'a [T]>> {
+    match g {
+        None => Ok(None),
+        Some((s, l)) => match &**s {
+            Storage::Cpu(c) => Ok(Some(cpu_slice::<T>(c, l)?)),
+            _ => bail!("gemv: inputs on different devices"),
+        },
+    }
+}
+
+/// The op on x [m, k]: the weights and the fused operands ride along.
+pub(super) struct Gemv {
+    pub w: Tensor,
+    pub norm: Option<Tensor>,
+    pub residual: Option<Tensor>,
+    pub eps: f32,
+    pub mode: i32,
+    /// Output features.
+    pub n: usize,
+}
+
+impl CustomOp1 for Gemv {
+    fn name(&self) -> &'static str {
+        "gemv"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        let n = self.n;
+        let (w, wl) = self.w.storage_and_layout();
+        let nw = self.norm.as_ref().map(|t| t.storage_and_layout());
+        let res = self.residual.as_ref().map(|t| t.storage_and_layout());
+        let Storage::Cpu(w) = &*w else { bail!("gemv: inputs on different devices") };
+        float_dispatch!(s, self.name(), |T| {
+            let x = cpu_slice::<T>(s, l)?;
+            let w = cpu_slice::<T>(w, wl)?;
+            let (nw, res) = (cpu_of::<T, _>(&nw)?, cpu_of::<T, _>(&res)?);
+            let round = |v: f32| f(T::from_f64(v as f64));
+            // Each row's input as the product reads it (normed and rounded with NORM).
+            let xs: Vec<Vec<f32>> = (0..m)
+                .map(|r| {
+                    let row = &x[r * k..(r + 1) * k];
+                    match nw {
+                        None => row.iter().map(|&v| f(v)).collect(),
+                        Some(nw) => {
+                            let rstd = 1.0 / (row.iter().map(|&v| f(v) * f(v)).sum::<f32>() / k as f32 + self.eps).sqrt();
+                            row.iter().zip(nw).map(|(&v, &g)| round(f(v) * rstd * f(g))).collect()
+                        }
+                    }
+                })
+                .collect();
+            let dot = |xr: &[f32], o: usize| xr.iter().zip(&w[o * k..(o + 1) * k]).map(|(&a, &b)| a * f(b)).sum::<f32>();
+            let mut y = vec![T::from_f64(0.0); m * n];
+            y.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
+                for (o, y) in out.iter_mut().enumerate() {
+                    let mut v = round(dot(&xs[r], o));
+                    if self.mode & SWIGLU != 0 {
+                        v = v / (1.0 + (-v).exp()) * round(dot(&xs[r], n + o));
+                    }
+                    if let Some(res) = res {
+                        v += f(res[r * n + o]);
+                    }
+                    *y = T::from_f64(v as f64);
+                }
+            });
+            Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::gemv(self, s, l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, D};
+
+    fn rand(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    /// The composed ops the kernel replaces, as `llama.rs` runs them.
+    fn composed(x: &Tensor, w: &Tensor, fuse: Fuse) -> Tensor {
+        let h = match fuse.norm {
+            Some((nw, eps)) => candle_nn::ops::rms_norm(x, nw, eps as f32).unwrap(),
+            None => x.clone(),
+        };
+        let mut y = h.broadcast_matmul(&w.t().unwrap()).unwrap();
+        if fuse.swiglu {
+            let n = w.dim(0).unwrap() / 2;
+            y = (y.narrow(D::Minus1, 0, n).unwrap().silu().unwrap() * y.narrow(D::Minus1, n, n).unwrap()).unwrap();
+        }
+        match fuse.residual {
+            Some(r) => (r + y).unwrap(),
+            None => y,
+        }
+    }
+
+    #[test]
+    fn gemv_matches_the_composed_ops_in_every_mode() {
+        for dtype in [DType::F32, DType::BF16] {
+            let (k, n) = (64, 24);
+            let x = rand(&[3, 1, k], dtype);
+            let nw = rand(&[k], dtype);
+            let res = rand(&[3, 1, n], dtype);
+            let w = rand(&[n, k], dtype);
+            let w2 = rand(&[2 * n, k], dtype);
+            let cases: [(&Tensor, Fuse); 4] = [
+                (&w, Fuse::default()),
+                (&w, Fuse { norm: Some((&nw, 1e-5)), ..Fuse::default() }),
+                (&w, Fuse { residual: Some(&res), ..Fuse::default() }),
+                (&w2, Fuse { norm: Some((&nw, 1e-5)), swiglu: true, ..Fuse::default() }),
+            ];
+            for (i, (w, fuse)) in cases.into_iter().enumerate() {
+                let got = gemv(&x, w, fuse).unwrap();
+                let want = composed(&x, w, fuse);
+                assert_eq!(got.dims(), want.dims());
+                let scale = want.abs().unwrap().max_all().unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+                let diff = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let tol = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
+                assert!(diff <= tol * (1.0 + scale), "{dtype:?} case {i}: {diff} (scale {scale})");
+            }
+        }
+    }
+
+    #[test]
+    fn gemv_refuses_what_the_kernel_cannot_take() {
+        let w = rand(&[8, 64], DType::F32);
+        assert!(gemv(&rand(&[9, 64], DType::F32), &w, Fuse::default()).unwrap_err().to_string().contains("at most 8 rows"));
+        assert!(gemv(&rand(&[1, 60], DType::F32), &rand(&[8, 60], DType::F32), Fuse::default()).is_err());
+        assert!(gemv(&rand(&[1, 64], DType::BF16), &w, Fuse::default()).is_err());
+        let r = rand(&[1, 7], DType::F32);
+        assert!(gemv(&rand(&[1, 64], DType::F32), &w, Fuse { residual: Some(&r), ..Fuse::default() }).is_err());
+        // A weight view from an unaligned row start is not taken.
+        let big = rand(&[9, 64], DType::F32);
+        assert!(fits(&rand(&[1, 64], DType::F32), &big.narrow(0, 1, 8).unwrap()));
+        assert!(!fits(&rand(&[1, 64], DType::F32), &big.flatten_all().unwrap().narrow(0, 4, 512).unwrap().reshape((8, 64)).unwrap()));
+    }
+}

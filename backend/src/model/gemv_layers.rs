@@ -1,0 +1,60 @@
+//! The decoder's blocks for a decode step of a few rows as five kernels each,
+//! through `gemv.rs` (used by `Llama::layers_over` when [`Llama::set_gemv`]
+//! is on and the pass qualifies, [`Llama::gemv_fits`]):
+//!
+//! 1. q/k/v = rms_norm(x) · Wqkvᵀ            (`gemv`, norm fused)
+//! 2. keys and values into the cache's room  (`fused::cache_write`)
+//! 3. y = attention over the room            (`fused::attend`)
+//! 4. x = x + y · Woᵀ                        (`gemv`, residual fused)
+//! 5. a = silu(g) · u, [g, u] = rms_norm(x) · Wguᵀ (`gemv`, norm and SwiGLU fused)
+//! 6. x = x + a · Wdownᵀ                     (`gemv`, residual fused)
+//!
+//! (2 and 3 are the fused path's own.) The same values as the fused path up
+//! to rounding: every intermediate is rounded to the model dtype where that
+//! path rounds it. Reads the model's weights (or a folded adapter's); owns no
+//! state.
+
+use candle_core::Tensor;
+
+use super::cache::KvCache;
+use super::gemv::{self, Fuse};
+use super::llama::{Attn, Ctx, Linear, Llama};
+use super::lora::Proj;
+use crate::Result;
+
+impl Llama {
+    /// Whether a pass of `rows` new tokens (batch × length) runs through
+    /// [`Llama::layers_gemv`]: gemv on, an inference pass with the fused ops
+    /// and a cache with room, at most [`gemv::MAX_ROWS`] rows, no adapter or
+    /// a folded one, and projections the kernel takes (no biases; widths a
+    /// multiple of 8).
+    pub(super) fn gemv_fits(&self, ctx: &Ctx, rows: usize) -> bool {
+        let layer_ok = |l: &super::llama::Layer| {
+            [&l.qkv, &l.o, &l.gate_up, &l.down].iter().all(|p| p.bias.is_none() && p.weight.dim(1).is_ok_and(|k| k % 8 == 0))
+        };
+        self.gemv
+            && ctx.fused
+            && !ctx.grad
+            && matches!(ctx.attn, Attn::Fused { .. })
+            && (1..=gemv::MAX_ROWS).contains(&rows)
+            && ctx.lora.is_none_or(|v| v.is_folded())
+            && self.layers.iter().all(layer_ok)
+    }
+
+    /// The blocks over the embeddings `x` [B, T, hidden] and the final norm.
+    /// Returns [B, T, hidden].
+    pub(super) fn layers_gemv(&self, mut x: Tensor, ctx: &Ctx, cache: &mut KvCache) -> Result<Tensor> {
+        gemv::PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let eps = self.config.rms_norm_eps;
+        for (l, w) in self.layers.iter().enumerate() {
+            // A folded adapter's weights replace the base ones group by group.
+            let pick = |group: &[Proj], base: &'_ Linear| -> Tensor { ctx.lora.and_then(|v| v.folded(l, group)).unwrap_or(base).weight.clone() };
+            let qkv = gemv::gemv(&x, &pick(&[Proj::Q, Proj::K, Proj::V], &w.qkv), Fuse { norm: Some((&w.attn_norm, eps)), ..Fuse::default() })?;
+            let y = self.attend_fused(l, &qkv, cache, ctx)?; // [B, T, H·hd]
+            x = gemv::gemv(&y, &pick(&[Proj::O], &w.o), Fuse { residual: Some(&x), ..Fuse::default() })?;
+            let act = gemv::gemv(&x, &pick(&[Proj::Gate, Proj::Up], &w.gate_up), Fuse { norm: Some((&w.mlp_norm, eps)), swiglu: true, ..Fuse::default() })?;
+            x = gemv::gemv(&act, &pick(&[Proj::Down], &w.down), Fuse { residual: Some(&x), ..Fuse::default() })?;
+        }
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps as f32)?)
+    }
+}
