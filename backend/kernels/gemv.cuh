@@ -20,18 +20,20 @@
 #define GEMV_RESIDUAL 2
 #define GEMV_SWIGLU 4
 
-// Eight consecutive elements as f32: one 16-byte load for 2-byte types, two for f32.
+// Eight consecutive elements as f32: one 16-byte load for 2-byte types, two for
+// f32, through the read-only data cache (nothing the kernel reads is written
+// during it).
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float* out) {
-  uint4 u = *reinterpret_cast<const uint4*>(p);
+  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
   const T* h = reinterpret_cast<const T*>(&u);
 #pragma unroll
   for (int j = 0; j < 8; j++) out[j] = to_f(h[j]);
 }
 template <>
 __device__ __forceinline__ void load8<float>(const float* p, float* out) {
-  float4 a = reinterpret_cast<const float4*>(p)[0];
-  float4 b = reinterpret_cast<const float4*>(p)[1];
+  float4 a = __ldg(reinterpret_cast<const float4*>(p));
+  float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
   out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
   out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
 }
@@ -41,8 +43,8 @@ template <typename T>
 __device__ __forceinline__ float round_to(float v) { return to_f(from_f<T>(v)); }
 
 template <typename T>
-__device__ void gemv(const T* x, const T* w, const T* nw, const T* res, T* y, int m, int n, int k, float eps,
-                     int mode) {
+__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ nw,
+                     const T* __restrict__ res, T* __restrict__ y, int m, int n, int k, float eps, int mode) {
   __shared__ float rstd[GEMV_MAX_ROWS];
   __shared__ float red[32];
   const bool norm = mode & GEMV_NORM, swiglu = mode & GEMV_SWIGLU;
@@ -66,6 +68,7 @@ __device__ void gemv(const T* x, const T* w, const T* nw, const T* res, T* y, in
   float acc[GEMV_MAX_ROWS], accu[GEMV_MAX_ROWS];
 #pragma unroll
   for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[r] = 0.0f, accu[r] = 0.0f;
+#pragma unroll 2
   for (int i = lane * 8; i < k; i += 32 * 8) {
     float wv[8], uv[8], nv[8];
     load8(wg + i, wv);

@@ -33,7 +33,7 @@ fn build_and_run(sanitizer: &str, args: &[&str]) {
     let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     println!("{stdout}");
     assert!(run.status.success(), "kernel checks failed ({}):\n{stdout}\n{}", run.status, &stderr[..stderr.len().min(8000)]);
-    assert!(["ok   attend", "ok   adamw_multi", "ok   draw_rows", "ok   logprobs_at"].iter().all(|c| stdout.contains(c)), "the checks did not run:\n{stdout}");
+    assert!(["ok   gemv", "ok   attend", "ok   adamw_multi", "ok   draw_rows", "ok   logprobs_at"].iter().all(|c| stdout.contains(c)), "the checks did not run:\n{stdout}");
 }
 
 #[test]

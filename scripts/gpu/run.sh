@@ -50,6 +50,11 @@ if [ -x "$G/test-fused" ] && fits fused; then
   # The fused kernels (model/fused*.rs, decode/fused_rows.rs, backend/kernels/fused.cu) against the composed ops.
   AMORTIZE_TEST_DEVICE=cuda timeout $(lim 180) "$G/test-fused" --test-threads 1 --nocapture > "$OUT/fused.txt" 2>&1
   rows+=("fused-kernel tests (cuda, f32 + bf16)|$(grep -E '^test result' "$OUT/fused.txt" | tail -1) $(grep -E 'token by token' "$OUT/fused.txt") $(grep -E 'FAILED|panicked' "$OUT/fused.txt" | head -3 | tr '\n' ' ')")
+  # The gemv kernel (model/gemv.rs, backend/kernels/gemv.cuh) against the composed ops, and decodes with it on and off.
+  if [ -x "$G/test-gemv" ]; then
+    AMORTIZE_TEST_DEVICE=cuda timeout $(lim 120) "$G/test-gemv" --test-threads 1 > "$OUT/gemv.txt" 2>&1
+    rows+=("gemv tests (cuda, f32 + bf16)|$(grep -E '^test result' "$OUT/gemv.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/gemv.txt" | head -3 | tr '\n' ' ')")
+  fi
   flush
 fi
 B="$OUT/bench.jsonl"
@@ -57,9 +62,10 @@ if fits decode 60; then
   # Composed ops vs the fused kernels (off by default on CUDA until this has run), same process.
   F="$OUT/fused-decode.jsonl"
   # With each setting, also the stepwise loop (draws read back after every token) against the default chunked readback.
-  # ... and decode steps replayed as CUDA graphs (model::graph; off by default until this has run).
-  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused false,true --stepwise --graph --json >> "$F" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-135m bf16 tok/s (default / stepwise readback / CUDA-graph steps), fused false -> true|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f} / {graph_tokens_per_s or 0:.0f} ({graphs_recorded} graphs)" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
+  # ... decode steps replayed as CUDA graphs (model::graph), and the gemv blocks (model::gemv), alone and
+  # with the graphs (both off by default until this has run). FUSED="false,true" adds the composed ops.
+  timeout $(lim 180) "$A" bench decode --random smollm2-135m --device cuda --dtype bf16 --batch 1,8,64 --new-tokens 64 --fused "${FUSED:-true}" --stepwise --graph --gemv --json >> "$F" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-135m bf16 tok/s (default / stepwise readback / CUDA-graph steps / gemv / gemv + graph)|$(J 'f"b{batch} fused={fused}: {tokens_per_s:.0f} / {stepwise_tokens_per_s or 0:.0f} / {graph_tokens_per_s or 0:.0f} / {gemv_tokens_per_s or 0:.0f} / {gemv_graph_tokens_per_s or 0:.0f} ({graphs_recorded} graphs, {gemv_passes} gemv passes)" + (f" ({over_first_setting:.2f}x)" if over_first_setting else "")' "$F" | tr '\n' ';')")
   flush
 fi
 if fits pool 60; then
@@ -120,8 +126,8 @@ if fits hostdraw 60; then
   flush
 fi
 if fits big 60; then
-  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused false,true --stepwise --graph --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
-  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s (stepwise {stepwise_tokens_per_s or 0:.1f}, CUDA-graph steps {graph_tokens_per_s or 0:.1f}), weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s"' "$OUT/big.jsonl" | tr '\n' ';')")
+  timeout $(lim 240) "$A" bench decode --random smollm2-1.7b --device cuda --dtype bf16 --batch 1 --new-tokens 64 --fused "${FUSED:-true}" --stepwise --graph --gemv --json > "$OUT/big.jsonl" 2>> "$OUT/err.txt"
+  rows+=("decode smollm2-1.7b bf16 b1|$(J 'f"fused={fused}: {tokens_per_s:.1f} tok/s (stepwise {stepwise_tokens_per_s or 0:.1f}, CUDA-graph steps {graph_tokens_per_s or 0:.1f}, gemv {gemv_tokens_per_s or 0:.1f}, gemv + graph {gemv_graph_tokens_per_s or 0:.1f}), weights {weight_bytes/1e9:.2f} GB/token -> {weight_gb_per_s:.0f} GB/s (gemv {gemv_weight_gb_per_s or 0:.0f} GB/s; x gemv+graph/gemv for that)"' "$OUT/big.jsonl" | tr '\n' ';')")
   flush
 fi
 if fits step 60; then

@@ -80,6 +80,12 @@ struct alignas(16) float4 {
   float x, y, z, w;
 };
 
+// A load through the read-only data cache: a plain load here.
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+
 inline float __expf(float x) { return std::exp(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
