@@ -4,7 +4,7 @@
 # benchmarks of issue 7 on random weights of real shapes (speed does not depend
 # on the values), and prints a short table last. Optional, when the real SmolLM2
 # was carried to $GPU_DIR: the parity test and an RNG train/eval run.
-# Sections can be skipped: SKIP="fused decode pool events stepfused engine parity hostdraw big step steprng stepab mfu prof arith rng sanitize".
+# Sections can be skipped: SKIP="fused decode pool events stepfused engine parity hostdraw big step stepgemv steprng stepab mfu prof arith rng sanitize".
 # The most decisive sections run first (the fused kernels' tests, then their
 # A/B timings). The script keeps within BUDGET seconds (default 400: each
 # section's timeout is cut to what is left, and sections that no longer fit are
@@ -142,6 +142,18 @@ if fits step 60; then
     AMORTIZE_CUDA_GRAPH=$g timeout $(lim 90) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch 64 --max-len 20 --steps 3 --json 2>> "$OUT/err.txt" | sed "s/^{/{\"graph\": $g, /" >> "$SG"
   done
   rows+=("step b64, CUDA-graph decode steps off / on|$(J 'f"graph={graph} ({graphs_recorded} recorded): {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms"' "$SG" | tr '\n' ';')")
+  flush
+fi
+if fits stepgemv 60; then
+  # Training sampling (folded adapter) at b1 and b8 with the gemv blocks off / on (and with graphs): separate processes.
+  SV="$OUT/step-gemv.jsonl"
+  for b in 1 8; do
+    for v in "0 0" "1 0" "0 1" "1 1"; do
+      set -- $v
+      AMORTIZE_GEMV=$1 AMORTIZE_CUDA_GRAPH=$2 timeout $(lim 60) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json 2>> "$OUT/err.txt" | sed "s/^{/{\"gemv\": $1, \"graph\": $2, /" >> "$SV"
+    done
+  done
+  rows+=("step b1/b8, gemv / graph off-on|$(J 'f"b{batch} gemv={gemv} graph={graph}: {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms"' "$SV" | tr '\n' ';')")
   flush
 fi
 if fits steprng 60; then
