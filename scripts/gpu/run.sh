@@ -153,7 +153,7 @@ if fits stepgemv 60; then
       AMORTIZE_GEMV=$1 AMORTIZE_CUDA_GRAPH=$2 timeout $(lim 60) "$A" bench step --random smollm2-135m --device cuda --dtype bf16 --batch "$b" --max-len 20 --steps 3 --json 2>> "$OUT/err.txt" | sed "s/^{/{\"gemv\": $1, \"graph\": $2, /" >> "$SV"
     done
   done
-  rows+=("step b1/b8, gemv / graph off-on|$(J 'f"b{batch} gemv={gemv} graph={graph}: {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms"' "$SV" | tr '\n' ';')")
+  rows+=("step b1/b8, gemv / graph off-on|$(J 'f"b{batch} gemv={gemv} graph={graph}: {sec_per_step:.3f} s/step, decode {phase_sec_per_step_decode*1e3:.0f} ms ({gemv_passes} gemv passes, {graphs_recorded} graphs)"' "$SV" | tr '\n' ';')")
   flush
 fi
 if fits steprng 60; then

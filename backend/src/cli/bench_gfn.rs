@@ -130,7 +130,7 @@ pub fn step(a: StepArgs) -> anyhow::Result<()> {
         let tflops = flops / total / 1e12;
         let backward = format!("{mode:?}").to_lowercase();
         if a.json {
-            println!("{}", serde_json::json!({"bench": "step", "task": a.task, "graphs_recorded": amortize::model::graph::recorded_graphs(), "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
+            println!("{}", serde_json::json!({"bench": "step", "task": a.task, "graphs_recorded": amortize::model::graph::recorded_graphs(), "gemv_passes": amortize::model::gemv::block_passes(), "batch": a.batch, "max_len": a.max_len, "lora_r": a.lora_r,
                 "backward": backward, "fold": a.fold, "fused": fused, "sec_per_step": secs, "traj_per_s": traj_per_s, "tokens_per_s": tokens_per_s, "share": share,
                 "phase_sec_per_step": per_step, "baseline_over_this": speedup,
                 "model_tflops_per_s": tflops, "mfu_h100_bf16": tflops / H100_BF16_TFLOPS,
