@@ -7,8 +7,10 @@
 //! position id, and a LoRA view (or none: the base model) is chosen per call.
 //! Base weights are plain tensors; only the adapter carries gradients.
 //! Inference passes can run the fused ops of `fused.rs` (residual add + norm,
-//! SwiGLU, cache write and decode attention; [`Llama::set_fused`]); training
-//! passes never do here (the taped pass in `tape.rs` has its own).
+//! SwiGLU, cache write and decode attention; [`Llama::set_fused`]), and decode
+//! steps of a few rows the five-kernel blocks of `gemv_layers.rs`
+//! ([`Llama::set_gemv`]); training passes never do here (the taped pass in
+//! `tape.rs` has its own).
 //! Loading weights from files lives in `loader.rs`, not here.
 
 use candle_core::{DType, Device, Tensor, D};
