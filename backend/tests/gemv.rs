@@ -93,6 +93,15 @@ fn gemv_takes_a_weight_view_and_refuses_a_misaligned_one() {
     assert!(d < 1e-4, "{d}");
     let skew = big.flatten_all().unwrap().narrow(0, 3, 512).unwrap().reshape((8, 64)).unwrap();
     assert!(gemv(&x, &skew, Fuse::default()).is_err());
+    // Inputs from a misaligned offset (or strided) are copied to an aligned start.
+    let flat = random(&[200], 1.0, DType::F32, 3);
+    let (xs, nw) = (flat.narrow(0, 3, 128).unwrap().reshape((2, 64)).unwrap(), flat.narrow(0, 133, 64).unwrap());
+    let fuse = Fuse { norm: Some((&nw, 1e-5)), ..Fuse::default() };
+    let d = max_abs_diff(&gemv(&xs, &view, fuse).unwrap(), &composed(&xs.contiguous().unwrap(), &view.copy().unwrap(), Fuse { norm: Some((&nw.contiguous().unwrap(), 1e-5)), ..fuse }));
+    assert!(d < 1e-4, "{d}");
+    let xt = random(&[64, 2], 1.0, DType::F32, 4).t().unwrap(); // [2, 64], strided
+    let d = max_abs_diff(&gemv(&xt, &view, Fuse::default()).unwrap(), &composed(&xt.contiguous().unwrap(), &view.copy().unwrap(), Fuse::default()));
+    assert!(d < 1e-4, "{d}");
 }
 
 fn tiny(dir: &tempfile::TempDir) -> LanguageModel {

@@ -4,7 +4,7 @@
 //!
 //! A decode step of a small batch reads every weight once for a handful of
 //! rows: it is bound by memory and, on a GPU, by how many kernels the host
-//! queues. cuBLAS spends one or two kernels on each product and the fused ops
+//! queues. cuBLAS spends at least one kernel on each product and the fused ops
 //! of `fused.rs` one more on each norm, add and SwiGLU (9 a layer); with these
 //! a layer takes 5 (`llama.rs`: norm+q/k/v, the cache write, attention,
 //! o+add, norm+gate/up+SwiGLU, down+add — see `Llama::set_gemv`).
@@ -83,11 +83,12 @@ pub fn gemv(x: &Tensor, w: &Tensor, fuse: Fuse) -> Result<Tensor> {
         return Err(Error::invalid("gemv", format!("x {:?}, w {:?} {:?} (at most {MAX_ROWS} rows, k a multiple of 8)", x.dims(), w.dims(), w.dtype())));
     }
     let mode = fuse.norm.map_or(0, |_| NORM) | fuse.residual.map_or(0, |_| RESIDUAL) | if fuse.swiglu { SWIGLU } else { 0 };
-    // The kernel reads 16-byte vectors from each start: dense copies from offset 0 where needed.
+    // The kernel reads 16-byte vectors from each start: dense copies from
+    // offset 0 where needed (`copy` would keep the offset).
     let aligned = |t: &Tensor| -> Result<Tensor> {
         match t.layout().contiguous_offsets() {
             Some((s, _)) if s % 8 == 0 => Ok(t.clone()),
-            _ => Ok(t.copy()?),
+            _ => Ok(t.force_contiguous()?),
         }
     };
     let op = Gemv {
@@ -98,7 +99,7 @@ pub fn gemv(x: &Tensor, w: &Tensor, fuse: Fuse) -> Result<Tensor> {
         mode,
         n,
     };
-    let x2 = aligned(&x.contiguous()?)?.reshape(((x.elem_count() / k), k))?;
+    let x2 = aligned(x)?.reshape((x.elem_count() / k, k))?;
     Ok(x2.apply_op1_no_bwd(&op)?.reshape(out_dims)?)
 }
 
