@@ -151,11 +151,17 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
             let default_gemv = lm.llama.gemv();
             let (gemv, gemv_graph) = if a.gemv {
                 lm.llama.set_gemv(true);
+                let passes = amortize::model::gemv::block_passes();
                 decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens.min(8)), view.as_ref(), None)?; // untimed
                 let g = timed(&lm, &prompts, base.clone(), view.as_ref())?;
                 let gg = a.graph.then(|| timed(&lm, &prompts, SampleConfig { static_steps: Some(true), ..base.clone() }, view.as_ref())).transpose()?;
                 lm.llama.set_gemv(default_gemv);
-                (Some(g), gg)
+                // No rate where the blocks did not apply (more than 8 rows, an unfolded adapter).
+                if amortize::model::gemv::block_passes() > passes {
+                    (Some(g), gg)
+                } else {
+                    (None, None)
+                }
             } else {
                 (None, None)
             };
