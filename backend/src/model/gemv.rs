@@ -23,13 +23,18 @@ use crate::{Error, Result};
 /// Rows (batch × new tokens) a call takes at most (the kernel's accumulators per lane).
 pub const MAX_ROWS: usize = 8;
 
-/// Whether models use the gemv blocks unless told otherwise
+/// Whether a model on `device` uses the gemv blocks unless told otherwise
 /// ([`crate::model::Llama::set_gemv`]): `AMORTIZE_GEMV=1` or `0` decides;
-/// else off. They stay off by default until their device tests and timings
-/// have run on a GPU (on the CPU the op is a plain reference loop, slower
-/// than candle's matrix products).
-pub fn default_on() -> bool {
-    std::env::var("AMORTIZE_GEMV").as_deref() == Ok("1")
+/// else on for the CPU (random SmolLM2-135M shape, f32, this project's 2-core
+/// machine: decode 1.41× at batch 1, 1.23× at 4, 1.00× at 8;
+/// docs/results/cpu-2026-11-28b) and off elsewhere: on CUDA until the
+/// kernel's device tests and timings have run on a GPU.
+pub fn default_on(device: &candle_core::Device) -> bool {
+    match std::env::var("AMORTIZE_GEMV").ok().as_deref() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => device.is_cpu(),
+    }
 }
 
 /// Passes run through the gemv blocks so far in this process (for tests and
@@ -103,6 +108,18 @@ pub fn gemv(x: &Tensor, w: &Tensor, fuse: Fuse) -> Result<Tensor> {
     Ok(x2.apply_op1_no_bwd(&op)?.reshape(out_dims)?)
 }
 
+/// `x · w` in f32 over eight independent lanes (k is a multiple of 8), which
+/// the compiler can keep in vector registers.
+fn dot8<T: WithDType>(x: &[f32], w: &[T]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (a, b) in x.chunks_exact(8).zip(w.chunks_exact(8)) {
+        for j in 0..8 {
+            acc[j] += a[j] * f(b[j]);
+        }
+    }
+    acc.iter().sum()
+}
+
 /// The CPU values behind an optional operand's storage guard.
 fn cpu_of<'a, T: WithDType, G: std::ops::Deref<Target = Storage>>(g: &'a Option<(G, &Layout)>) -> candle_core::Result<Option<&'a [T]>> {
     match g {
@@ -155,20 +172,26 @@ impl CustomOp1 for Gemv {
                     }
                 })
                 .collect();
-            let dot = |xr: &[f32], o: usize| xr.iter().zip(&w[o * k..(o + 1) * k]).map(|(&a, &b)| a * f(b)).sum::<f32>();
-            let mut y = vec![T::from_f64(0.0); m * n];
-            y.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
-                for (o, y) in out.iter_mut().enumerate() {
-                    let mut v = round(dot(&xs[r], o));
-                    if self.mode & SWIGLU != 0 {
-                        v = v / (1.0 + (-v).exp()) * round(dot(&xs[r], n + o));
+            // Output-major, in parallel over blocks of output features: each
+            // weight row is read once for all the rows (as the kernel does).
+            let mut by_out = vec![0f32; n * m];
+            by_out.par_chunks_mut(64 * m).enumerate().for_each(|(blk, chunk)| {
+                for (j, vals) in chunk.chunks_mut(m).enumerate() {
+                    let o = blk * 64 + j;
+                    for (v, xr) in vals.iter_mut().zip(&xs) {
+                        *v = round(dot8(xr, &w[o * k..(o + 1) * k]));
+                        if self.mode & SWIGLU != 0 {
+                            *v = *v / (1.0 + (-*v).exp()) * round(dot8(xr, &w[(n + o) * k..(n + o + 1) * k]));
+                        }
                     }
-                    if let Some(res) = res {
-                        v += f(res[r * n + o]);
-                    }
-                    *y = T::from_f64(v as f64);
                 }
             });
+            let mut y = vec![T::from_f64(0.0); m * n];
+            for (i, y) in y.iter_mut().enumerate() {
+                let (r, o) = (i / n, i % n);
+                let v = by_out[o * m + r] + res.map_or(0.0, |res| f(res[i]));
+                *y = T::from_f64(v as f64);
+            }
             Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
         })
     }

@@ -193,7 +193,7 @@ impl Llama {
         let Weights { embed, blocks, norm, lm_head } = w;
         let layers = blocks.into_iter().map(Layer::fuse).collect::<Result<Vec<_>>>()?;
         let fused = fused::default_on(device);
-        let gemv = super::gemv::default_on();
+        let gemv = super::gemv::default_on(device);
         Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, gemv, dtype, device: device.clone() })
     }
 
