@@ -78,8 +78,9 @@ pub struct DecodeArgs {
     pub graph: bool,
     /// Also time decoding with the gemv blocks (`model::gemv`: five kernels a
     /// block for at most 8 rows; needs the fused ops), and with `--graph`
-    /// both together, against the default (`AMORTIZE_GEMV` decides; off
-    /// unless set to 1).
+    /// both together; every other rate of the run is then timed with them
+    /// off, so the columns are an A/B (without the flag, `AMORTIZE_GEMV` or
+    /// the device's default decides).
     #[arg(long)]
     pub gemv: bool,
     /// Decode through a LoRA adapter of this rank (all projections), and also
@@ -155,7 +156,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens.min(8)), view.as_ref(), None)?; // untimed
                 let g = timed(&lm, &prompts, base.clone(), view.as_ref())?;
                 let gg = a.graph.then(|| timed(&lm, &prompts, SampleConfig { static_steps: Some(true), ..base.clone() }, view.as_ref())).transpose()?;
-                lm.llama.set_gemv(default_gemv);
+                lm.llama.set_gemv(false);
                 // No rate where the blocks did not apply (more than 8 rows, an unfolded adapter).
                 if amortize::model::gemv::block_passes() > passes {
                     (Some(g), gg)
@@ -199,6 +200,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 let v = gemv.map_or(String::new(), |g| format!(" (gemv blocks: {g:.1} tok/s{})", gemv_graph.map_or(String::new(), |x| format!(", with graph steps {x:.1}"))));
                 println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}{w}{e}{v}");
             }
+            lm.llama.set_gemv(default_gemv);
         }
     }
     Ok(())
