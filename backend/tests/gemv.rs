@@ -119,7 +119,8 @@ fn gemv_blocks_give_the_fused_blocks_logits() {
         return; // the gemv blocks run only with the fused ops (AMORTIZE_FUSED=0)
     }
     let prompts = vec![lm.tokenizer.encode("the cat").unwrap(), lm.tokenizer.encode("1 + 2 =").unwrap()];
-    let steps: Vec<Vec<Vec<u32>>> = vec![vec![vec![40], vec![41]], vec![vec![42, 43, 44], vec![45, 46, 47]], vec![vec![48], vec![]]];
+    // At most 4 rows a pass (the CPU's limit for the blocks; CUDA's is 8).
+    let steps: Vec<Vec<Vec<u32>>> = vec![vec![vec![40], vec![41]], vec![vec![42, 43], vec![45, 46]], vec![vec![48], vec![]]];
     let mut runs = Vec::new();
     let before = block_passes();
     for on in [false, true] {
@@ -136,7 +137,7 @@ fn gemv_blocks_give_the_fused_blocks_logits() {
         let d = max_abs_diff(a, b);
         assert!(d < 1e-4, "pass {i}: gemv vs fused blocks {d}");
     }
-    // The three decode passes (2 rows × 1, 2 × 3, 2 × 1 tokens) took the gemv
+    // The three decode passes (2 rows × 1, 2 × 2, 2 × 1 tokens) took the gemv
     // blocks; the prefill (no room yet) did not. (Other tests may add theirs.)
     assert!(block_passes() - before >= 3, "{} gemv passes", block_passes() - before);
 }
@@ -150,7 +151,7 @@ fn gemv_decoding_equals_fused_decoding() {
     let adapter = LoraAdapter::new(lm.config(), LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: Proj::ALL.to_vec() }, &dev(), 3).unwrap();
     let folded = lm.llama.fold(&adapter.view(Mode::Infer, DType::F32).unwrap()).unwrap();
     let prompts = vec![lm.tokenizer.encode("the cat sat").unwrap(), lm.tokenizer.encode("1 +").unwrap()];
-    let base = SampleConfig { n: 3, max_new_tokens: 9, temperature: 0.8, seed: 6, stop_tokens: Some(vec![]), ..Default::default() };
+    let base = SampleConfig { n: 2, max_new_tokens: 9, temperature: 0.8, seed: 6, stop_tokens: Some(vec![]), ..Default::default() };
     let key = |v: &[decode::Sample]| v.iter().map(|s| (s.tokens.clone(), s.logprobs.iter().map(|l| (l * 1e3).round() as i64).collect::<Vec<_>>())).collect::<Vec<_>>();
     for (every, fixed) in [(Some(1), Some(false)), (None, Some(false)), (Some(1), Some(true)), (None, Some(true))] {
         for view in [None, Some(&folded)] {

@@ -26,7 +26,8 @@ pub const MAX_ROWS: usize = 8;
 /// Whether a model on `device` uses the gemv blocks unless told otherwise
 /// ([`crate::model::Llama::set_gemv`]): `AMORTIZE_GEMV=1` or `0` decides;
 /// else on for the CPU (random SmolLM2-135M shape, f32, this project's 2-core
-/// machine: decode 1.41× at batch 1, 1.23× at 4, 1.00× at 8;
+/// machine, blocks and head: decode 1.73× at batch 1, 1.29× at 4; passes of
+/// more rows keep the fused blocks there, `Llama::gemv_rows`;
 /// docs/results/cpu-2026-11-28b) and off elsewhere: on CUDA until the
 /// kernel's device tests and timings have run on a GPU.
 pub fn default_on(device: &candle_core::Device) -> bool {

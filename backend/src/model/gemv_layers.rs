@@ -9,7 +9,8 @@
 //! 5. a = silu(g) · u, [g, u] = rms_norm(x) · Wguᵀ (`gemv`, norm and SwiGLU fused)
 //! 6. x = x + a · Wdownᵀ                     (`gemv`, residual fused)
 //!
-//! (2 and 3 are the fused path's own.) The same values as the fused path up
+//! (2 and 3 are the fused path's own.) The output head of such a pass goes
+//! through the same op ([`Llama::logits_gemv`]). The same values as the fused path up
 //! to rounding: every intermediate is rounded to the model dtype where that
 //! path rounds it. Reads the model's weights (or a folded adapter's); owns no
 //! state.
@@ -36,9 +37,30 @@ impl Llama {
             && ctx.fused
             && !ctx.grad
             && matches!(ctx.attn, Attn::Fused { .. })
-            && (1..=gemv::MAX_ROWS).contains(&rows)
+            && (1..=self.gemv_rows()).contains(&rows)
             && ctx.lora.is_none_or(|v| v.is_folded())
             && self.layers.iter().all(layer_ok)
+    }
+
+    /// The most rows a pass may have for the gemv blocks and head: the
+    /// kernel's [`gemv::MAX_ROWS`], and 4 on the CPU, where 8 rows ran
+    /// 0.96–1.00× of the fused blocks' speed (docs/results/cpu-2026-11-28b).
+    pub(super) fn gemv_rows(&self) -> usize {
+        if self.device().is_cpu() {
+            4
+        } else {
+            gemv::MAX_ROWS
+        }
+    }
+
+    /// [`Llama::logits`] of a few rows through the gemv op (the head read
+    /// once for all of them), when the blocks are on and the rows qualify.
+    pub(super) fn logits_gemv(&self, hidden: &Tensor, head: &Tensor) -> Result<Option<Tensor>> {
+        let rows = hidden.elem_count() / self.config.hidden_size.max(1);
+        if !self.gemv || rows > self.gemv_rows() || !gemv::fits(hidden, head) {
+            return Ok(None);
+        }
+        Ok(Some(gemv::gemv(hidden, head, Fuse::default())?.to_dtype(candle_core::DType::F32)?))
     }
 
     /// The blocks over the embeddings `x` [B, T, hidden] and the final norm.

@@ -439,6 +439,9 @@ impl Llama {
     /// Output logits (f32) for hidden states [.., hidden] → [.., vocab].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        if let Some(logits) = self.logits_gemv(hidden, head)? {
+            return Ok(logits);
+        }
         // cuBLAS wants a dense left operand (callers often pass a narrowed slice).
         Ok(hidden.contiguous()?.broadcast_matmul(&head.t()?)?.to_dtype(DType::F32)?)
     }
