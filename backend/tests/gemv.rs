@@ -55,7 +55,7 @@ fn composed(x: &Tensor, w: &Tensor, fuse: Fuse) -> Tensor {
 fn gemv_equals_the_composed_ops_at_real_shapes() {
     // (rows, outputs, inputs): SmolLM2-135M's q/k/v, o, gate/up and down; a
     // 1.7B-wide input; fewer outputs than a block has warps.
-    let shapes = [(1, 960, 576), (MAX_ROWS, 576, 576), (3, 1536, 576), (2, 576, 1536), (1, 64, 2048), (5, 3, 24)];
+    let shapes = [(1, 960, 576), (MAX_ROWS, 576, 576), (3, 1536, 576), (2, 576, 1536), (1, 64, 2048), (5, 3, 24), (2, 49152, 576)];
     for dtype in [DType::F32, DType::BF16] {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             let seed = 10 * i as u64;
@@ -63,14 +63,16 @@ fn gemv_equals_the_composed_ops_at_real_shapes() {
             let nw = random(&[k], 1.5, dtype, seed + 1);
             let res = random(&[m, 1, n], 3.0, dtype, seed + 2);
             let w = random(&[n, k], 0.1, dtype, seed + 3);
-            let w2 = random(&[2 * n, k], 0.1, dtype, seed + 4);
+            let w2 = random(&[2 * n.min(8192), k], 0.1, dtype, seed + 4);
             let cases: [(&str, &Tensor, Fuse); 4] = [
                 ("plain", &w, Fuse::default()),
                 ("norm", &w, Fuse { norm: Some((&nw, 1e-5)), ..Fuse::default() }),
                 ("residual", &w, Fuse { residual: Some(&res), ..Fuse::default() }),
                 ("norm+swiglu", &w2, Fuse { norm: Some((&nw, 1e-5)), swiglu: true, ..Fuse::default() }),
             ];
-            for (what, w, fuse) in cases {
+            // The output head (SmolLM2's vocabulary, the tied embeddings) takes the plain product only.
+            let cases = if n > 8192 { &cases[..1] } else { &cases[..] };
+            for &(what, w, fuse) in cases {
                 let got = gemv(&x, w, fuse).unwrap();
                 let want = composed(&x, w, fuse);
                 assert_eq!(got.dims(), want.dims());
