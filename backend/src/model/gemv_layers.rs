@@ -19,27 +19,29 @@ use candle_core::Tensor;
 
 use super::cache::KvCache;
 use super::gemv::{self, Fuse};
-use super::llama::{Attn, Ctx, Linear, Llama};
+use super::llama::{Attn, Ctx, Layer, Linear, Llama};
 use super::lora::Proj;
 use crate::Result;
 
 impl Llama {
+    /// Whether the kernel takes every projection of `layers` (no biases;
+    /// widths a multiple of 8): checked once, when the blocks are turned on.
+    pub(super) fn gemv_takes(layers: &[Layer]) -> bool {
+        layers.iter().all(|l| [&l.qkv, &l.o, &l.gate_up, &l.down].iter().all(|p| p.bias.is_none() && p.weight.dim(1).is_ok_and(|k| k % 8 == 0)))
+    }
+
     /// Whether a pass of `rows` new tokens (batch × length) runs through
-    /// [`Llama::layers_gemv`]: gemv on, an inference pass with the fused ops
-    /// and a cache with room, at most [`gemv::MAX_ROWS`] rows, no adapter or
-    /// a folded one, and projections the kernel takes (no biases; widths a
-    /// multiple of 8).
+    /// [`Llama::layers_gemv`]: gemv on (for a model whose projections the
+    /// kernel takes, [`Llama::gemv_takes`]), an inference pass with the fused
+    /// ops and a cache with room, at most [`Llama::gemv_rows`] rows, no
+    /// adapter or a folded one.
     pub(super) fn gemv_fits(&self, ctx: &Ctx, rows: usize) -> bool {
-        let layer_ok = |l: &super::llama::Layer| {
-            [&l.qkv, &l.o, &l.gate_up, &l.down].iter().all(|p| p.bias.is_none() && p.weight.dim(1).is_ok_and(|k| k % 8 == 0))
-        };
         self.gemv
             && ctx.fused
             && !ctx.grad
             && matches!(ctx.attn, Attn::Fused { .. })
             && (1..=self.gemv_rows()).contains(&rows)
             && ctx.lora.is_none_or(|v| v.is_folded())
-            && self.layers.iter().all(layer_ok)
     }
 
     /// The most rows a pass may have for the gemv blocks and head: the

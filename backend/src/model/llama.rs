@@ -193,7 +193,7 @@ impl Llama {
         let Weights { embed, blocks, norm, lm_head } = w;
         let layers = blocks.into_iter().map(Layer::fuse).collect::<Result<Vec<_>>>()?;
         let fused = fused::default_on(device);
-        let gemv = super::gemv::default_on(device);
+        let gemv = super::gemv::default_on(device) && Self::gemv_takes(&layers);
         Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, gemv, dtype, device: device.clone() })
     }
 
@@ -216,9 +216,10 @@ impl Llama {
     /// five kernels (`gemv_layers.rs`): the projections as `gemv.rs`'s
     /// kernels with the norms, residual adds and SwiGLU fused in. Applies
     /// without an adapter or with a folded one, and to models without
-    /// projection biases. The default is [`super::gemv::default_on`].
+    /// projection biases (for others this stays off). The default is
+    /// [`super::gemv::default_on`].
     pub fn set_gemv(&mut self, on: bool) {
-        self.gemv = on;
+        self.gemv = on && Self::gemv_takes(&self.layers);
     }
 
     pub fn gemv(&self) -> bool {
