@@ -7,6 +7,8 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Before any other thread exists, so that every thread inherits it.
+    amortize::model::denormals::flush();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AMORTIZE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

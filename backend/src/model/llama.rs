@@ -185,6 +185,9 @@ pub(super) struct Prepared {
 impl Llama {
     pub fn new(config: LlamaConfig, w: Weights, device: &Device) -> Result<Self> {
         config.validate()?;
+        if device.is_cpu() {
+            super::denormals::flush(); // subnormal gradients cost ~100x on x86
+        }
         let dtype = w.embed.dtype();
         let (cos, sin) = rope_tables(&config, device)?;
         let scale = 1.0 / (config.head_dim as f64).sqrt();

@@ -5,6 +5,7 @@
 pub mod branch;
 pub mod cache;
 pub mod config;
+pub mod denormals;
 pub mod fold;
 pub mod fused;
 #[cfg(feature = "cuda")]
