@@ -121,7 +121,8 @@ fn gemv_blocks_give_the_fused_blocks_logits() {
         return; // the gemv blocks run only with the fused ops (AMORTIZE_FUSED=0)
     }
     let prompts = vec![lm.tokenizer.encode("the cat").unwrap(), lm.tokenizer.encode("1 + 2 =").unwrap()];
-    // At most 4 rows a pass (the CPU's limit for the blocks; CUDA's is 8).
+    // Passes of 2 and 4 rows (`set_gemv(true)` takes up to 8 on any device;
+    // by default the CPU runs only 1-row passes through the blocks).
     let steps: Vec<Vec<Vec<u32>>> = vec![vec![vec![40], vec![41]], vec![vec![42, 43], vec![45, 46]], vec![vec![48], vec![]]];
     let mut runs = Vec::new();
     let before = block_passes();

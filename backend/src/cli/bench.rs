@@ -149,7 +149,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
             // warm up here, not in whichever timed variant runs first.
             decode::sample(&lm, &prompts, &bench_cfg(1, a.new_tokens.min(8)), view.as_ref(), None)?;
             let base = bench_cfg(1, a.new_tokens);
-            let default_gemv = lm.llama.gemv();
+            let default_gemv = lm.llama.gemv_rows();
             let (gemv, gemv_graph) = if a.gemv {
                 lm.llama.set_gemv(true);
                 let passes = amortize::model::gemv::block_passes();
@@ -200,7 +200,7 @@ fn decode_bench(a: DecodeArgs) -> anyhow::Result<()> {
                 let v = gemv.map_or(String::new(), |g| format!(" (gemv blocks: {g:.1} tok/s{})", gemv_graph.map_or(String::new(), |x| format!(", with graph steps {x:.1}"))));
                 println!("{b:>6} {fused:>6} {cached:>14.1} {r:>16} {s:>10} {h:>16}{f}{o}{w}{e}{v}");
             }
-            lm.llama.set_gemv(default_gemv);
+            lm.llama.set_gemv_rows(default_gemv);
         }
     }
     Ok(())

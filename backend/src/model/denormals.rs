@@ -43,11 +43,11 @@ pub fn flush() -> bool {
         return false;
     }
     if !DONE.with(Cell::get) {
-        set_this_thread();
+        set_this_thread(true);
         DONE.with(|d| d.set(true));
     }
     POOL.call_once(|| {
-        rayon::broadcast(|_| set_this_thread());
+        rayon::broadcast(|_| set_this_thread(true));
     });
     this_thread_flushes()
 }
@@ -65,11 +65,12 @@ fn read_mxcsr() -> u32 {
     csr
 }
 
+/// Sets (or clears) flushing on this thread only (benchmarks compare both).
 #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-fn set_this_thread() {
-    let csr = read_mxcsr() | FTZ_DAZ;
+pub fn set_this_thread(on: bool) {
+    let csr = if on { read_mxcsr() | FTZ_DAZ } else { read_mxcsr() & !FTZ_DAZ };
     // SAFETY: ldmxcsr loads a valid control word (the current one with two
-    // mode bits set; no reserved bit is touched) from a readable u32.
+    // mode bits set or cleared; no reserved bit is touched) from a readable u32.
     unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags)) };
 }
 
@@ -79,8 +80,9 @@ pub fn this_thread_flushes() -> bool {
     read_mxcsr() & FTZ_DAZ == FTZ_DAZ
 }
 
+/// Sets (or clears) flushing on this thread only: nothing to do here.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "x86")))]
-fn set_this_thread() {}
+pub fn set_this_thread(_on: bool) {}
 
 /// Whether this thread flushes subnormals to zero (always false here: the
 /// setting is only made on x86).

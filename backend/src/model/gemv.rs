@@ -23,18 +23,19 @@ use crate::{Error, Result};
 /// Rows (batch × new tokens) a call takes at most (the kernel's accumulators per lane).
 pub const MAX_ROWS: usize = 8;
 
-/// Whether a model on `device` uses the gemv blocks unless told otherwise
-/// ([`crate::model::Llama::set_gemv`]): `AMORTIZE_GEMV=1` or `0` decides;
-/// else on for the CPU (random SmolLM2-135M shape, f32, this project's 2-core
-/// machine, blocks and head: decode 1.73× at batch 1, 1.29× at 4; passes of
-/// more rows keep the fused blocks there, `Llama::gemv_rows`;
-/// docs/results/cpu-2026-11-28b) and off elsewhere: on CUDA until the
+/// The most rows (batch × new tokens) a pass of a model on `device` runs
+/// through the gemv blocks unless told otherwise ([`crate::model::Llama::set_gemv_rows`];
+/// 0: off): `AMORTIZE_GEMV=1` gives [`MAX_ROWS`] and `0` turns them off; else 1
+/// on the CPU and off elsewhere. On the CPU (random SmolLM2-135M shape, f32, this
+/// project's 2-core machine, dependencies built without debug assertions) they
+/// decoded 1.13× faster than the fused blocks at batch 1, but 0.82× at 2 and
+/// 0.55× at 4 (docs/results/cpu-2026-11-28c). On CUDA they stay off until the
 /// kernel's device tests and timings have run on a GPU.
-pub fn default_on(device: &candle_core::Device) -> bool {
+pub fn default_rows(device: &candle_core::Device) -> usize {
     match std::env::var("AMORTIZE_GEMV").ok().as_deref() {
-        Some("1") => true,
-        Some("0") => false,
-        _ => device.is_cpu(),
+        Some("1") => MAX_ROWS,
+        Some("0") => 0,
+        _ => usize::from(device.is_cpu()),
     }
 }
 

@@ -31,35 +31,23 @@ impl Llama {
     }
 
     /// Whether a pass of `rows` new tokens (batch × length) runs through
-    /// [`Llama::layers_gemv`]: gemv on (for a model whose projections the
-    /// kernel takes, [`Llama::gemv_takes`]), an inference pass with the fused
-    /// ops and a cache with room, at most [`Llama::gemv_rows`] rows, no
+    /// [`Llama::layers_gemv`]: an inference pass with the fused ops and a
+    /// cache with room, at most [`Llama::gemv_rows`] rows (0 for a model whose
+    /// projections the kernel does not take, [`Llama::gemv_takes`]), no
     /// adapter or a folded one.
     pub(super) fn gemv_fits(&self, ctx: &Ctx, rows: usize) -> bool {
-        self.gemv
-            && ctx.fused
+        ctx.fused
             && !ctx.grad
             && matches!(ctx.attn, Attn::Fused { .. })
             && (1..=self.gemv_rows()).contains(&rows)
             && ctx.lora.is_none_or(|v| v.is_folded())
     }
 
-    /// The most rows a pass may have for the gemv blocks and head: the
-    /// kernel's [`gemv::MAX_ROWS`], and 4 on the CPU, where 8 rows ran
-    /// 0.96–1.00× of the fused blocks' speed (docs/results/cpu-2026-11-28b).
-    pub(super) fn gemv_rows(&self) -> usize {
-        if self.device().is_cpu() {
-            4
-        } else {
-            gemv::MAX_ROWS
-        }
-    }
-
     /// [`Llama::logits`] of a few rows through the gemv op (the head read
     /// once for all of them), when the blocks are on and the rows qualify.
     pub(super) fn logits_gemv(&self, hidden: &Tensor, head: &Tensor) -> Result<Option<Tensor>> {
         let rows = hidden.elem_count() / self.config.hidden_size.max(1);
-        if !self.gemv || rows > self.gemv_rows() || !gemv::fits(hidden, head) {
+        if rows == 0 || rows > self.gemv_rows() || !gemv::fits(hidden, head) {
             return Ok(None);
         }
         Ok(Some(gemv::gemv(hidden, head, Fuse::default())?.to_dtype(candle_core::DType::F32)?))

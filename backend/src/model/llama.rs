@@ -18,56 +18,13 @@ use candle_core::{DType, Device, Tensor, D};
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::fused;
+use super::linear::matmul_t;
+pub use super::linear::Linear;
 use super::lora::{LoraView, Proj};
 use crate::{Error, Result};
 
 /// Additive bias for masked attention scores (finite: a fully masked row stays NaN-free).
 pub(super) const MASKED: f32 = -1e9;
-
-/// A dense projection `y = x Wᵀ (+ b)`, W: [out, in].
-#[derive(Clone)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// Projections stacked along the output dimension (a missing bias is zero).
-    fn cat(parts: &[&Linear]) -> Result<Linear> {
-        let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
-        let bias = if parts.iter().any(|l| l.bias.is_some()) {
-            let bs = parts
-                .iter()
-                .map(|l| match &l.bias {
-                    Some(b) => Ok(b.clone()),
-                    None => Ok(Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device())?),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Some(Tensor::cat(&bs, 0)?)
-        } else {
-            None
-        };
-        Ok(Linear { weight, bias })
-    }
-
-    /// Rows `start..start + len` of the output, copied into their own storage
-    /// (writers such as GGUF quantisation read storage, not views).
-    fn rows(&self, start: usize, len: usize) -> Result<Linear> {
-        let bias = match &self.bias {
-            Some(b) => Some(b.narrow(0, start, len)?.force_contiguous()?),
-            None => None,
-        };
-        Ok(Linear { weight: self.weight.narrow(0, start, len)?.force_contiguous()?, bias })
-    }
-
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-}
 
 /// One decoder block's weights.
 #[derive(Clone)]
@@ -131,8 +88,9 @@ pub struct Llama {
     rope_cs: [Tensor; 2],
     /// Inference passes use the fused ops of `fused.rs` (see [`Llama::set_fused`]).
     fused: bool,
-    /// Decode steps of a few rows run through `gemv.rs` (see [`Llama::set_gemv`]).
-    pub(super) gemv: bool,
+    /// Decode steps of at most this many rows run through `gemv.rs` (0: none;
+    /// see [`Llama::set_gemv_rows`]).
+    pub(super) gemv_rows: usize,
     dtype: DType,
     device: Device,
 }
@@ -196,8 +154,8 @@ impl Llama {
         let Weights { embed, blocks, norm, lm_head } = w;
         let layers = blocks.into_iter().map(Layer::fuse).collect::<Result<Vec<_>>>()?;
         let fused = fused::default_on(device);
-        let gemv = super::gemv::default_on(device) && Self::gemv_takes(&layers);
-        Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, gemv, dtype, device: device.clone() })
+        let gemv_rows = if Self::gemv_takes(&layers) { super::gemv::default_rows(device) } else { 0 };
+        Ok(Llama { config, embed, layers, norm, lm_head, rope, rope_cs, fused, gemv_rows, dtype, device: device.clone() })
     }
 
     /// Whether passes use the fused ops: in inference (`fused.rs`,
@@ -214,19 +172,31 @@ impl Llama {
         self.fused
     }
 
-    /// Whether inference passes of at most [`super::gemv::MAX_ROWS`] new
-    /// tokens, with the fused ops on and a cache with room, run each block as
-    /// five kernels (`gemv_layers.rs`): the projections as `gemv.rs`'s
-    /// kernels with the norms, residual adds and SwiGLU fused in. Applies
+    /// Inference passes of at most `rows` new tokens (batch × length; capped
+    /// at [`super::gemv::MAX_ROWS`], 0 for none), with the fused ops on and a
+    /// cache with room, run each block as five kernels (`gemv_layers.rs`): the
+    /// projections as `gemv.rs`'s kernels with the norms, residual adds and
+    /// SwiGLU fused in; their output head goes through the same op. Applies
     /// without an adapter or with a folded one, and to models without
-    /// projection biases (for others this stays off). The default is
-    /// [`super::gemv::default_on`].
-    pub fn set_gemv(&mut self, on: bool) {
-        self.gemv = on && Self::gemv_takes(&self.layers);
+    /// projection biases (for others this stays 0). The default is
+    /// [`super::gemv::default_rows`].
+    pub fn set_gemv_rows(&mut self, rows: usize) {
+        self.gemv_rows = if Self::gemv_takes(&self.layers) { rows.min(super::gemv::MAX_ROWS) } else { 0 };
     }
 
+    /// [`Llama::set_gemv_rows`] with every pass the kernel takes (on) or none (off).
+    pub fn set_gemv(&mut self, on: bool) {
+        self.set_gemv_rows(if on { super::gemv::MAX_ROWS } else { 0 });
+    }
+
+    /// Whether any pass runs through the gemv blocks.
     pub fn gemv(&self) -> bool {
-        self.gemv
+        self.gemv_rows > 0
+    }
+
+    /// The most rows a pass may have for the gemv blocks and head (0: off).
+    pub fn gemv_rows(&self) -> usize {
+        self.gemv_rows
     }
 
     pub fn device(&self) -> &Device {
@@ -447,7 +417,7 @@ impl Llama {
             return Ok(logits);
         }
         // cuBLAS wants a dense left operand (callers often pass a narrowed slice).
-        Ok(hidden.contiguous()?.broadcast_matmul(&head.t()?)?.to_dtype(DType::F32)?)
+        Ok(matmul_t(&hidden.contiguous()?, head)?.to_dtype(DType::F32)?)
     }
 
     /// The hidden states' gradient [.., hidden] (model dtype) from the logits'

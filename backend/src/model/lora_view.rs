@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::llama::Linear;
+use super::linear::{matmul_t, Linear};
 use super::lora::{LoraAdapter, Proj};
 use crate::{Error, Result};
 
@@ -61,7 +61,7 @@ impl LoraView {
         };
         let x = if self.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
         let x = x.to_dtype(a.dtype())?;
-        Ok(Some(x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?))
+        Ok(Some(matmul_t(&matmul_t(&x, a)?, b)?))
     }
 
     /// The delta of projections fused into one output (their outputs side by
@@ -77,7 +77,7 @@ impl LoraView {
         };
         if let Some((a, b)) = slot.and_then(|i| self.fused.get(layer).and_then(|f| f[i].as_ref())) {
             let x = x.to_dtype(a.dtype())?;
-            return Ok(Some(x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?));
+            return Ok(Some(matmul_t(&matmul_t(&x, a)?, b)?));
         }
         let deltas = group.iter().map(|&p| self.delta(layer, p, x)).collect::<Result<Vec<_>>>()?;
         let Some(like) = deltas.iter().flatten().next().cloned() else {

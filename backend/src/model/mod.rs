@@ -16,6 +16,7 @@ pub mod fused_softmax;
 pub mod gemv;
 mod gemv_layers;
 pub mod graph;
+pub mod linear;
 pub mod llama;
 pub mod loader;
 pub mod lora;

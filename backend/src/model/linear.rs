@@ -1,0 +1,86 @@
+//! Dense products with a weight in the HF layout (out × in): [`Linear`]
+//! (y = x Wᵀ + b) and [`matmul_t`] (x Wᵀ), which the projections, the LoRA
+//! factors of inference passes and the output head go through.
+//!
+//! On the CPU a product of a few rows is computed as (W xᵀ)ᵀ. candle's CPU
+//! matmul (the gemm crate) runs x Wᵀ with 2–16 rows 1.2–1.8× slower than the
+//! same product with the weight on the left, in its stored row-major layout
+//! (measured on the 135M model's shapes, f32, this project's 2-core CPU:
+//! `cargo bench -p amortize --bench cpu_matmul`, `docs/results/cpu-2026-11-28c/`);
+//! from 32–64 rows the plain form wins. Decode steps of a batch are such
+//! products. Other devices keep x Wᵀ.
+//!
+//! Owns these two products; the weights belong to the model (`llama.rs`).
+
+use candle_core::{Tensor, D};
+
+use crate::Result;
+
+/// The CPU computes x Wᵀ as (W xᵀ)ᵀ for this many rows of x: from 2 (one row
+/// is a matrix-vector product either way) to 16 (at 32 rows the output head's
+/// product ran 0.87×).
+const FLIPPED_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
+
+/// x Wᵀ for x [.., in] and W [out, in] → [.., out] (flipped on the CPU for
+/// 2–16 rows outside autograd).
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (out, k) = w.dims2()?;
+    let rows = x.elem_count() / k.max(1);
+    // Autograd passes keep the plain form: the flipped one would hand the
+    // frozen weight itself a gradient.
+    let tracked = x.track_op() || w.track_op();
+    if x.device().is_cpu() && !tracked && FLIPPED_ROWS.contains(&rows) && x.dim(D::Minus1)? == k {
+        let mut shape = x.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        let y = w.matmul(&x.reshape((rows, k))?.t()?)?; // [out, rows]
+        return Ok(y.t()?.contiguous()?.reshape(shape)?);
+    }
+    Ok(x.broadcast_matmul(&w.t()?)?)
+}
+
+/// A dense projection `y = x Wᵀ (+ b)`, W: [out, in].
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Projections stacked along the output dimension (a missing bias is zero).
+    pub(super) fn cat(parts: &[&Linear]) -> Result<Linear> {
+        let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
+        let bias = if parts.iter().any(|l| l.bias.is_some()) {
+            let bs = parts
+                .iter()
+                .map(|l| match &l.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Ok(Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device())?),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&bs, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Rows `start..start + len` of the output, copied into their own storage
+    /// (writers such as GGUF quantisation read storage, not views).
+    pub(super) fn rows(&self, start: usize, len: usize) -> Result<Linear> {
+        let bias = match &self.bias {
+            Some(b) => Some(b.narrow(0, start, len)?.force_contiguous()?),
+            None => None,
+        };
+        Ok(Linear { weight: self.weight.narrow(0, start, len)?.force_contiguous()?, bias })
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = matmul_t(x, &self.weight)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
