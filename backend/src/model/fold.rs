@@ -13,19 +13,27 @@ use super::llama::{Linear, Llama};
 use super::lora::{LoraView, Proj, GROUPS};
 use crate::{Error, Result};
 
+/// How many times slower per multiply-add the unfolded adapter's small
+/// products run on the CPU than the fold's large ones (see [`Llama::fold_pays`]).
+const CPU_ADAPTER_SLOWDOWN: f64 = 3.0;
+
 impl Llama {
     /// Whether folding `view` pays for a job that decodes about `tokens`
     /// tokens: always off the CPU, where passes are bound by kernel launches
     /// (folding removes four products and four adds per block and step); on the
-    /// CPU when the adapter's products over those tokens cost more FLOPs than
-    /// the fold (for SmolLM2-135M with r = 64 on every projection: from 348
-    /// tokens, by multiply-add counts).
+    /// CPU when the adapter's products over those tokens cost more time than
+    /// the fold. Their small products run at about a third of the fold's
+    /// multiply-add rate there: by multiply-add counts folding SmolLM2-135M
+    /// with r = 64 on every projection pays from 348 tokens, measured from
+    /// about 115 (a training step at batch 16; 14 at batch 1, where this stays
+    /// conservative; docs/results/cpu-2026-11-28c), so the counts' threshold is
+    /// divided by [`CPU_ADAPTER_SLOWDOWN`].
     pub fn fold_pays(&self, view: &LoraView, tokens: usize) -> bool {
         if !self.device().is_cpu() {
             return true;
         }
         let (per_token, fold) = view.fold_macs(&self.config);
-        tokens as f64 * per_token >= fold
+        tokens as f64 * per_token * CPU_ADAPTER_SLOWDOWN >= fold
     }
 
     /// `view` (an inference view) folded into this model's weights.
