@@ -2,7 +2,7 @@
 //! relies on, timed in one process (ratios, not absolute times, are the result).
 //!
 //! 1. x Wᵀ with a few rows of x against (W xᵀ)ᵀ, the form `model::linear::matmul_t`
-//!    takes on the CPU for 2–32 rows, and `matmul_t` itself, on the 135M model's
+//!    takes on the CPU for 2–16 rows, and `matmul_t` itself, on the 135M model's
 //!    projection and output-head shapes.
 //! 2. A product whose left side is subnormal (~1e-40) with IEEE subnormals and with
 //!    them flushed to zero (`model::denormals`).
