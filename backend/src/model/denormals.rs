@@ -21,17 +21,12 @@
 //!
 //! Owns the thread's float control register bits FTZ and DAZ; touches nothing else.
 
-use std::cell::Cell;
 use std::sync::Once;
 
 /// Whether subnormals are flushed unless told otherwise: on, except with
 /// `AMORTIZE_FLUSH_DENORMALS=0`.
 pub fn default_on() -> bool {
     std::env::var("AMORTIZE_FLUSH_DENORMALS").as_deref() != Ok("0")
-}
-
-thread_local! {
-    static DONE: Cell<bool> = const { Cell::new(false) };
 }
 
 static POOL: Once = Once::new();
@@ -43,10 +38,7 @@ pub fn flush() -> bool {
     if !default_on() {
         return false;
     }
-    if !DONE.with(Cell::get) {
-        set_this_thread(true);
-        DONE.with(|d| d.set(true));
-    }
+    set_this_thread(true); // two instructions: cheaper than remembering
     POOL.call_once(|| {
         rayon::broadcast(|_| set_this_thread(true));
     });
