@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use amortize::model::{denormals, linear::matmul_t};
+use amortize::model::{denormals, few_rows, linear::matmul_t};
 use candle_core::{Device, Tensor};
 
 /// Mean seconds of `f` over `n` calls after one warm-up call.
@@ -25,15 +25,26 @@ fn time(n: usize, f: impl Fn() -> candle_core::Result<Tensor>) -> candle_core::R
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     println!("x Wt vs (W xt)t, f32, {} rayon threads", rayon::current_num_threads());
-    println!("{:>14} {:>5} {:>10} {:>10} {:>10} {:>7}", "W [out, in]", "rows", "x·Wt ms", "(W·xt)t ms", "matmul_t", "ratio");
+    println!("{:>14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}", "W [out, in]", "rows", "x·Wt ms", "(W·xt)t ms", "few_rows", "matmul_t", "ratio", "few/best");
     for (out, inp) in [(960usize, 576usize), (3072, 576), (576, 1536), (49152, 576)] {
         let w = Tensor::randn(0f32, 1., (out, inp), &dev)?;
         for rows in [1usize, 2, 4, 8, 16, 32, 64, 128] {
             let x = Tensor::randn(0f32, 1., (rows, inp), &dev)?;
             let plain = time(5, || x.matmul(&w.t()?))?;
             let flipped = time(5, || w.matmul(&x.t()?)?.t()?.contiguous())?;
-            let ours = time(5, || matmul_t(&x, &w).map_err(|e| candle_core::Error::Msg(e.to_string())))?;
-            println!("{:>14} {rows:>5} {:>10.3} {:>10.3} {:>10.3} {:>7.2}", format!("[{out}, {inp}]"), plain * 1e3, flipped * 1e3, ours * 1e3, plain / flipped);
+            let msg = |e: amortize::Error| candle_core::Error::Msg(e.to_string());
+            let few = if rows <= few_rows::MAX_ROWS { time(5, || few_rows::x_wt(&x, &w).map_err(msg))? } else { f64::NAN };
+            let ours = time(5, || matmul_t(&x, &w).map_err(msg))?;
+            println!(
+                "{:>14} {rows:>5} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.2} {:>7.2}",
+                format!("[{out}, {inp}]"),
+                plain * 1e3,
+                flipped * 1e3,
+                few * 1e3,
+                ours * 1e3,
+                plain / flipped,
+                plain.min(flipped) / few
+            );
         }
     }
     // The output head's backward: d_logits [N, V] · E [V, H].

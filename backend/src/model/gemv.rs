@@ -156,6 +156,7 @@ impl CustomOp1 for Gemv {
         let nw = self.norm.as_ref().map(|t| t.storage_and_layout());
         let res = self.residual.as_ref().map(|t| t.storage_and_layout());
         let Storage::Cpu(w) = &*w else { bail!("gemv: inputs on different devices") };
+        let w32 = cpu_slice::<f32>(w, wl).ok();
         float_dispatch!(s, self.name(), |T| {
             let x = cpu_slice::<T>(s, l)?;
             let w = cpu_slice::<T>(w, wl)?;
@@ -174,6 +175,23 @@ impl CustomOp1 for Gemv {
                     }
                 })
                 .collect();
+            // In f32 (rounding is the identity) the products are the CPU
+            // kernel's, which streams each weight row once for all the rows.
+            if let (Some(w), true) = (w32, m <= amortize_cpu_kernels::MAX_ROWS) {
+                let flat: Vec<f32> = xs.concat();
+                let rows = if self.mode & SWIGLU != 0 { 2 * n } else { n };
+                let p = amortize_cpu_kernels::x_wt(&flat, w, m, k, rows);
+                let mut y = vec![T::from_f64(0.0); m * n];
+                for (i, y) in y.iter_mut().enumerate() {
+                    let (r, o) = (i / n, i % n);
+                    let mut v = p[r * rows + o];
+                    if self.mode & SWIGLU != 0 {
+                        v = v / (1.0 + (-v).exp()) * p[r * rows + n + o];
+                    }
+                    *y = T::from_f64((v + res.map_or(0.0, |res| f(res[i]))) as f64);
+                }
+                return Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))));
+            }
             // Output-major, in parallel over blocks of output features: each
             // weight row is read once for all the rows (as the kernel does).
             let mut by_out = vec![0f32; n * m];

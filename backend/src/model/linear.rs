@@ -14,28 +14,41 @@
 
 use candle_core::{Tensor, D};
 
+use super::few_rows;
 use crate::Result;
 
-/// The CPU computes x Wᵀ as (W xᵀ)ᵀ for this many rows of x: from 2 (one row
-/// is a matrix-vector product either way) to 16 (at 32 rows the output head's
-/// product ran 0.87×).
+/// The CPU computes x Wᵀ with `few_rows` (the weight streamed once for all
+/// rows) for 1–8 rows of f32: 1.3–3.8× faster than candle's best form on the
+/// 135M model's shapes, but at 16 rows 0.64–1.24× (`cargo bench -p amortize
+/// --bench cpu_matmul`, docs/results/cpu-2026-11-28d).
+const FEW_ROWS: std::ops::RangeInclusive<usize> = 1..=8;
+
+/// Otherwise it computes x Wᵀ as (W xᵀ)ᵀ for this many rows of x: from 2 (one
+/// row is a matrix-vector product either way) to 16 (at 32 rows the output
+/// head's product ran 0.87×).
 const FLIPPED_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
 
-/// x Wᵀ for x [.., in] and W [out, in] → [.., out] (flipped on the CPU for
-/// 2–16 rows outside autograd).
+/// x Wᵀ for x [.., in] and W [out, in] → [.., out] (on the CPU outside
+/// autograd: `few_rows` for 1–8 rows of f32, else flipped for 2–16 rows).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out, k) = w.dims2()?;
     let rows = x.elem_count() / k.max(1);
     // Autograd passes keep the plain form: the flipped one would hand the
     // frozen weight itself a gradient.
     let tracked = x.track_op() || w.track_op();
-    if x.device().is_cpu() && !tracked && FLIPPED_ROWS.contains(&rows) && x.dim(D::Minus1)? == k {
+    if x.device().is_cpu() && !tracked && (FEW_ROWS.contains(&rows) || FLIPPED_ROWS.contains(&rows)) && x.dim(D::Minus1)? == k {
         let mut shape = x.dims().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = out;
         }
-        let y = w.matmul(&x.reshape((rows, k))?.t()?)?; // [out, rows]
-        return Ok(y.t()?.contiguous()?.reshape(shape)?);
+        let x2 = x.reshape((rows, k))?;
+        if FEW_ROWS.contains(&rows) && few_rows::fits(&x2, w) {
+            return Ok(few_rows::x_wt(&x2, w)?.reshape(shape)?);
+        }
+        if FLIPPED_ROWS.contains(&rows) {
+            let y = w.matmul(&x2.t()?)?; // [out, rows]
+            return Ok(y.t()?.contiguous()?.reshape(shape)?);
+        }
     }
     Ok(x.broadcast_matmul(&w.t()?)?)
 }

@@ -6,6 +6,7 @@ pub mod branch;
 pub mod cache;
 pub mod config;
 pub mod denormals;
+pub mod few_rows;
 pub mod fold;
 pub mod fused;
 #[cfg(feature = "cuda")]
