@@ -17,10 +17,12 @@ pub fn x_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2_no_bwd(w, &FewRows)?)
 }
 
-/// Whether [`x_wt`] takes this pair.
+/// Whether [`x_wt`] takes this pair and pays: the CPU has SIMD tiles for it
+/// (AVX-512 or AVX2+FMA; elsewhere candle's matmul stays).
 pub fn fits(x: &Tensor, w: &Tensor) -> bool {
     let (Ok((m, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else { return false };
-    x.device().is_cpu()
+    amortize_cpu_kernels::simd()
+        && x.device().is_cpu()
         && w.device().is_cpu()
         && x.dtype() == candle_core::DType::F32
         && w.dtype() == candle_core::DType::F32
@@ -64,7 +66,7 @@ mod tests {
         let got = x_wt(&x, &wv).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-4, "{diff}");
-        assert!(fits(&x, &wv));
+        assert_eq!(fits(&x, &wv), amortize_cpu_kernels::simd());
         assert!(!fits(&x, &w.t().unwrap().contiguous().unwrap().t().unwrap()));
         assert!(!fits(&Tensor::zeros((17, 32), candle_core::DType::F32, &dev).unwrap(), &w));
         assert!(!fits(&x.to_dtype(candle_core::DType::BF16).unwrap(), &w));

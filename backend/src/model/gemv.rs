@@ -177,7 +177,7 @@ impl CustomOp1 for Gemv {
                 .collect();
             // In f32 (rounding is the identity) the products are the CPU
             // kernel's, which streams each weight row once for all the rows.
-            if let (Some(w), true) = (w32, m <= amortize_cpu_kernels::MAX_ROWS) {
+            if let (Some(w), true) = (w32, m <= amortize_cpu_kernels::MAX_ROWS && amortize_cpu_kernels::simd()) {
                 let flat: Vec<f32> = xs.concat();
                 let rows = if self.mode & SWIGLU != 0 { 2 * n } else { n };
                 let p = amortize_cpu_kernels::x_wt(&flat, w, m, k, rows);

@@ -16,8 +16,8 @@
 //! the shared dimension. Timed against candle in
 //! `cargo bench -p amortize --bench cpu_matmul`.
 //!
-//! Owns the loops and their instruction-set dispatch (AVX-512, AVX2+FMA, or
-//! plain code the compiler vectorises for the baseline target). Knows nothing
+//! Owns the loops and their instruction-set dispatch ([`path`]: AVX-512,
+//! AVX2+FMA, or plain code the compiler vectorises for the baseline target). Knows nothing
 //! of tensors: the candle op around it is `amortize::model::few_rows`.
 
 use rayon::prelude::*;
@@ -54,21 +54,58 @@ pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     y
 }
 
+/// The instruction set the kernels run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Avx512,
+    Avx2,
+    /// Plain code the compiler vectorises for the baseline target.
+    Portable,
+}
+
+/// The best path this CPU runs, chosen once. `AMORTIZE_CPU_KERNEL=avx2` or
+/// `=portable` asks for a lesser one (for benchmarks and checks); a path the
+/// CPU lacks is never taken.
+pub fn path() -> Path {
+    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| {
+        let wanted = match std::env::var("AMORTIZE_CPU_KERNEL").ok().as_deref() {
+            Some("portable") => Path::Portable,
+            Some("avx2") => Path::Avx2,
+            _ => Path::Avx512,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+            if wanted == Path::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+                return Path::Avx512;
+            }
+            if wanted != Path::Portable && avx2 {
+                return Path::Avx2;
+            }
+        }
+        let _ = wanted;
+        Path::Portable
+    })
+}
+
+/// Whether [`path`] has SIMD tiles. Callers should keep their own product
+/// where it has not: the portable loop was never timed against one.
+pub fn simd() -> bool {
+    path() != Path::Portable
+}
+
 /// One block: `out[o·m + r]` for the block's weight rows `w` [n_b, k].
 fn block(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for;
-            // the slices hold m·k, n_b·k and n_b·m values (`x_wt`).
-            return unsafe { avx512::block(x, w, m, k, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { avx2::block(x, w, m, k, out) };
-        }
+    match path() {
+        // SAFETY: `path` takes a SIMD path only where the CPU has its
+        // features; the slices hold m·k, n_b·k and n_b·m values (`x_wt`).
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { avx512::block(x, w, m, k, out) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { avx2::block(x, w, m, k, out) },
+        _ => portable(x, w, m, k, out),
     }
-    portable(x, w, m, k, out)
 }
 
 /// The same sums without SIMD intrinsics (other CPUs; the tests' reference order).
