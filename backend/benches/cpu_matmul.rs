@@ -12,14 +12,17 @@ use std::time::Instant;
 use amortize::model::{denormals, few_rows, linear::matmul_t};
 use candle_core::{Device, Tensor};
 
-/// Mean seconds of `f` over `n` calls after one warm-up call.
+/// Mean seconds of `f` over at least `n` calls and 0.2 s after one warm-up call
+/// (sub-millisecond products need many calls to rise above this machine's noise).
 fn time(n: usize, f: impl Fn() -> candle_core::Result<Tensor>) -> candle_core::Result<f64> {
     f()?;
     let start = Instant::now();
-    for _ in 0..n {
+    let mut calls = 0;
+    while calls < n || start.elapsed().as_secs_f64() < 0.2 {
         f()?;
+        calls += 1;
     }
-    Ok(start.elapsed().as_secs_f64() / n as f64)
+    Ok(start.elapsed().as_secs_f64() / calls as f64)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,10 +2,11 @@
 //! (y = x Wᵀ + b) and [`matmul_t`] (x Wᵀ), which the projections, the LoRA
 //! factors of inference passes and the output head go through.
 //!
-//! On the CPU, outside autograd, a product of a few rows of f32 (decode steps
-//! of a batch) takes `few_rows`, which streams the weight once for all rows;
-//! with 9–16 rows it is computed as (W xᵀ)ᵀ, which candle's CPU matmul (the
-//! gemm crate) runs faster than x Wᵀ; from 32–64 rows the plain form wins.
+//! On the CPU, outside autograd, a product of 1–16 rows of f32 (decode steps
+//! of a batch) takes `few_rows`, which streams the weight once for all rows.
+//! Where that kernel does not apply, 2–16 rows are computed as (W xᵀ)ᵀ, which
+//! candle's CPU matmul (the gemm crate) runs faster than x Wᵀ; from 32–64 rows
+//! the plain form wins.
 //! Measured on the 135M model's shapes, this project's 2-core CPU:
 //! `cargo bench -p amortize --bench cpu_matmul` (`docs/results/cpu-2026-11-28c/`
 //! and `-28d/`). Other devices keep x Wᵀ.
@@ -18,20 +19,22 @@ use super::few_rows;
 use crate::Result;
 
 /// The CPU computes x Wᵀ with `few_rows` (the weight streamed once for all
-/// rows) for 1–8 rows of f32. Against candle's better form on the 135M model's
-/// shapes: 1.5–4.3× faster at 2–8 rows, 0.95–2.49× at 1 row (the output head
-/// 2.49×), but 0.87–1.66× at 16 (`cargo bench -p amortize --bench cpu_matmul`,
-/// docs/results/cpu-2026-11-28d; decode at batch 1–8 1.15–1.68×).
-const FEW_ROWS: std::ops::RangeInclusive<usize> = 1..=8;
+/// rows) for 1–16 rows of f32. Against candle's better form on the 135M
+/// model's shapes: 2.1–3.4× faster at 1 row, 1.4–8.5× at 2–8, 0.93–2.3× at 16
+/// (the output head 0.93×, the layers' products 1.09–2.3×); at 32 rows
+/// 0.79–1.78× (`cargo bench -p amortize --bench cpu_matmul`,
+/// docs/results/cpu-2026-11-28d).
+const FEW_ROWS: std::ops::RangeInclusive<usize> = 1..=16;
 
-/// Otherwise it computes x Wᵀ as (W xᵀ)ᵀ for this many rows of x: from 2 (one
+/// Otherwise (other dtypes, CPUs without SIMD tiles) it computes x Wᵀ as
+/// (W xᵀ)ᵀ for this many rows of x: from 2 (one
 /// row is a matrix-vector product either way) to 16 (at 32 rows the output
 /// head's product ran 0.87×). Before `few_rows` the flipped form ran 1.2–1.8×
 /// faster than x Wᵀ at 2–16 rows (docs/results/cpu-2026-11-28c).
 const FLIPPED_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
 
 /// x Wᵀ for x [.., in] and W [out, in] → [.., out] (on the CPU outside
-/// autograd: `few_rows` for 1–8 rows of f32, else flipped for 2–16 rows).
+/// autograd: `few_rows` for 1–16 rows of f32, else flipped for 2–16 rows).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out, k) = w.dims2()?;
     let rows = x.elem_count() / k.max(1);

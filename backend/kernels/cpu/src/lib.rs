@@ -129,7 +129,7 @@ fn portable(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
 /// `G` weight rows × `R` rows of x (`G·R` accumulators + `G + 1` operand
 /// vectors must fit the register file), edges as smaller tiles.
 macro_rules! simd_tiles {
-    ($name:ident, $feature:literal, $lanes:literal, $g:literal, $r:literal, $v:ty, $zero:ident, $load:ident, $fma:ident) => {
+    ($name:ident, $feature:literal, $lanes:literal, $g:literal, $r:literal, $v:ty, $zero:ident, $load:ident, $fma:ident, $hsum:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use std::arch::x86_64::*;
@@ -196,8 +196,9 @@ macro_rules! simd_tiles {
                 }
                 for i in 0..G {
                     for j in 0..R {
-                        let lanes: [f32; L] = std::mem::transmute(acc[i][j]);
-                        let mut s: f32 = lanes.iter().sum();
+                        // A shuffle tree: summing the lanes in order would be
+                        // L - 1 dependent adds, as costly as the loop for k ≈ 500.
+                        let mut s = $hsum(acc[i][j]);
                         for c in whole..k {
                             s += *wp.add(i * k + c) * *xp.add(j * k + c);
                         }
@@ -210,10 +211,20 @@ macro_rules! simd_tiles {
 }
 
 // 32 vector registers: 4×4 accumulators + 4 weight + 1 input vector (4×6
-// measured no faster).
-simd_tiles!(avx512, "avx512f", 16, 4, 4, __m512, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps);
+// measured no faster, with the lanes then summed in order).
+simd_tiles!(avx512, "avx512f", 16, 4, 4, __m512, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps);
 // 16 vector registers: 4×2 accumulators + 4 weight + 1 input vector.
-simd_tiles!(avx2, "avx2,fma", 8, 4, 2, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps);
+simd_tiles!(avx2, "avx2,fma", 8, 4, 2, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, super::hsum256);
+
+/// The sum of an AVX vector's 8 lanes by halving.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)))
+}
 
 #[cfg(test)]
 mod tests {
