@@ -102,3 +102,48 @@ impl Linear {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn every_cpu_form_gives_the_plain_product() {
+        // Row counts through each form: the few-rows kernel (1-16 rows of f32),
+        // the flipped form (2-16 rows of other dtypes), the plain one (32 rows);
+        // a leading batch dimension is kept.
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (70, 48), &dev).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let w = w.to_dtype(dtype).unwrap();
+            for rows in [1usize, 3, 8, 12, 16, 32] {
+                let x = Tensor::randn(0f32, 1.0, (1, rows, 48), &dev).unwrap().to_dtype(dtype).unwrap();
+                let got = matmul_t(&x, &w).unwrap();
+                assert_eq!(got.dims(), &[1, rows, 70]);
+                let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+                let tol = if dtype == DType::F32 { 1e-4 } else { 0.25 };
+                assert!(max_diff(&got, &want) < tol, "{dtype:?}, {rows} rows");
+            }
+        }
+    }
+
+    #[test]
+    fn autograd_passes_keep_the_plain_form() {
+        // A tracked input of a few rows: the gradient reaches x (sum over
+        // outputs of W's rows), as through x Wᵀ.
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (10, 16), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 16), &dev).unwrap()).unwrap();
+        let y = matmul_t(x.as_tensor(), &w).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(x.as_tensor()).expect("x has a gradient");
+        let want = w.sum_keepdim(0).unwrap().broadcast_as((4, 16)).unwrap();
+        assert!(max_diff(gx, &want) < 1e-4);
+    }
+}
