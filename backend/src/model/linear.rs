@@ -27,9 +27,8 @@ use crate::Result;
 const FEW_ROWS: std::ops::RangeInclusive<usize> = 1..=16;
 
 /// Otherwise (other dtypes, CPUs without SIMD tiles) it computes x Wᵀ as
-/// (W xᵀ)ᵀ for this many rows of x: from 2 (one
-/// row is a matrix-vector product either way) to 16 (at 32 rows the output
-/// head's product ran 0.87×). Before `few_rows` the flipped form ran 1.2–1.8×
+/// (W xᵀ)ᵀ for this many rows of x: from 2 (one row is a matrix-vector product
+/// either way) to 16 (at 32 rows the output head's product ran 0.87×). Before `few_rows` the flipped form ran 1.2–1.8×
 /// faster than x Wᵀ at 2–16 rows (docs/results/cpu-2026-11-28c).
 const FLIPPED_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
 
@@ -39,15 +38,16 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out, k) = w.dims2()?;
     let rows = x.elem_count() / k.max(1);
     // Autograd passes keep the plain form: the flipped one would hand the
-    // frozen weight itself a gradient.
+    // frozen weight itself a gradient, and `few_rows` has no backward.
     let tracked = x.track_op() || w.track_op();
-    if x.device().is_cpu() && !tracked && (FEW_ROWS.contains(&rows) || FLIPPED_ROWS.contains(&rows)) && x.dim(D::Minus1)? == k {
+    // FEW_ROWS covers FLIPPED_ROWS.
+    if x.device().is_cpu() && !tracked && FEW_ROWS.contains(&rows) && x.dim(D::Minus1)? == k {
         let mut shape = x.dims().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = out;
         }
         let x2 = x.reshape((rows, k))?;
-        if FEW_ROWS.contains(&rows) && few_rows::fits(&x2, w) {
+        if few_rows::fits(&x2, w) {
             return Ok(few_rows::x_wt(&x2, w)?.reshape(shape)?);
         }
         if FLIPPED_ROWS.contains(&rows) {

@@ -17,8 +17,9 @@
 //! `cargo bench -p amortize --bench cpu_matmul`.
 //!
 //! Owns the loops and their instruction-set dispatch ([`path`]: AVX-512,
-//! AVX2+FMA, or plain code the compiler vectorises for the baseline target). Knows nothing
-//! of tensors: the candle op around it is `amortize::model::few_rows`.
+//! AVX2+FMA, or plain code the compiler vectorises for the baseline target).
+//! Knows nothing of tensors: the candle op around it is
+//! `amortize::model::few_rows`.
 
 use rayon::prelude::*;
 
@@ -108,7 +109,8 @@ fn block(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     }
 }
 
-/// The same sums without SIMD intrinsics (other CPUs; the tests' reference order).
+/// The same sums without SIMD intrinsics (CPUs without AVX2+FMA, and
+/// `AMORTIZE_CPU_KERNEL=portable`).
 fn portable(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     for (o, wr) in w.chunks_exact(k).enumerate() {
         for (r, xr) in x.chunks_exact(k).enumerate() {
