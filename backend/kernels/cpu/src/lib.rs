@@ -198,8 +198,8 @@ macro_rules! simd_tiles {
                 }
                 for i in 0..G {
                     for j in 0..R {
-                        // A shuffle tree: summing the lanes in order would be
-                        // L - 1 dependent adds, as costly as the loop for k ≈ 500.
+                        // A shuffle tree: summing the lanes in order is L - 1
+                        // dependent adds, next to k / L loop steps (36 for k = 576).
                         let mut s = $hsum(acc[i][j]);
                         for c in whole..k {
                             s += *wp.add(i * k + c) * *xp.add(j * k + c);
