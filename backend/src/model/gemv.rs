@@ -29,8 +29,10 @@ pub const MAX_ROWS: usize = 8;
 /// on the CPU and off elsewhere. On the CPU (random SmolLM2-135M shape, f32, this
 /// project's 2-core machine, dependencies built without debug assertions) they
 /// decoded 1.13× faster than the fused blocks at batch 1, but 0.82× at 2 and
-/// 0.55× at 4 (docs/results/cpu-2026-11-28c). On CUDA they stay off until the
-/// kernel's device tests and timings have run on a GPU.
+/// 0.55× at 4 (docs/results/cpu-2026-11-28c); since their f32 products and
+/// the fused blocks' both take the few-rows kernel, they run alike at batch 1
+/// (docs/results/cpu-2026-11-28d). On CUDA they stay off until the kernel's
+/// device tests and timings have run on a GPU.
 pub fn default_rows(device: &candle_core::Device) -> usize {
     match std::env::var("AMORTIZE_GEMV").ok().as_deref() {
         Some("1") => MAX_ROWS,
@@ -175,37 +177,35 @@ impl CustomOp1 for Gemv {
                     }
                 })
                 .collect();
-            // In f32 (rounding is the identity) the products are the CPU
-            // kernel's, which streams each weight row once for all the rows.
-            if let (Some(w), true) = (w32, m <= amortize_cpu_kernels::MAX_ROWS && amortize_cpu_kernels::simd()) {
-                let flat: Vec<f32> = xs.concat();
-                let rows = if self.mode & SWIGLU != 0 { 2 * n } else { n };
-                let p = amortize_cpu_kernels::x_wt(&flat, w, m, k, rows);
-                let mut y = vec![T::from_f64(0.0); m * n];
-                for (i, y) in y.iter_mut().enumerate() {
-                    let (r, o) = (i / n, i % n);
-                    let mut v = p[r * rows + o];
-                    if self.mode & SWIGLU != 0 {
-                        v = v / (1.0 + (-v).exp()) * p[r * rows + n + o];
-                    }
-                    *y = T::from_f64((v + res.map_or(0.0, |res| f(res[i]))) as f64);
-                }
-                return Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))));
-            }
-            // Output-major, in parallel over blocks of output features: each
-            // weight row is read once for all the rows (as the kernel does).
+            let swiglu = self.mode & SWIGLU != 0;
+            let silu_mul = |g: f32, u: f32| g / (1.0 + (-g).exp()) * u;
+            // Output-major values [n, m] before the residual add.
             let mut by_out = vec![0f32; n * m];
-            by_out.par_chunks_mut(64 * m).enumerate().for_each(|(blk, chunk)| {
-                for (j, vals) in chunk.chunks_mut(m).enumerate() {
-                    let o = blk * 64 + j;
-                    for (v, xr) in vals.iter_mut().zip(&xs) {
-                        *v = round(dot8(xr, &w[o * k..(o + 1) * k]));
-                        if self.mode & SWIGLU != 0 {
-                            *v = *v / (1.0 + (-*v).exp()) * round(dot8(xr, &w[(n + o) * k..(n + o + 1) * k]));
+            if let (Some(w), true) = (w32, m <= amortize_cpu_kernels::MAX_ROWS && amortize_cpu_kernels::simd()) {
+                // In f32 (rounding is the identity) the products are the CPU
+                // kernel's, which streams each weight row once for all the rows.
+                let rows = if swiglu { 2 * n } else { n };
+                let p = amortize_cpu_kernels::x_wt(&xs.concat(), w, m, k, rows); // [m, rows]
+                for (i, v) in by_out.iter_mut().enumerate() {
+                    let (o, r) = (i / m, i % m);
+                    let g = p[r * rows + o];
+                    *v = if swiglu { silu_mul(g, p[r * rows + n + o]) } else { g };
+                }
+            } else {
+                // In parallel over blocks of output features: each weight row
+                // is read once for all the rows (as the kernel does).
+                by_out.par_chunks_mut(64 * m).enumerate().for_each(|(blk, chunk)| {
+                    for (j, vals) in chunk.chunks_mut(m).enumerate() {
+                        let o = blk * 64 + j;
+                        for (v, xr) in vals.iter_mut().zip(&xs) {
+                            *v = round(dot8(xr, &w[o * k..(o + 1) * k]));
+                            if swiglu {
+                                *v = silu_mul(*v, round(dot8(xr, &w[(n + o) * k..(n + o + 1) * k])));
+                            }
                         }
                     }
-                }
-            });
+                });
+            }
             let mut y = vec![T::from_f64(0.0); m * n];
             for (i, y) in y.iter_mut().enumerate() {
                 let (r, o) = (i / n, i % n);

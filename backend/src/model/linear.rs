@@ -28,8 +28,9 @@ const FEW_ROWS: std::ops::RangeInclusive<usize> = 1..=16;
 
 /// Otherwise (other dtypes, CPUs without SIMD tiles) it computes x Wᵀ as
 /// (W xᵀ)ᵀ for this many rows of x: from 2 (one row is a matrix-vector product
-/// either way) to 16 (at 32 rows the output head's product ran 0.87×). Before `few_rows` the flipped form ran 1.2–1.8×
-/// faster than x Wᵀ at 2–16 rows (docs/results/cpu-2026-11-28c).
+/// either way) to 16 (at 32 rows the output head's product ran 0.87×). Before
+/// `few_rows` the flipped form ran 1.2–1.8× faster than x Wᵀ at 2–16 rows
+/// (docs/results/cpu-2026-11-28c).
 const FLIPPED_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
 
 /// x Wᵀ for x [.., in] and W [out, in] → [.., out] (on the CPU outside
