@@ -16,6 +16,7 @@ pub use trajectory::{Problem, Trajectory};
 pub mod checkpoint;
 pub mod config;
 pub mod policy;
+mod policy_head;
 pub mod trainer;
 
 pub use config::{Objective, TrainConfig};

@@ -196,10 +196,27 @@ impl Plan {
         Ok(Tensor::new(pos, dev)?)
     }
 
-    /// (log_pf, log_pt) from the states' logits [B·S, V] (f32).
+    /// (log_pf, log_pt) from the states' logits [B·S, V] (f32): one op with
+    /// its own backward on the CPU when the model's fused ops are on
+    /// (`policy_head.rs`), else the composed ops.
     fn head(&self, lm: &LanguageModel, logits: &Tensor, bias: Option<&Tensor>, stop_ids: &[u32], (min_len, min_len_penalty): (usize, f32)) -> Result<(Tensor, Tensor)> {
         let (b, s, n_max) = (self.z_len.len(), self.s, self.n_max);
         let dev = lm.device();
+        // The stop action is the set of stop tokens: each counts once.
+        let mut stop_set = Vec::with_capacity(stop_ids.len());
+        for &t in stop_ids {
+            if !stop_set.contains(&t) {
+                stop_set.push(t);
+            }
+        }
+        let stop_ids = stop_set.as_slice();
+        if lm.llama.fused() && dev.is_cpu() && logits.dtype() == DType::F32 {
+            let pen: Vec<f32> = (0..b * s).map(|r| if r % s < min_len { min_len_penalty } else { 0.0 }).collect();
+            let both = super::policy_head::action_logprobs(logits, bias, stop_ids, &pen, &self.next)?; // [B·S, 2]
+            let log_pf = (both.narrow(1, 0, 1)?.reshape((b, s))?.narrow(1, 0, n_max)? * Tensor::from_slice(&self.pf_keep, (b, n_max), dev)?)?;
+            let log_pt = (both.narrow(1, 1, 1)?.reshape((b, s))? * Tensor::from_slice(&self.pt_keep, (b, s), dev)?)?;
+            return Ok((log_pf, log_pt));
+        }
         let mut logits = logits.clone();
         if let Some(bias) = bias {
             logits = logits.broadcast_add(bias)?;
