@@ -145,6 +145,21 @@ fn gemv_blocks_give_the_fused_blocks_logits() {
     assert!(block_passes() - before >= 3, "{} gemv passes", block_passes() - before);
 }
 
+/// An autograd pass over a few rows keeps its gradient through the output
+/// head: the gemv op has no backward, so tracked rows take the plain product.
+#[test]
+fn tracked_rows_keep_a_gradient_through_the_output_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lm = tiny(&dir);
+    lm.llama.set_gemv(true);
+    let h = lm.config().hidden_size;
+    let x = candle_core::Var::from_tensor(&random(&[1, h], 1.0, DType::F32, 5)).unwrap();
+    let logits = lm.llama.logits(x.as_tensor()).unwrap();
+    let grads = logits.sum_all().unwrap().backward().unwrap();
+    let g = grads.get(x.as_tensor()).expect("no gradient reached the hidden state through the head");
+    assert!(max_abs(g) > 0.0);
+}
+
 /// Whole samples (chunked readback and stepwise, fixed-shape steps on and
 /// off, through a folded adapter) are the same with gemv on and off.
 #[test]

@@ -47,7 +47,8 @@ impl Llama {
     /// once for all of them), when the blocks are on and the rows qualify.
     pub(super) fn logits_gemv(&self, hidden: &Tensor, head: &Tensor) -> Result<Option<Tensor>> {
         let rows = hidden.elem_count() / self.config.hidden_size.max(1);
-        if rows == 0 || rows > self.gemv_rows() || !gemv::fits(hidden, head) {
+        // The op has no backward: autograd passes keep the plain product.
+        if rows == 0 || rows > self.gemv_rows() || hidden.track_op() || !gemv::fits(hidden, head) {
             return Ok(None);
         }
         Ok(Some(gemv::gemv(hidden, head, Fuse::default())?.to_dtype(candle_core::DType::F32)?))
