@@ -15,6 +15,8 @@
 //! CUDA path keeps the composed ops. Owns this arithmetic; what the rows are
 //! (states, masks, the minimum length) is `policy.rs`'s.
 
+use std::ops::Range;
+
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -48,7 +50,7 @@ pub fn action_logprobs(logits: &Tensor, bias: Option<&Tensor>, stop: &[u32], sto
         Some(b) => return Err(invalid(format!("bias {:?} {:?} for {v} logits", b.dims(), b.dtype()))),
         None => None,
     };
-    let op = ActionLogprobs { bias, stop: stop.iter().map(|&t| t as usize).collect(), pen: stop_penalty.to_vec(), next: next.iter().map(|&t| t as usize).collect() };
+    let op = ActionLogprobs { bias, stop: stop.iter().map(|&t| t as usize).collect(), sorted: sorted.iter().map(|&t| t as usize).collect(), pen: stop_penalty.to_vec(), next: next.iter().map(|&t| t as usize).collect() };
     // Columns 2 and 3 (lse over all tokens, over the stop tokens) are for the
     // backward only; the narrow gives them zero gradient.
     Ok(logits.contiguous()?.apply_op1(op)?.narrow(1, 0, 2)?)
@@ -57,6 +59,8 @@ pub fn action_logprobs(logits: &Tensor, bias: Option<&Tensor>, stop: &[u32], sto
 struct ActionLogprobs {
     bias: Option<Vec<f32>>,
     stop: Vec<usize>,
+    /// The stop tokens in increasing order.
+    sorted: Vec<usize>,
     pen: Vec<f32>,
     next: Vec<usize>,
 }
@@ -73,12 +77,26 @@ impl ActionLogprobs {
         }
     }
 
-    /// (lse(x), lse(x over stop)) of a row's x.
-    fn sums(&self, x: &[f32]) -> (f32, f32) {
-        let lse = |vals: &mut dyn Iterator<Item = f32>, m: f32| m + vals.map(|x| (x - m).exp()).sum::<f32>().ln();
-        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let ms = self.stop.iter().map(|&j| x[j]).fold(f32::NEG_INFINITY, f32::max);
-        (lse(&mut x.iter().copied(), m), lse(&mut self.stop.iter().map(|&j| x[j]), ms))
+    /// The tokens other than the stop tokens, as ranges of a row of `v`.
+    fn plain_ranges(&self, v: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let starts = std::iter::once(0).chain(self.sorted.iter().map(|&s| s + 1));
+        let ends = self.sorted.iter().copied().chain(std::iter::once(v));
+        starts.zip(ends).filter(|(a, b)| a < b).map(|(a, b)| a..b)
+    }
+
+    /// (x_next, lse(x), lse(x over stop)) of row r, read in place.
+    fn sums(&self, r: usize, row: &[f32]) -> (f32, f32, f32) {
+        let bias = self.bias.as_deref();
+        let x = |j: usize| row[j] + bias.map_or(0.0, |b| b[j]);
+        let stop_x: Vec<f32> = self.stop.iter().map(|&j| x(j) + self.pen[r]).collect();
+        let ms = stop_x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m = self.plain_ranges(row.len()).flat_map(|rg| rg.map(x)).fold(ms, f32::max);
+        let plain: f32 = self.plain_ranges(row.len()).flat_map(|rg| rg.map(|j| (x(j) - m).exp())).sum();
+        let lse = m + (plain + stop_x.iter().map(|&s| (s - m).exp()).sum::<f32>()).ln();
+        let lse_stop = ms + stop_x.iter().map(|&s| (s - ms).exp()).sum::<f32>().ln();
+        let a = self.next[r];
+        let x_next = self.stop.iter().position(|&j| j == a).map_or_else(|| x(a), |i| stop_x[i]);
+        (x_next, lse, lse_stop)
     }
 }
 
@@ -100,14 +118,10 @@ impl CustomOp1 for ActionLogprobs {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (logits, n, v) = rows(s, l, "logits")?;
         let mut out = vec![0f32; n * 4];
-        out.par_chunks_mut(4).enumerate().for_each_init(
-            || vec![0f32; v],
-            |x, (r, o)| {
-                self.fill_x(r, &logits[r * v..(r + 1) * v], x);
-                let (lse, lse_stop) = self.sums(x);
-                o.copy_from_slice(&[x[self.next[r]] - lse, lse_stop - lse, lse, lse_stop]);
-            },
-        );
+        out.par_chunks_mut(4).enumerate().for_each(|(r, o)| {
+            let (x_next, lse, lse_stop) = self.sums(r, &logits[r * v..(r + 1) * v]);
+            o.copy_from_slice(&[x_next - lse, lse_stop - lse, lse, lse_stop]);
+        });
         Ok((CpuStorage::F32(out), Shape::from((n, 4))))
     }
 
