@@ -10,6 +10,7 @@
 //! `backend/kernels/fused.cu`, with the same arithmetic in f32. Computes only:
 //! callers own the masks and the noise.
 
+use amortize_cpu_kernels::exp;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -163,8 +164,8 @@ impl CustomOp2 for LogprobsAt {
         out.par_chunks_mut(k).enumerate().for_each(|(r, o)| {
             let row = &logits[r * v..(r + 1) * v];
             let x = |j: usize| row[j] + bias.as_deref().map_or(0.0, |b| b[j]);
-            let m = (0..v).map(x).fold(f32::NEG_INFINITY, f32::max);
-            let lse = (0..v).map(|j| (x(j) - m).exp()).sum::<f32>().ln();
+            let m = exp::max(row, bias.as_deref());
+            let lse = exp::exp_sum(row, bias.as_deref(), m).ln();
             for (o, &id) in o.iter_mut().zip(&ids[r * k..(r + 1) * k]) {
                 *o = (x(id as usize) - m) - lse;
             }

@@ -11,12 +11,14 @@
 //!
 //! The composed ops (`Plan::head`'s other path) build about ten [N, V]
 //! tensors forward and as many backward; this op reads each row a few times
-//! and writes only the gradient. CPU body only (rows in parallel, f32): the
-//! CUDA path keeps the composed ops. Owns this arithmetic; what the rows are
+//! and writes only the gradient. CPU body only (rows in parallel, f32, e^x
+//! in SIMD lanes by `amortize_cpu_kernels::exp`): the CUDA path keeps the
+//! composed ops. Owns this arithmetic; what the rows are
 //! (states, masks, the minimum length) is `policy.rs`'s.
 
 use std::ops::Range;
 
+use amortize_cpu_kernels::exp;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -90,8 +92,9 @@ impl ActionLogprobs {
         let x = |j: usize| row[j] + bias.map_or(0.0, |b| b[j]);
         let stop_x: Vec<f32> = self.stop.iter().map(|&j| x(j) + self.pen[r]).collect();
         let ms = stop_x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let m = self.plain_ranges(row.len()).flat_map(|rg| rg.map(x)).fold(ms, f32::max);
-        let plain: f32 = self.plain_ranges(row.len()).flat_map(|rg| rg.map(|j| (x(j) - m).exp())).sum();
+        let part = |rg: Range<usize>| (&row[rg.clone()], bias.map(|b| &b[rg]));
+        let m = self.plain_ranges(row.len()).map(part).fold(ms, |m, (x, b)| m.max(exp::max(x, b)));
+        let plain: f32 = self.plain_ranges(row.len()).map(part).map(|(x, b)| exp::exp_sum(x, b, m)).sum();
         let lse = m + (plain + stop_x.iter().map(|&s| (s - m).exp()).sum::<f32>()).ln();
         let lse_stop = ms + stop_x.iter().map(|&s| (s - ms).exp()).sum::<f32>().ln();
         let a = self.next[r];
@@ -157,7 +160,7 @@ impl CustomOp2 for ActionGrad<'_> {
             let (lse, lse_stop) = (self.sums[2 * r], self.sums[2 * r + 1]);
             let stop_x: Vec<f32> = op.stop.iter().map(|&j| d[j]).collect();
             let both = g_next + g_stop;
-            d.iter_mut().for_each(|d| *d = -both * (*d - lse).exp());
+            exp::exp_scale(d, lse, -both);
             for (&j, xs) in op.stop.iter().zip(stop_x) {
                 d[j] += g_stop * (xs - lse_stop).exp();
             }

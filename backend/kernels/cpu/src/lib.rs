@@ -6,6 +6,8 @@
 //!
 //! - [`x_wt`]: x Wᵀ for a few rows of x, f32 — a register-blocked kernel that
 //!   reads the weight once, in its stored row-major layout, for all the rows.
+//! - [`exp`]: a log-sum-exp's parts and a softmax-shaped row, with e^x in
+//!   SIMD lanes (the reward's and the policy head's rows of 49 152 logits).
 //!
 //! A decode step multiplies every weight by a handful of rows. candle's CPU
 //! matmul (the gemm crate) either packs the whole weight first ((W xᵀ)ᵀ: the
@@ -22,6 +24,8 @@
 //! `amortize::model::few_rows`.
 
 use rayon::prelude::*;
+
+pub mod exp;
 
 /// The most rows of x [`x_wt`] takes.
 pub const MAX_ROWS: usize = 16;
