@@ -4,20 +4,29 @@
 //!
 //! e^x = 2^n · e^r with n = round(x·log₂e) and r = x − n·ln 2 split in two
 //! constants, e^r by Cephes' degree-7 form 1 + r + r²·p(r) (relative error
-//! about 1e-7, near libm's 0.5 ulp; the tests bound it). Below
-//! [`UNDERFLOW`] the result is 0, above ~88.7 it saturates at the largest
-//! exponent; a NaN stays NaN. The portable path calls `f32::exp`.
+//! about 1e-7, near libm's 0.5 ulp; the tests bound it). Below −103.98
+//! the result is 0 (AVX2: below −87.68, where it would be a subnormal under
+//! 8.3e-39), above ~88.7 it saturates at the largest exponent; a NaN stays
+//! NaN. The portable path calls `f32::exp`.
 
-use super::{path, Path};
+use super::path;
+#[cfg(target_arch = "x86_64")]
+use super::Path;
 
 /// Where e^x is 0 in f32 (below the smallest subnormal, 2^-149).
+#[cfg(target_arch = "x86_64")]
 const UNDERFLOW: f32 = -103.98;
+#[cfg(target_arch = "x86_64")]
 const OVERFLOW: f32 = 88.72;
+#[cfg(target_arch = "x86_64")]
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 = LN2_HI + LN2_LO, LN2_HI exact in few bits (Cephes' split).
+#[cfg(target_arch = "x86_64")]
 const LN2_HI: f32 = 0.693_359_4;
+#[cfg(target_arch = "x86_64")]
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// p(r), highest degree first.
+#[cfg(target_arch = "x86_64")]
 const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
 
 /// The largest of `x + bias` (`bias`, when given, as long as `x`).
