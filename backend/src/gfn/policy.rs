@@ -210,8 +210,9 @@ impl Plan {
             }
         }
         let stop_ids = stop_set.as_slice();
+        // Per state: the penalty on its stop tokens (below the minimum length).
+        let pen: Vec<f32> = (0..b * s).map(|r| if r % s < min_len { min_len_penalty } else { 0.0 }).collect();
         if lm.llama.fused() && dev.is_cpu() && logits.dtype() == DType::F32 {
-            let pen: Vec<f32> = (0..b * s).map(|r| if r % s < min_len { min_len_penalty } else { 0.0 }).collect();
             let both = super::policy_head::action_logprobs(logits, bias, stop_ids, &pen, &self.next)?; // [B·S, 2]
             let log_pf = (both.narrow(1, 0, 1)?.reshape((b, s))?.narrow(1, 0, n_max)? * Tensor::from_slice(&self.pf_keep, (b, n_max), dev)?)?;
             let log_pt = (both.narrow(1, 1, 1)?.reshape((b, s))? * Tensor::from_slice(&self.pt_keep, (b, s), dev)?)?;
@@ -230,8 +231,7 @@ impl Plan {
             for &t in stop_ids {
                 onehot[t as usize] = 1.0;
             }
-            let rows: Vec<f32> = (0..b * s).map(|r| if r % s < min_len { min_len_penalty } else { 0.0 }).collect();
-            let pen = Tensor::from_vec(rows, (b * s, 1), dev)?.broadcast_mul(&Tensor::from_vec(onehot, (1, v), dev)?)?;
+            let pen = Tensor::from_vec(pen, (b * s, 1), dev)?.broadcast_mul(&Tensor::from_vec(onehot, (1, v), dev)?)?;
             logits = (logits + pen)?;
         }
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
