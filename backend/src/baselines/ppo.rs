@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::gfn::optim::{AdamW, AdamWConfig};
 use crate::gfn::policy::{policy_logprobs_and_states, policy_logprobs_taped, TapedPolicy};
 use crate::gfn::trainer::sample_trajectories;
-use crate::gfn::{config::lora_config, Problem, TrainConfig, TrainTask, Trajectory};
+use crate::gfn::{config::lora_config, Problem, States, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraAdapter, Mode};
 use crate::{Error, Result};
 
@@ -211,7 +211,8 @@ impl<'a> Ppo<'a> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (self.step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         let problem = self.task.problems[rng.random_range(0..self.task.problems.len())].clone();
         let trajs = self.sample(&problem, rng.random())?;
-        let scores: Vec<f32> = self.task.reward.log_rewards(self.lm, &problem, &trajs)?.iter().map(|r| *r.last().unwrap_or(&0.0)).collect();
+        // PPO rewards the whole sequence only: no prefix is scored.
+        let scores: Vec<f32> = self.task.reward.log_rewards_of(self.lm, &problem, &trajs, States::Last)?.iter().map(|r| *r.last().unwrap_or(&0.0)).collect();
         let (b, max_len) = (trajs.len(), self.shape.max_len);
         let s = trajs.iter().map(|t| t.num_actions()).max().unwrap_or(0) + 1;
         let dev = self.lm.device().clone();

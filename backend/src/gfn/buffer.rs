@@ -28,6 +28,11 @@ pub struct BufferEntry {
     /// JSON as `null` and read back as `-inf`.
     #[serde(deserialize_with = "null_as_neg_inf")]
     pub log_rewards: Vec<f32>,
+    /// The first state whose log-reward was computed (the trainer scores only
+    /// the states its objective uses; earlier entries hold 0.0). Files written
+    /// before this field had every state scored.
+    #[serde(default)]
+    pub scored_from: usize,
 }
 
 impl BufferEntry {
@@ -255,7 +260,7 @@ mod tests {
 
     fn entry(tokens: &[u32], text: &str, log_r: f32) -> BufferEntry {
         let (tokens, tool, text) = (tokens.to_vec(), vec![false; tokens.len()], text.to_string());
-        BufferEntry { tokens, tool, text, log_rewards: vec![-5.0, log_r] }
+        BufferEntry { tokens, tool, text, log_rewards: vec![-5.0, log_r], scored_from: 0 }
     }
 
     fn texts(buf: &ReplayBuffer, key: &str) -> Vec<String> {
@@ -399,7 +404,7 @@ mod tests {
         let path = dir.path().join("buffer.json");
         let mut buf = ReplayBuffer::new(4, 0.25).unwrap();
         let mut e = entry(&[1, 2, 3], "a\"b\n", -1.5);
-        (e.tool, e.log_rewards) = (vec![false, true, false], vec![f32::NEG_INFINITY, -2.0, -1.5]);
+        (e.tool, e.log_rewards, e.scored_from) = (vec![false, true, false], vec![f32::NEG_INFINITY, -2.0, -1.5], 1);
         buf.add("x1|y1", e);
         buf.add("x1|y1", entry(&[40, 41, 42], "c", -0.5));
         buf.add("x2|y2", entry(&[7], "d", 2.0));
@@ -410,6 +415,11 @@ mod tests {
         for k in buf.keys() {
             assert_eq!(back.entries(k), buf.entries(k));
         }
+        // A file from before `scored_from` had every state scored.
+        let old = r#"{"capacity":2,"tolerance":0.0,"entries":{"k":[{"tokens":[5],"tool":[false],"text":"e","log_rewards":[-1.0,-0.5]}]}}"#;
+        std::fs::write(&path, old).unwrap();
+        let back = ReplayBuffer::load(&path).unwrap();
+        assert_eq!((back.entries("k")[0].scored_from, back.entries("k")[0].log_reward()), (0, -0.5));
     }
 
     #[test]

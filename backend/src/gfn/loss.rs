@@ -177,6 +177,31 @@ mod tests {
         assert!((val(db_loss(&pf, &pt, &r, &[2], start).unwrap()) - 2.25).abs() < 1e-6);
     }
 
+    /// The trainer scores only the endpoints' rewards (`reward::States`): the
+    /// others must change neither a loss nor its gradient.
+    #[test]
+    fn rewards_of_non_endpoints_do_not_matter() {
+        let (pf, pt, r) = example();
+        let pf = candle_core::Var::from_tensor(&pf).unwrap();
+        let z = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        let start = Start { min_len: 2, log_z: Some(&z) };
+        let run = |r: &Tensor| -> Vec<(f32, Vec<f32>)> {
+            let losses = [
+                subtb_loss(&pf, &pt, r, &[2], 0.9, start).unwrap(),
+                db_loss(&pf, &pt, r, &[2], start).unwrap(),
+                tb_loss(&pf, &pt, r, &[2], &z).unwrap(),
+            ];
+            losses.into_iter().map(|l| (val(l.clone()), l.backward().unwrap().get(&pf).unwrap().flatten_all().unwrap().to_vec1().unwrap())).collect()
+        };
+        // s_0 and s_1 are not endpoints with min_len 2 (nor for TB).
+        let skipped = t(&[&[0.0, 0.0, -1.0]]);
+        assert_eq!(run(&r), run(&skipped));
+        let junk = t(&[&[-1e4, 3e3, -1.0]]);
+        assert_eq!(run(&r), run(&junk));
+        // The last state's reward does matter.
+        assert_ne!(run(&r), run(&t(&[&[-4.0, -2.0, -1.5]])));
+    }
+
     #[test]
     fn empty_trajectories_have_no_balance_terms() {
         let pf = Tensor::zeros((1, 0), DType::F32, &Device::Cpu).unwrap();

@@ -11,7 +11,7 @@ pub mod reward;
 pub mod schedule;
 pub mod trajectory;
 
-pub use reward::{LmReward, Reward};
+pub use reward::{LmReward, Reward, States};
 pub use trajectory::{Problem, Trajectory};
 pub mod checkpoint;
 pub mod config;

@@ -8,7 +8,9 @@
 //! after every prefix; the rest of Y after all n+1 prefixes runs as branches of
 //! the same cached row in one more pass (each branch masked to its own prefix,
 //! no cache copies). Cost: the context once, then B·|Z| and B·n·(|Y|−1) tokens,
-//! instead of B·(n+1) full sequences. [`LmReward::naive_log_rewards`] is the
+//! instead of B·(n+1) full sequences. Only the states the caller names
+//! ([`States`]) get Y branches: the balance objectives skip the states below
+//! the minimum length, TB and evaluations all but the last. [`LmReward::naive_log_rewards`] is the
 //! plain reference (tests and the speed bench compare the two).
 
 use std::sync::Mutex;
@@ -20,10 +22,41 @@ use crate::decode::{fused_rows, TokenMask};
 use crate::model::{KvCache, LanguageModel, LoraView};
 use crate::{Error, Result};
 
+/// The states whose rewards a caller uses. A balance objective uses only its
+/// endpoints: with a minimum length, s_1..s_{min_len−1} cannot terminate and s_0
+/// takes its flow from log Z; TB, PPO and evaluations use the last state only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum States {
+    /// s_0..s_n.
+    All,
+    /// s_k..s_n (and s_n when n < k).
+    From(usize),
+    /// s_n.
+    Last,
+}
+
+impl States {
+    /// The first state scored for a trajectory of `n` actions.
+    pub fn first(self, n: usize) -> usize {
+        match self {
+            States::All => 0,
+            States::From(k) => k.min(n),
+            States::Last => n,
+        }
+    }
+}
+
 /// Untempered log-rewards of terminating at each state of each trajectory.
 pub trait Reward: Send + Sync {
-    /// `out[b][i]` = log R(s_i ⊤) of trajectory b, i = 0..=n_b.
-    fn log_rewards(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>>;
+    /// `out[b][i]` = log R(s_i ⊤) of trajectory b for i = `states.first(n_b)`..=n_b;
+    /// entries before are 0.0 where the reward skipped them (a reward may also
+    /// fill them in when that costs nothing).
+    fn log_rewards_of(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory], states: States) -> Result<Vec<Vec<f32>>>;
+
+    /// Every state's log-reward.
+    fn log_rewards(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
+        self.log_rewards_of(lm, problem, trajs, States::All)
+    }
 }
 
 /// `log p_LM(Z_≤i Y | prefix · context)` with the base model (or a reward adapter).
@@ -141,7 +174,7 @@ impl LmReward {
 }
 
 impl Reward for LmReward {
-    fn log_rewards(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
+    fn log_rewards_of(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory], states: States) -> Result<Vec<Vec<f32>>> {
         let ctx = &problem.reward_context;
         let y = &problem.reward_suffix;
         if ctx.is_empty() {
@@ -193,7 +226,9 @@ impl Reward for LmReward {
         };
         let mut out: Vec<Vec<f32>> = Vec::with_capacity(b);
         let mut offset = 0;
-        // Per trajectory, where each state ends in the cache: the Y branches start there.
+        // Per trajectory, the scored states (from `from[b]` on) and where each
+        // ends in the cache: their Y branches start there.
+        let mut from = vec![0usize; b];
         let mut starts: Vec<Vec<usize>> = vec![Vec::new(); b];
         for (bi, t) in trajs.iter().enumerate() {
             let n_tok = t.tokens.len();
@@ -203,14 +238,11 @@ impl Reward for LmReward {
                 cum[j + 1] = cum[j] + lp;
             }
             let lens = t.state_lens();
-            let mut r = Vec::with_capacity(lens.len());
-            for &len in &lens {
-                let mut v = cum[len];
-                if y0.is_some() {
-                    v += lp_y0[offset + len];
-                }
+            from[bi] = states.first(lens.len() - 1);
+            let mut r = vec![0f32; lens.len()];
+            for (i, &len) in lens.iter().enumerate().skip(from[bi]) {
+                r[i] = cum[len] + if y0.is_some() { lp_y0[offset + len] } else { 0.0 };
                 starts[bi].push(p0 + ctx.len() + z_max - n_tok + len);
-                r.push(v);
             }
             out.push(r);
             offset += n_tok + 1;
@@ -239,7 +271,7 @@ impl Reward for LmReward {
                 let lp = self.gather_logprobs(lm, &picked, &ids, None)?;
                 let mut at = 0;
                 for &bi in &idx {
-                    for slot in out[bi].iter_mut().take(starts[bi].len()) {
+                    for slot in out[bi].iter_mut().skip(from[bi]) {
                         *slot += lp[at..at + m].iter().sum::<f32>();
                         at += m;
                     }

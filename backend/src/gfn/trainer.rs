@@ -17,7 +17,7 @@ use super::buffer::{BufferEntry, ReplayBuffer};
 use super::config::{Objective, TrainConfig};
 use super::optim::{AdamW, AdamWConfig};
 use super::policy::{policy_logprobs, policy_logprobs_taped};
-use super::reward::Reward;
+use super::reward::{Reward, States};
 use super::schedule::warmup_lr;
 use super::trajectory::{Problem, Trajectory};
 use super::{checkpoint, loss};
@@ -193,19 +193,33 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Untempered log-rewards (states below the minimum length are not endpoints
-    /// of the balance, so their values are never used). A reward is a function
-    /// of the trajectory, so each distinct trajectory is scored once, and one the
-    /// replay buffer holds for this problem takes the rewards stored with it: a
-    /// policy that has concentrated on a few sequences mostly re-samples them.
+    /// The states whose rewards the objective uses: its balance endpoints
+    /// (see `loss::Start`). With a minimum length, s_0 takes its flow from log Z
+    /// and s_1..s_{min_len−1} cannot terminate; TB uses the last state only.
+    pub fn reward_states(&self) -> States {
+        match self.cfg.objective {
+            Objective::Tb => States::Last,
+            _ if self.cfg.min_len > 0 => States::From(self.cfg.min_len),
+            _ => States::All,
+        }
+    }
+
+    /// Untempered log-rewards of the states [`Self::reward_states`] names (the
+    /// others hold 0.0: they are not endpoints of the balance, so their values
+    /// are never used). A reward is a function of the trajectory, so each
+    /// distinct trajectory is scored once, and one the replay buffer holds for
+    /// this problem takes the rewards stored with it (when they cover those
+    /// states): a policy that has concentrated on a few sequences mostly
+    /// re-samples them.
     fn rewards(&self, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
+        let states = self.reward_states();
         let stored = self.buffer.entries(&problem.key);
         let mut first: HashMap<(&[u32], &[bool]), usize> = HashMap::new();
         let mut todo: Vec<Trajectory> = Vec::new();
         // Per trajectory: its stored rewards, or its index in `todo`.
         let plan: Vec<std::result::Result<&[f32], usize>> = trajs
             .iter()
-            .map(|t| match stored.iter().find(|e| e.tokens == t.tokens && e.tool == t.tool) {
+            .map(|t| match stored.iter().find(|e| e.tokens == t.tokens && e.tool == t.tool && e.scored_from <= states.first(t.num_actions())) {
                 Some(e) => Ok(e.log_rewards.as_slice()),
                 None => Err(*first.entry((&t.tokens, &t.tool)).or_insert_with(|| {
                     todo.push(t.clone());
@@ -215,7 +229,7 @@ impl<'a> Trainer<'a> {
             .collect();
         let buffered = plan.iter().filter(|p| p.is_ok()).count();
         tracing::debug!(trajectories = trajs.len(), buffered, scored = todo.len(), "rewards");
-        let scored = if todo.is_empty() { Vec::new() } else { self.task.reward.log_rewards(self.lm, problem, &todo)? };
+        let scored = if todo.is_empty() { Vec::new() } else { self.task.reward.log_rewards_of(self.lm, problem, &todo, states)? };
         if scored.len() != todo.len() {
             return Err(Error::invalid("reward", format!("{} rewards for {} trajectories", scored.len(), todo.len())));
         }
@@ -223,9 +237,11 @@ impl<'a> Trainer<'a> {
     }
 
     fn remember(&mut self, key: &str, trajs: &[Trajectory], rewards: &[Vec<f32>]) -> Result<()> {
+        let states = self.reward_states();
         for (t, r) in trajs.iter().zip(rewards) {
             let text = self.lm.tokenizer.decode(&t.tokens, false)?;
-            self.buffer.add(key, BufferEntry { tokens: t.tokens.clone(), tool: t.tool.clone(), text, log_rewards: r.clone() });
+            let scored_from = states.first(t.num_actions());
+            self.buffer.add(key, BufferEntry { tokens: t.tokens.clone(), tool: t.tool.clone(), text, log_rewards: r.clone(), scored_from });
         }
         Ok(())
     }
@@ -309,7 +325,15 @@ impl<'a> Trainer<'a> {
                 sources[2] += 1;
                 let e = self.buffer.sample(&problem.key, self.cfg.batch_size, temp, &mut rng);
                 let trajs = e.iter().map(|e| Trajectory { tokens: e.tokens.clone(), tool: e.tool.clone() }).collect::<Vec<_>>();
-                (trajs, e.into_iter().map(|e| e.log_rewards).collect::<Vec<_>>())
+                let states = self.reward_states();
+                // Entries stored under another objective or minimum length may
+                // lack some states this one uses: those are scored again.
+                let rewards = if e.iter().zip(&trajs).all(|(e, t)| e.scored_from <= states.first(t.num_actions())) {
+                    e.into_iter().map(|e| e.log_rewards).collect::<Vec<_>>()
+                } else {
+                    self.rewards(&problem, &trajs)?
+                };
+                (trajs, rewards)
             } else {
                 let tempered = u < self.cfg.p_replay + self.cfg.p_tempered;
                 sources[usize::from(tempered)] += 1;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{options, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, StopReason, TokenMask};
-use crate::gfn::{LmReward, Problem, Reward, TrainConfig, TrainTask, Trajectory};
+use crate::gfn::{LmReward, Problem, Reward, States, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
 
@@ -452,7 +452,7 @@ impl Task for Custom {
         let mut report = EvalReport::default();
         for ((p, group), ex) in problems.iter().zip(&drawn).zip(&self.test) {
             let trajs: Vec<Trajectory> = group.iter().map(|d| Trajectory::from_actions(d.tokens.clone())).collect();
-            let r = reward.log_rewards(lm, p, &trajs)?;
+            let r = reward.log_rewards_of(lm, p, &trajs, States::Last)?;
             for (d, r) in group.iter().zip(&r) {
                 let v = *r.last().unwrap_or(&0.0) as f64;
                 total += v;

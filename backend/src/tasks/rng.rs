@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{options, single_token_ids, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, StopReason, TokenMask};
-use crate::gfn::{Problem, Reward, TrainConfig, TrainTask, Trajectory};
+use crate::gfn::{Problem, Reward, States, TrainConfig, TrainTask, Trajectory};
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
 
@@ -97,7 +97,8 @@ struct NumberReward {
 }
 
 impl Reward for NumberReward {
-    fn log_rewards(&self, lm: &LanguageModel, _problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
+    /// Every state is scored whatever `states` asks: parsing a prefix costs nothing.
+    fn log_rewards_of(&self, lm: &LanguageModel, _problem: &Problem, trajs: &[Trajectory], _states: States) -> Result<Vec<Vec<f32>>> {
         trajs
             .iter()
             .map(|t| {
