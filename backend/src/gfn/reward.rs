@@ -96,12 +96,30 @@ impl LmReward {
         guard.as_ref().map(|c| c.repeat_rows(rows)).unwrap_or_else(|| Ok(lm.llama.new_cache()))
     }
 
-    /// Trajectories per pass of Y branches: as many as keep the f32 logits of
-    /// their `positions` each (the largest tensor of the pass) under ~2 GiB on an
-    /// accelerator, or ~256 MiB on the CPU.
-    fn branch_rows(&self, lm: &LanguageModel, positions: usize) -> usize {
+    /// Branch positions per pass of Y branches: as many as keep their f32
+    /// logits (the largest tensor of the pass) under ~2 GiB on an accelerator,
+    /// or ~256 MiB on the CPU.
+    fn branch_positions(&self, lm: &LanguageModel) -> usize {
         let budget = self.branch_budget.unwrap_or(if lm.device().is_cpu() { 256 << 20 } else { 2 << 30 });
-        (budget / (positions * lm.config().vocab_size * 4).max(1)).max(1)
+        (budget / (lm.config().vocab_size * 4)).max(1)
+    }
+
+    /// Rows (trajectories) per pass of Y branches, `m` tokens a branch. A pass
+    /// pads every row to the most branches among its rows, so rows go in order
+    /// of their number of branches (most first) and each pass takes as many as
+    /// fit [`Self::branch_positions`] (at least one).
+    fn branch_passes(&self, lm: &LanguageModel, starts: &[Vec<usize>], m: usize) -> Vec<Vec<usize>> {
+        let per_pass = self.branch_positions(lm);
+        let mut order: Vec<usize> = (0..starts.len()).collect();
+        order.sort_by_key(|&r| std::cmp::Reverse(starts[r].len()));
+        let mut passes: Vec<Vec<usize>> = Vec::new();
+        for r in order {
+            match passes.last_mut() {
+                Some(p) if (p.len() + 1) * starts[p[0]].len().max(1) * m <= per_pass => p.push(r),
+                _ => passes.push(vec![r]),
+            }
+        }
+        passes
     }
 
     /// log-softmax of `logits` rows [N, V] (+ optional bias) → [N, V].
@@ -252,11 +270,11 @@ impl Reward for LmReward {
         if y.len() > 1 {
             let feed = &y[..y.len() - 1];
             let m = feed.len();
-            let n = starts.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-            let rows = self.branch_rows(lm, n * m);
-            for first in (0..b).step_by(rows) {
-                let idx: Vec<usize> = (first..(first + rows).min(b)).collect();
-                let mut c = if idx.len() == b { std::mem::replace(&mut cache, lm.llama.new_cache()) } else { cache.select(&idx)? };
+            for idx in self.branch_passes(lm, &starts, m) {
+                // One pass of every row: the cache as it is, rows in order.
+                let all = idx.len() == b;
+                let idx = if all { (0..b).collect() } else { idx };
+                let mut c = if all { std::mem::replace(&mut cache, lm.llama.new_cache()) } else { cache.select(&idx)? };
                 let hid = lm.llama.forward_branches(&idx.iter().map(|&r| starts[r].clone()).collect::<Vec<_>>(), feed, &mut c, self.lora.as_ref())?; // [R, n·m, H]
                 let (r, tt, _) = hid.dims3()?;
                 // Only real branch positions go through the output head (rows
