@@ -117,6 +117,11 @@ pub(super) enum Attn {
     /// write position is read on the device and attention spans the whole
     /// room (S = its capacity; the mask hides what is not filled).
     Fused { cs: Tensor, cs_q: Tensor, mask: Tensor, at: Option<Tensor> },
+    /// Branches of cached rows (`branch.rs`): T = n·m new tokens a row, n
+    /// branches of m. Each query reads the cache's S0 positions through `mask`
+    /// [B, KV, rep, T, S0] (as `Composed`'s) and its own branch's tokens up to
+    /// itself, never the other branches: no scores for those.
+    Branches { rope: Rope, mask: Tensor, n: usize, m: usize },
 }
 
 /// Rotary tables of a pass's positions in the model dtype; the query's are
@@ -371,7 +376,7 @@ impl Llama {
     }
 
     /// Embedding, the blocks and the final norm: [B, T] ids → [B, T, hidden].
-    fn layers_over(&self, ids: Tensor, ctx: &Ctx, (b, t): (usize, usize), cache: &mut KvCache) -> Result<Tensor> {
+    pub(super) fn layers_over(&self, ids: Tensor, ctx: &Ctx, (b, t): (usize, usize), cache: &mut KvCache) -> Result<Tensor> {
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.hidden_size))?;
         if self.gemv_fits(ctx, b * t) {
             return self.layers_gemv(x, ctx, cache);
@@ -504,7 +509,7 @@ impl Llama {
         let rep = nh / nkv;
         let qkv = self.proj(l, &[Proj::Q, Proj::K, Proj::V], &w.qkv, x, ctx)?; // [B, T, (H + 2·KV)·hd]
         let (rope, mask) = match &ctx.attn {
-            Attn::Composed { rope, mask } => (rope, mask),
+            Attn::Composed { rope, mask } | Attn::Branches { rope, mask, .. } => (rope, mask),
             Attn::Fused { .. } => {
                 let y = self.attend_fused(l, &qkv, cache, ctx)?; // [B, T, H·hd]
                 return self.proj(l, &[Proj::O], &w.o, &y, ctx);
@@ -528,6 +533,10 @@ impl Llama {
             }
         };
         let (k, v) = cache.append(l, k, v)?; // [B, KV, S, hd]
+        if let Attn::Branches { n, m, .. } = ctx.attn {
+            let y = super::branch::attend_branches(&q, &k, &v, mask, (n, m), self.dtype, ctx.grad)?; // [B, T, H·hd]
+            return self.proj(l, &[Proj::O], &w.o, &y, ctx);
+        }
         let s = k.dim(2)?;
 
         // Group the query heads that share a kv head: no copy of K/V.
