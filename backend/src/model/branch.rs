@@ -14,7 +14,7 @@
 use candle_core::{DType, Tensor};
 
 use super::cache::KvCache;
-use super::llama::{Attn, Ctx, Llama, Rope, MASKED};
+use super::llama::{Attn, Ctx, Llama, MASKED};
 use super::lora::LoraView;
 use crate::{Error, Result};
 
@@ -87,17 +87,9 @@ impl Llama {
     /// `mask` [B, T, S0] over the cached positions. Returns [B, T, hidden].
     fn run_branches(&self, ids: Tensor, pos: Vec<u32>, mask: Vec<f32>, (n, m): (usize, usize), cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let s0 = cache.len();
         let grad = lora.is_some_and(|l| l.tracked);
         let fused = self.fused() && !grad;
-        let c = &self.config;
-        let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
-        // As `Llama::run`'s composed mask: f32 when training, else the model dtype,
-        // broadcast over the heads once for every layer.
-        let mask = Tensor::from_vec(mask, (b, 1, 1, t, s0), self.device())?;
-        let mask = if grad { mask } else { mask.to_dtype(self.dtype())? };
-        let mask = mask.broadcast_as((b, nkv, rep, t, s0))?.contiguous()?;
-        let rope = if fused { Rope::Joined(self.rope_cs_at(pos, (b, t))?) } else { Rope::Halves(self.rope_at(pos, (b, t))?) };
+        let (rope, mask) = self.composed_inputs(pos, mask, (b, t, cache.len()), grad, fused)?;
         self.layers_over(ids, &Ctx { lora, grad, attn: Attn::Branches { rope, mask, n, m }, fused }, (b, t), cache)
     }
 }

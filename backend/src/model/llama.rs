@@ -349,19 +349,27 @@ impl Llama {
             let [cs, cs_q] = self.rope_cs_at(pos, (b, t))?;
             Attn::Fused { cs, cs_q, mask: Tensor::from_vec(mask, (b, t, s), dev)?, at: None }
         } else {
-            let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), dev)?;
-            // Inference in bf16/f16 adds the mask and takes the softmax in the model
-            // dtype (the softmax kernel accumulates in f32); training keeps f32.
-            let mask = if grad { mask } else { mask.to_dtype(self.dtype)? };
-            // Broadcast over the heads once here, not in every layer: a contiguous
-            // add is one kernel, a broadcast one also uploads its strides.
-            let c = &self.config;
-            let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
-            let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
-            let rope = if fused { Rope::Joined(self.rope_cs_at(pos, (b, t))?) } else { Rope::Halves(self.rope_at(pos, (b, t))?) };
+            let (rope, mask) = self.composed_inputs(pos, mask, (b, t, s), grad, fused)?;
             Attn::Composed { rope, mask }
         };
         self.layers_over(ids, &Ctx { lora, grad, attn, fused }, (b, t), cache)
+    }
+
+    /// The rotary tables and the additive mask [B, T, S] (row-major `mask`) of
+    /// composed attention: the mask in f32 when training, else in the model
+    /// dtype, broadcast over the heads as [B, KV, rep, T, S].
+    pub(super) fn composed_inputs(&self, pos: Vec<u32>, mask: Vec<f32>, (b, t, s): (usize, usize, usize), grad: bool, fused: bool) -> Result<(Rope, Tensor)> {
+        let mask = Tensor::from_vec(mask, (b, 1, 1, t, s), &self.device)?;
+        // Inference in bf16/f16 adds the mask and takes the softmax in the model
+        // dtype (the softmax kernel accumulates in f32); training keeps f32.
+        let mask = if grad { mask } else { mask.to_dtype(self.dtype)? };
+        // Broadcast over the heads once here, not in every layer: a contiguous
+        // add is one kernel, a broadcast one also uploads its strides.
+        let c = &self.config;
+        let (nkv, rep) = (c.num_key_value_heads, c.num_attention_heads / c.num_key_value_heads);
+        let mask = mask.broadcast_as((b, nkv, rep, t, s))?.contiguous()?;
+        let rope = if fused { Rope::Joined(self.rope_cs_at(pos, (b, t))?) } else { Rope::Halves(self.rope_at(pos, (b, t))?) };
+        Ok((rope, mask))
     }
 
     /// One decode step in fixed shapes (`model::graph`): `ids`, `pos` [B] u32,
