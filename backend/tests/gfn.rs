@@ -339,8 +339,8 @@ mod reward_reuse {
     /// states asked for.
     struct Recording {
         inner: LmReward,
-        calls: Arc<Mutex<Vec<Vec<Trajectory>>>>,
-        states: Arc<Mutex<Vec<States>>>,
+        calls: Calls,
+        states: Asked,
     }
 
     impl Reward for Recording {
@@ -349,6 +349,24 @@ mod reward_reuse {
             self.states.lock().unwrap().push(states);
             self.inner.log_rewards_of(lm, problem, trajs, states)
         }
+    }
+
+    type Calls = Arc<Mutex<Vec<Vec<Trajectory>>>>;
+    type Asked = Arc<Mutex<Vec<States>>>;
+
+    /// One problem's task with the LM reward behind a [`Recording`].
+    fn recorded_task(lm: &LanguageModel, problem: &Problem, mask: TokenMask) -> (TrainTask, Calls, Asked) {
+        let (calls, asked): (Calls, Asked) = (Arc::default(), Arc::default());
+        let inner = LmReward::new(lm, vec![], &TokenMask::None, -99.0, None).unwrap();
+        let task = TrainTask {
+            problems: vec![problem.clone()],
+            reward: Box::new(Recording { inner, calls: calls.clone(), states: asked.clone() }),
+            stop_tokens: vec![lm.tokenizer.eos.unwrap()],
+            mask,
+            mask_penalty: -99.0,
+            tool: None,
+        };
+        (task, calls, asked)
     }
 
     /// With two allowed tokens and at most two actions there are six
@@ -361,16 +379,7 @@ mod reward_reuse {
         let enc = |s: &str| lm.tokenizer.encode(s).unwrap();
         let allowed = [enc(" a"), enc(" b")].concat();
         let problem = Problem { key: "p".into(), policy_prompt: enc("the cat"), reward_context: enc("the cat"), reward_suffix: enc(" sat."), seeds: vec![] };
-        let (calls, asked) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
-        let inner = LmReward::new(&lm, vec![], &TokenMask::None, -99.0, None).unwrap();
-        let task = TrainTask {
-            problems: vec![problem.clone()],
-            reward: Box::new(Recording { inner, calls: calls.clone(), states: asked.clone() }),
-            stop_tokens: vec![lm.tokenizer.eos.unwrap()],
-            mask: TokenMask::Allow(allowed.clone()),
-            mask_penalty: -99.0,
-            tool: None,
-        };
+        let (task, calls, asked) = recorded_task(&lm, &problem, TokenMask::Allow(allowed.clone()));
         let cfg = TrainConfig { lora_r: 4, batch_size: 12, grad_accum: 1, steps: 4, max_len: 2, min_len: 2, p_replay: 0.0, buffer_tolerance: 0.0, seed: 5, ..TrainConfig::default() };
         let mut trainer = Trainer::new(&lm, task, cfg, None).unwrap();
         let mut buffered: Vec<Vec<u32>> = Vec::new();
@@ -418,16 +427,7 @@ mod reward_reuse {
         let problem = Problem { key: "p".into(), policy_prompt: enc("the cat"), reward_context: enc("the cat"), reward_suffix: enc(" sat."), seeds: vec![] };
         let tokens = enc(" a b");
         for (objective, scored_from, rescored) in [(Objective::Subtb, 1, true), (Objective::Subtb, 0, false), (Objective::Tb, 1, false)] {
-            let (calls, asked) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
-            let inner = LmReward::new(&lm, vec![], &TokenMask::None, -99.0, None).unwrap();
-            let task = TrainTask {
-                problems: vec![problem.clone()],
-                reward: Box::new(Recording { inner, calls: calls.clone(), states: asked.clone() }),
-                stop_tokens: vec![lm.tokenizer.eos.unwrap()],
-                mask: TokenMask::None,
-                mask_penalty: -99.0,
-                tool: None,
-            };
+            let (task, calls, asked) = recorded_task(&lm, &problem, TokenMask::None);
             // Every step replays; without a minimum length SubTB uses every state.
             let cfg = TrainConfig { objective, lora_r: 4, batch_size: 2, grad_accum: 1, steps: 1, max_len: 4, min_len: 0, p_replay: 1.0, p_tempered: 0.0, seed: 3, ..TrainConfig::default() };
             let mut trainer = Trainer::new(&lm, task, cfg, None).unwrap();
