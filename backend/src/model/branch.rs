@@ -184,7 +184,7 @@ impl candle_core::CustomOp2 for BlockProduct {
             let block = &right[(gi * t + i * m) * hd..(gi * t + (i + 1) * m) * hd];
             if self.scores {
                 for (jj, x) in o.iter_mut().enumerate() {
-                    *x = dot(l, &block[jj * hd..(jj + 1) * hd]);
+                    *x = amortize_cpu_kernels::dot(l, &block[jj * hd..(jj + 1) * hd]);
                 }
             } else {
                 for (jj, &p) in l.iter().enumerate() {
@@ -196,19 +196,6 @@ impl candle_core::CustomOp2 for BlockProduct {
         });
         Ok((candle_core::CpuStorage::F32(out), candle_core::Shape::from((g, rows, out_w))))
     }
-}
-
-/// Σ a·b in 16 independent lanes (a plain f32 sum is one serial chain).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

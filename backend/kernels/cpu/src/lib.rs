@@ -6,6 +6,8 @@
 //!
 //! - [`x_wt`]: x Wᵀ for a few rows of x, f32 — a register-blocked kernel that
 //!   reads the weight once, in its stored row-major layout, for all the rows.
+//! - [`dot`]: a dot product in independent lanes (the portable path's, and
+//!   the reward's branch blocks in `amortize::model::branch`).
 //! - [`exp`]: a log-sum-exp's parts and a softmax-shaped row, with e^x in
 //!   SIMD lanes (the reward's and the policy head's rows of 49 152 logits).
 //!
@@ -118,17 +120,23 @@ fn block(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
 fn portable(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     for (o, wr) in w.chunks_exact(k).enumerate() {
         for (r, xr) in x.chunks_exact(k).enumerate() {
-            let mut acc = [0f32; 8];
-            let (wc, xc) = (wr.chunks_exact(8), xr.chunks_exact(8));
-            let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
-            for (a, b) in wc.zip(xc) {
-                for l in 0..8 {
-                    acc[l] += a[l] * b[l];
-                }
-            }
-            out[o * m + r] = acc.iter().sum::<f32>() + tail;
+            out[o * m + r] = dot(wr, xr);
         }
     }
+}
+
+/// Σ a·b over the shorter slice, in 8 independent lanes (a plain f32 sum is
+/// one serial chain, which the compiler may not reorder into SIMD lanes).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// A module of tiles for one instruction set: `L` lanes a vector, tiles of
