@@ -219,7 +219,7 @@ impl<'a> Trainer<'a> {
         // Per trajectory: its stored rewards, or its index in `todo`.
         let plan: Vec<std::result::Result<&[f32], usize>> = trajs
             .iter()
-            .map(|t| match stored.iter().find(|e| e.tokens == t.tokens && e.tool == t.tool && e.scored_from <= states.first(t.num_actions())) {
+            .map(|t| match stored.iter().find(|e| e.tokens == t.tokens && e.tool == t.tool && covers(e, t, states)) {
                 Some(e) => Ok(e.log_rewards.as_slice()),
                 None => Err(*first.entry((&t.tokens, &t.tool)).or_insert_with(|| {
                     todo.push(t.clone());
@@ -328,7 +328,7 @@ impl<'a> Trainer<'a> {
                 let states = self.reward_states();
                 // Entries stored under another objective or minimum length may
                 // lack some states this one uses: those are scored again.
-                let rewards = if e.iter().zip(&trajs).all(|(e, t)| e.scored_from <= states.first(t.num_actions())) {
+                let rewards = if e.iter().zip(&trajs).all(|(e, t)| covers(e, t, states)) {
                     e.into_iter().map(|e| e.log_rewards).collect::<Vec<_>>()
                 } else {
                     self.rewards(&problem, &trajs)?
@@ -510,4 +510,10 @@ fn accumulate(acc: &mut [Option<Tensor>], vars: &[Var], g: &candle_core::backpro
         }
     }
     Ok(())
+}
+
+/// Whether a stored entry's rewards (of trajectory `t`) include every state
+/// `states` names (entries record the first state they scored).
+fn covers(e: &BufferEntry, t: &Trajectory, states: States) -> bool {
+    e.scored_from <= states.first(t.num_actions())
 }
