@@ -7,7 +7,9 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Before any other thread exists, so that every thread inherits it.
+    // Before any other thread exists: the first writes the environment, and
+    // every thread inherits the second's float mode.
+    amortize::model::threads::pin();
     amortize::model::denormals::flush();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AMORTIZE_LOG").unwrap_or_else(|_| "warn".into()))

@@ -24,6 +24,7 @@ pub mod lora;
 pub mod lora_view;
 pub mod tape;
 mod tape_ops;
+pub mod threads;
 pub mod tiny;
 pub mod tokenizer;
 
