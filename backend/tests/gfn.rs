@@ -74,6 +74,63 @@ fn prefix_shared_reward_equals_naive_with(lm: &LanguageModel) {
     }
 }
 
+/// Several problems scored in shared passes (contexts of different lengths,
+/// each row with its own Y) give the naive rewards of each.
+#[test]
+fn rewards_of_many_problems_equal_one_problem_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lm = tiny(&dir);
+    let enc = |lm: &LanguageModel, s: &str| lm.tokenizer.encode(s).unwrap();
+    for fused in [false, true] {
+        lm.llama.set_fused(fused);
+        let lm = &lm;
+        let trajs = [
+            Trajectory::from_actions(enc(lm, " 3 + 4")),
+            Trajectory::from_actions(vec![]),
+            Trajectory { tokens: [enc(lm, " 3 + 4 ="), enc(lm, " 7"), enc(lm, ", 7 - 1")].concat(), tool: [vec![false; enc(lm, " 3 + 4 =").len()], vec![true; enc(lm, " 7").len()], vec![false; enc(lm, ", 7 - 1").len()]].concat() },
+            Trajectory::from_actions(enc(lm, " the end")),
+        ];
+        // Contexts and Ys of different lengths (Y of one token and none too).
+        let problem = |key: &str, ctx: &str, y: &str| Problem { key: key.into(), policy_prompt: enc(lm, "Q"), reward_context: enc(lm, ctx), reward_suffix: enc(lm, y), seeds: vec![] };
+        let problems = [
+            problem("a", "Question: 3 + 4 - 1 =", " The answer is 6."),
+            problem("b", "Q", "."),
+            problem("c", "A much longer question about numbers and words,", " yes it is"),
+            problem("d", "Empty answer", ""),
+            problem("e", "Nothing to score", " x"),
+        ];
+        let groups: [&[Trajectory]; 5] = [&trajs[..3], &trajs[1..2], &trajs[..], &trajs[2..], &[]];
+        let items: Vec<(&Problem, &[Trajectory])> = problems.iter().zip(groups).collect();
+        let mask = TokenMask::Forbid(enc(lm, "x+"));
+        for prefix in [enc(lm, "Q: 1 + 1 = 2.\n"), vec![]] {
+            let mut reward = LmReward::new(lm, prefix, &mask, -50.0, None).unwrap();
+            for budget in [None, Some(1), Some(7 * 4 * lm.config().vocab_size * 4)] {
+                reward.branch_budget = budget;
+                for states in [States::All, States::From(2), States::Last] {
+                    let many = reward.log_rewards_many(lm, &items, states).unwrap();
+                    assert_eq!(many.len(), items.len());
+                    for ((p, ts), got) in items.iter().zip(&many) {
+                        let want = reward.naive_log_rewards(lm, p, ts).unwrap();
+                        assert_eq!(got.len(), want.len(), "problem {}", p.key);
+                        for ((g, w), t) in got.iter().zip(&want).zip(ts.iter()) {
+                            assert_eq!(g.len(), w.len());
+                            let first = states.first(t.num_actions());
+                            assert!(g[..first].iter().all(|&v| v == 0.0), "{states:?}: skipped states {:?}", &g[..first]);
+                            for (a, b) in g[first..].iter().zip(&w[first..]) {
+                                assert!((a - b).abs() < 1e-4, "problem {} {states:?} budget {budget:?} fused {fused}: many {a} vs naive {b}", p.key);
+                            }
+                        }
+                    }
+                }
+            }
+            // A problem without a context is refused, naming it.
+            let bad = problem("no-context", "", ".");
+            let err = reward.log_rewards_many(lm, &[(&problems[0], &trajs[..1]), (&bad, &trajs[..1])], States::All).unwrap_err();
+            assert!(err.to_string().contains("no-context"), "{err}");
+        }
+    }
+}
+
 mod exact_posterior {
     use super::*;
     use amortize::gfn::policy::policy_logprobs;

@@ -11,7 +11,7 @@ pub mod reward;
 pub mod schedule;
 pub mod trajectory;
 
-pub use reward::{LmReward, Reward, States};
+pub use reward::{log_rewards_in_calls, LmReward, Reward, States, ROWS_PER_CALL};
 pub use trajectory::{Problem, Trajectory};
 pub mod checkpoint;
 pub mod config;

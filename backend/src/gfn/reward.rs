@@ -10,8 +10,14 @@
 //! no cache copies). Cost: the context once, then B·|Z| and B·n·(|Y|−1) tokens,
 //! instead of B·(n+1) full sequences. Only the states the caller names
 //! ([`States`]) get Y branches: the balance objectives skip the states below
-//! the minimum length, TB and evaluations all but the last. [`LmReward::naive_log_rewards`] is the
-//! plain reference (tests and the speed bench compare the two).
+//! the minimum length, TB and evaluations all but the last.
+//! [`LmReward::naive_log_rewards`] is the plain reference (tests and the speed
+//! bench compare the two).
+//!
+//! Callers with a few trajectories of each of many problems (the replay
+//! buffer's seeds, evaluations) use [`Reward::log_rewards_many`]: the same
+//! passes over all of them, each problem's context once, each row with its
+//! own Y.
 
 use std::sync::Mutex;
 
@@ -56,6 +62,14 @@ pub trait Reward: Send + Sync {
     /// Every state's log-reward.
     fn log_rewards(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory]) -> Result<Vec<Vec<f32>>> {
         self.log_rewards_of(lm, problem, trajs, States::All)
+    }
+
+    /// Several problems' trajectories at once: `out[k]` is what
+    /// `log_rewards_of(items[k])` gives. By default one call per problem; the
+    /// LM reward runs them all through the same passes (the replay buffer's
+    /// seeds and the evaluations score a few trajectories of many problems).
+    fn log_rewards_many(&self, lm: &LanguageModel, items: &[(&Problem, &[Trajectory])], states: States) -> Result<Vec<Vec<Vec<f32>>>> {
+        items.iter().map(|(p, t)| self.log_rewards_of(lm, p, t, states)).collect()
     }
 }
 
@@ -191,51 +205,128 @@ impl LmReward {
     }
 }
 
+/// Trajectories per call of [`log_rewards_in_calls`] (the first pass keeps
+/// f32 logits for every Z position of every row: 32 rows × 21 positions of
+/// SmolLM2's vocabulary are 130 MiB).
+pub const ROWS_PER_CALL: usize = 32;
+
+/// [`Reward::log_rewards_many`] in calls of at most `rows` trajectories (a
+/// problem with more is split across calls), so that memory stays bounded
+/// however many problems there are; `out[k]` belongs to `items[k]`.
+pub fn log_rewards_in_calls(reward: &dyn Reward, lm: &LanguageModel, items: &[(&Problem, &[Trajectory])], states: States, rows: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+    let rows = rows.max(1);
+    let mut out: Vec<Vec<Vec<f32>>> = items.iter().map(|(_, ts)| Vec::with_capacity(ts.len())).collect();
+    let mut pending: Vec<(usize, &Problem, &[Trajectory])> = Vec::new();
+    let mut n = 0;
+    for (k, (p, ts)) in items.iter().enumerate() {
+        for part in ts.chunks(rows) {
+            if n + part.len() > rows {
+                score_pending(reward, lm, &mut pending, states, &mut out)?;
+                n = 0;
+            }
+            pending.push((k, p, part));
+            n += part.len();
+        }
+    }
+    score_pending(reward, lm, &mut pending, states, &mut out)?;
+    Ok(out)
+}
+
+/// One call of [`log_rewards_in_calls`]: scores `pending` and appends each
+/// part's rewards to its item's.
+fn score_pending(reward: &dyn Reward, lm: &LanguageModel, pending: &mut Vec<(usize, &Problem, &[Trajectory])>, states: States, out: &mut [Vec<Vec<f32>>]) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let call: Vec<(&Problem, &[Trajectory])> = pending.iter().map(|&(_, p, ts)| (p, ts)).collect();
+    let got = reward.log_rewards_many(lm, &call, states)?;
+    if got.len() != call.len() || got.iter().zip(&call).any(|(g, (_, ts))| g.len() != ts.len()) {
+        return Err(Error::invalid("reward", "rewards do not match the trajectories scored"));
+    }
+    for ((k, _, _), g) in pending.drain(..).zip(got) {
+        out[k].extend(g);
+    }
+    Ok(())
+}
+
+/// What the first passes (contexts, then Z) leave for [`LmReward::finish`]:
+/// hidden states `flat` [N, H]; per row, the `flat` rows predicting
+/// z_0..z_{n−1} and, last, Y's first token (`pred`, |Z| + 1 a row, rows one
+/// after another); the cache position where each row's Z starts (`zero`);
+/// the cache of every row.
+struct FirstPass {
+    flat: Tensor,
+    pred: Vec<u32>,
+    zero: Vec<usize>,
+    cache: KvCache,
+}
+
 impl Reward for LmReward {
     fn log_rewards_of(&self, lm: &LanguageModel, problem: &Problem, trajs: &[Trajectory], states: States) -> Result<Vec<Vec<f32>>> {
-        let ctx = &problem.reward_context;
-        let y = &problem.reward_suffix;
-        if ctx.is_empty() {
-            return Err(Error::invalid("reward_context", "the reward needs a non-empty context before Z"));
+        Ok(self.log_rewards_many(lm, &[(problem, trajs)], states)?.remove(0))
+    }
+
+    /// Every problem's context runs once (their rows left-padded to the
+    /// longest) and its cache is copied to each of its trajectories' rows; one
+    /// pass over every row's Z follows, then the Y branches of all rows share
+    /// passes.
+    fn log_rewards_many(&self, lm: &LanguageModel, items: &[(&Problem, &[Trajectory])], states: States) -> Result<Vec<Vec<Vec<f32>>>> {
+        if let Some((p, _)) = items.iter().find(|(p, _)| p.reward_context.is_empty()) {
+            return Err(Error::invalid("reward_context", format!("problem {}: the reward needs a non-empty context before Z", p.key)));
         }
-        if trajs.is_empty() {
-            return Ok(Vec::new());
+        // The problems with trajectories, and each row's (trajectory's) problem among them.
+        let used: Vec<&Problem> = items.iter().filter(|(_, ts)| !ts.is_empty()).map(|(p, _)| *p).collect();
+        let rows: Vec<(usize, &Problem, &Trajectory)> = items.iter().filter(|(_, ts)| !ts.is_empty()).enumerate().flat_map(|(k, (p, ts))| ts.iter().map(move |t| (k, *p, t))).collect();
+        if rows.is_empty() {
+            return Ok(items.iter().map(|_| Vec::new()).collect());
         }
-        let b = trajs.len();
-        let p0 = self.prefix.len();
-        // Pass 1: the context once (every row shares it; its last position
-        // predicts Z's first token), copied to each row; then each row's Z.
-        let mut cache = self.cache_for(lm, 1)?;
-        let ctx_hidden = lm.llama.forward(std::slice::from_ref(ctx), &mut cache, self.lora.as_ref())?; // [1, C, H]
-        let h = ctx_hidden.dim(2)?;
-        let last_ctx = ctx_hidden.narrow(1, ctx.len() - 1, 1)?.reshape((1, h))?;
-        let mut cache = cache.repeat_rows(b)?;
-        let z_max = trajs.iter().map(|t| t.tokens.len()).max().unwrap_or(0);
-        // Rows of `flat`: 0 is the context's last position, 1 + b·T + i row b's position i.
+        let (np, b) = (used.len(), rows.len());
+        // The contexts: the last position of each predicts its Z's first token.
+        let mut cache = self.cache_for(lm, np)?;
+        let ctxs: Vec<Vec<u32>> = used.iter().map(|p| p.reward_context.clone()).collect();
+        let ctx_hidden = lm.llama.forward(&ctxs, &mut cache, self.lora.as_ref())?; // [P, C, H], rows left-padded
+        let (_, c_len, h) = ctx_hidden.dims3()?;
+        let last_ctx = ctx_hidden.narrow(1, c_len - 1, 1)?.reshape((np, h))?;
+        let mut cache = cache.select(&rows.iter().map(|r| r.0).collect::<Vec<_>>())?;
+        let z_max = rows.iter().map(|r| r.2.tokens.len()).max().unwrap_or(0);
+        // Rows of `flat`: k < P is problem k's last context position, P + r·T + i row r's position i.
         let flat = if z_max > 0 {
-            let rows: Vec<Vec<u32>> = trajs.iter().map(|t| t.tokens.clone()).collect();
-            let hidden = lm.llama.forward(&rows, &mut cache, self.lora.as_ref())?; // [B, T, H], T = z_max
+            let zs: Vec<Vec<u32>> = rows.iter().map(|r| r.2.tokens.clone()).collect();
+            let hidden = lm.llama.forward(&zs, &mut cache, self.lora.as_ref())?; // [R, T, H], T = z_max
             Tensor::cat(&[&last_ctx, &hidden.reshape((b * z_max, h))?], 0)?
         } else {
             last_ctx
         };
-        // Per row, Z token j (0..|Z|) is predicted by the position before it, and
-        // the last one (j = |Z|) predicts what follows the full Z.
-        let mut pos = Vec::new();
-        for (bi, t) in trajs.iter().enumerate() {
-            let first = 1 + bi * z_max + z_max - t.tokens.len();
-            pos.push(0u32);
-            pos.extend((0..t.tokens.len()).map(|j| (first + j) as u32));
+        let (mut pred, mut zero) = (Vec::new(), Vec::with_capacity(b));
+        for (r, &(k, _, t)) in rows.iter().enumerate() {
+            let first = np + r * z_max + z_max - t.tokens.len();
+            pred.push(k as u32);
+            pred.extend((0..t.tokens.len()).map(|j| (first + j) as u32));
+            zero.push(self.prefix.len() + c_len + z_max - t.tokens.len());
         }
-        let picked = flat.index_select(&Tensor::new(pos.as_slice(), lm.device())?, 0)?; // [Σ(|Z|+1), H]
-        // log p(z_j | …) (mask bias on policy tokens, none on tool tokens).
-        let z_ids: Vec<u32> = trajs.iter().flat_map(|t| t.tokens.iter().copied().chain(std::iter::once(0))).collect();
-        // One output-head pass; the masked and plain distributions share it.
+        let scored: Vec<(&Trajectory, &[u32])> = rows.iter().map(|&(_, p, t)| (t, p.reward_suffix.as_slice())).collect();
+        let mut out = self.finish(lm, FirstPass { flat, pred, zero, cache }, &scored, states)?.into_iter();
+        Ok(items.iter().map(|(_, ts)| out.by_ref().take(ts.len()).collect()).collect())
+    }
+}
+
+impl LmReward {
+    /// The log-rewards of `rows` (each a trajectory and its Y) from a first
+    /// pass: log p(Z_≤i | …) and Y's first token from the pass's states, then
+    /// Y[1..] after every scored prefix, as branches of each row's cache (no
+    /// copy per prefix; see `Llama::forward_branches`).
+    fn finish(&self, lm: &LanguageModel, first: FirstPass, rows: &[(&Trajectory, &[u32])], states: States) -> Result<Vec<Vec<f32>>> {
+        let FirstPass { flat, pred, zero, mut cache } = first;
+        let b = rows.len();
+        let h = flat.dim(1)?;
+        let picked = flat.index_select(&Tensor::new(pred.as_slice(), lm.device())?, 0)?; // [Σ(|Z|+1), H]
+        // log p(z_j | …) (mask bias on policy tokens, none on tool tokens), and
+        // Y's first token after every prefix: one output-head pass, which the
+        // masked and plain distributions share.
+        let z_ids: Vec<u32> = rows.iter().flat_map(|(t, _)| t.tokens.iter().copied().chain(std::iter::once(0))).collect();
+        let y0s: Vec<u32> = rows.iter().flat_map(|(t, y)| std::iter::repeat_n(y.first().copied().unwrap_or(0), t.tokens.len() + 1)).collect();
         let logits = lm.llama.logits(&picked)?;
-        let y0 = y.first().copied();
-        let y0s = vec![y0.unwrap_or(0); z_ids.len()];
-        let columns: &[&[u32]] = if y0.is_some() { &[&z_ids, &y0s] } else { &[&z_ids] };
-        let mut plain = Self::logprobs_at(lm, &logits, columns, None)?.into_iter();
+        let mut plain = Self::logprobs_at(lm, &logits, &[&z_ids, &y0s], None)?.into_iter();
         let lp_plain = plain.next().unwrap_or_default();
         let lp_y0 = plain.next().unwrap_or_default();
         let lp_masked = match &self.mask_bias {
@@ -244,11 +335,11 @@ impl Reward for LmReward {
         };
         let mut out: Vec<Vec<f32>> = Vec::with_capacity(b);
         let mut offset = 0;
-        // Per trajectory, the scored states (from `from[b]` on) and where each
-        // ends in the cache: their Y branches start there.
+        // Per row, the scored states (from `from[b]` on) and where each ends in
+        // the cache: their Y branches start there (none when Y has one token).
         let mut from = vec![0usize; b];
         let mut starts: Vec<Vec<usize>> = vec![Vec::new(); b];
-        for (bi, t) in trajs.iter().enumerate() {
+        for (bi, (t, y)) in rows.iter().enumerate() {
             let n_tok = t.tokens.len();
             let mut cum = vec![0f32; n_tok + 1];
             for j in 0..n_tok {
@@ -259,40 +350,51 @@ impl Reward for LmReward {
             from[bi] = states.first(lens.len() - 1);
             let mut r = vec![0f32; lens.len()];
             for (i, &len) in lens.iter().enumerate().skip(from[bi]) {
-                r[i] = cum[len] + if y0.is_some() { lp_y0[offset + len] } else { 0.0 };
-                starts[bi].push(p0 + ctx.len() + z_max - n_tok + len);
+                r[i] = cum[len] + if y.is_empty() { 0.0 } else { lp_y0[offset + len] };
+                if y.len() > 1 {
+                    starts[bi].push(zero[bi] + len);
+                }
             }
             out.push(r);
             offset += n_tok + 1;
         }
-        // Pass 2: Y[1..] after every prefix, as branches of each row of the
-        // pass-1 cache (no copy per prefix; see `Llama::forward_branches`).
-        if y.len() > 1 {
-            let feed = &y[..y.len() - 1];
-            let m = feed.len();
-            for idx in self.branch_passes(lm, &starts, m) {
-                // One pass of every row: the cache as it is, rows in order.
-                let all = idx.len() == b;
-                let idx = if all { (0..b).collect() } else { idx };
-                let mut c = if all { std::mem::replace(&mut cache, lm.llama.new_cache()) } else { cache.select(&idx)? };
-                let hid = lm.llama.forward_branches(&idx.iter().map(|&r| starts[r].clone()).collect::<Vec<_>>(), feed, &mut c, self.lora.as_ref())?; // [R, n·m, H]
-                let (r, tt, _) = hid.dims3()?;
-                // Only real branch positions go through the output head (rows
-                // with fewer prefixes are padded to the longest).
-                let real: Vec<u32> = idx
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(k, &bi)| (0..starts[bi].len() * m).map(move |j| (k * tt + j) as u32))
-                    .collect();
-                let picked = hid.reshape((r * tt, h))?.index_select(&Tensor::new(real.as_slice(), lm.device())?, 0)?;
-                let ids: Vec<u32> = (0..real.len() / m).flat_map(|_| y[1..].iter().copied()).collect();
-                let lp = self.gather_logprobs(lm, &picked, &ids, None)?;
-                let mut at = 0;
-                for &bi in &idx {
-                    for slot in out[bi].iter_mut().skip(from[bi]) {
-                        *slot += lp[at..at + m].iter().sum::<f32>();
-                        at += m;
-                    }
+        // Y[1..] after the scored prefixes: each row's feed is its Y but the
+        // last token, padded at the end to the longest (m).
+        let m = rows.iter().map(|(_, y)| y.len().saturating_sub(1)).max().unwrap_or(0);
+        if m == 0 {
+            return Ok(out);
+        }
+        let feeds: Vec<Vec<u32>> = rows.iter().map(|(_, y)| (0..m).map(|j| if j + 1 < y.len() { y[j] } else { 0 }).collect()).collect();
+        let with_branches: Vec<usize> = (0..b).filter(|&r| !starts[r].is_empty()).collect();
+        for pass in self.branch_passes(lm, &with_branches.iter().map(|&r| starts[r].clone()).collect::<Vec<_>>(), m) {
+            let idx: Vec<usize> = pass.iter().map(|&k| with_branches[k]).collect();
+            // One pass of every row: the cache as it is, rows in order.
+            let all = idx.len() == b;
+            let idx = if all { (0..b).collect() } else { idx };
+            let mut c = if all { std::mem::replace(&mut cache, lm.llama.new_cache()) } else { cache.select(&idx)? };
+            let row_starts: Vec<Vec<usize>> = idx.iter().map(|&r| starts[r].clone()).collect();
+            let row_feeds: Vec<&[u32]> = idx.iter().map(|&r| feeds[r].as_slice()).collect();
+            let hid = lm.llama.forward_branches(&row_starts, &row_feeds, &mut c, self.lora.as_ref())?; // [R, n·m, H]
+            let (r, tt, _) = hid.dims3()?;
+            // Only real positions go through the output head: a row's padded
+            // branches and, in each branch, the padding after its Y.
+            let mut real = Vec::new();
+            let mut ids = Vec::new();
+            for (k, &bi) in idx.iter().enumerate() {
+                let y = rows[bi].1;
+                for i in 0..starts[bi].len() {
+                    real.extend((0..y.len() - 1).map(|j| (k * tt + i * m + j) as u32));
+                    ids.extend_from_slice(&y[1..]);
+                }
+            }
+            let picked = hid.reshape((r * tt, h))?.index_select(&Tensor::new(real.as_slice(), lm.device())?, 0)?;
+            let lp = self.gather_logprobs(lm, &picked, &ids, None)?;
+            let mut at = 0;
+            for &bi in &idx {
+                let len = rows[bi].1.len() - 1;
+                for slot in out[bi].iter_mut().skip(from[bi]) {
+                    *slot += lp[at..at + len].iter().sum::<f32>();
+                    at += len;
                 }
             }
         }

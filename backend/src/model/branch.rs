@@ -19,17 +19,22 @@ use super::lora::LoraView;
 use crate::{Error, Result};
 
 impl Llama {
-    /// Runs `feed` after each start in `starts[b]` (a cache length of row `b`:
-    /// the branch sees that row's valid cached positions `< start`). Branch `i`
+    /// Runs `feeds[b]` after each start in `starts[b]` (a cache length of row
+    /// `b`: the branch sees that row's valid cached positions `< start`). Every
+    /// row's feed has the same length m (pad a shorter one at its end: a branch
+    /// is causal, so what follows a token does not change its output). Branch `i`
     /// of row `b` occupies positions `i·m..(i+1)·m` of the output [B, T, hidden],
-    /// m = `feed.len()`, T = m × (most branches of a row); rows with fewer branches
-    /// are padded at the end. The new positions enter the cache as invalid, so
-    /// later calls do not see the branches.
-    pub fn forward_branches(&self, starts: &[Vec<usize>], feed: &[u32], cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
+    /// T = m × (most branches of a row); rows with fewer branches are padded at
+    /// the end. The new positions enter the cache as invalid, so later calls do
+    /// not see the branches.
+    pub fn forward_branches(&self, starts: &[Vec<usize>], feeds: &[&[u32]], cache: &mut KvCache, lora: Option<&LoraView>) -> Result<Tensor> {
         let b = starts.len();
-        let m = feed.len();
+        let m = feeds.first().map_or(0, |f| f.len());
         if b == 0 || m == 0 {
             return Err(Error::invalid("branches", "need at least one row and one token"));
+        }
+        if feeds.len() != b || feeds.iter().any(|f| f.len() != m) {
+            return Err(Error::invalid("branches", format!("{b} rows need {b} feeds of one length")));
         }
         if cache.batch_size() != b {
             return Err(Error::invalid("batch", format!("{b} rows of branches for a cache of {}", cache.batch_size())));
@@ -39,7 +44,7 @@ impl Llama {
             return Err(Error::invalid("branches", format!("start {bad} is past the cache's {s0} positions")));
         }
         let vocab = self.config.vocab_size as u32;
-        if let Some(&tok) = feed.iter().find(|&&t| t >= vocab) {
+        if let Some(&tok) = feeds.iter().flat_map(|f| f.iter()).find(|&&t| t >= vocab) {
             return Err(Error::invalid("token", format!("id {tok} outside the vocabulary of {vocab}")));
         }
         let n = starts.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
@@ -60,7 +65,7 @@ impl Llama {
             }
             for i in 0..n {
                 let start = row_starts.get(i).copied();
-                for (k, &tok) in feed.iter().enumerate().take(m) {
+                for (k, &tok) in feeds[r].iter().enumerate() {
                     let q = i * m + k;
                     ids.push(tok);
                     pos.push((start.map_or(0, |e| before[e]) + k) as u32);
