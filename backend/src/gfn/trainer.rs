@@ -17,7 +17,7 @@ use super::buffer::{BufferEntry, ReplayBuffer};
 use super::config::{Objective, TrainConfig};
 use super::optim::{AdamW, AdamWConfig};
 use super::policy::{policy_logprobs, policy_logprobs_taped};
-use super::reward::{Reward, States};
+use super::reward::{log_rewards_in_calls, Reward, States, ROWS_PER_CALL};
 use super::schedule::warmup_lr;
 use super::trajectory::{Problem, Trajectory};
 use super::{checkpoint, loss};
@@ -246,16 +246,15 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Puts every problem's seed trajectories in the buffer. Problems hold a
+    /// few seeds each (often one), so the seeds of many problems share the
+    /// reward's passes.
     fn seed_buffer(&mut self) -> Result<()> {
-        for pi in 0..self.task.problems.len() {
-            let p = self.task.problems[pi].clone();
-            if p.seeds.is_empty() {
-                continue;
-            }
-            for chunk in p.seeds.chunks(self.cfg.batch_size) {
-                let r = self.rewards(&p, chunk)?;
-                self.remember(&p.key, chunk, &r)?;
-            }
+        let problems = self.task.problems.clone();
+        let items: Vec<(&Problem, &[Trajectory])> = problems.iter().filter(|p| !p.seeds.is_empty()).map(|p| (p, p.seeds.as_slice())).collect();
+        let rewards = log_rewards_in_calls(self.task.reward.as_ref(), self.lm, &items, self.reward_states(), ROWS_PER_CALL)?;
+        for ((p, seeds), r) in items.iter().zip(&rewards) {
+            self.remember(&p.key, seeds, r)?;
         }
         Ok(())
     }

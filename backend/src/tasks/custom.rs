@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{options, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, StopReason, TokenMask};
-use crate::gfn::{LmReward, Problem, Reward, States, TrainConfig, TrainTask, Trajectory};
+use crate::gfn::{log_rewards_in_calls, LmReward, Problem, States, TrainConfig, TrainTask, Trajectory, ROWS_PER_CALL};
 use crate::model::{LanguageModel, LoraView};
 use crate::{Error, Result};
 
@@ -450,10 +450,12 @@ impl Task for Custom {
         let reward = LmReward::new(lm, vec![], &mask, -99.0, None)?;
         let (mut total, mut count, mut valid) = (0.0, 0usize, 0usize);
         let mut report = EvalReport::default();
-        for ((p, group), ex) in problems.iter().zip(&drawn).zip(&self.test) {
-            let trajs: Vec<Trajectory> = group.iter().map(|d| Trajectory::from_actions(d.tokens.clone())).collect();
-            let r = reward.log_rewards_of(lm, p, &trajs, States::Last)?;
-            for (d, r) in group.iter().zip(&r) {
+        // Every example's samples, scored together (a few per example).
+        let trajs: Vec<Vec<Trajectory>> = drawn.iter().map(|g| g.iter().map(|d| Trajectory::from_actions(d.tokens.clone())).collect()).collect();
+        let items: Vec<(&Problem, &[Trajectory])> = problems.iter().zip(&trajs).map(|(p, t)| (p, t.as_slice())).collect();
+        let rewards = log_rewards_in_calls(&reward, lm, &items, States::Last, ROWS_PER_CALL)?;
+        for ((group, r), ex) in drawn.iter().zip(&rewards).zip(&self.test) {
+            for (d, r) in group.iter().zip(r) {
                 let v = *r.last().unwrap_or(&0.0) as f64;
                 total += v;
                 count += 1;
