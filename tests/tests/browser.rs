@@ -110,6 +110,13 @@ fn the_app_in_a_real_browser() {
     }
     b.wait("#samples", T);
     shot(&b, "run-live");
+
+    // A run posted while this one trains waits its turn, and its page says so.
+    let (s, q) = server.post("/api/runs", &json!({"name": "queued", "task": "rng", "config": {"steps": 2, "batch_size": 4}, "eval_samples": 20}));
+    assert_eq!(s, 201, "{q}");
+    b.goto(&format!("{base}/runs/{}", q["id"].as_str().unwrap()));
+    b.wait_text("#metrics-empty", T, |t| t.contains("waits"));
+    b.goto(&format!("{base}/runs/{run1}"));
     let cancel = b.wait("#cancel", T);
     b.click(&cancel);
     server.wait_run(&run1, T, |r| r["status"] == "cancelled");

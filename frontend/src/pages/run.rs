@@ -63,6 +63,17 @@ fn add_samples(list: &mut Vec<StepSample>, mut new: Vec<StepSample>) {
     *list = new;
 }
 
+/// What stands in place of the charts before the first step: a run spends
+/// its first seconds (tens of them for some presets on a CPU) building its
+/// task and scoring the replay buffer's seeds.
+fn no_steps_note(status: Option<RunStatus>) -> &'static str {
+    match status {
+        Some(RunStatus::Queued) => "No training steps yet: the run waits for the one before it to finish.",
+        Some(RunStatus::Running) => "No training steps yet: the run is preparing its task (a GFlowNet run also scores its replay buffer's seed trajectories); the first step follows.",
+        _ => "No training steps yet.",
+    }
+}
+
 #[component]
 fn RunView(id: String) -> impl IntoView {
     let run = RwSignal::new(None::<Result<Run, ApiErr>>);
@@ -288,7 +299,7 @@ fn RunBody(
             {move || match history.get() {
                 None => Some(view! { <Loading what="metrics" /> }.into_any()),
                 Some(Err(e)) => Some(view! { <ErrorMsg err=format!("Could not load the metrics: {e}") id="metrics-error" /> }.into_any()),
-                Some(Ok(())) if metrics.with(Vec::is_empty) => Some(view! { <p class="empty" id="metrics-empty">"No training steps yet."</p> }.into_any()),
+                Some(Ok(())) if metrics.with(Vec::is_empty) => Some(view! { <p class="empty" id="metrics-empty">{move || no_steps_note(status())}</p> }.into_any()),
                 Some(Ok(())) => None,
             }}
             <div class="charts" id="charts">{charts}</div>
