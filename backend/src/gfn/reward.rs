@@ -207,7 +207,7 @@ impl LmReward {
 
 /// Trajectories per call of [`log_rewards_in_calls`] (the first pass keeps
 /// f32 logits for every Z position of every row: 32 rows × 21 positions of
-/// SmolLM2's vocabulary are 130 MiB).
+/// SmolLM2's vocabulary are 126 MiB).
 pub const ROWS_PER_CALL: usize = 32;
 
 /// [`Reward::log_rewards_many`] in calls of at most `rows` trajectories (a
