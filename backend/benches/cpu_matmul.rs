@@ -4,7 +4,9 @@
 //! 1. x Wᵀ with a few rows of x against (W xᵀ)ᵀ, the form `model::linear::matmul_t`
 //!    takes on the CPU for 2–16 rows, and `matmul_t` itself, on the 135M model's
 //!    projection and output-head shapes.
-//! 2. A product whose left side is subnormal (~1e-40) with IEEE subnormals and with
+//! 2. x Wᵀ with more rows (32–4096): plain, flipped, and with x handed to gemm
+//!    column-major (its transpose included), with the best form's GFLOP/s.
+//! 3. A product whose left side is subnormal (~1e-40) with IEEE subnormals and with
 //!    them flushed to zero (`model::denormals`).
 
 use std::time::Instant;
@@ -47,6 +49,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ours * 1e3,
                 plain / flipped,
                 plain.min(flipped) / few
+            );
+        }
+    }
+    println!("x Wt, more rows: plain vs (W xt)t vs x column-major (transpose included)");
+    println!("{:>14} {:>5} {:>10} {:>10} {:>10} {:>7} {:>7} {:>8}", "W [out, in]", "rows", "plain ms", "flip ms", "col ms", "p/flip", "p/col", "GF/s");
+    for (out, inp) in [(960usize, 576usize), (3072, 576), (576, 1536), (49152, 576), (64, 576), (64, 1536)] {
+        let w = Tensor::randn(0f32, 1., (out, inp), &dev)?;
+        for rows in [32usize, 64, 128, 256, 512, 1024, 2048, 4096] {
+            let x = Tensor::randn(0f32, 1., (rows, inp), &dev)?;
+            let plain = time(3, || x.matmul(&w.t()?))?;
+            let flipped = time(3, || w.matmul(&x.t()?)?.t()?.contiguous())?;
+            let col = time(3, || x.t()?.contiguous()?.t()?.matmul(&w.t()?))?;
+            let best = plain.min(flipped).min(col);
+            println!(
+                "{:>14} {rows:>5} {:>10.3} {:>10.3} {:>10.3} {:>7.2} {:>7.2} {:>8.1}",
+                format!("[{out}, {inp}]"),
+                plain * 1e3,
+                flipped * 1e3,
+                col * 1e3,
+                plain / flipped,
+                plain / col,
+                2.0 * (rows * out * inp) as f64 / best / 1e9
             );
         }
     }
