@@ -118,18 +118,19 @@ impl LmReward {
         (budget / (lm.config().vocab_size * 4)).max(1)
     }
 
-    /// Rows (trajectories) per pass of Y branches, `m` tokens a branch. A pass
-    /// pads every row to the most branches among its rows, so rows go in order
-    /// of their number of branches (most first) and each pass takes as many as
-    /// fit [`Self::branch_positions`] (at least one).
-    fn branch_passes(&self, lm: &LanguageModel, starts: &[Vec<usize>], m: usize) -> Vec<Vec<usize>> {
+    /// Rows (trajectories) per pass of Y branches, `m` tokens a branch, row r
+    /// with `branches[r]` of them. A pass pads every row to the most branches
+    /// among its rows, so rows go in order of their number of branches (most
+    /// first) and each pass takes as many as fit [`Self::branch_positions`]
+    /// (at least one).
+    fn branch_passes(&self, lm: &LanguageModel, branches: &[usize], m: usize) -> Vec<Vec<usize>> {
         let per_pass = self.branch_positions(lm);
-        let mut order: Vec<usize> = (0..starts.len()).collect();
-        order.sort_by_key(|&r| std::cmp::Reverse(starts[r].len()));
+        let mut order: Vec<usize> = (0..branches.len()).collect();
+        order.sort_by_key(|&r| std::cmp::Reverse(branches[r]));
         let mut passes: Vec<Vec<usize>> = Vec::new();
         for r in order {
             match passes.last_mut() {
-                Some(p) if (p.len() + 1) * starts[p[0]].len().max(1) * m <= per_pass => p.push(r),
+                Some(p) if (p.len() + 1) * branches[p[0]].max(1) * m <= per_pass => p.push(r),
                 _ => passes.push(vec![r]),
             }
         }
@@ -274,9 +275,12 @@ impl Reward for LmReward {
         if let Some((p, _)) = items.iter().find(|(p, _)| p.reward_context.is_empty()) {
             return Err(Error::invalid("reward_context", format!("problem {}: the reward needs a non-empty context before Z", p.key)));
         }
-        // The problems with trajectories, and each row's (trajectory's) problem among them.
-        let used: Vec<&Problem> = items.iter().filter(|(_, ts)| !ts.is_empty()).map(|(p, _)| *p).collect();
-        let rows: Vec<(usize, &Problem, &Trajectory)> = items.iter().filter(|(_, ts)| !ts.is_empty()).enumerate().flat_map(|(k, (p, ts))| ts.iter().map(move |t| (k, *p, t))).collect();
+        // The problems with trajectories, and each row (trajectory) with its problem's index among them.
+        let (mut used, mut rows): (Vec<&Problem>, Vec<(usize, &Problem, &Trajectory)>) = (Vec::new(), Vec::new());
+        for (p, ts) in items.iter().filter(|(_, ts)| !ts.is_empty()) {
+            rows.extend(ts.iter().map(|t| (used.len(), *p, t)));
+            used.push(p);
+        }
         if rows.is_empty() {
             return Ok(items.iter().map(|_| Vec::new()).collect());
         }
@@ -366,7 +370,7 @@ impl LmReward {
         }
         let feeds: Vec<Vec<u32>> = rows.iter().map(|(_, y)| (0..m).map(|j| if j + 1 < y.len() { y[j] } else { 0 }).collect()).collect();
         let with_branches: Vec<usize> = (0..b).filter(|&r| !starts[r].is_empty()).collect();
-        for pass in self.branch_passes(lm, &with_branches.iter().map(|&r| starts[r].clone()).collect::<Vec<_>>(), m) {
+        for pass in self.branch_passes(lm, &with_branches.iter().map(|&r| starts[r].len()).collect::<Vec<_>>(), m) {
             let idx: Vec<usize> = pass.iter().map(|&k| with_branches[k]).collect();
             // One pass of every row: the cache as it is, rows in order.
             let all = idx.len() == b;
