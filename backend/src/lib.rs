@@ -9,12 +9,14 @@
 //! - [`tasks`]  the paper's task presets and their metrics.
 //! - [`baselines`] PPO (and SFT) on the same LoRA machinery, for comparisons.
 //! - [`store`]  SQLite and the data dir of the server.
+//! - [`cancel`] a job's stop request, checked by the engine's long loops.
 //! - [`jobs`]   the training queue: cancel, resume, crash recovery, live events.
 //! - [`server`] the axum API, SSE and the browser app (`amortize serve`).
 //!
 //! The server, the browser app and the baselines use the engine through these
 //! public APIs only.
 
+pub mod cancel;
 pub mod baselines;
 pub mod decode;
 pub mod embed;

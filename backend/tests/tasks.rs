@@ -4,8 +4,12 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
+use amortize::cancel;
 use amortize::gfn::{TrainConfig, Trainer, Trajectory};
+use amortize::Error;
 use amortize::model::tiny::write_tiny_model;
 use amortize::model::{LanguageModel, Mode};
 use amortize::tasks::{self, EvalOptions, Task};
@@ -110,6 +114,42 @@ fn infill_trains_and_evaluates() {
     exercise(&lm, task.as_ref(), &["", " He ran.", " The dog ran after it."], &["bleu4", "gleu4", "loglik"]);
     // The built-in stories load.
     assert!(tasks::load("infill", &toml::Table::new()).is_ok());
+}
+
+/// With the thread's stop flag raised (`amortize::cancel`, as the job
+/// runner sets it), seeding the buffer, the training loop and evaluation end
+/// with `Cancelled`; a step already started runs to its end; lowered, all
+/// go on.
+#[test]
+fn a_stop_request_ends_seeding_training_and_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(dir.path());
+    let data = write(dir.path(), "stories.jsonl", STORIES);
+    let task = tasks::load("infill", &table(&format!("data_file = {}\ntest_fraction = 0.5", q(&data)))).unwrap();
+    let cfg = TrainConfig { steps: 2, batch_size: 2, lora_r: 2, lora_alpha: 4.0, checkpoint_every: 0, warmup_steps: 1, grad_accum: 1, ..task.default_config() };
+    let opts = EvalOptions { samples: Some(1), batch: 2, seed: 0, limit: Some(1), ..Default::default() };
+    let flag = Arc::new(AtomicU8::new(0));
+    let _scope = cancel::scope(flag.clone());
+    let mut trainer = Trainer::new(&lm, task.train_task(&lm).unwrap(), cfg.clone(), None).unwrap();
+    assert!(!trainer.buffer.is_empty(), "seeded");
+    let tt = task.train_task(&lm).unwrap();
+
+    flag.store(1, Ordering::SeqCst);
+    assert!(matches!(Trainer::new(&lm, tt, cfg, None), Err(Error::Cancelled)), "seeding stops");
+    let mut seen = 0;
+    let stopped = trainer.run(|_| {
+        seen += 1;
+        ControlFlow::Continue(())
+    });
+    assert!(matches!(stopped, Err(Error::Cancelled)) && trainer.step == 0 && seen == 0, "no step starts");
+    assert!(matches!(task.evaluate(&lm, None, &opts), Err(Error::Cancelled)), "evaluation stops");
+    let m = cancel::shielded(|| trainer.train_step()).unwrap();
+    assert_eq!((m.step, trainer.step), (1, 1), "a shielded step is whole");
+
+    flag.store(0, Ordering::SeqCst);
+    trainer.run(|_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(trainer.step, 2);
+    assert!(task.evaluate(&lm, None, &opts).is_ok());
 }
 
 #[test]

@@ -174,6 +174,35 @@ fn cancel_and_resume() {
 }
 
 #[test]
+fn cancel_stops_an_evaluation_and_resume_evaluates_again() {
+    let (dir, model) = tiny();
+    let server = Server::start(&model, &dir.path().join("data"), &[]);
+    // Far more evaluation samples than the test waits for.
+    let (s, run) = server.post("/api/runs", &rng_run("eval", 2, 0, 50_000_000));
+    assert_eq!(s, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    let r = server.wait_run(&id, Duration::from_secs(120), |r| r["status"] == "evaluating");
+    assert_eq!(r["status"], "evaluating", "{r}");
+    let (s, _) = server.post(&format!("/api/runs/{id}/cancel"), &json!({}));
+    assert_eq!(s, 200);
+    let r = server.wait_run(&id, Duration::from_secs(60), |r| r["status"] == "cancelled");
+    assert_eq!(r["status"], "cancelled", "a cancel ends the evaluation: {r}");
+    assert!(r["final_metrics"].is_null(), "{r}");
+    assert_eq!(r["checkpoint_step"].as_u64(), Some(2), "{r}");
+    // Resumed, the trained run goes straight back to its evaluation.
+    let (s, _) = server.post(&format!("/api/runs/{id}/resume"), &json!({}));
+    assert_eq!(s, 200);
+    let r = server.wait_run(&id, Duration::from_secs(120), |r| r["status"] == "evaluating");
+    assert_eq!(r["status"], "evaluating", "{r}");
+    let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
+    let steps: Vec<u64> = series.as_array().unwrap().iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2], "no step trained again");
+    server.post(&format!("/api/runs/{id}/cancel"), &json!({}));
+    let r = server.wait_run(&id, Duration::from_secs(60), |r| r["status"] == "cancelled");
+    assert_eq!(r["status"], "cancelled", "{r}");
+}
+
+#[test]
 fn sigkill_mid_run_then_restart_resumes_it() {
     let (dir, model) = tiny();
     let data = dir.path().join("data");

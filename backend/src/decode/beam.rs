@@ -104,6 +104,7 @@ pub fn beam_search(lm: &LanguageModel, prompt: &[u32], cfg: &BeamConfig, lora: O
     let mut done: Vec<Vec<Hypothesis>> = vec![Vec::new(); cfg.groups];
 
     for step in 0..cfg.max_new_tokens {
+        crate::cancel::check()?;
         let logits: Vec<Vec<f32>> = lm.llama.logits(&last)?.to_vec2()?;
         let logp: Vec<Vec<f32>> = logits
             .into_iter()

@@ -236,6 +236,7 @@ pub fn sample(
     let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     // Every unfinished row has taken the same number of actions so far.
     for step in 0.. {
+        crate::cancel::check()?;
         let below_min = step < cfg.min_new_tokens;
         let picks: Vec<Option<Pick>> = match &device_draw {
             Some(d) => {
@@ -328,6 +329,7 @@ fn decode_on_device(
     let mut logits = lm.llama.logits(&last)?; // [B, V] f32
     let mut step = 0;
     while step < cfg.max_new_tokens {
+        crate::cancel::check()?;
         let k = chunk.min(cfg.max_new_tokens - step);
         let mut drawn = Vec::with_capacity(k);
         for j in step..step + k {

@@ -36,6 +36,7 @@ pub fn score(
     }
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size.max(1)) {
+        crate::cancel::check()?;
         let rows: Vec<Vec<u32>> = chunk.iter().map(|(c, x)| [c.as_slice(), x.as_slice()].concat()).collect();
         let mut cache = lm.llama.new_cache();
         let hidden = lm.llama.forward(&rows, &mut cache, lora)?; // [B, T, H]

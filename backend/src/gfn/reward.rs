@@ -239,6 +239,7 @@ fn score_pending(reward: &dyn Reward, lm: &LanguageModel, pending: &mut Vec<(usi
     if pending.is_empty() {
         return Ok(());
     }
+    crate::cancel::check()?;
     let call: Vec<(&Problem, &[Trajectory])> = pending.iter().map(|&(_, p, ts)| (p, ts)).collect();
     let got = reward.log_rewards_many(lm, &call, states)?;
     if got.len() != call.len() || got.iter().zip(&call).any(|(g, (_, ts))| g.len() != ts.len()) {
@@ -295,6 +296,7 @@ impl Reward for LmReward {
         let z_max = rows.iter().map(|r| r.2.tokens.len()).max().unwrap_or(0);
         // Rows of `flat`: k < P is problem k's last context position, P + r·T + i row r's position i.
         let flat = if z_max > 0 {
+            crate::cancel::check()?;
             let zs: Vec<Vec<u32>> = rows.iter().map(|r| r.2.tokens.clone()).collect();
             let hidden = lm.llama.forward(&zs, &mut cache, self.lora.as_ref())?; // [R, T, H], T = z_max
             Tensor::cat(&[&last_ctx, &hidden.reshape((b * z_max, h))?], 0)?
@@ -371,6 +373,7 @@ impl LmReward {
         let feeds: Vec<Vec<u32>> = rows.iter().map(|(_, y)| (0..m).map(|j| if j + 1 < y.len() { y[j] } else { 0 }).collect()).collect();
         let with_branches: Vec<usize> = (0..b).filter(|&r| !starts[r].is_empty()).collect();
         for pass in self.branch_passes(lm, &with_branches.iter().map(|&r| starts[r].len()).collect::<Vec<_>>(), m) {
+            crate::cancel::check()?;
             let idx: Vec<usize> = pass.iter().map(|&k| with_branches[k]).collect();
             // One pass of every row: the cache as it is, rows in order.
             let all = idx.len() == b;

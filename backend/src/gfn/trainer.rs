@@ -268,7 +268,9 @@ impl<'a> Trainer<'a> {
     /// [`Trainer::recent`], the step or the checkpoint just written).
     pub fn run_observed(&mut self, mut on_step: impl FnMut(&Self, &StepMetrics) -> ControlFlow<()>) -> Result<()> {
         while self.step < self.cfg.steps {
-            let m = self.train_step()?;
+            // Steps are whole: a stop request is seen between them (`crate::cancel`).
+            crate::cancel::check()?;
+            let m = crate::cancel::shielded(|| self.train_step())?;
             if let Some(out) = &self.out {
                 crate::util::append_metrics(out, &m)?;
             }

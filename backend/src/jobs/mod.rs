@@ -18,7 +18,8 @@ use crate::model::LanguageModel;
 use crate::store::Store;
 use crate::{Error, Result};
 
-/// Why a running job should stop at the end of its current step.
+/// Why a running job should stop (at the end of its current training step;
+/// at once in set-up and evaluation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Stop {
@@ -116,7 +117,8 @@ impl Jobs {
         lock(&self.inner.queue).len() < self.inner.cfg.max_queue
     }
 
-    /// Cancels a queued run at once, or a running one at the end of its step.
+    /// Cancels a queued run at once; a running one stops at the end of its
+    /// step, or at once while it sets up, seeds or evaluates (`crate::cancel`).
     pub async fn cancel(&self, id: &str) -> Result<Run> {
         let run = self.inner.store.run(id).await?;
         if !run.status.is_active() {

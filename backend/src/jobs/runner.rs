@@ -63,7 +63,18 @@ fn stop_requested(ctx: &Context) -> Option<Stop> {
 }
 
 /// Trains run `run` to its last step (or until stopped), then evaluates it.
+/// A stop request is seen between training steps and inside the long parts
+/// around them (the task's set-up, seeding the replay buffer, evaluation),
+/// which end early with nothing recorded (`crate::cancel`).
 pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
+    let _scope = crate::cancel::scope(ctx.stop.clone());
+    match train_in_scope(ctx, run) {
+        Err(Ended::Failed(Error::Cancelled)) => Err(Ended::Stopped(stop_requested(ctx).unwrap_or(Stop::Cancel))),
+        other => other,
+    }
+}
+
+fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
     let jobs = &ctx.jobs;
     let (store, lm) = (jobs.store().clone(), jobs.inner.lm.clone());
     let mut options = spec::options_table(&run.task_options)?;
@@ -129,7 +140,7 @@ pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
                 return Err(Ended::Failed(e));
             }
             // Keep everything trained so far: a checkpoint at the step we stopped.
-            if trainer.save_checkpoint()?.is_some() {
+            if trainer.step > 0 && trainer.save_checkpoint()?.is_some() {
                 ctx.handle.block_on(store.set_checkpoint(&run.id, trainer.step))?;
             }
             return Err(Ended::Stopped(stop_requested(ctx).unwrap_or(Stop::Cancel)));
