@@ -9,7 +9,8 @@
 //! - [`tasks`]  the paper's task presets and their metrics.
 //! - [`baselines`] PPO (and SFT) on the same LoRA machinery, for comparisons.
 //! - [`store`]  SQLite and the data dir of the server.
-//! - [`cancel`] a job's stop request, checked by the engine's long loops.
+//! - [`cancel`] a job's stop request, checked by the engine's long loops;
+//!   [`progress`] how far those loops have come, for the job's watcher.
 //! - [`jobs`]   the training queue: cancel, resume, crash recovery, live events.
 //! - [`server`] the axum API, SSE and the browser app (`amortize serve`).
 //!
@@ -24,6 +25,7 @@ pub mod gfn;
 pub mod error;
 pub mod jobs;
 pub mod model;
+pub mod progress;
 pub mod server;
 pub mod store;
 pub mod tasks;

@@ -126,6 +126,19 @@ pub fn fmt_count(n: u64) -> String {
     }
 }
 
+/// 50_000_000 → "50,000,000".
+pub fn fmt_int(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// "2026-11-27T10:14:03Z" → "2026-11-27 10:14".
 pub fn fmt_time(s: &str) -> String {
     let s = s.replace('T', " ");

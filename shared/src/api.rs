@@ -247,6 +247,10 @@ pub enum RunEvent {
     Status { run: Run },
     Metrics { point: MetricPoint },
     Samples { samples: Vec<StepSample> },
+    /// How far a long stage outside the training steps has come (setting up
+    /// the task, scoring the replay buffer's seeds, evaluating): `done` of
+    /// `total` units of `stage`. At most a few a second, and each stage's last.
+    Progress { stage: String, done: usize, total: usize },
 }
 
 /// Decoding settings of a sampling request.

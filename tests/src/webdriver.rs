@@ -32,7 +32,13 @@ impl Browser {
     pub fn start(width: u32, height: u32) -> Browser {
         let driver_bin = driver_path().expect("chromedriver not found: install Debian's chromium and chromium-driver (scripts/test.sh does)");
         let port = free_port();
-        let driver = Command::new(driver_bin).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn chromedriver");
+        let mut cmd = Command::new(driver_bin);
+        cmd.arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null());
+        // WEBDRIVER_LOG=FILE: chromedriver's verbose log (what a failed command did).
+        if let Some(log) = std::env::var_os("WEBDRIVER_LOG") {
+            cmd.arg(format!("--log-path={}", std::path::Path::new(&log).display())).arg("--verbose");
+        }
+        let driver = cmd.spawn().expect("spawn chromedriver");
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().into();
         let url = format!("http://127.0.0.1:{port}");
         let t0 = Instant::now();

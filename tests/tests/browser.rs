@@ -112,15 +112,28 @@ fn the_app_in_a_real_browser() {
     shot(&b, "run-live");
 
     // A run posted while this one trains waits its turn, and its page says so.
-    let (s, q) = server.post("/api/runs", &json!({"name": "queued", "task": "rng", "config": {"steps": 2, "batch_size": 4}, "eval_samples": 20}));
+    // (Its evaluation is far longer than the test waits.)
+    let (s, q) = server.post("/api/runs", &json!({"name": "queued", "task": "rng", "config": {"steps": 2, "batch_size": 4}, "eval_samples": 50_000_000}));
     assert_eq!(s, 201, "{q}");
-    b.goto(&format!("{base}/runs/{}", q["id"].as_str().unwrap()));
+    let queued = q["id"].as_str().unwrap().to_string();
+    b.goto(&format!("{base}/runs/{queued}"));
     b.wait_text("#metrics-empty", T, |t| t.contains("waits"));
     b.goto(&format!("{base}/runs/{run1}"));
     let cancel = b.wait("#cancel", T);
     b.click(&cancel);
     server.wait_run(&run1, T, |r| r["status"] == "cancelled");
     b.wait_text("#run", T, |t| t.to_lowercase().contains("cancelled"));
+
+    // The queued run trains, then its evaluation streams its progress; Cancel stops it there.
+    b.goto(&format!("{base}/runs/{queued}"));
+    let progress = b.wait_text("#stage-progress", T, |t| t.contains("Evaluating: drawing samples") && t.contains("of 50,000,000"));
+    shot(&b, "run-evaluating");
+    let cancel = b.wait("#cancel", T);
+    b.click(&cancel);
+    let r = server.wait_run(&queued, T, |r| r["status"] == "cancelled");
+    assert_eq!(r["status"], "cancelled", "after {progress:?}: {r}");
+    b.wait_text("#run", T, |t| t.to_lowercase().contains("cancelled"));
+    assert!(b.find_all("#stage-progress").is_empty(), "the stage line goes with the run's activity");
 
     // A second run through the API; then both side by side.
     let (s, r2) = server.post("/api/runs", &json!({"name": "second", "task": "rng", "config": {"steps": 6, "batch_size": 4}, "eval_samples": 20}));

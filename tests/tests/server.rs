@@ -51,6 +51,12 @@ fn a_run_from_creation_to_comparison() {
     assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "steps not consecutive: {steps:?}");
     assert_eq!(*steps.last().unwrap(), 12);
     assert!(events.iter().any(|(n, e)| n == "samples" && !e["samples"].as_array().unwrap().is_empty()));
+    // The evaluation's 40 samples streamed as progress, after the last step.
+    let progress: Vec<&Value> = events.iter().filter(|(n, _)| n == "progress").map(|(_, e)| e).collect();
+    assert!(progress.iter().all(|e| e["stage"] == "drawing samples" && e["total"] == 40 && e["done"].as_u64() <= Some(40)), "{progress:?}");
+    assert_eq!(progress.last().map(|e| e["done"].as_u64()), Some(Some(40)), "{progress:?}");
+    let last_step = events.iter().rposition(|(n, _)| n == "metrics").unwrap();
+    assert!(events.iter().position(|(n, _)| n == "progress").unwrap() > last_step, "{events:?}");
     let (name, last) = events.last().unwrap();
     assert_eq!(name, "status");
     assert_eq!(last["run"]["status"], "completed", "{last}");

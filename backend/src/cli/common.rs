@@ -56,3 +56,35 @@ impl ModelArgs {
         Ok((lm, view))
     }
 }
+
+/// Draws the engine's stage reports (`amortize::progress`) as a terminal bar
+/// while the guard lives: one bar per stage (seeding, drawing samples,
+/// scoring, …), cleared when the next stage starts or the guard drops.
+/// Nothing is drawn when stderr is not a terminal or with `hidden`.
+pub struct StageBar {
+    bar: indicatif::ProgressBar,
+    _watch: amortize::progress::Watch,
+}
+
+impl StageBar {
+    pub fn new(hidden: bool) -> StageBar {
+        let bar = if hidden { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+        bar.set_style(indicatif::ProgressStyle::with_template("{msg:>32} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        let b = bar.clone();
+        let watch = amortize::progress::watch(std::sync::Arc::new(move |stage: &str, done: usize, total: usize| {
+            if b.message() != stage {
+                b.reset();
+                b.set_message(stage.to_string());
+            }
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }));
+        StageBar { bar, _watch: watch }
+    }
+}
+
+impl Drop for StageBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}

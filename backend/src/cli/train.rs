@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::common::EvalSize;
+use super::common::{EvalSize, StageBar};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -80,6 +80,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid --adapter: train starts a new adapter (use --resume to continue a run)");
     }
     let (lm, _) = a.model.load()?;
+    let stages = StageBar::new(a.quiet);
     let train_task = task.train_task(&lm)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(
@@ -87,6 +88,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({"task": a.task, "model": a.model.model, "config": cfg}))?,
     )?;
     let mut trainer = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out)? } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out))? };
+    drop(stages);
     let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.steps as u64) };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_position(trainer.step as u64);
@@ -116,7 +118,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     // Folded into the weights: evaluation decodes thousands of tokens.
     let lora = lora.map(|v| lm.llama.fold(&v)).transpose()?;
     let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed: a.seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), ..Default::default() };
+    let stages = StageBar::new(false);
     let report = task.evaluate(&lm, lora.as_ref(), &opts)?;
+    drop(stages);
     if a.json {
         println!("{}", serde_json::to_string(&report.metrics)?);
     } else {

@@ -37,6 +37,7 @@ pub fn score(
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size.max(1)) {
         crate::cancel::check()?;
+        crate::progress::report("scoring", out.len(), pairs.len());
         let rows: Vec<Vec<u32>> = chunk.iter().map(|(c, x)| [c.as_slice(), x.as_slice()].concat()).collect();
         let mut cache = lm.llama.new_cache();
         let hidden = lm.llama.forward(&rows, &mut cache, lora)?; // [B, T, H]
@@ -66,5 +67,6 @@ pub fn score(
             out.push(Scored { logprobs: lp, total });
         }
     }
+    crate::progress::report("scoring", out.len(), pairs.len());
     Ok(out)
 }

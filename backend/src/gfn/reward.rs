@@ -213,29 +213,39 @@ pub const ROWS_PER_CALL: usize = 32;
 
 /// [`Reward::log_rewards_many`] in calls of at most `rows` trajectories (a
 /// problem with more is split across calls), so that memory stays bounded
-/// however many problems there are; `out[k]` belongs to `items[k]`.
-pub fn log_rewards_in_calls(reward: &dyn Reward, lm: &LanguageModel, items: &[(&Problem, &[Trajectory])], states: States, rows: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+/// however many problems there are; `out[k]` belongs to `items[k]`. Reports
+/// trajectories scored as `stage` ([`crate::progress`]).
+pub fn log_rewards_in_calls(reward: &dyn Reward, lm: &LanguageModel, items: &[(&Problem, &[Trajectory])], states: States, rows: usize, stage: &str) -> Result<Vec<Vec<Vec<f32>>>> {
     let rows = rows.max(1);
+    let total: usize = items.iter().map(|(_, ts)| ts.len()).sum();
+    crate::progress::report(stage, 0, total);
     let mut out: Vec<Vec<Vec<f32>>> = items.iter().map(|(_, ts)| Vec::with_capacity(ts.len())).collect();
     let mut pending: Vec<(usize, &Problem, &[Trajectory])> = Vec::new();
     let mut n = 0;
     for (k, (p, ts)) in items.iter().enumerate() {
         for part in ts.chunks(rows) {
             if n + part.len() > rows {
-                score_pending(reward, lm, &mut pending, states, &mut out)?;
+                score_pending(reward, lm, &mut pending, states, &mut out, (stage, total))?;
                 n = 0;
             }
             pending.push((k, p, part));
             n += part.len();
         }
     }
-    score_pending(reward, lm, &mut pending, states, &mut out)?;
+    score_pending(reward, lm, &mut pending, states, &mut out, (stage, total))?;
     Ok(out)
 }
 
 /// One call of [`log_rewards_in_calls`]: scores `pending` and appends each
 /// part's rewards to its item's.
-fn score_pending(reward: &dyn Reward, lm: &LanguageModel, pending: &mut Vec<(usize, &Problem, &[Trajectory])>, states: States, out: &mut [Vec<Vec<f32>>]) -> Result<()> {
+fn score_pending(
+    reward: &dyn Reward,
+    lm: &LanguageModel,
+    pending: &mut Vec<(usize, &Problem, &[Trajectory])>,
+    states: States,
+    out: &mut [Vec<Vec<f32>>],
+    (stage, total): (&str, usize),
+) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -248,6 +258,7 @@ fn score_pending(reward: &dyn Reward, lm: &LanguageModel, pending: &mut Vec<(usi
     for ((k, _, _), g) in pending.drain(..).zip(got) {
         out[k].extend(g);
     }
+    crate::progress::report(stage, out.iter().map(Vec::len).sum(), total);
     Ok(())
 }
 

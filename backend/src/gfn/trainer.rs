@@ -252,7 +252,7 @@ impl<'a> Trainer<'a> {
     fn seed_buffer(&mut self) -> Result<()> {
         let problems = self.task.problems.clone();
         let items: Vec<(&Problem, &[Trajectory])> = problems.iter().filter(|p| !p.seeds.is_empty()).map(|p| (p, p.seeds.as_slice())).collect();
-        let rewards = log_rewards_in_calls(self.task.reward.as_ref(), self.lm, &items, self.reward_states(), ROWS_PER_CALL)?;
+        let rewards = log_rewards_in_calls(self.task.reward.as_ref(), self.lm, &items, self.reward_states(), ROWS_PER_CALL, "scoring the replay buffer's seeds")?;
         for ((p, seeds), r) in items.iter().zip(&rewards) {
             self.remember(&p.key, seeds, r)?;
         }

@@ -7,7 +7,8 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use amortize_shared::api::{MetricPoint, Method, Run, RunEvent, RunStatus, StepSample};
 
@@ -54,6 +55,26 @@ pub(super) fn point(m: &StepMetrics) -> MetricPoint {
     }
 }
 
+/// The engine's progress reports as the run's `Progress` events: at most
+/// one each [`PROGRESS_EVERY`] within a stage, and always its first and last.
+fn progress_events(jobs: Jobs, id: String) -> crate::progress::Watcher {
+    let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+    Arc::new(move |stage: &str, done: usize, total: usize| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let due = match &*last {
+            Some((s, at)) => s != stage || done >= total || at.elapsed() >= PROGRESS_EVERY,
+            None => true,
+        };
+        if due {
+            *last = Some((stage.to_string(), Instant::now()));
+            jobs.publish(&id, RunEvent::Progress { stage: stage.to_string(), done, total });
+        }
+    })
+}
+
+/// The least time between two progress events of a stage.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
 fn stop_requested(ctx: &Context) -> Option<Stop> {
     match ctx.stop.load(Ordering::SeqCst) {
         1 => Some(Stop::Cancel),
@@ -68,6 +89,7 @@ fn stop_requested(ctx: &Context) -> Option<Stop> {
 /// which end early with nothing recorded (`crate::cancel`).
 pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
     let _scope = crate::cancel::scope(ctx.stop.clone());
+    let _watch = crate::progress::watch(progress_events(ctx.jobs.clone(), run.id.clone()));
     match train_in_scope(ctx, run) {
         Err(Ended::Failed(Error::Cancelled)) => Err(Ended::Stopped(stop_requested(ctx).unwrap_or(Stop::Cancel))),
         other => other,

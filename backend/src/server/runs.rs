@@ -144,6 +144,7 @@ fn event(e: &RunEvent) -> Event {
         RunEvent::Status { .. } => "status",
         RunEvent::Metrics { .. } => "metrics",
         RunEvent::Samples { .. } => "samples",
+        RunEvent::Progress { .. } => "progress",
     };
     Event::default().event(name).data(serde_json::to_string(e).unwrap_or_default())
 }

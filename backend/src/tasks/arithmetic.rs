@@ -245,7 +245,7 @@ impl Arithmetic {
         ))
     }
 
-    fn accuracy(&self, lm: &LanguageModel, lora: Option<&LoraView>, items: &[Item], opts: &EvalOptions, examples: &mut Vec<serde_json::Value>) -> Result<f64> {
+    fn accuracy(&self, lm: &LanguageModel, lora: Option<&LoraView>, items: &[Item], opts: &EvalOptions, examples: &mut Vec<serde_json::Value>, stage: &str) -> Result<f64> {
         // `xC`: C times the samples, all in the vote.
         let k = opts.samples.unwrap_or(self.opts.eval_samples) * opts.compute();
         // Built once: the allowed set scans the whole vocabulary.
@@ -262,6 +262,7 @@ impl Arithmetic {
         let per_batch = (opts.batch / k).max(1);
         let mut answers: Vec<Vec<String>> = Vec::new();
         for (ci, chunk) in items.chunks(per_batch).enumerate() {
+            crate::progress::report(stage, answers.len(), items.len());
             let prompts = chunk.iter().map(|it| lm.tokenizer.encode(&opts.prompt_text(&it.str_query))).collect::<Result<Vec<_>>>()?;
             let samples = decode::sample(lm, &prompts, &cfg(opts.seed + ci as u64), lora, Some(&Calculator))?;
             for (qi, group) in samples.chunks(k).enumerate() {
@@ -272,6 +273,7 @@ impl Arithmetic {
                 answers.push(a);
             }
         }
+        crate::progress::report(stage, answers.len(), items.len());
         let gold: Vec<String> = items.iter().map(|i| i.num_sol.to_string()).collect();
         Ok(amortize_shared::metrics::majority_vote_accuracy(&answers, &gold))
     }
@@ -342,8 +344,8 @@ impl Task for Arithmetic {
         self.check_eval(opts)?;
         let (id, ood) = self.test_sets(opts.limit)?;
         let mut report = EvalReport::default();
-        let a_id = self.accuracy(lm, lora, &id, opts, &mut report.examples)?;
-        let a_ood = self.accuracy(lm, lora, &ood, opts, &mut report.examples)?;
+        let a_id = self.accuracy(lm, lora, &id, opts, &mut report.examples, "answering in-distribution questions")?;
+        let a_ood = self.accuracy(lm, lora, &ood, opts, &mut report.examples, "answering out-of-distribution questions")?;
         report.metrics.insert("accuracy_id".into(), a_id);
         report.metrics.insert("accuracy_ood".into(), a_ood);
         report.metrics.insert("questions_id".into(), id.len() as f64);

@@ -144,6 +144,7 @@ pub fn draw_eval(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32
     let stop_ids = cfg.stop_tokens.clone().unwrap_or_else(|| lm.tokenizer.stop_ids.clone());
     let mut out = Vec::with_capacity(prompts.len());
     for p in prompts {
+        crate::progress::report("beam search", out.len(), prompts.len());
         // Best first (the search's own ranking).
         let mut g = Vec::new();
         for h in decode::beam_search(lm, p, &bc, lora)? {
@@ -159,6 +160,7 @@ pub fn draw_eval(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32
         }
         out.push(g);
     }
+    crate::progress::report("beam search", out.len(), prompts.len());
     Ok(out)
 }
 
@@ -167,7 +169,9 @@ pub fn draw_eval(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32
 pub fn draw(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32>], cfg: &SampleConfig, batch: usize) -> Result<Vec<Vec<Drawn>>> {
     let per = (batch / cfg.n.max(1)).max(1);
     let mut out = Vec::with_capacity(prompts.len());
+    let total = prompts.len() * cfg.n;
     for (c, chunk) in prompts.chunks(per).enumerate() {
+        crate::progress::report("drawing samples", out.len() * cfg.n, total);
         let cfg = SampleConfig { seed: cfg.seed.wrapping_add(c as u64), ..cfg.clone() };
         let samples = decode::sample(lm, chunk, &cfg, lora, None)?;
         for group in samples.chunks(cfg.n) {
@@ -183,6 +187,7 @@ pub fn draw(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32>], c
             out.push(g);
         }
     }
+    crate::progress::report("drawing samples", total, total);
     Ok(out)
 }
 
@@ -453,7 +458,7 @@ impl Task for Custom {
         // Every example's samples, scored together (a few per example).
         let trajs: Vec<Vec<Trajectory>> = drawn.iter().map(|g| g.iter().map(|d| Trajectory::from_actions(d.tokens.clone())).collect()).collect();
         let items: Vec<(&Problem, &[Trajectory])> = problems.iter().zip(&trajs).map(|(p, t)| (p, t.as_slice())).collect();
-        let rewards = log_rewards_in_calls(&reward, lm, &items, States::Last, ROWS_PER_CALL)?;
+        let rewards = log_rewards_in_calls(&reward, lm, &items, States::Last, ROWS_PER_CALL, "scoring samples")?;
         for ((group, r), ex) in drawn.iter().zip(&rewards).zip(&self.test) {
             for (d, r) in group.iter().zip(r) {
                 let v = *r.last().unwrap_or(&0.0) as f64;

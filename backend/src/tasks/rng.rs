@@ -169,6 +169,7 @@ impl Task for RandomNumber {
         let mut examples = Vec::new();
         let mut chunk = 0u64;
         while done < n {
+            crate::progress::report("drawing samples", done, n);
             let b = opts.batch.max(1).min(n - done);
             // The policy's own constraints (as in training): at least one token before stopping.
             let cfg = SampleConfig {
@@ -198,6 +199,7 @@ impl Task for RandomNumber {
             done += b;
             chunk += 1;
         }
+        crate::progress::report("drawing samples", done, n);
         let dist = amortize_shared::metrics::empirical_distribution(&counts);
         let mut report = EvalReport { examples, ..Default::default() };
         let m = &mut report.metrics;

@@ -13,7 +13,7 @@ use send_wrapper::SendWrapper;
 
 use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
 use crate::charts::{fmt_num, LineChart};
-use crate::components::{fmt_time, ErrorMsg, Loading, StatusBadge};
+use crate::components::{fmt_int, fmt_time, ErrorMsg, Loading, StatusBadge};
 
 /// Recent samples kept in the panel.
 const SAMPLES_KEPT: usize = 60;
@@ -74,6 +74,31 @@ fn no_steps_note(status: Option<RunStatus>) -> &'static str {
     }
 }
 
+/// Streamed steps and samples not yet on the page.
+#[derive(Default)]
+struct Pending {
+    points: Vec<MetricPoint>,
+    samples: Vec<Vec<StepSample>>,
+    scheduled: bool,
+}
+
+/// The most often a run page applies streamed steps.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// The latest `Progress` event of the run's current stage.
+#[derive(Debug, Clone, PartialEq)]
+struct Stage {
+    name: String,
+    done: usize,
+    total: usize,
+}
+
+/// "Evaluating: drawing samples, 120 of 500".
+fn stage_text(status: Option<RunStatus>, st: &Stage) -> String {
+    let phase = if status == Some(RunStatus::Evaluating) { "Evaluating" } else { "Preparing" };
+    format!("{phase}: {}, {} of {}", st.name, fmt_int(st.done), fmt_int(st.total))
+}
+
 #[component]
 fn RunView(id: String) -> impl IntoView {
     let run = RwSignal::new(None::<Result<Run, ApiErr>>);
@@ -81,6 +106,7 @@ fn RunView(id: String) -> impl IntoView {
     let history: RwSignal<Loaded<()>> = RwSignal::new(None);
     let samples = RwSignal::new(Vec::<StepSample>::new());
     let live = RwSignal::new(None::<StreamState>);
+    let stage = RwSignal::new(None::<Stage>);
     let stream = StoredValue::new(None::<SendWrapper<EventStream>>);
     let id = StoredValue::new(id);
 
@@ -111,29 +137,60 @@ fn RunView(id: String) -> impl IntoView {
     fetch_run();
     fetch_history();
 
+    // Steps can stream in faster than a page should redraw (a tiny model
+    // trains dozens a second): they are held and applied together, at most
+    // once each FLUSH_EVERY.
+    let pending = StoredValue::new(Pending::default());
+    let flush = move || {
+        let Pending { points, samples: batches, .. } = pending.try_update_value(std::mem::take).unwrap_or_default();
+        if let Some(step) = points.iter().map(|p| p.step).max() {
+            // The header's step follows the stream, not only status changes.
+            run.update(|r| {
+                if let Some(Ok(r)) = r {
+                    r.step = r.step.max(step);
+                    // The server checkpoints before it streams the step.
+                    let every = r.config.checkpoint_every;
+                    let saved = points.iter().map(|p| p.step).filter(|&s| (every > 0 && s % every == 0) || s == r.steps).max();
+                    if saved > r.checkpoint_step {
+                        r.checkpoint_step = saved;
+                    }
+                }
+            });
+            // A step means the stage before it (set-up, seeding) is over.
+            stage.set(None);
+            metrics.update(|m| merge(m, points));
+        }
+        if !batches.is_empty() {
+            samples.update(|v| batches.into_iter().for_each(|s| add_samples(v, s)));
+        }
+    };
+    let hold = move |point: Option<MetricPoint>, batch: Option<Vec<StepSample>>| {
+        let first = pending.try_update_value(|p| {
+            p.points.extend(point);
+            p.samples.extend(batch);
+            !std::mem::replace(&mut p.scheduled, true)
+        });
+        if first == Some(true) {
+            set_timeout(flush, FLUSH_EVERY);
+        }
+    };
+
     // Events while the run is active; closed when it ends (and on leaving the
     // page). An `EventSource` cannot send headers: a token goes in the query.
     let active = Memo::new(move |_| run.with(|r| r.as_ref().and_then(|r| r.as_ref().ok()).map(|r| r.status.is_active())));
     Effect::new(move |_| match active.get() {
         Some(true) if stream.with_value(Option::is_none) => {
             let on_event = move |ev| match ev {
-                RunEvent::Status { run: r } => run.set(Some(Ok(r))),
-                RunEvent::Metrics { point } => {
-                    // The header's step follows the stream, not only status changes.
-                    let step = point.step;
-                    run.update(|r| {
-                        if let Some(Ok(r)) = r {
-                            r.step = r.step.max(step);
-                            // The server checkpoints before it streams the step.
-                            let every = r.config.checkpoint_every;
-                            if (every > 0 && step % every == 0) || step == r.steps {
-                                r.checkpoint_step = Some(step);
-                            }
-                        }
-                    });
-                    metrics.update(|m| merge(m, vec![point]))
+                RunEvent::Status { run: r } => {
+                    if !r.status.is_active() {
+                        flush();
+                        stage.set(None);
+                    }
+                    run.set(Some(Ok(r)))
                 }
-                RunEvent::Samples { samples: s } => samples.update(|v| add_samples(v, s)),
+                RunEvent::Progress { stage: name, done, total } => stage.set(Some(Stage { name, done, total })),
+                RunEvent::Metrics { point } => hold(Some(point), None),
+                RunEvent::Samples { samples: s } => hold(None, Some(s)),
             };
             let on_state = move |state: StreamState| {
                 // After a drop, refill what was missed.
@@ -182,7 +239,7 @@ fn RunView(id: String) -> impl IntoView {
             </section>
         }
         .into_any(),
-        Some(Ok(_)) => view! { <RunBody run=run metrics=metrics history=history samples=samples live=live /> }.into_any(),
+        Some(Ok(_)) => view! { <RunBody run=run metrics=metrics history=history samples=samples live=live stage=stage /> }.into_any(),
     }
 }
 
@@ -193,6 +250,7 @@ fn RunBody(
     history: RwSignal<Loaded<()>>,
     samples: RwSignal<Vec<StepSample>>,
     live: RwSignal<Option<StreamState>>,
+    stage: RwSignal<Option<Stage>>,
 ) -> impl IntoView {
     // The page shows only a loaded run, so `r` is always there.
     let r = Memo::new(move |_| run.with(|r| r.clone().and_then(Result::ok)));
@@ -272,6 +330,12 @@ fn RunBody(
                 <span>{field(|r| r.experiment.clone().map(|e| format!("experiment {e}")).unwrap_or_default())}</span>
                 <span class="muted">"created " {field(|r| fmt_time(&r.created_at))}</span>
             </p>
+            {move || stage.get().filter(|_| status().is_some_and(RunStatus::is_active)).map(|st| view! {
+                <p class="meta" id="stage-progress" aria-live="polite">
+                    <span>{stage_text(status(), &st)}</span>
+                    <progress max=st.total.max(1) value=st.done aria-label=st.name.clone()></progress>
+                </p>
+            })}
             {move || r.with(|r| r.as_ref().and_then(|r| r.error.clone())).map(|e| view! { <ErrorMsg err=format!("Run failed: {e}") id="run-error" /> })}
             <div class="actions">
                 <button type="button" id="cancel" on:click=move |_| act("cancel") disabled=move || acting.get() || !can_cancel()>"Cancel"</button>
