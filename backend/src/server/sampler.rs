@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use amortize_shared::api::{Decoding, Generation, Run, RunStatus, SampleResponse};
@@ -62,19 +63,40 @@ pub struct Sampler {
     cache: Mutex<HashMap<PathBuf, Arc<LoraAdapter>>>,
 }
 
+/// Raises its flag when dropped: with the request's future, if the client
+/// goes away before the work ends.
+struct RaiseOnDrop(Arc<AtomicU8>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(1, Ordering::SeqCst);
+    }
+}
+
 impl Sampler {
     pub fn new(lm: Arc<LanguageModel>, store: Store, limits: Limits) -> Self {
         let pending = Arc::new(Semaphore::new(limits.max_pending.max(1)));
         Sampler { lm, store, limits, pending, running: Arc::new(Semaphore::new(2)), cache: Mutex::new(HashMap::new()) }
     }
 
-    /// Runs `f` on a blocking thread once a slot is free; 503 when the queue is full.
+    /// Runs `f` on a blocking thread once a slot is free; 503 when the queue is
+    /// full. A request dropped on the way (its client went away) stops `f` at
+    /// its next decode step (`crate::cancel`), and its slots stay taken until
+    /// `f` has returned.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce(&LanguageModel) -> Result<T> + Send + 'static) -> Result<T> {
-        let _queued: OwnedSemaphorePermit =
+        let queued: OwnedSemaphorePermit =
             self.pending.clone().try_acquire_owned().map_err(|_| Error::Busy("too many generation requests in flight; try again shortly".into()))?;
-        let _slot = self.running.clone().acquire_owned().await.map_err(|_| Error::Busy("shutting down".into()))?;
+        let slot = self.running.clone().acquire_owned().await.map_err(|_| Error::Busy("shutting down".into()))?;
         let lm = self.lm.clone();
-        tokio::task::spawn_blocking(move || f(&lm)).await.map_err(|e| Error::Conflict(format!("generation crashed: {e}")))?
+        let abandoned = RaiseOnDrop(Arc::new(AtomicU8::new(0)));
+        let flag = abandoned.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permits = (queued, slot);
+            let _scope = crate::cancel::scope(flag);
+            f(&lm)
+        })
+        .await
+        .map_err(|e| Error::Conflict(format!("generation crashed: {e}")))?
     }
 
     /// "base" (or nothing) or a run id with an adapter to sample from.
@@ -176,4 +198,42 @@ pub fn generate_blocking(lm: &LanguageModel, prompt: &str, source: &Source, cfg:
             base_logprob: if s.tokens.is_empty() { 0.0 } else { scores.next().map_or(0.0, |x| x.total as f64) },
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// A request dropped before its work ends stops that work (at its next
+    /// `cancel::check`) and holds its slots until then; the next request runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_request_stops_its_work_and_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = crate::model::tiny::write_tiny_model(&dir.path().join("model"), 7).unwrap();
+        let lm = Arc::new(LanguageModel::load(&paths.gguf, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap());
+        let store = Store::open(&dir.path().join("data")).await.unwrap();
+        let sampler = Sampler::new(lm, store, Limits { max_n: 4, max_tokens: 8, max_prompts: 1, max_pending: 1 });
+        let ended = Arc::new(AtomicBool::new(false));
+        let e = ended.clone();
+        // Work that runs until it is asked to stop.
+        let work = sampler.run(move |_| {
+            while crate::cancel::check().is_ok() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            e.store(true, Ordering::SeqCst);
+            crate::cancel::check()
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(200), work).await.is_err(), "the work runs until stopped");
+        let t0 = std::time::Instant::now();
+        let next = loop {
+            match sampler.run(|_| Ok(7)).await {
+                Err(Error::Busy(_)) if t0.elapsed() < Duration::from_secs(30) => tokio::time::sleep(Duration::from_millis(10)).await,
+                other => break other,
+            }
+        };
+        assert!(ended.load(Ordering::SeqCst), "the abandoned work stopped before its slot was given again");
+        assert_eq!(next.unwrap(), 7);
+    }
 }
