@@ -207,6 +207,20 @@ pub struct Run {
     pub checkpoint_step: Option<usize>,
     pub created_at: String,
     pub updated_at: String,
+    /// How far the stage in flight has come while the run sets up (before its
+    /// first step) or evaluates; only in `GET /api/runs/{id}` of the running job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// `done` of `total` units of a long stage outside the training steps
+/// (`stage`: "scoring the replay buffer's seeds", "drawing samples", …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Progress {
+    pub stage: String,
+    pub done: usize,
+    pub total: usize,
 }
 
 /// One optimiser step of a run (the trainer's metrics line).

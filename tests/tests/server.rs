@@ -189,11 +189,15 @@ fn cancel_stops_an_evaluation_and_resume_evaluates_again() {
     let id = run["id"].as_str().unwrap().to_string();
     let r = server.wait_run(&id, Duration::from_secs(120), |r| r["status"] == "evaluating");
     assert_eq!(r["status"], "evaluating", "{r}");
+    // The run's row carries the stage in flight.
+    let r = server.wait_run(&id, Duration::from_secs(60), |r| r["progress"]["done"].as_u64() > Some(0));
+    assert_eq!(r["progress"]["stage"], "drawing samples", "{r}");
+    assert_eq!(r["progress"]["total"], 50_000_000, "{r}");
     let (s, _) = server.post(&format!("/api/runs/{id}/cancel"), &json!({}));
     assert_eq!(s, 200);
     let r = server.wait_run(&id, Duration::from_secs(60), |r| r["status"] == "cancelled");
     assert_eq!(r["status"], "cancelled", "a cancel ends the evaluation: {r}");
-    assert!(r["final_metrics"].is_null(), "{r}");
+    assert!(r["final_metrics"].is_null() && r.get("progress").is_none(), "{r}");
     assert_eq!(r["checkpoint_step"].as_u64(), Some(2), "{r}");
     // Resumed, the trained run goes straight back to its evaluation.
     let (s, _) = server.post(&format!("/api/runs/{id}/resume"), &json!({}));

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use amortize_shared::api::{Job, Run, RunEvent, RunStatus};
+use amortize_shared::api::{Job, Progress, Run, RunEvent, RunStatus};
 use tokio::sync::{broadcast, Notify};
 
 use crate::model::LanguageModel;
@@ -50,6 +50,8 @@ struct Inner {
     current: Mutex<Option<Current>>,
     wake: Notify,
     events: Mutex<HashMap<String, broadcast::Sender<RunEvent>>>,
+    /// The running job's stage in flight (set-up, seeding, evaluation).
+    progress: Mutex<Option<(String, Progress)>>,
 }
 
 /// Handle to the queue and its worker (cheap to clone).
@@ -76,6 +78,7 @@ impl Jobs {
                 current: Mutex::new(None),
                 wake: Notify::new(),
                 events: Mutex::new(HashMap::new()),
+                progress: Mutex::new(None),
             }),
         };
         for run in jobs.inner.store.runs().await? {
@@ -175,6 +178,16 @@ impl Jobs {
         Ok(out)
     }
 
+    /// How far the stage in flight of run `id` has come, while it is the
+    /// running job and between steps (set-up, seeding, evaluation).
+    pub fn progress(&self, id: &str) -> Option<Progress> {
+        lock(&self.inner.progress).as_ref().filter(|(run, _)| run == id).map(|(_, p)| p.clone())
+    }
+
+    fn set_progress(&self, id: &str, p: Option<Progress>) {
+        *lock(&self.inner.progress) = p.map(|p| (id.to_string(), p));
+    }
+
     /// Live events of run `id`.
     pub fn subscribe(&self, id: &str) -> broadcast::Receiver<RunEvent> {
         lock(&self.inner.events).entry(id.to_string()).or_insert_with(|| broadcast::channel(1024).0).subscribe()
@@ -199,6 +212,7 @@ impl Jobs {
                 tracing::error!(run = %id, "job bookkeeping failed: {e}");
             }
             *lock(&self.inner.current) = None;
+            self.set_progress(&id, None);
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amortize_shared::api::{MetricPoint, Method, Run, RunEvent, RunStatus, StepSample};
+use amortize_shared::api::{MetricPoint, Method, Progress, Run, RunEvent, RunStatus, StepSample};
 
 use super::{spec, Jobs, Stop};
 use crate::gfn::{checkpoint, StepMetrics, Trainer};
@@ -60,6 +60,7 @@ pub(super) fn point(m: &StepMetrics) -> MetricPoint {
 fn progress_events(jobs: Jobs, id: String) -> crate::progress::Watcher {
     let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
     Arc::new(move |stage: &str, done: usize, total: usize| {
+        jobs.set_progress(&id, Some(Progress { stage: stage.to_string(), done, total }));
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         let due = match &*last {
             Some((s, at)) => s != stage || done >= total || at.elapsed() >= PROGRESS_EVERY,
@@ -148,6 +149,7 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
             failure = Some(e);
             return ControlFlow::Break(());
         }
+        jobs.set_progress(&run.id, None);
         jobs.publish(&run.id, RunEvent::Metrics { point: p });
         jobs.publish(&run.id, RunEvent::Samples { samples });
         if stop_requested(ctx).is_some() {

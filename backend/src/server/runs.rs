@@ -91,7 +91,11 @@ async fn existing(s: &AppState, id: &str) -> ApiResult<Run> {
 
 #[utoipa::path(get, path = "/api/runs/{id}", params(("id" = String, Path)), responses((status = 200, body = Run), (status = 404, body = ApiError)))]
 pub async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
-    Ok(Json(existing(&s, &id).await?))
+    let mut run = existing(&s, &id).await?;
+    if run.status.is_active() {
+        run.progress = s.jobs.progress(&id);
+    }
+    Ok(Json(run))
 }
 
 #[utoipa::path(get, path = "/api/runs/{id}/metrics", params(("id" = String, Path)), responses((status = 200, body = [MetricPoint]), (status = 404, body = ApiError)))]

@@ -52,6 +52,7 @@ fn run_from_row(r: &SqliteRow) -> Result<Run> {
         checkpoint_step: r.get::<Option<i64>, _>("checkpoint_step").map(|s| s as usize),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
+        progress: None,
     })
 }
 

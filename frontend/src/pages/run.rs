@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use amortize_shared::api::{MetricPoint, Run, RunEvent, RunStatus, StepSample};
+use amortize_shared::api::{MetricPoint, Progress, Run, RunEvent, RunStatus, StepSample};
 use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
@@ -85,18 +85,10 @@ struct Pending {
 /// The most often a run page applies streamed steps.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
-/// The latest `Progress` event of the run's current stage.
-#[derive(Debug, Clone, PartialEq)]
-struct Stage {
-    name: String,
-    done: usize,
-    total: usize,
-}
-
 /// "Evaluating: drawing samples, 120 of 500".
-fn stage_text(status: Option<RunStatus>, st: &Stage) -> String {
+fn stage_text(status: Option<RunStatus>, p: &Progress) -> String {
     let phase = if status == Some(RunStatus::Evaluating) { "Evaluating" } else { "Preparing" };
-    format!("{phase}: {}, {} of {}", st.name, fmt_int(st.done), fmt_int(st.total))
+    format!("{phase}: {}, {} of {}", p.stage, fmt_int(p.done), fmt_int(p.total))
 }
 
 #[component]
@@ -106,7 +98,7 @@ fn RunView(id: String) -> impl IntoView {
     let history: RwSignal<Loaded<()>> = RwSignal::new(None);
     let samples = RwSignal::new(Vec::<StepSample>::new());
     let live = RwSignal::new(None::<StreamState>);
-    let stage = RwSignal::new(None::<Stage>);
+    let stage = RwSignal::new(None::<Progress>);
     let stream = StoredValue::new(None::<SendWrapper<EventStream>>);
     let id = StoredValue::new(id);
 
@@ -114,6 +106,10 @@ fn RunView(id: String) -> impl IntoView {
     let fetch_run = move || {
         leptos::task::spawn_local(async move {
             let got = api::get::<Run>(&api::run_path(&id.get_value(), "")).await;
+            // A page opened in the middle of a stage shows it before the next event.
+            if let Some(p) = got.as_ref().ok().and_then(|r| r.progress.clone()) {
+                stage.set(Some(p));
+            }
             if got.is_ok() || !run.with_untracked(|r| matches!(r, Some(Ok(_)))) {
                 run.set(Some(got));
             }
@@ -188,7 +184,7 @@ fn RunView(id: String) -> impl IntoView {
                     }
                     run.set(Some(Ok(r)))
                 }
-                RunEvent::Progress { stage: name, done, total } => stage.set(Some(Stage { name, done, total })),
+                RunEvent::Progress { stage: name, done, total } => stage.set(Some(Progress { stage: name, done, total })),
                 RunEvent::Metrics { point } => hold(Some(point), None),
                 RunEvent::Samples { samples: s } => hold(None, Some(s)),
             };
@@ -250,7 +246,7 @@ fn RunBody(
     history: RwSignal<Loaded<()>>,
     samples: RwSignal<Vec<StepSample>>,
     live: RwSignal<Option<StreamState>>,
-    stage: RwSignal<Option<Stage>>,
+    stage: RwSignal<Option<Progress>>,
 ) -> impl IntoView {
     // The page shows only a loaded run, so `r` is always there.
     let r = Memo::new(move |_| run.with(|r| r.clone().and_then(Result::ok)));
@@ -333,7 +329,7 @@ fn RunBody(
             {move || stage.get().filter(|_| status().is_some_and(RunStatus::is_active)).map(|st| view! {
                 <p class="meta" id="stage-progress" aria-live="polite">
                     <span>{stage_text(status(), &st)}</span>
-                    <progress max=st.total.max(1) value=st.done aria-label=st.name.clone()></progress>
+                    <progress max=st.total.max(1) value=st.done aria-label=st.stage.clone()></progress>
                 </p>
             })}
             {move || r.with(|r| r.as_ref().and_then(|r| r.error.clone())).map(|e| view! { <ErrorMsg err=format!("Run failed: {e}") id="run-error" /> })}
