@@ -28,6 +28,10 @@ fn main() -> std::process::ExitCode {
     };
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<cli::Interrupted>().is_some() => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(130)
+        }
         Err(e) => {
             // `{:#}` prints the whole context chain on one line.
             eprintln!("error: {e:#}");

@@ -1,10 +1,11 @@
 //! The real `amortize` binary on a tiny random model written to disk: sample and
 //! score print well-formed JSON, and every bad input exits non-zero with one
 //! clear line (no panic, no backtrace); `compare` runs every kind of method
-//! (trained, prompted, decoded, the EM step) and prints its table.
+//! (trained, prompted, decoded, the EM step) and prints its table; Ctrl-C stops
+//! `train` with a checkpoint that `--resume` continues.
 
 use amortize::model::tiny::write_tiny_model;
-use amortize_tests::run;
+use amortize_tests::{amortize_bin, run};
 
 fn tiny() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -48,6 +49,40 @@ fn score_prints_tokens_logprobs_and_total() {
     let out = stdout(&run(&["score", "--model", &model, "--context", "the cat", "--text", " and the hat", "--json"]));
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["logprobs"].as_array().unwrap().len(), v["tokens"].as_array().unwrap().len());
+}
+
+/// Ctrl-C (SIGINT) stops `train` after the step in flight with a checkpoint
+/// there: exit status 130 and a line naming the step; `--resume` continues
+/// from it to the last step.
+#[test]
+fn ctrl_c_stops_train_with_a_checkpoint_that_resume_continues() {
+    use std::process::{Command, Stdio};
+    let (dir, model) = tiny();
+    let out = dir.path().join("run");
+    let out_s = out.to_string_lossy().into_owned();
+    let args = ["train", "--model", &model, "--task", "rng", "--out", &out_s, "--quiet"];
+    let child = Command::new(amortize_bin()).args(args).args(["--steps", "1000000"]).env("AMORTIZE_LOG", "error").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
+    let t0 = std::time::Instant::now();
+    while lines(&metrics) < 3 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(120), "no steps from train");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let step = lines(&metrics);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("interrupted at step {step}: checkpoint")) && last.contains("--resume"), "{err}");
+    assert!(out.join("checkpoints").join(format!("step-{step:06}")).exists(), "{err}");
+    // Resumed to two steps more: the series goes on from the checkpoint.
+    let more = (step + 2).to_string();
+    let o = run(&[&args[..], &["--steps", &more, "--resume"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let steps: Vec<u64> = std::fs::read_to_string(&metrics).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=step as u64 + 2).collect::<Vec<_>>());
 }
 
 #[test]

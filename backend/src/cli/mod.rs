@@ -5,6 +5,7 @@ mod bench;
 mod bench_gfn;
 mod common;
 mod compare;
+mod interrupt;
 mod sample;
 mod score;
 mod serve;
@@ -13,6 +14,7 @@ mod train;
 use clap::{Parser, Subcommand};
 
 pub use common::ModelArgs;
+pub use interrupt::Interrupted;
 
 #[derive(Parser)]
 #[command(name = "amortize", version, allow_negative_numbers = true, about = "GFlowNet fine-tuning of language models: sample, score, benchmark")]

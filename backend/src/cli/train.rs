@@ -11,6 +11,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::{EvalSize, StageBar};
+use super::interrupt::{on_ctrl_c, Interrupted};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -80,6 +81,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid --adapter: train starts a new adapter (use --resume to continue a run)");
     }
     let (lm, _) = a.model.load()?;
+    // Ctrl-C: the step in flight ends, a checkpoint is written, `--resume` continues.
+    let _scope = amortize::cancel::scope(on_ctrl_c()?);
     let stages = StageBar::new(a.quiet);
     let train_task = task.train_task(&lm)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -87,20 +90,33 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         out.join("run.json"),
         serde_json::to_string_pretty(&serde_json::json!({"task": a.task, "model": a.model.model, "config": cfg}))?,
     )?;
-    let mut trainer = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out)? } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out))? };
+    let started = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out) } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out)) };
+    let mut trainer = match started {
+        Err(amortize::Error::Cancelled) => return Err(Interrupted("during set-up: no step was trained".into()).into()),
+        t => t?,
+    };
     drop(stages);
     let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.steps as u64) };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_position(trainer.step as u64);
     let started = std::time::Instant::now();
-    trainer.run(|m| {
+    let trained = trainer.run(|m| {
         bar.set_position(m.step as u64);
         bar.set_message(format!("loss {:.3}  log R {:.2}  len {:.1}  T {:.2}", m.loss, m.mean_log_r, m.mean_len, m.reward_temp));
         if a.quiet && (m.step % 10 == 0 || m.step == cfg.steps) {
             eprintln!("step {} loss {:.4} mean_log_r {:.3} len {:.2}", m.step, m.loss, m.mean_log_r, m.mean_len);
         }
         ControlFlow::Continue(())
-    })?;
+    });
+    if let Err(amortize::Error::Cancelled) = trained {
+        bar.abandon();
+        if trainer.step == 0 {
+            return Err(Interrupted("before the first step: nothing was saved".into()).into());
+        }
+        let ck = trainer.save_checkpoint()?.map(|p| p.display().to_string()).unwrap_or_default();
+        return Err(Interrupted(format!("at step {}: checkpoint {ck}; continue with --resume", trainer.step)).into());
+    }
+    trained?;
     bar.finish();
     let adapter = out.join("adapter");
     trainer.adapter.save_peft(&adapter, &lm.name)?;
