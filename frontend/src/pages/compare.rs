@@ -96,7 +96,8 @@ pub fn ComparePage() -> impl IntoView {
         if n == 0 || n > 64 {
             return Err("samples per prompt must be 1 to 64".into());
         }
-        if !(temperature > 0.0) {
+        // NaN is refused too.
+        if temperature.is_nan() || temperature <= 0.0 {
             return Err("temperature must be > 0".into());
         }
         Ok(Decoding { n, max_tokens, temperature, ..Decoding::default() })
@@ -180,7 +181,7 @@ pub fn ComparePage() -> impl IntoView {
                 None => view! { <Loading what="saved comparisons" /> }.into_any(),
                 Some(list) if list.is_empty() => view! { <p class="empty">"None yet."</p> }.into_any(),
                 Some(mut list) => {
-                    list.sort_by(|a, b| b.id.cmp(&a.id));
+                    list.sort_by_key(|c| std::cmp::Reverse(c.id));
                     view! {
                         <ul id="comparison-list">
                             {list.into_iter().map(|c| view! {

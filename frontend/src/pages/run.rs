@@ -18,8 +18,11 @@ use crate::components::{fmt_int, fmt_time, ErrorMsg, Loading, StatusBadge};
 /// Recent samples kept in the panel.
 const SAMPLES_KEPT: usize = 60;
 
-/// The charts: id suffix, title, unit, value.
-const SERIES: [(&str, &str, &str, fn(&MetricPoint) -> Option<f64>); 9] = [
+/// A chart: id suffix, title, unit, value.
+type Series = (&'static str, &'static str, &'static str, fn(&MetricPoint) -> Option<f64>);
+
+/// The charts.
+const SERIES: [Series; 9] = [
     ("loss", "loss", "", |p| Some(p.loss)),
     ("log_z", "log Z", "nats", |p| p.log_z),
     ("mean_log_r", "mean log-reward", "nats", |p| Some(p.mean_log_r)),
@@ -57,7 +60,7 @@ fn merge(into: &mut Vec<MetricPoint>, new: Vec<MetricPoint>) {
 /// Newest first, without repeats, at most [`SAMPLES_KEPT`].
 fn add_samples(list: &mut Vec<StepSample>, mut new: Vec<StepSample>) {
     new.retain(|s| !list.contains(s));
-    new.sort_by(|a, b| b.step.cmp(&a.step));
+    new.sort_by_key(|s| std::cmp::Reverse(s.step));
     new.append(list);
     new.truncate(SAMPLES_KEPT);
     *list = new;
