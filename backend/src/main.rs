@@ -28,14 +28,16 @@ fn main() -> std::process::ExitCode {
     };
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<cli::Interrupted>().is_some() => {
-            eprintln!("{e}");
-            std::process::ExitCode::from(130)
-        }
-        Err(e) => {
-            // `{:#}` prints the whole context chain on one line.
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(1)
-        }
+        Err(e) => match e.downcast_ref::<cli::Interrupted>() {
+            Some(i) => {
+                eprintln!("{i}");
+                std::process::ExitCode::from(i.code)
+            }
+            None => {
+                // `{:#}` prints the whole context chain on one line.
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::from(1)
+            }
+        },
     }
 }

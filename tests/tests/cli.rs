@@ -1,8 +1,8 @@
 //! The real `amortize` binary on a tiny random model written to disk: sample and
 //! score print well-formed JSON, and every bad input exits non-zero with one
 //! clear line (no panic, no backtrace); `compare` runs every kind of method
-//! (trained, prompted, decoded, the EM step) and prints its table; Ctrl-C stops
-//! `train` with a checkpoint that `--resume` continues.
+//! (trained, prompted, decoded, the EM step) and prints its table; Ctrl-C or
+//! SIGTERM stops `train` with a checkpoint that `--resume` continues.
 
 use amortize::model::tiny::write_tiny_model;
 use amortize_tests::{amortize_bin, run};
@@ -51,11 +51,17 @@ fn score_prints_tokens_logprobs_and_total() {
     assert_eq!(v["logprobs"].as_array().unwrap().len(), v["tokens"].as_array().unwrap().len());
 }
 
-/// Ctrl-C (SIGINT) stops `train` after the step in flight with a checkpoint
-/// there: exit status 130 and a line naming the step; `--resume` continues
-/// from it to the last step.
+/// Ctrl-C (SIGINT) or SIGTERM stops `train` after the step in flight with a
+/// checkpoint there: exit status 128 + the signal and a line naming the
+/// step; `--resume` continues from it to the last step.
 #[test]
-fn ctrl_c_stops_train_with_a_checkpoint_that_resume_continues() {
+fn a_signal_stops_train_with_a_checkpoint_that_resume_continues() {
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        stop_train_with(signal, code);
+    }
+}
+
+fn stop_train_with(signal: &str, code: i32) {
     use std::process::{Command, Stdio};
     let (dir, model) = tiny();
     let out = dir.path().join("run");
@@ -69,10 +75,10 @@ fn ctrl_c_stops_train_with_a_checkpoint_that_resume_continues() {
         assert!(t0.elapsed() < std::time::Duration::from_secs(120), "no steps from train");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success());
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert_eq!(o.status.code(), Some(code), "SIG{signal}: {err}");
     let step = lines(&metrics);
     let last = err.lines().last().unwrap_or_default();
     assert!(last.starts_with(&format!("interrupted at step {step}: checkpoint")) && last.contains("--resume"), "{err}");

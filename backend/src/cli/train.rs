@@ -11,7 +11,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::{EvalSize, StageBar};
-use super::interrupt::{on_ctrl_c, Interrupted};
+use super::interrupt::{on_signals, Interrupted};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -81,8 +81,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid --adapter: train starts a new adapter (use --resume to continue a run)");
     }
     let (lm, _) = a.model.load()?;
-    // Ctrl-C: the step in flight ends, a checkpoint is written, `--resume` continues.
-    let _scope = amortize::cancel::scope(on_ctrl_c()?);
+    // Ctrl-C or SIGTERM: the step in flight ends, a checkpoint is written, `--resume` continues.
+    let signalled = on_signals()?;
+    let _scope = amortize::cancel::scope(signalled.clone());
     let stages = StageBar::new(a.quiet);
     let train_task = task.train_task(&lm)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -92,7 +93,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     )?;
     let started = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out) } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out)) };
     let mut trainer = match started {
-        Err(amortize::Error::Cancelled) => return Err(Interrupted("during set-up: no step was trained".into()).into()),
+        Err(amortize::Error::Cancelled) => return Err(Interrupted::by(&signalled, "during set-up: no step was trained").into()),
         t => t?,
     };
     drop(stages);
@@ -111,10 +112,10 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if let Err(amortize::Error::Cancelled) = trained {
         bar.abandon();
         if trainer.step == 0 {
-            return Err(Interrupted("before the first step: nothing was saved".into()).into());
+            return Err(Interrupted::by(&signalled, "before the first step: nothing was saved").into());
         }
         let ck = trainer.save_checkpoint()?.map(|p| p.display().to_string()).unwrap_or_default();
-        return Err(Interrupted(format!("at step {}: checkpoint {ck}; continue with --resume", trainer.step)).into());
+        return Err(Interrupted::by(&signalled, format!("at step {}: checkpoint {ck}; continue with --resume", trainer.step)).into());
     }
     trained?;
     bar.finish();
