@@ -208,7 +208,8 @@ pub struct Run {
     pub created_at: String,
     pub updated_at: String,
     /// How far the stage in flight has come while the run sets up (before its
-    /// first step) or evaluates; only in `GET /api/runs/{id}` of the running job.
+    /// first step) or evaluates: the running job's, in `GET /api/runs` and
+    /// `GET /api/runs/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
 }

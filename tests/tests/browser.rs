@@ -128,6 +128,10 @@ fn the_app_in_a_real_browser() {
     b.goto(&format!("{base}/runs/{queued}"));
     let progress = b.wait_text("#stage-progress", T, |t| t.contains("Evaluating: drawing samples") && t.contains("of 50,000,000"));
     shot(&b, "run-evaluating");
+    // The runs list shows the stage too.
+    b.goto(&format!("{base}/"));
+    b.wait_text(&format!("tr[data-run-id=\"{queued}\"] [data-test=\"run-stage\"]"), T, |t| t.contains("drawing samples") && t.contains("/50,000,000"));
+    b.goto(&format!("{base}/runs/{queued}"));
     let cancel = b.wait("#cancel", T);
     b.click(&cancel);
     let r = server.wait_run(&queued, T, |r| r["status"] == "cancelled");

@@ -19,7 +19,11 @@ use crate::Error;
 
 #[utoipa::path(get, path = "/api/runs", responses((status = 200, body = [Run])))]
 pub async fn list_runs(State(s): State<AppState>) -> ApiResult<Json<Vec<Run>>> {
-    Ok(Json(s.store.runs().await?))
+    let mut runs = s.store.runs().await?;
+    for r in runs.iter_mut().filter(|r| r.status.is_active()) {
+        r.progress = s.jobs.progress(&r.id);
+    }
+    Ok(Json(runs))
 }
 
 /// Task options that name files on the server cannot come over the API

@@ -10,7 +10,7 @@ use leptos_router::components::A;
 
 use crate::api;
 use crate::charts::fmt_num;
-use crate::components::{fmt_count, fmt_time, key_metric, loaded, Catalog, ErrorMsg, Loading, Polled, StatusBadge};
+use crate::components::{fmt_count, fmt_int, fmt_time, key_metric, loaded, Catalog, ErrorMsg, Loading, Polled, StatusBadge};
 
 #[component]
 pub fn HomePage() -> impl IntoView {
@@ -150,6 +150,7 @@ fn run_row(Row { run: r, queued, metric, .. }: Row) -> impl IntoView {
                 <StatusBadge status=r.status />
                 {queued.map(|p| view! { <span class="muted" data-test="queue-position">" #" {p} " in queue"</span> })}
                 {r.error.clone().map(|e| view! { <span class="error-inline" title=e.clone()>" " {truncate(&e, 60)}</span> })}
+                {r.progress.clone().map(|p| view! { <span class="muted" data-test="run-stage">" " {p.stage} " " {fmt_int(p.done)} "/" {fmt_int(p.total)}</span> })}
             </td>
             <td>{r.task.clone()}</td>
             <td>{r.method.as_str()}</td>
