@@ -15,6 +15,9 @@ pub struct Browser {
     url: String,
     session: String,
     agent: ureq::Agent,
+    /// Chromium's profile folder, unique to this browser: every process it
+    /// starts names it, so they can be found and ended on drop.
+    profile: std::path::PathBuf,
 }
 
 /// Where the driver and the browser are (Debian's `chromium-driver` and `chromium`).
@@ -47,11 +50,12 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
         let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let profile = std::env::temp_dir().join(format!("amortize-chromium-{}-{port}", std::process::id()));
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
             "binary": binary,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", format!("--window-size={width},{height}")]
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", format!("--window-size={width},{height}"), format!("--user-data-dir={}", profile.display())]
         }}}});
-        let mut b = Browser { driver, url, session: String::new(), agent };
+        let mut b = Browser { driver, url, session: String::new(), agent, profile };
         let v = b.call("POST", "/session", Some(caps));
         b.session = v["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_string();
         b
@@ -167,6 +171,23 @@ impl Drop for Browser {
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // A hung browser outlives its driver: end every process of this profile.
+        kill_processes_naming(&self.profile.display().to_string());
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// SIGKILL to every process whose command line contains `needle` (Linux /proc).
+fn kill_processes_naming(needle: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            // SAFETY: kill(2) on a pid read just now; the worst case is a
+            // signal to a process that has already exited.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 
