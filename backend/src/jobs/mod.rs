@@ -40,6 +40,8 @@ pub struct JobsConfig {
 struct Current {
     run: String,
     stop: Arc<AtomicU8>,
+    /// Its stage in flight (set-up, seeding, evaluation); `None` between.
+    progress: Option<Progress>,
 }
 
 struct Inner {
@@ -50,8 +52,6 @@ struct Inner {
     current: Mutex<Option<Current>>,
     wake: Notify,
     events: Mutex<HashMap<String, broadcast::Sender<RunEvent>>>,
-    /// The running job's stage in flight (set-up, seeding, evaluation).
-    progress: Mutex<Option<(String, Progress)>>,
 }
 
 /// Handle to the queue and its worker (cheap to clone).
@@ -78,7 +78,6 @@ impl Jobs {
                 current: Mutex::new(None),
                 wake: Notify::new(),
                 events: Mutex::new(HashMap::new()),
-                progress: Mutex::new(None),
             }),
         };
         for run in jobs.inner.store.runs().await? {
@@ -181,11 +180,13 @@ impl Jobs {
     /// How far the stage in flight of run `id` has come, while it is the
     /// running job and between steps (set-up, seeding, evaluation).
     pub fn progress(&self, id: &str) -> Option<Progress> {
-        lock(&self.inner.progress).as_ref().filter(|(run, _)| run == id).map(|(_, p)| p.clone())
+        lock(&self.inner.current).as_ref().filter(|c| c.run == id).and_then(|c| c.progress.clone())
     }
 
     fn set_progress(&self, id: &str, p: Option<Progress>) {
-        *lock(&self.inner.progress) = p.map(|p| (id.to_string(), p));
+        if let Some(c) = lock(&self.inner.current).as_mut().filter(|c| c.run == id) {
+            c.progress = p;
+        }
     }
 
     /// Live events of run `id`.
@@ -207,12 +208,11 @@ impl Jobs {
                 continue;
             };
             let stop = Arc::new(AtomicU8::new(Stop::No as u8));
-            *lock(&self.inner.current) = Some(Current { run: id.clone(), stop: stop.clone() });
+            *lock(&self.inner.current) = Some(Current { run: id.clone(), stop: stop.clone(), progress: None });
             if let Err(e) = self.run_one(&id, stop).await {
                 tracing::error!(run = %id, "job bookkeeping failed: {e}");
             }
             *lock(&self.inner.current) = None;
-            self.set_progress(&id, None);
         }
     }
 
