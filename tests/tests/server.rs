@@ -67,6 +67,12 @@ fn a_run_from_creation_to_comparison() {
     assert_eq!(fm["kl"].is_number(), fm["valid_samples"].as_f64().unwrap() > 0.0, "KL only with valid samples: {run}");
     let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
     assert_eq!(series.as_array().unwrap().len(), 12);
+    // `?after=N`: only the later steps (what a page holding the series lacks).
+    let (_, tail) = server.get(&format!("/api/runs/{id}/metrics?after=9"));
+    let steps: Vec<u64> = tail.as_array().unwrap().iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [10, 11, 12], "{tail}");
+    let (_, none) = server.get(&format!("/api/runs/{id}/metrics?after=12"));
+    assert_eq!(none, json!([]));
 
     // Sample from the run's adapter and from the base model.
     let req = json!({"prompt": "a random integer", "run": id, "decoding": {"n": 3, "max_tokens": 6, "seed": 1}});
@@ -280,6 +286,8 @@ fn bad_input_gets_4xx_with_a_message() {
         ("GET", "/api/runs/run-00000000", Value::Null, 404, None),
         ("GET", "/api/runs/..%2F..%2Fetc", Value::Null, 400, Some("id")),
         ("GET", "/api/comparisons/notanumber", Value::Null, 400, None),
+        ("GET", "/api/runs/run-00000000/metrics?after=soon", Value::Null, 400, None),
+        ("GET", "/api/runs/run-00000000/metrics?after=-1", Value::Null, 400, None),
         ("GET", "/api/comparisons/999", Value::Null, 404, None),
         ("GET", "/api/nothing/here", Value::Null, 404, None),
         ("POST", "/api/runs/run-00000000/resume", json!({}), 404, None),

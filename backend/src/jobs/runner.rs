@@ -251,7 +251,7 @@ async fn catch_up(store: &Store, id: &str, dir: &Path, step: usize) -> crate::Re
     let path = dir.join("metrics.jsonl");
     if step > 0 && path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
-        let stored: std::collections::HashSet<usize> = store.metrics(id).await?.iter().map(|p| p.step).collect();
+        let stored: std::collections::HashSet<usize> = store.metrics(id, None).await?.iter().map(|p| p.step).collect();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let m: StepMetrics = serde_json::from_str(line).map_err(|e| Error::file(&path, e))?;
             if m.step <= step && !stored.contains(&m.step) {

@@ -1,8 +1,8 @@
 //! The one error type of the HTTP layer: every failure becomes a status code
 //! and a JSON body `{error, field?}`; extractor rejections (bad JSON, bad path)
-//! are turned into the same shape by the [`Json`] and [`Path`] wrappers.
+//! are turned into the same shape by the [`Json`], [`Path`] and [`Query`] wrappers.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -96,6 +96,24 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 
 fn path_rejection(r: PathRejection) -> ApiErr {
     ApiErr::new(StatusCode::BAD_REQUEST, format!("invalid path: {}", r.body_text()), None)
+}
+
+/// `axum::extract::Query` whose rejections are [`ApiErr`]s.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(r) => Err(query_rejection(r)),
+        }
+    }
+}
+
+fn query_rejection(r: QueryRejection) -> ApiErr {
+    ApiErr::new(StatusCode::BAD_REQUEST, format!("invalid query: {}", r.body_text()), None)
 }
 
 /// Rejects a user-given name that could be a path (see `valid_name`).

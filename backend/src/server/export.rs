@@ -52,7 +52,7 @@ pub async fn metrics_csv(State(s): State<AppState>, Path(id): Path<String>) -> A
     let run = s.store.run(&id).await?;
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
-    for p in s.store.metrics(&id).await? {
+    for p in s.store.metrics(&id, None).await? {
         let z = p.log_z.map(|z| z.to_string()).unwrap_or_default();
         out.push_str(&format!(
             "{},{},{z},{},{},{},{},{},{},{},{},{}\n",

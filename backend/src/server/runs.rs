@@ -11,7 +11,7 @@ use rand::Rng;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 
-use super::error::{check_name, ApiErr, ApiResult, Json, Path};
+use super::error::{check_name, ApiErr, ApiResult, Json, Path, Query};
 use super::AppState;
 use crate::jobs::spec;
 use crate::store::NewRun;
@@ -102,10 +102,20 @@ pub async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
     Ok(Json(run))
 }
 
-#[utoipa::path(get, path = "/api/runs/{id}/metrics", params(("id" = String, Path)), responses((status = 200, body = [MetricPoint]), (status = 404, body = ApiError)))]
-pub async fn run_metrics(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<MetricPoint>>> {
+/// `GET /api/runs/{id}/metrics?after=N`: only the steps after N, so a page
+/// that holds a live run's series fetches what is new.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MetricsQuery {
+    /// Only steps greater than this one.
+    after: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/runs/{id}/metrics", params(("id" = String, Path), MetricsQuery),
+    responses((status = 200, body = [MetricPoint]), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn run_metrics(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<MetricsQuery>) -> ApiResult<Json<Vec<MetricPoint>>> {
     existing(&s, &id).await?;
-    Ok(Json(s.store.metrics(&id).await?))
+    Ok(Json(s.store.metrics(&id, q.after).await?))
 }
 
 #[utoipa::path(get, path = "/api/runs/{id}/samples", params(("id" = String, Path)), responses((status = 200, body = [StepSample]), (status = 404, body = ApiError)))]

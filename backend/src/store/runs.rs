@@ -159,8 +159,15 @@ impl Store {
         Ok(())
     }
 
-    pub async fn metrics(&self, id: &str) -> Result<Vec<MetricPoint>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT point FROM metrics WHERE run_id = ? ORDER BY step").bind(id).fetch_all(&self.pool).await?;
+    /// The run's series, or only its steps after `after`.
+    pub async fn metrics(&self, id: &str, after: Option<usize>) -> Result<Vec<MetricPoint>> {
+        // Steps are counted, so far below 2^63; -1 means "from the first".
+        let after = after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        let rows: Vec<String> = sqlx::query_scalar("SELECT point FROM metrics WHERE run_id = ? AND step > ? ORDER BY step")
+            .bind(id)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|s| serde_json::from_str(s).map_err(Error::from)).collect()
     }
 
