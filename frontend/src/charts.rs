@@ -2,7 +2,8 @@
 //! over training steps (min/max-decimated to at most [`MAX_POINTS`] drawn
 //! points, so thousands of steps stay fast), a log-scale distribution chart
 //! (the RNG task's histogram of integers against a uniform target, paper
-//! Fig. 2 style) and a labelled scatter plot. Each has axes with tick labels,
+//! Fig. 2 style), the same metric of several runs overlaid, and a labelled
+//! scatter plot. Each has axes with tick labels,
 //! axis titles with units, and an empty state.
 
 use leptos::prelude::*;
@@ -188,6 +189,67 @@ pub fn LineChart(
         <figure class="chart" id=id data-test="chart">
             <figcaption>{title}" "<span class="latest" title="latest value (steps recorded)">{latest}
                 <span class="count">{move || format!(" · {} steps", points.with(Vec::len))}</span></span></figcaption>
+            {body}
+        </figure>
+    }
+}
+
+/// One run's series in a [`MultiLineChart`]: (step, value) points.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Curve {
+    /// What the legend and the path's `data-label` name it by.
+    pub label: String,
+    pub color: usize,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Exponential moving average with weight `w` on the past (TensorBoard's
+/// smoothing, debiased so the first points are not pulled towards 0); `w`
+/// 0 leaves the points as they are. Non-finite values are skipped.
+pub fn smooth(points: &[(f64, f64)], w: f64) -> Vec<(f64, f64)> {
+    if w <= 0.0 {
+        return points.to_vec();
+    }
+    let (mut avg, mut weight) = (0.0, 0.0);
+    points
+        .iter()
+        .map(|&(x, y)| {
+            if !y.is_finite() {
+                return (x, y);
+            }
+            avg = w * avg + (1.0 - w) * y;
+            weight = w * weight + (1.0 - w);
+            (x, avg / weight)
+        })
+        .collect()
+}
+
+/// One metric of several runs over training steps, a colour per run; the
+/// legend is the caller's (shared by the charts of a page).
+#[component]
+pub fn MultiLineChart(id: String, title: String, #[prop(optional, into)] unit: String, #[prop(into)] curves: Signal<Vec<Curve>>) -> impl IntoView {
+    let ytitle = if unit.is_empty() { title.clone() } else { format!("{title} ({unit})") };
+    let body = move || {
+        let curves: Vec<Curve> = curves.with(|c| c.iter().map(|c| Curve { points: decimate(&c.points, MAX_POINTS), ..c.clone() }).collect());
+        let all = || curves.iter().flat_map(|c| c.points.iter());
+        let (Some(xr), Some(yr)) = (range(all().map(|p| p.0)), range(all().map(|p| p.1))) else {
+            return view! { <p class="chart-empty">"No steps yet."</p> }.into_any();
+        };
+        let f = Frame::new(xr, yr);
+        let yticks = nice_ticks(f.y0, f.y1, 4).into_iter().map(|y| (y, fmt_num(y))).collect();
+        view! {
+            <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=ytitle.clone()>
+                {axes(f, nice_ticks(f.x0, f.x1, 5), yticks, "step".into(), ytitle.clone())}
+                {curves.into_iter().map(|c| view! {
+                    <path class="series" data-label=c.label d=path_of(&c.points, f) stroke=PALETTE[c.color % PALETTE.len()] />
+                }).collect_view()}
+            </svg>
+        }
+        .into_any()
+    };
+    view! {
+        <figure class="chart" id=id data-test="curve">
+            <figcaption>{title}</figcaption>
             {body}
         </figure>
     }

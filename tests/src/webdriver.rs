@@ -145,6 +145,11 @@ impl Browser {
         self.call("GET", &self.s(&format!("/element/{el}/text")), None).as_str().unwrap_or_default().to_string()
     }
 
+    /// An attribute of an element (None when it has none).
+    pub fn attr(&self, el: &str, name: &str) -> Option<String> {
+        self.call("GET", &self.s(&format!("/element/{el}/attribute/{name}")), None).as_str().map(String::from)
+    }
+
     pub fn page_text(&self) -> String {
         self.execute("return document.body ? document.body.innerText : ''", json!([])).as_str().unwrap_or_default().to_string()
     }

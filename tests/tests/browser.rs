@@ -111,6 +111,30 @@ fn the_app_in_a_real_browser() {
     b.wait("#samples", T);
     shot(&b, "run-live");
 
+    // On the compare page the training run's curves grow with it (each poll
+    // of the runs list fetches only the new steps).
+    b.goto(&format!("{base}/compare?runs={run1}"));
+    let steps_shown = || {
+        let t = b.find_all("#curves-legend li").first().map(|li| b.text(li)).unwrap_or_default();
+        t.rsplit(" · ").next().and_then(|s| s.trim_end_matches(" steps").parse::<usize>().ok()).unwrap_or(0)
+    };
+    let t0 = std::time::Instant::now();
+    let first = loop {
+        match steps_shown() {
+            0 => assert!(t0.elapsed() < T, "no curves for the training run: {}", b.page_text()),
+            n => break n,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while steps_shown() <= first {
+        assert!(t0.elapsed() < T, "the curves stayed at {first} steps");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drawn = b.find_all("#curve-loss path.series");
+    assert_eq!(drawn.len(), 1);
+    let points = b.attr(&drawn[0], "d").unwrap_or_default().matches(['M', 'L']).count();
+    assert!(points > first, "{points} points drawn for more than {first} steps");
+
     // A run posted while this one trains waits its turn, and its page says so.
     // (Its evaluation is far longer than the test waits.)
     let (s, q) = server.post("/api/runs", &json!({"name": "queued", "task": "rng", "config": {"steps": 2, "batch_size": 4}, "eval_samples": 50_000_000}));
@@ -156,6 +180,26 @@ fn the_app_in_a_real_browser() {
     b.wait_n(".compare-sample", 2, T);
     b.wait("#compare-metrics", T);
     shot(&b, "compare");
+
+    // The chosen runs' training curves, overlaid: a path per run, named as in the legend.
+    let paths = b.wait_n("#curve-loss path.series", 2, T);
+    let names: Vec<String> = [&run1, &run2].iter().map(|id| server.get(&format!("/api/runs/{id}")).1["name"].as_str().unwrap().to_string()).collect();
+    let labels: Vec<Option<String>> = paths.iter().map(|p| b.attr(p, "data-label")).collect();
+    assert_eq!(labels, [Some(names[0].clone()), Some(names[1].clone())], "curves in the order picked");
+    let legend = b.wait_text("#curves-legend", T, |t| t.contains(&names[0]) && t.contains(&names[1]));
+    assert!(legend.contains("6 steps"), "{legend}");
+    // Smoothing redraws the curves from the same points.
+    let d_of = |css: &str| b.attr(&b.wait(css, T), "d");
+    let second = format!("#curve-loss path[data-label=\"{}\"]", names[1]);
+    let raw = d_of(&second);
+    b.execute("const s = document.getElementById('curves-smoothing'); s.value = '0.9'; s.dispatchEvent(new Event('change'));", json!([]));
+    let t0 = std::time::Instant::now();
+    while d_of(&second) == raw {
+        assert!(t0.elapsed() < T, "smoothing did not change the curve {raw:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.execute("document.getElementById('training-curves').scrollIntoView()", json!([]));
+    shot(&b, "compare-curves");
 
     // A server error shows next to the control that caused it.
     b.goto(&format!("{base}/compare?runs=base"));

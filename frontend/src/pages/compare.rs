@@ -3,7 +3,8 @@
 //! metrics table (mean ± std) and the task picture: for RNG runs the
 //! distribution of sampled integers against the uniform target (log scale),
 //! otherwise mean base log-likelihood against distinct-2 diversity. Saved
-//! comparisons are listed and open at `/compare?id=N`.
+//! comparisons are listed and open at `/compare?id=N`. The chosen runs'
+//! training curves show as soon as they are picked (`curves`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use leptos_router::hooks::use_query_map;
 use crate::api::{self, ApiErr};
 use crate::charts::{fmt_num, Distribution, DistributionChart, Scatter, ScatterPoint};
 use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourcePicker};
+use crate::pages::curves::TrainingCurves;
 
 /// Integers the RNG task draws from: 0..SUPPORT.
 const SUPPORT: usize = 101;
@@ -176,6 +178,7 @@ pub fn ComparePage() -> impl IntoView {
             </form>
             {move || loading.get().then(|| view! { <Loading what="samples from every source (this can take a while)" /> })}
             {move || result.get().map(|c| view! { <ComparisonView c=c /> })}
+            <TrainingCurves runs=runs selected=selected />
             <h2>"Saved comparisons"</h2>
             {move || match past.data.get() {
                 None => view! { <Loading what="saved comparisons" /> }.into_any(),

@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod config_form;
+pub mod curves;
 pub mod custom_task;
 pub mod home;
 pub mod infill;

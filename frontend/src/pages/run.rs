@@ -13,6 +13,7 @@ use send_wrapper::SendWrapper;
 
 use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
 use crate::charts::{fmt_num, LineChart};
+use crate::pages::curves::merge;
 use crate::components::{fmt_int, fmt_time, ErrorMsg, Loading, StatusBadge};
 
 /// Recent samples kept in the panel.
@@ -40,20 +41,6 @@ pub fn RunPage() -> impl IntoView {
     move || {
         let id = params.with(|p| p.get("id")).unwrap_or_default();
         view! { <RunView id=id /> }
-    }
-}
-
-/// Adds points in step order; a point of a step already present replaces it (a resumed run redoes steps).
-fn merge(into: &mut Vec<MetricPoint>, new: Vec<MetricPoint>) {
-    for p in new {
-        match into.last() {
-            None => into.push(p),
-            Some(l) if l.step < p.step => into.push(p),
-            _ => match into.binary_search_by_key(&p.step, |q| q.step) {
-                Ok(i) => into[i] = p,
-                Err(i) => into.insert(i, p),
-            },
-        }
     }
 }
 
