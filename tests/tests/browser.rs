@@ -168,7 +168,21 @@ fn the_app_in_a_real_browser() {
     assert_eq!(s, 201, "{r2}");
     let run2 = r2["id"].as_str().unwrap().to_string();
     server.wait_run(&run2, T, |r| r["status"] == "completed");
-    b.goto(&format!("{base}/compare?runs={run1},{run2},base"));
+    // Picked in the runs list, they open together on the compare page.
+    b.goto(&format!("{base}/"));
+    for id in [&run1, &run2] {
+        let tick = b.wait(&format!("tr[data-run-id=\"{id}\"] [data-test=\"pick-run\"]"), T);
+        b.click(&tick);
+    }
+    let open = b.wait_text("#compare-picked", T, |t| t.contains("2 picked"));
+    b.click(&b.wait("#compare-picked", T));
+    let t0 = std::time::Instant::now();
+    while !b.execute("return location.search", json!([])).as_str().is_some_and(|q| q.contains("runs=")) {
+        assert!(t0.elapsed() < T, "{open:?} did not open the compare page (at {})", path(&b));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let query = b.execute("return decodeURIComponent(location.search)", json!([]));
+    assert_eq!(query, json!(format!("?runs={run1},{run2},base")));
     b.wait("#compare-form", T);
     let prompts = b.wait("#compare-prompts", T);
     b.clear(&prompts);

@@ -1,6 +1,7 @@
 //! Home: the loaded model, the task presets (each with a "new run" link) and
 //! the table of runs, polled every 2 s so statuses and steps stay live;
-//! filterable by experiment.
+//! filterable by experiment; runs ticked in it open together on the compare
+//! page (with the base model).
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub fn HomePage() -> impl IntoView {
     let experiments = Polled::<Vec<Experiment>>::start("/api/experiments", Some(Duration::from_secs(10)));
     let jobs = Polled::<Vec<Job>>::start("/api/jobs", Some(Duration::from_secs(2)));
     let filter = RwSignal::new(String::new());
+    let picked = RwSignal::new(Vec::<String>::new());
 
     let model = loaded(cat.model, "the model", |m| {
         view! {
@@ -78,12 +80,12 @@ pub fn HomePage() -> impl IntoView {
             <div class="scroll">
                 <table id="runs-table" class="data">
                     <thead><tr>
-                        <th scope="col">"Run"</th><th scope="col">"Status"</th><th scope="col">"Task"</th>
+                        <th scope="col"><span class="visually-hidden">"Pick"</span></th><th scope="col">"Run"</th><th scope="col">"Status"</th><th scope="col">"Task"</th>
                         <th scope="col">"Method"</th><th scope="col">"Step"</th><th scope="col">"Key metric"</th>
                         <th scope="col">"Experiment"</th><th scope="col">"Created"</th>
                     </tr></thead>
                     <tbody>
-                        <For each=move || rows.get().unwrap_or_default() key=|row| row.key.clone() children=run_row />
+                        <For each=move || rows.get().unwrap_or_default() key=|row| row.key.clone() children=move |row| run_row(row, picked) />
                     </tbody>
                 </table>
             </div>
@@ -113,7 +115,19 @@ pub fn HomePage() -> impl IntoView {
                 <h1>"Runs"</h1>
                 <A href="/runs/new" attr:class="button primary" attr:id="new-run-link">"New run"</A>
             </div>
-            <div class="toolbar">{experiment_filter}</div>
+            <div class="toolbar">
+                {experiment_filter}
+                {move || {
+                    let ids = picked.get();
+                    (!ids.is_empty()).then(|| {
+                        let href = format!("/compare?runs={},base", ids.iter().map(|i| api::encode(i)).collect::<Vec<_>>().join(","));
+                        view! {
+                            <A href=href attr:class="button" attr:id="compare-picked">{format!("Compare {} picked", ids.len())}</A>
+                            <button type="button" id="unpick" on:click=move |_| picked.set(Vec::new())>"Clear"</button>
+                        }
+                    })
+                }}
+            </div>
             {move || runs.error.get().map(|e| view! { <ErrorMsg err=format!("Could not refresh the runs: {e}") id="runs-error" /> })}
             {table}
         </section>
@@ -140,11 +154,22 @@ struct Row {
     metric: String,
 }
 
-fn run_row(Row { run: r, queued, metric, .. }: Row) -> impl IntoView {
+/// A row; its box adds the run to `picked` (in the order ticked) or takes it out.
+fn run_row(Row { run: r, queued, metric, .. }: Row, picked: RwSignal<Vec<String>>) -> impl IntoView {
     let pct = if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 };
     let href = format!("/runs/{}", api::encode(&r.id));
+    let (id1, id2) = (r.id.clone(), r.id.clone());
     view! {
         <tr data-test="run-row" data-run-id=r.id.clone()>
+            <td><input type="checkbox" data-test="pick-run" aria-label=format!("pick {}", r.name)
+                prop:checked=move || picked.with(|p| p.contains(&id1))
+                on:change=move |ev| {
+                    let on = event_target_checked(&ev);
+                    picked.update(|p| {
+                        p.retain(|x| *x != id2);
+                        if on { p.push(id2.clone()) }
+                    });
+                } /></td>
             <td><A href=href>{r.name.clone()}</A></td>
             <td>
                 <StatusBadge status=r.status />
