@@ -165,11 +165,16 @@ pub fn LineChart(
     unit: String,
     #[prop(into)] points: Signal<Vec<(f64, f64)>>,
     #[prop(default = 0)] color: usize,
+    /// Moving-average weight of the drawn line ([`smooth`]); the caption's
+    /// latest value stays the raw one.
+    #[prop(optional, into)]
+    smoothing: Option<Signal<f64>>,
 ) -> impl IntoView {
     let ytitle = if unit.is_empty() { title.clone() } else { format!("{title} ({unit})") };
     let latest = move || points.with(|p| p.last().map(|(_, y)| fmt_num(*y)).unwrap_or_else(|| "—".into()));
     let body = move || {
-        let pts = points.with(|p| decimate(p, MAX_POINTS));
+        let w = smoothing.map_or(0.0, |s| s.get());
+        let pts = points.with(|p| decimate(&smooth(p, w), MAX_POINTS));
         let (Some(xr), Some(yr)) = (range(pts.iter().map(|p| p.0)), range(pts.iter().map(|p| p.1))) else {
             return view! { <p class="chart-empty">"No data yet."</p> }.into_any();
         };
@@ -222,6 +227,24 @@ pub fn smooth(points: &[(f64, f64)], w: f64) -> Vec<(f64, f64)> {
             (x, avg / weight)
         })
         .collect()
+}
+
+/// The moving-average weights offered (0: raw).
+pub const SMOOTHING: [f64; 4] = [0.0, 0.6, 0.9, 0.99];
+
+/// A "Smoothing" select over [`SMOOTHING`] bound to `weight`.
+#[component]
+pub fn SmoothingSelect(id: &'static str, weight: RwSignal<f64>) -> impl IntoView {
+    view! {
+        <div class="field small inline">
+            <label for=id>"Smoothing"</label>
+            <select id=id on:change=move |ev| weight.set(event_target_value(&ev).parse().unwrap_or(0.0))>
+                {SMOOTHING.iter().map(|w| view! {
+                    <option value=w.to_string() selected=move || weight.get() == *w>{if *w == 0.0 { "none".to_string() } else { w.to_string() }}</option>
+                }).collect_view()}
+            </select>
+        </div>
+    }
 }
 
 /// One metric of several runs over training steps, a colour per run; the

@@ -147,6 +147,17 @@ fn the_app_in_a_real_browser() {
     b.click(&cancel);
     server.wait_run(&run1, T, |r| r["status"] == "cancelled");
     b.wait_text("#run", T, |t| t.to_lowercase().contains("cancelled"));
+    // Smoothing redraws the lines; the captions keep the raw latest values.
+    let caption = b.text(&b.wait("#chart-loss figcaption", T));
+    let line = |b: &Browser| b.attr(&b.wait("#chart-loss path.series", T), "d");
+    let raw = line(&b);
+    b.execute("const s = document.getElementById('charts-smoothing'); s.value = '0.99'; s.dispatchEvent(new Event('change'));", json!([]));
+    let t0 = std::time::Instant::now();
+    while line(&b) == raw {
+        assert!(t0.elapsed() < T, "smoothing did not change the loss line");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.text(&b.wait("#chart-loss figcaption", T)), caption);
 
     // The queued run trains, then its evaluation streams its progress; Cancel stops it there.
     b.goto(&format!("{base}/runs/{queued}"));

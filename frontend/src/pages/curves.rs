@@ -11,7 +11,7 @@ use amortize_shared::api::{MetricPoint, Run};
 use leptos::prelude::*;
 
 use crate::api;
-use crate::charts::{smooth, Curve, MultiLineChart, PALETTE};
+use crate::charts::{smooth, Curve, MultiLineChart, SmoothingSelect, PALETTE};
 use crate::components::{ErrorMsg, Polled};
 
 /// A chart: id suffix, title, unit, value.
@@ -24,9 +24,6 @@ const METRICS: [Metric; 5] = [
     ("max_log_r", "max log-reward", "nats", |p| Some(p.max_log_r)),
     ("mean_len", "mean length", "tokens", |p| Some(p.mean_len)),
 ];
-
-/// Smoothing weights offered (0: raw).
-const SMOOTHING: [f64; 4] = [0.0, 0.6, 0.9, 0.99];
 
 /// Adds `new` to a step-ordered series: later steps are appended, a step
 /// already held is replaced (a resumed run redoes steps; fetches may overlap).
@@ -141,14 +138,7 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
         <section id="training-curves" hidden=move || chosen.with(Vec::is_empty)>
             <div class="row-head">
                 <h2>"Training curves"</h2>
-                <div class="field small inline">
-                    <label for="curves-smoothing">"Smoothing"</label>
-                    <select id="curves-smoothing" on:change=move |ev| weight.set(event_target_value(&ev).parse().unwrap_or(0.0))>
-                        {SMOOTHING.iter().map(|w| view! {
-                            <option value=w.to_string() selected=move || weight.get() == *w>{if *w == 0.0 { "none".to_string() } else { w.to_string() }}</option>
-                        }).collect_view()}
-                    </select>
-                </div>
+                <SmoothingSelect id="curves-smoothing" weight=weight />
             </div>
             <ul class="legend" id="curves-legend">{legend}</ul>
             <div class="charts">{charts}</div>

@@ -12,7 +12,7 @@ use leptos_router::hooks::use_params_map;
 use send_wrapper::SendWrapper;
 
 use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
-use crate::charts::{fmt_num, LineChart};
+use crate::charts::{fmt_num, LineChart, SmoothingSelect};
 use crate::pages::curves::merge;
 use crate::components::{fmt_int, fmt_time, ErrorMsg, Loading, StatusBadge};
 
@@ -286,12 +286,13 @@ fn RunBody(
     let has_adapter = Memo::new(move |_| r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)));
     let has_log_z = Memo::new(move |_| metrics.with(|m| m.iter().any(|p| p.log_z.is_some())));
 
+    let smoothing = RwSignal::new(0.0f64);
     let charts = SERIES
         .iter()
         .enumerate()
         .map(|(i, &(key, title, unit, f))| {
             let points = Signal::derive(move || metrics.with(|m| m.iter().filter_map(|p| f(p).map(|y| (p.step as f64, y))).collect::<Vec<_>>()));
-            let chart = move || view! { <LineChart id=format!("chart-{key}") title=title.to_string() unit=unit points=points color=i /> };
+            let chart = move || view! { <LineChart id=format!("chart-{key}") title=title.to_string() unit=unit points=points color=i smoothing=smoothing /> };
             if key == "log_z" {
                 (move || has_log_z.get().then(chart)).into_any()
             } else {
@@ -345,7 +346,10 @@ fn RunBody(
                     </tbody>
                 </table>
             })}
-            <h2>"Training"</h2>
+            <div class="row-head">
+                <h2>"Training"</h2>
+                <SmoothingSelect id="charts-smoothing" weight=smoothing />
+            </div>
             {move || match history.get() {
                 None => Some(view! { <Loading what="metrics" /> }.into_any()),
                 Some(Err(e)) => Some(view! { <ErrorMsg err=format!("Could not load the metrics: {e}") id="metrics-error" /> }.into_any()),
