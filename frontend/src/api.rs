@@ -157,8 +157,13 @@ pub async fn download(path: &str, filename: &str) -> Result<(), ApiErr> {
         return Err(read_error(resp).await);
     }
     let bytes = resp.binary().await.map_err(network)?;
+    save(&bytes, filename)
+}
+
+/// Offers `bytes` to the user as a file named `filename`.
+pub fn save(bytes: &[u8], filename: &str) -> Result<(), ApiErr> {
     let js = |e: wasm_bindgen::JsValue| ApiErr::new(format!("Could not save the file: {e:?}"));
-    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes.as_slice()));
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
     let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).map_err(js)?;
     let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(js)?;
     let document = web_sys::window().and_then(|w| w.document()).ok_or_else(|| ApiErr::new("no document"))?;

@@ -205,6 +205,22 @@ fn the_app_in_a_real_browser() {
     b.wait_n(".compare-sample", 2, T);
     b.wait("#compare-metrics", T);
     shot(&b, "compare");
+    // The metrics table saves as Markdown: a row per source (files caught in the page).
+    b.execute("window.__saved = []; URL.createObjectURL = (blob) => { blob.text().then(t => window.__saved.push(t)); return 'about:blank'; }; \
+               HTMLAnchorElement.prototype.click = function () {};", json!([]));
+    b.click(&b.wait("#save-markdown", T));
+    let t0 = std::time::Instant::now();
+    let md = loop {
+        if let Some(t) = b.execute("return window.__saved[0]", json!([])).as_str() {
+            break t.to_string();
+        }
+        assert!(t0.elapsed() < T, "the Markdown table was not saved");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = md.lines().collect();
+    assert!(lines.len() == 5 && lines[0].starts_with("| source | ") && lines[1].starts_with("|---|"), "{md}");
+    assert!(lines[2..].iter().all(|l| l.matches('|').count() == lines[0].matches('|').count()), "{md}");
+    assert!(lines[4].starts_with("| base "), "{md}");
 
     // The chosen runs' training curves, overlaid: a path per run, named as in the legend.
     let paths = b.wait_n("#curve-loss path.series", 2, T);

@@ -202,6 +202,17 @@ pub fn ComparePage() -> impl IntoView {
     }
 }
 
+/// The metrics table as Markdown: a row per source, a column per metric
+/// (`mean ± std` over prompts, `–` where a source lacks it).
+pub fn markdown(c: &Comparison, names: &[String]) -> String {
+    let mut s = format!("| source | {} |\n|---|{}\n", names.join(" | "), "---|".repeat(names.len()));
+    for col in &c.columns {
+        let cells: Vec<String> = names.iter().map(|n| col.metrics.get(n).map_or("–".into(), |m| format!("{} ± {}", fmt_num(m.mean), fmt_num(m.std)))).collect();
+        s.push_str(&format!("| {} | {} |\n", col.label.replace('|', "\\|"), cells.join(" | ")));
+    }
+    s
+}
+
 #[component]
 fn ComparisonView(c: Comparison) -> impl IntoView {
     let names: Vec<String> = {
@@ -239,9 +250,24 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
         .into_any()
     };
     let columns = c.columns.clone();
+    let save_err = RwSignal::new(None::<String>);
+    let (md, json) = (markdown(&c, &names), serde_json::to_string_pretty(&c).unwrap_or_default());
+    let id = c.id;
+    let save = move |text: String, file: String| {
+        move |_| {
+            if let Err(e) = api::save(text.as_bytes(), &file) {
+                save_err.set(Some(e.message));
+            }
+        }
+    };
     view! {
         <section id="comparison" data-comparison-id=c.id>
-            <h2>"Metrics " <span class="muted">"(mean ± std over prompts)"</span></h2>
+            <div class="row-head">
+                <h2>"Metrics " <span class="muted">"(mean ± std over prompts)"</span></h2>
+                <button type="button" id="save-markdown" on:click=save(md, format!("comparison-{id}.md"))>"Table (Markdown)"</button>
+                <button type="button" id="save-json" on:click=save(json, format!("comparison-{id}.json"))>"All (JSON)"</button>
+            </div>
+            {move || save_err.get().map(|e| view! { <ErrorMsg err=e id="save-error" /> })}
             <div class="scroll">
                 <table class="data" id="compare-metrics">
                     <thead><tr><th scope="col">"metric"</th>
