@@ -154,6 +154,8 @@ fn a_run_from_creation_to_comparison() {
         assert!(api["paths"][path].is_object(), "OpenAPI lacks {path}");
     }
     assert!(api["components"]["schemas"]["CreateRun"].is_object());
+    let params = api["paths"]["/api/runs/{id}/metrics"]["get"]["parameters"].as_array().cloned().unwrap_or_default();
+    assert!(params.iter().any(|p| p["name"] == "after" && p["in"] == "query"), "{params:?}");
 }
 
 #[test]
