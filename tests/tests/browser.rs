@@ -271,6 +271,35 @@ fn the_app_in_a_real_browser() {
     assert!(share.as_str().unwrap_or_default().contains("beginning"), "the share link encodes the inputs: {share}");
     shot(&b, "infill");
 
+    // "New run from this": the form holds the run's values; one changed, launched.
+    b.goto(&format!("{base}/runs/{run2}"));
+    b.click(&b.wait("#copy-run", T));
+    b.wait_text("#copy-note", T, |t| t.contains("second"));
+    let value = |b: &Browser, css: &str| b.execute("const e = document.querySelector(arguments[0]); return e ? e.value : null", json!([css]));
+    let t0 = std::time::Instant::now();
+    while value(&b, "#cfg-steps") != json!("6") {
+        assert!(t0.elapsed() < T, "the copied steps never showed: {}", value(&b, "#cfg-steps"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (css, want) in [("#task", "rng"), ("#method", "gfn"), ("#cfg-batch_size", "4"), ("#eval_samples", "20")] {
+        assert_eq!(value(&b, css), json!(want), "{css}");
+    }
+    let steps = b.wait("#cfg-steps", T);
+    b.clear(&steps);
+    b.type_text(&steps, "3");
+    b.click(&b.wait("#launch", T));
+    let t0 = std::time::Instant::now();
+    let copy = loop {
+        let p = path(&b);
+        if p.starts_with("/runs/run-") && !p.ends_with(&run2) {
+            break p.trim_start_matches("/runs/").to_string();
+        }
+        assert!(t0.elapsed() < T, "launch did not open the copy's page (at {p})");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (_, c) = server.get(&format!("/api/runs/{copy}"));
+    assert_eq!((c["task"].as_str(), c["config"]["steps"].as_u64(), c["config"]["batch_size"].as_u64(), c["eval_samples"].as_u64()), (Some("rng"), Some(3), Some(4), Some(20)), "{c}");
+
     // Home again: both runs listed; then the layout at 800 px wide.
     b.goto(&format!("{base}/"));
     b.wait("#runs-table", T);

@@ -109,6 +109,17 @@ pub fn fields_of(default: &TrainConfig) -> CfgGroups {
     groups
 }
 
+/// Fills the fields with `values` (another run's config): the ones that
+/// differ from the preset become its overrides.
+pub fn set_values(groups: &CfgGroups, values: &TrainConfig) {
+    let Ok(Value::Object(map)) = serde_json::to_value(values) else { return };
+    for f in groups.iter().flat_map(|(_, fs)| fs) {
+        if let Some(v) = map.get(&f.name) {
+            f.text.set(to_text(v));
+        }
+    }
+}
+
 /// The form's verdict: errors by field, and the overrides to send.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Check {

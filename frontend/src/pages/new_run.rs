@@ -4,15 +4,18 @@
 //! task its prompt templates with a live preview. Launch posts `CreateRun`
 //! with only the changed config fields and opens the run's page. Errors are
 //! shown next to the field they name (the form's own or the server's
-//! `ApiError.field`), otherwise at the top of the form.
+//! `ApiError.field`), otherwise at the top of the form. `?from=RUN` fills
+//! the form with that run's task, method, config, dataset, experiment and
+//! task options, to launch it again with a change.
 
 use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run};
 use leptos::ev::SubmitEvent;
 use leptos::prelude::*;
+use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::config_form::{check, config_fields, fields_of, CfgGroups};
+use super::config_form::{check, config_fields, fields_of, set_values, CfgGroups};
 use super::custom_task::{examples_error, parse_examples, template_errors, CustomTemplates, Templates};
 use crate::api::{self, ApiErr};
 use crate::components::{loaded, Catalog, ErrorMsg, Polled};
@@ -36,8 +39,38 @@ pub fn NewRunPage() -> impl IntoView {
     let busy = RwSignal::new(false);
     let datasets = Polled::<Vec<Dataset>>::start("/api/datasets", None);
     let experiments = Polled::<Vec<Experiment>>::start("/api/experiments", None);
+    // The run this form copies (`?from=ID`).
+    let source = RwSignal::new(None::<Run>);
+    let source_err = RwSignal::new(None::<String>);
+    if let Some(from) = query.get_untracked().get("from") {
+        leptos::task::spawn_local(async move {
+            match api::get::<Run>(&api::run_path(&from, "")).await {
+                Ok(r) => {
+                    task.set(r.task.clone());
+                    method.set(r.method.as_str().to_string());
+                    experiment.set(r.experiment.clone().unwrap_or_default());
+                    eval_samples.set(r.eval_samples.map(|n| n.to_string()).unwrap_or_default());
+                    let text = |k: &str| r.task_options.get(k).and_then(Value::as_str).map(String::from);
+                    if let Some(p) = text("policy_template") {
+                        templates.policy.set(p);
+                    }
+                    if let Some(t) = text("reward_template") {
+                        templates.reward.set(t);
+                    }
+                    if let Some(Value::Array(ex)) = r.task_options.get("examples") {
+                        templates.examples.set(ex.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"));
+                    }
+                    source.set(Some(r));
+                }
+                Err(e) => source_err.set(Some(format!("Could not load run `{from}` to copy: {e}"))),
+            }
+        });
+    }
+    // The copied run, while the form is on its task.
+    let copying = move || source.get().filter(|r| task.with(|t| *t == r.task));
 
-    // A task (the first preset when none is named) and its default config.
+    // A task (the first preset when none is named) and its default config,
+    // or the copied run's.
     Effect::new(move |_| {
         let Some(Ok(tasks)) = cat.tasks.get() else { return };
         let t = task.get();
@@ -45,6 +78,10 @@ pub fn NewRunPage() -> impl IntoView {
             Some(info) => {
                 cfg.set(fields_of(&info.default_config));
                 dataset.set(String::new());
+                if let Some(r) = copying() {
+                    cfg.with_untracked(|g| set_values(g, &r.config));
+                    dataset.set(r.dataset.unwrap_or_default());
+                }
                 server_err.set(None);
             }
             None => {
@@ -101,7 +138,8 @@ pub fn NewRunPage() -> impl IntoView {
         }
         let overrides = checked.get_untracked().overrides;
         let opt = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_string());
-        let mut task_options = Map::new();
+        // The copied run's options carry over; the custom form's own replace theirs.
+        let mut task_options = copying().map(|r| r.task_options).unwrap_or_default();
         if is_custom() {
             let (p, r) = templates.with_texts(|p, r| (p.to_string(), r.to_string()));
             task_options.insert("policy_template".into(), Value::String(p));
@@ -168,6 +206,17 @@ pub fn NewRunPage() -> impl IntoView {
     view! {
         <section id="new-run">
             <h1>"New run"</h1>
+            {move || source_err.get().map(|e| view! { <ErrorMsg err=e id="copy-error" /> })}
+            {move || source.get().map(|r| {
+                let kept = copying().filter(|_| !is_custom()).map(|r| r.task_options).filter(|o| !o.is_empty());
+                view! {
+                    <p class="note" id="copy-note">"A copy of run "
+                        <A href=format!("/runs/{}", api::encode(&r.id))>{r.name.clone()}</A>
+                        ": its values fill the form; change what you want to try."
+                        {kept.map(|o| view! { " Task options kept: " <code>{Value::Object(o).to_string()}</code> "." })}
+                    </p>
+                }
+            })}
             <form id="new-run-form" on:submit=submit novalidate=true on:input=move |_| server_err.set(None) on:change=move |_| server_err.set(None)>
                 {top_error}
                 <fieldset class="cfg-group">

@@ -335,6 +335,7 @@ fn RunBody(
                 }}
                 <a class="button" id="download-metrics" href=api::run_path(&id, "/metrics.csv") download="" rel="external" on:click=download("/metrics.csv", "metrics.csv")>"Metrics CSV"</a>
                 <A href=format!("/compare?runs={},base", api::encode(&id)) attr:class="button" attr:id="compare-link">"Compare with base"</A>
+                <A href=format!("/runs/new?from={}", api::encode(&id)) attr:class="button" attr:id="copy-run">"New run from this"</A>
                 <A href=format!("/infill?runs={},base", api::encode(&id)) attr:class="button" attr:id="infill-link">"Infilling"</A>
             </div>
             {move || action_err.get().map(|e| view! { <ErrorMsg err=e id="action-error" /> })}
