@@ -192,6 +192,16 @@ pub async fn post_empty<T: DeserializeOwned>(path: &str) -> Result<T, ApiErr> {
     read(authorized(Request::post(path)).send().await.map_err(network)?).await
 }
 
+/// `DELETE path`; any 2xx is success.
+pub async fn delete(path: &str) -> Result<(), ApiErr> {
+    let resp = authorized(Request::delete(path)).send().await.map_err(network)?;
+    if resp.ok() {
+        Ok(())
+    } else {
+        Err(read_error(resp).await)
+    }
+}
+
 /// `POST path` with a text body (a dataset upload) → JSON.
 pub async fn post_text<T: DeserializeOwned>(path: &str, text: String) -> Result<T, ApiErr> {
     let req = authorized(Request::post(path)).header("Content-Type", "text/plain").body(text).map_err(|e| ApiErr::new(e.to_string()))?;

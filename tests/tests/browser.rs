@@ -300,6 +300,23 @@ fn the_app_in_a_real_browser() {
     let (_, c) = server.get(&format!("/api/runs/{copy}"));
     assert_eq!((c["task"].as_str(), c["config"]["steps"].as_u64(), c["config"]["batch_size"].as_u64(), c["eval_samples"].as_u64()), (Some("rng"), Some(3), Some(4), Some(20)), "{c}");
 
+    // Delete asks first: declined, nothing happens; confirmed, the run is gone.
+    b.goto(&format!("{base}/runs/{queued}"));
+    let delete = b.wait("#delete-run:not([disabled])", T);
+    b.execute("window.confirm = () => false", json!([]));
+    b.click(&delete);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.get(&format!("/api/runs/{queued}")).0, 200, "declined: the run stays");
+    b.execute("window.confirm = () => true", json!([]));
+    b.click(&delete);
+    let t0 = std::time::Instant::now();
+    while path(&b) != "/" {
+        assert!(t0.elapsed() < T, "delete did not go back to the runs (at {})", path(&b));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.get(&format!("/api/runs/{queued}")).0, 404);
+    b.wait_text("#runs-table", T, |t| t.contains("second") && !t.contains("queued"));
+
     // Home again: both runs listed; then the layout at 800 px wide.
     b.goto(&format!("{base}/"));
     b.wait("#runs-table", T);

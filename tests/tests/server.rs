@@ -180,11 +180,32 @@ fn cancel_and_resume() {
     assert_eq!(r["status"], "running", "{r}");
     let (_, jobs) = server.get("/api/jobs");
     assert_eq!(jobs[0]["run"], id.as_str());
+    let (s, v) = server.delete(&format!("/api/runs/{id}"));
+    assert_eq!(s, 409, "a running run is not deleted: {v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("cancel")), "{v}");
     server.post(&format!("/api/runs/{id}/cancel"), &json!({}));
     let r = server.wait_run(&id, Duration::from_secs(60), |r| r["status"] == "cancelled");
     let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
     let steps: Vec<u64> = series.as_array().unwrap().iter().map(|p| p["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=r["step"].as_u64().unwrap()).collect::<Vec<_>>(), "the series continues across the resume");
+
+    // Deleted once stopped: its rows and folder go; a saved comparison stays.
+    let (s, cmp) = server.post("/api/comparisons", &json!({"runs": [id, "base"], "prompts": ["one"], "decoding": {"n": 1, "max_tokens": 3}}));
+    assert_eq!(s, 201, "{cmp}");
+    let folder = dir.path().join("data").join("runs").join(&id);
+    assert!(folder.join("checkpoints").is_dir(), "{}", folder.display());
+    let (s, v) = server.delete(&format!("/api/runs/{id}"));
+    assert_eq!(s, 204, "{v}");
+    assert!(!folder.exists(), "the run's folder is gone");
+    for path in [format!("/api/runs/{id}"), format!("/api/runs/{id}/metrics"), format!("/api/runs/{id}/adapter.zip")] {
+        assert_eq!(server.get(&path).0, 404, "{path}");
+    }
+    assert_eq!(server.delete(&format!("/api/runs/{id}")).0, 404);
+    assert_eq!(server.get("/api/runs").1, json!([]));
+    let (s, saved) = server.get(&format!("/api/comparisons/{}", cmp["id"]));
+    assert_eq!((s, saved["columns"].as_array().map(Vec::len)), (200, Some(2)), "{saved}");
+    let (s, v) = server.post("/api/samples", &json!({"prompt": "one", "run": id}));
+    assert_eq!(s, 404, "{v}");
 }
 
 #[test]

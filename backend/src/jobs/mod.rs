@@ -154,6 +154,24 @@ impl Jobs {
         self.inner.store.run(id).await
     }
 
+    /// Deletes a run that is neither queued nor running: its rows, then its
+    /// folder (checkpoints, adapter, metrics file).
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let held = lock(&self.inner.queue).iter().any(|r| r == id) || lock(&self.inner.current).as_ref().is_some_and(|c| c.run == id);
+        if held {
+            return Err(Error::Conflict(format!("run `{id}` is queued or running; cancel it before deleting it")));
+        }
+        self.inner.store.delete_run(id).await?;
+        let dir = self.inner.store.run_dir(id);
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).map_err(|e| (dir, e))).await {
+            Ok(Ok(())) => {}
+            Ok(Err((_, e))) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err((dir, e))) => tracing::warn!("run `{id}` deleted, but not its folder {}: {e}", dir.display()),
+            Err(e) => tracing::warn!("run `{id}` deleted, but not its folder: {e}"),
+        }
+        Ok(())
+    }
+
     /// Asks the running job to stop as `interrupted` and waits (up to `wait`) for it.
     pub async fn shutdown(&self, wait: std::time::Duration) {
         if let Some(c) = lock(&self.inner.current).as_ref() {

@@ -181,6 +181,17 @@ pub async fn resume_run(State(s): State<AppState>, Path(id): Path<String>) -> Ap
     Ok(Json(s.jobs.resume(&id).await?))
 }
 
+/// Deletes a finished, failed, cancelled or interrupted run with its files
+/// (saved comparisons keep their samples).
+#[utoipa::path(delete, path = "/api/runs/{id}", params(("id" = String, Path)),
+    responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn delete_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    existing(&s, &id).await?;
+    s.jobs.delete(&id).await?;
+    s.sampler.forget(&s.store.run_dir(&id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(get, path = "/api/jobs", responses((status = 200, body = [Job])))]
 pub async fn list_jobs(State(s): State<AppState>) -> ApiResult<Json<Vec<Job>>> {
     Ok(Json(s.jobs.list().await?))

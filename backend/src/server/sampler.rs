@@ -135,6 +135,11 @@ impl Sampler {
     }
 
     /// Checks decoding settings against the limits; the engine's sampling config.
+    /// Drops the cached adapters under `dir` (a deleted run's folder).
+    pub fn forget(&self, dir: &std::path::Path) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|path, _| !path.starts_with(dir));
+    }
+
     pub fn sample_config(&self, d: &Decoding) -> Result<SampleConfig> {
         if d.n == 0 || d.n > self.limits.max_n {
             return Err(Error::invalid("decoding.n", format!("must be 1 to {}", self.limits.max_n)));

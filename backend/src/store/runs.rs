@@ -111,6 +111,28 @@ impl Store {
         self.run(id).await
     }
 
+    /// Deletes a run's rows (the run, its metrics and samples) unless it is
+    /// queued, running or evaluating. Its folder is the caller's.
+    pub async fn delete_run(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // A write first takes SQLite's write lock: no status change can come
+        // between the check and the delete.
+        let touched = sqlx::query("UPDATE runs SET updated_at = updated_at WHERE id = ?").bind(id).execute(&mut *tx).await?.rows_affected();
+        if touched == 0 {
+            return Err(Error::NotFound(format!("no run `{id}`")));
+        }
+        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?").bind(id).fetch_one(&mut *tx).await?;
+        if RunStatus::parse(&status).is_none_or(RunStatus::is_active) {
+            return Err(Error::Conflict(format!("run `{id}` is {status}; cancel it before deleting it")));
+        }
+        for table in ["metrics", "step_samples"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE run_id = ?")).bind(id).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM runs WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn set_checkpoint(&self, id: &str, step: usize) -> Result<()> {
         sqlx::query("UPDATE runs SET checkpoint_step = ?, updated_at = ? WHERE id = ?").bind(step as i64).bind(now_rfc3339()).bind(id).execute(&self.pool).await?;
         Ok(())

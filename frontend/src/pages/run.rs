@@ -258,6 +258,25 @@ fn RunBody(
             acting.set(false);
         });
     };
+    // Delete, after the browser's own confirmation; then back to the runs.
+    let navigate = leptos_router::hooks::use_navigate();
+    let delete = move |_| {
+        let Some(r) = r.get_untracked() else { return };
+        let question = format!("Delete run {} with its checkpoints, adapter and metrics? This cannot be undone.", r.name);
+        if !web_sys::window().and_then(|w| w.confirm_with_message(&question).ok()).unwrap_or(false) {
+            return;
+        }
+        acting.set(true);
+        action_err.set(None);
+        let navigate = navigate.clone();
+        leptos::task::spawn_local(async move {
+            match api::delete(&api::run_path(&r.id, "")).await {
+                Ok(()) => navigate("/", Default::default()),
+                Err(e) => action_err.set(Some(format!("Could not delete: {e}"))),
+            }
+            acting.set(false);
+        });
+    };
     let can_cancel = move || status().is_some_and(RunStatus::is_active);
     let can_resume = move || matches!(status(), Some(RunStatus::Failed | RunStatus::Cancelled | RunStatus::Interrupted));
     let live_text = move || match (live.get(), status().is_some_and(RunStatus::is_active)) {
@@ -336,6 +355,8 @@ fn RunBody(
                 <a class="button" id="download-metrics" href=api::run_path(&id, "/metrics.csv") download="" rel="external" on:click=download("/metrics.csv", "metrics.csv")>"Metrics CSV"</a>
                 <A href=format!("/compare?runs={},base", api::encode(&id)) attr:class="button" attr:id="compare-link">"Compare with base"</A>
                 <A href=format!("/runs/new?from={}", api::encode(&id)) attr:class="button" attr:id="copy-run">"New run from this"</A>
+                <button type="button" id="delete-run" class="danger" on:click=delete disabled=move || acting.get() || status().is_none_or(RunStatus::is_active)
+                    title="Only a run that is not queued or running can be deleted">"Delete"</button>
                 <A href=format!("/infill?runs={},base", api::encode(&id)) attr:class="button" attr:id="infill-link">"Infilling"</A>
             </div>
             {move || action_err.get().map(|e| view! { <ErrorMsg err=e id="action-error" /> })}
