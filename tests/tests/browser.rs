@@ -222,6 +222,16 @@ fn the_app_in_a_real_browser() {
     assert!(lines[2..].iter().all(|l| l.matches('|').count() == lines[0].matches('|').count()), "{md}");
     assert!(lines[4].starts_with("| base "), "{md}");
 
+    // The picked runs side by side: only the settings that differ, and their own evaluations.
+    b.wait("#runs-differences th.setting[data-key=\"steps\"]", T);
+    assert!(b.find_all("#runs-differences th.setting[data-key=\"batch_size\"]").is_empty(), "both ran batch 4");
+    assert!(b.find_all("#runs-differences th.setting[data-key=\"task\"]").is_empty(), "both are rng");
+    let row = b.text(&b.wait(&format!("#runs-differences tr[data-run=\"{run2}\"]"), T));
+    assert!(row.contains("second") && row.split_whitespace().any(|w| w == "6") && row.contains("20"), "{row}");
+    assert!(!b.find_all("#runs-differences th.metric").is_empty(), "the completed run's final metrics");
+    b.execute("document.getElementById('runs-side-by-side').scrollIntoView()", json!([]));
+    shot(&b, "compare-runs");
+
     // The chosen runs' training curves, overlaid: a path per run, named as in the legend.
     let paths = b.wait_n("#curve-loss path.series", 2, T);
     let names: Vec<String> = [&run1, &run2].iter().map(|id| server.get(&format!("/api/runs/{id}")).1["name"].as_str().unwrap().to_string()).collect();

@@ -4,7 +4,8 @@
 //! distribution of sampled integers against the uniform target (log scale),
 //! otherwise mean base log-likelihood against distinct-2 diversity. Saved
 //! comparisons are listed and open at `/compare?id=N`. The chosen runs'
-//! training curves show as soon as they are picked (`curves`).
+//! differing settings and final evaluations (`differences`) and training
+//! curves (`curves`) show as soon as they are picked.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::api::{self, ApiErr};
 use crate::charts::{fmt_num, Distribution, DistributionChart, Scatter, ScatterPoint};
 use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourcePicker};
 use crate::pages::curves::TrainingCurves;
+use crate::pages::differences::RunsTable;
 
 /// Integers the RNG task draws from: 0..SUPPORT.
 const SUPPORT: usize = 101;
@@ -178,6 +180,7 @@ pub fn ComparePage() -> impl IntoView {
             </form>
             {move || loading.get().then(|| view! { <Loading what="samples from every source (this can take a while)" /> })}
             {move || result.get().map(|c| view! { <ComparisonView c=c /> })}
+            <RunsTable runs=runs selected=selected />
             <TrainingCurves runs=runs selected=selected />
             <h2>"Saved comparisons"</h2>
             {move || match past.data.get() {

@@ -4,6 +4,7 @@ pub mod compare;
 pub mod config_form;
 pub mod curves;
 pub mod custom_task;
+pub mod differences;
 pub mod home;
 pub mod infill;
 pub mod new_run;

@@ -1,0 +1,100 @@
+//! The compare page's table of the picked runs: what differs between them
+//! (task, method, dataset, evaluation samples, each config key and task
+//! option whose values are not all equal) and each run's own final
+//! evaluation (its task's metrics first, in the task's order), a row per run
+//! in the colour of its training curves. Read from the runs list the page
+//! polls; fetches nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use amortize_shared::api::Run;
+use leptos::prelude::*;
+use serde_json::Value;
+
+use crate::charts::{fmt_num, PALETTE};
+use crate::components::{Catalog, Polled};
+
+/// A run's settings as (name, shown value): the run's fields, its config
+/// keys and its task options (`task.KEY`).
+fn settings(r: &Run) -> BTreeMap<String, String> {
+    let show = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    };
+    let mut out = BTreeMap::new();
+    out.insert("task".to_string(), r.task.clone());
+    out.insert("method".to_string(), r.method.as_str().to_string());
+    out.insert("dataset".to_string(), r.dataset.clone().unwrap_or_else(|| "–".into()));
+    out.insert("eval_samples".to_string(), r.eval_samples.map_or("default".into(), |n| n.to_string()));
+    if let Ok(Value::Object(cfg)) = serde_json::to_value(&r.config) {
+        out.extend(cfg.iter().map(|(k, v)| (k.clone(), show(v))));
+    }
+    out.extend(r.task_options.iter().map(|(k, v)| (format!("task.{k}"), show(v))));
+    out
+}
+
+/// The names whose values are not the same in every one of `rows` (a name
+/// some rows lack counts as differing).
+pub fn differing(rows: &[BTreeMap<String, String>]) -> Vec<String> {
+    let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.keys()).collect();
+    names.into_iter().filter(|n| rows.iter().any(|r| r.get(*n) != rows[0].get(*n))).cloned().collect()
+}
+
+#[component]
+pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> impl IntoView {
+    let cat = Catalog::get();
+    let picked = Memo::new(move |_| {
+        let ids = selected.get();
+        runs.data.with(|l| l.as_ref().map(|l| ids.iter().filter_map(|id| l.iter().find(|r| &r.id == id).cloned()).collect::<Vec<_>>()).unwrap_or_default())
+    });
+    let body = move || {
+        let picked = picked.get();
+        if picked.is_empty() {
+            return None;
+        }
+        let rows: Vec<BTreeMap<String, String>> = picked.iter().map(settings).collect();
+        let diff = if picked.len() > 1 { differing(&rows) } else { Vec::new() };
+        // The tasks' own metrics first, in their order, then any other.
+        let mut metrics: Vec<String> = Vec::new();
+        for r in &picked {
+            for m in cat.task(&r.task).map(|t| t.metrics).unwrap_or_default() {
+                if !metrics.contains(&m) {
+                    metrics.push(m);
+                }
+            }
+        }
+        let others: BTreeSet<String> = picked.iter().flat_map(|r| r.final_metrics.iter().flatten().map(|(k, _)| k.clone())).collect();
+        metrics.extend(others.into_iter().filter(|k| !metrics.contains(k)).collect::<Vec<_>>());
+        metrics.retain(|m| picked.iter().any(|r| r.final_metrics.as_ref().is_some_and(|f| f.contains_key(m))));
+        Some(view! {
+            <section id="runs-side-by-side">
+                <h2>"Picked runs " <span class="muted">
+                    {if picked.len() > 1 { "(settings that differ, and each run's final evaluation)" } else { "(its final evaluation)" }}</span></h2>
+                <div class="scroll">
+                    <table class="data" id="runs-differences">
+                        <thead><tr>
+                            <th scope="col">"run"</th>
+                            {diff.iter().map(|k| view! { <th scope="col" class="setting" data-key=k.clone()>{k.clone()}</th> }).collect_view()}
+                            {metrics.iter().map(|m| view! { <th scope="col" class="metric" data-key=m.clone()>{m.clone()}</th> }).collect_view()}
+                        </tr></thead>
+                        <tbody>
+                            {picked.iter().zip(&rows).enumerate().map(|(i, (r, set))| view! {
+                                <tr data-run=r.id.clone()>
+                                    <th scope="row"><span class="swatch" style=format!("background:{}", PALETTE[i % PALETTE.len()])></span>{r.name.clone()}
+                                        <span class="muted">{format!(" ({}, step {})", r.status.as_str(), r.step)}</span></th>
+                                    {diff.iter().map(|k| view! { <td class="mono">{set.get(k).cloned().unwrap_or_else(|| "–".into())}</td> }).collect_view()}
+                                    {metrics.iter().map(|m| view! {
+                                        <td class="num">{r.final_metrics.as_ref().and_then(|f| f.get(m)).map_or("–".into(), |v| fmt_num(*v))}</td>
+                                    }).collect_view()}
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                </div>
+                {(picked.len() > 1 && diff.is_empty()).then(|| view! { <p class="muted">"Their settings are the same."</p> })}
+            </section>
+        })
+    };
+    view! { {body} }
+}
