@@ -108,7 +108,13 @@ fn RunView(id: String) -> impl IntoView {
     let fetch_history = move || {
         leptos::task::spawn_local(async move {
             let id = id.get_value();
-            match api::get::<Vec<MetricPoint>>(&api::run_path(&id, "/metrics")).await {
+            // After a reconnect only the steps past those held (a resume
+            // redoes steps exactly, so held ones stay right).
+            let path = match metrics.with_untracked(|v| v.last().map(|p| p.step)) {
+                Some(last) => api::run_path(&id, &format!("/metrics?after={last}")),
+                None => api::run_path(&id, "/metrics"),
+            };
+            match api::get::<Vec<MetricPoint>>(&path).await {
                 Ok(m) => {
                     metrics.update(|v| merge(v, m));
                     history.set(Some(Ok(())));
