@@ -44,6 +44,19 @@ pub fn RunPage() -> impl IntoView {
     }
 }
 
+/// The last step of `series` reached from step 1 without a gap (None when
+/// it does not start at step 1).
+fn gapless_until(series: &[MetricPoint]) -> Option<usize> {
+    let mut last = None;
+    for (i, p) in series.iter().enumerate() {
+        if p.step != i + 1 {
+            break;
+        }
+        last = Some(p.step);
+    }
+    last
+}
+
 /// Newest first, without repeats, at most [`SAMPLES_KEPT`].
 fn add_samples(list: &mut Vec<StepSample>, mut new: Vec<StepSample>) {
     new.retain(|s| !list.contains(s));
@@ -108,9 +121,10 @@ fn RunView(id: String) -> impl IntoView {
     let fetch_history = move || {
         leptos::task::spawn_local(async move {
             let id = id.get_value();
-            // After a reconnect only the steps past those held (a resume
-            // redoes steps exactly, so held ones stay right).
-            let path = match metrics.with_untracked(|v| v.last().map(|p| p.step)) {
+            // After a reconnect only the steps past those held without a gap
+            // from step 1 (steps streamed since the reconnect may already sit
+            // past the gap; a resume redoes steps exactly, so held ones stay right).
+            let path = match metrics.with_untracked(|v| gapless_until(v)) {
                 Some(last) => api::run_path(&id, &format!("/metrics?after={last}")),
                 None => api::run_path(&id, "/metrics"),
             };
