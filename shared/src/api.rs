@@ -132,6 +132,23 @@ pub struct CreateRun {
     /// (0: skip it; default: the task's own number).
     #[serde(default)]
     pub eval_samples: Option<usize>,
+    /// Free text: why this run, what to look for (at most [`NOTES_MAX`] characters).
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// Longest `notes` of a run, in characters.
+pub const NOTES_MAX: usize = 10_000;
+
+/// `PATCH /api/runs/{id}`: what a user may change on a run at any time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRun {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +224,9 @@ pub struct Run {
     pub checkpoint_step: Option<usize>,
     pub created_at: String,
     pub updated_at: String,
+    /// The user's notes ("" when none).
+    #[serde(default)]
+    pub notes: String,
     /// How far the stage in flight has come while the run sets up (before its
     /// first step) or evaluates: the running job's, in `GET /api/runs` and
     /// `GET /api/runs/{id}`.

@@ -107,6 +107,10 @@ impl Server {
         Self::json_of(self.auth(self.agent.post(&format!("{}{path}", self.base))).send_json(body).expect("POST"))
     }
 
+    pub fn patch(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        Self::json_of(self.auth(self.agent.patch(&format!("{}{path}", self.base))).send_json(body).expect("PATCH"))
+    }
+
     /// POST of raw bytes with a content type.
     pub fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
         Self::json_of(self.auth(self.agent.post(&format!("{}{path}", self.base))).header("Content-Type", content_type).send(body).expect("POST"))

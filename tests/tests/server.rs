@@ -41,7 +41,9 @@ fn a_run_from_creation_to_comparison() {
     assert_eq!(rng["metrics"][0], "kl");
 
     // Create a run and watch it over SSE to the end.
-    let (s, run) = server.post("/api/runs", &rng_run("first", 12, 4, 40));
+    let mut req = rng_run("first", 12, 4, 40);
+    req["notes"] = json!("first try");
+    let (s, run) = server.post("/api/runs", &req);
     assert_eq!(s, 201, "{run}");
     let id = run["id"].as_str().unwrap().to_string();
     assert_eq!(run["config"]["steps"], 12);
@@ -67,6 +69,26 @@ fn a_run_from_creation_to_comparison() {
     assert_eq!(fm["kl"].is_number(), fm["valid_samples"].as_f64().unwrap() > 0.0, "KL only with valid samples: {run}");
     let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
     assert_eq!(series.as_array().unwrap().len(), 12);
+    // Renamed and annotated at any time; the notes given at creation were kept.
+    assert_eq!(run["notes"], "first try", "{run}");
+    let (s, v) = server.patch(&format!("/api/runs/{id}"), &json!({"name": "renamed", "notes": "KL looks fine\nnext: lower lr"}));
+    assert_eq!(s, 200, "{v}");
+    let (_, list) = server.get("/api/runs");
+    let row = list.as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap().clone();
+    assert_eq!((row["name"].as_str(), row["notes"].as_str()), (Some("renamed"), Some("KL looks fine\nnext: lower lr")), "{row}");
+    let (s, v) = server.patch(&format!("/api/runs/{id}"), &json!({"notes": ""}));
+    assert_eq!((s, v["name"].as_str(), v["notes"].as_str()), (200, Some("renamed"), Some("")), "a name left out is kept: {v}");
+    for (body, want, field) in [
+        (json!({"name": "../x"}), 400, Some("name")),
+        (json!({"notes": "n".repeat(10_001)}), 400, Some("notes")),
+        (json!({"status": "completed"}), 422, None),
+    ] {
+        let (s, v) = server.patch(&format!("/api/runs/{id}"), &body);
+        assert_eq!((s, v["field"].as_str()), (want, field), "{v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    assert_eq!(server.patch("/api/runs/run-00000000", &json!({"notes": "x"})).0, 404);
+
     // `?after=N`: only the later steps (what a page holding the series lacks).
     let (_, tail) = server.get(&format!("/api/runs/{id}/metrics?after=9"));
     let steps: Vec<u64> = tail.as_array().unwrap().iter().map(|p| p["step"].as_u64().unwrap()).collect();
@@ -291,6 +313,7 @@ fn bad_input_gets_4xx_with_a_message() {
         ("POST", "/api/runs", json!({"task": "infill", "task_options": {"data_file": "/etc/passwd"}}), 400, Some("task_options.data_file")),
         ("POST", "/api/runs", json!({"task": "rng", "task_options": {"no_such": 1}}), 400, None),
         ("POST", "/api/runs", json!({"task": "rng", "dataset": "missing"}), 400, Some("dataset")),
+        ("POST", "/api/runs", json!({"task": "rng", "notes": "n".repeat(10_001)}), 400, Some("notes")),
         ("POST", "/api/runs", json!({"task": "rng", "surprise": true}), 422, None),
         ("POST", "/api/samples", json!({"prompt": ""}), 400, Some("prompt")),
         ("POST", "/api/samples", json!({"prompt": "hi", "decoding": {"n": 0}}), 400, Some("decoding.n")),

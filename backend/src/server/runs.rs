@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use amortize_shared::api::{ApiError, CreateRun, Job, MetricPoint, Method, Run, RunEvent, StepSample};
+use amortize_shared::api::{ApiError, CreateRun, Job, MetricPoint, Method, Run, RunEvent, StepSample, UpdateRun, NOTES_MAX};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -47,6 +47,7 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
     if let Some(e) = &req.experiment {
         check_name("experiment", e)?;
     }
+    check_notes(req.notes.as_deref())?;
     let options = req.task_options.clone().unwrap_or_default();
     check_task_options(&options)?;
     let dataset = match &req.dataset {
@@ -81,11 +82,31 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
             task_options: req.task_options.clone().unwrap_or_default(),
             dataset: req.dataset.clone(),
             eval_samples: req.eval_samples,
+            notes: req.notes.clone().unwrap_or_default(),
         })
         .await?;
     s.jobs.enqueue(&id).await?;
     let run = s.store.run(&run.id).await?;
     Ok((StatusCode::CREATED, Json(run)))
+}
+
+fn check_notes(notes: Option<&str>) -> ApiResult<()> {
+    match notes {
+        Some(n) if n.chars().count() > NOTES_MAX => Err(ApiErr::bad("notes", format!("notes are at most {NOTES_MAX} characters"))),
+        _ => Ok(()),
+    }
+}
+
+/// Renames a run or replaces its notes, whatever its status.
+#[utoipa::path(patch, path = "/api/runs/{id}", params(("id" = String, Path)), request_body = UpdateRun,
+    responses((status = 200, body = Run), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn update_run(State(s): State<AppState>, Path(id): Path<String>, Json(req): Json<UpdateRun>) -> ApiResult<Json<Run>> {
+    existing(&s, &id).await?;
+    if let Some(n) = &req.name {
+        check_name("name", n)?;
+    }
+    check_notes(req.notes.as_deref())?;
+    Ok(Json(s.store.update_run(&id, req.name.as_deref(), req.notes.as_deref()).await?))
 }
 
 async fn existing(s: &AppState, id: &str) -> ApiResult<Run> {

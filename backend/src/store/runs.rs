@@ -22,13 +22,14 @@ pub struct NewRun {
     pub task_options: serde_json::Map<String, serde_json::Value>,
     pub dataset: Option<String>,
     pub eval_samples: Option<usize>,
+    pub notes: String,
 }
 
 /// Recent training samples kept per run.
 const KEEP_SAMPLE_STEPS: i64 = 20;
 
 const RUN_COLUMNS: &str = "r.id, r.name, e.name AS experiment, r.task, r.method, r.status, r.step, r.steps, r.config, \
-     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at";
+     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at, r.notes";
 
 fn run_from_row(r: &SqliteRow) -> Result<Run> {
     let method: String = r.get("method");
@@ -52,6 +53,7 @@ fn run_from_row(r: &SqliteRow) -> Result<Run> {
         checkpoint_step: r.get::<Option<i64>, _>("checkpoint_step").map(|s| s as usize),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
+        notes: r.get("notes"),
         progress: None,
     })
 }
@@ -65,7 +67,7 @@ impl Store {
         let now = now_rfc3339();
         sqlx::query(
             "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
-             eval_samples, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
+             eval_samples, created_at, updated_at, notes) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&n.id)
         .bind(&n.name)
@@ -79,9 +81,25 @@ impl Store {
         .bind(n.eval_samples.map(|n| n as i64))
         .bind(&now)
         .bind(&now)
+        .bind(&n.notes)
         .execute(&self.pool)
         .await?;
         self.run(&n.id).await
+    }
+
+    /// Renames a run and/or replaces its notes (`None`: kept).
+    pub async fn update_run(&self, id: &str, name: Option<&str>, notes: Option<&str>) -> Result<Run> {
+        let done = sqlx::query("UPDATE runs SET name = COALESCE(?, name), notes = COALESCE(?, notes), updated_at = ? WHERE id = ?")
+            .bind(name)
+            .bind(notes)
+            .bind(now_rfc3339())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("no run `{id}`")));
+        }
+        self.run(id).await
     }
 
     pub async fn run(&self, id: &str) -> Result<Run> {
