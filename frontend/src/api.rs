@@ -187,6 +187,12 @@ pub async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Re
     read(req.send().await.map_err(network)?).await
 }
 
+/// `PATCH path` with a JSON body → JSON.
+pub async fn patch<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, ApiErr> {
+    let req = authorized(Request::patch(path)).json(body).map_err(|e| ApiErr::new(e.to_string()))?;
+    read(req.send().await.map_err(network)?).await
+}
+
 /// `POST path` without a body → JSON.
 pub async fn post_empty<T: DeserializeOwned>(path: &str) -> Result<T, ApiErr> {
     read(authorized(Request::post(path)).send().await.map_err(network)?).await

@@ -310,6 +310,21 @@ fn the_app_in_a_real_browser() {
     let (_, c) = server.get(&format!("/api/runs/{copy}"));
     assert_eq!((c["task"].as_str(), c["config"]["steps"].as_u64(), c["config"]["batch_size"].as_u64(), c["eval_samples"].as_u64()), (Some("rng"), Some(3), Some(4), Some(20)), "{c}");
 
+    // Name and notes, saved in place; the runs list shows the notes.
+    b.goto(&format!("{base}/runs/{run2}"));
+    b.click(&b.wait("#run-notes summary", T));
+    let name = b.wait("#run-name-input", T);
+    b.clear(&name);
+    b.type_text(&name, "second-b");
+    b.type_text(&b.wait("#run-notes-input", T), "baseline of the sweep\nsee the KL");
+    b.click(&b.wait("#save-notes:not([disabled])", T));
+    b.wait("#notes-saved", T);
+    b.wait_text("#run-name", T, |t| t == "second-b");
+    let (_, r) = server.get(&format!("/api/runs/{run2}"));
+    assert_eq!((r["name"].as_str(), r["notes"].as_str()), (Some("second-b"), Some("baseline of the sweep\nsee the KL")), "{r}");
+    b.goto(&format!("{base}/"));
+    b.wait_text(&format!("tr[data-run-id=\"{run2}\"] [data-test=\"run-notes\"]"), T, |t| t == "baseline of the sweep");
+
     // Delete asks first: declined, nothing happens; confirmed, the run is gone.
     b.goto(&format!("{base}/runs/{queued}"));
     let delete = b.wait("#delete-run:not([disabled])", T);

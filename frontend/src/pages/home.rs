@@ -170,7 +170,10 @@ fn run_row(Row { run: r, queued, metric, .. }: Row, picked: RwSignal<Vec<String>
                         if on { p.push(id2.clone()) }
                     });
                 } /></td>
-            <td><A href=href>{r.name.clone()}</A></td>
+            <td><A href=href>{r.name.clone()}</A>
+                {(!r.notes.trim().is_empty()).then(|| view! {
+                    <div class="muted run-notes" data-test="run-notes" title=r.notes.clone()>{truncate(r.notes.lines().find(|l| !l.trim().is_empty()).unwrap_or(""), 60)}</div>
+                })}</td>
             <td>
                 <StatusBadge status=r.status />
                 {queued.map(|p| view! { <span class="muted" data-test="queue-position">" #" {p} " in queue"</span> })}

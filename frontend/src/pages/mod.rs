@@ -9,3 +9,4 @@ pub mod home;
 pub mod infill;
 pub mod new_run;
 pub mod run;
+pub mod run_notes;

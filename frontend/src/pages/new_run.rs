@@ -8,7 +8,7 @@
 //! the form with that run's task, method, config, dataset, experiment and
 //! task options, to launch it again with a change.
 
-use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run};
+use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run, NOTES_MAX};
 use leptos::ev::SubmitEvent;
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -21,7 +21,7 @@ use crate::api::{self, ApiErr};
 use crate::components::{loaded, Catalog, ErrorMsg, Polled};
 
 /// Form fields outside the config that a server error may name.
-const OWN_FIELDS: [&str; 9] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "policy_template", "reward_template", "examples"];
+const OWN_FIELDS: [&str; 10] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "notes", "policy_template", "reward_template", "examples"];
 
 #[component]
 pub fn NewRunPage() -> impl IntoView {
@@ -33,6 +33,7 @@ pub fn NewRunPage() -> impl IntoView {
     let method = RwSignal::new("gfn".to_string());
     let dataset = RwSignal::new(String::new());
     let eval_samples = RwSignal::new(String::new());
+    let notes = RwSignal::new(String::new());
     let templates = Templates::new();
     let cfg = RwSignal::new(CfgGroups::new());
     let server_err = RwSignal::new(None::<ApiErr>);
@@ -101,6 +102,7 @@ pub fn NewRunPage() -> impl IntoView {
             "name" => name.with(|s| name_check(s)),
             "experiment" => experiment.with(|s| name_check(s)),
             "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
+            "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
             "policy_template" | "reward_template" if is_custom() => {
                 let (p, r) = templates.with_texts(template_errors);
                 if field == "policy_template" { p } else { r }
@@ -158,6 +160,7 @@ pub fn NewRunPage() -> impl IntoView {
             task_options: (!task_options.is_empty()).then_some(task_options),
             dataset: opt(dataset.get_untracked()),
             eval_samples: eval_samples.get_untracked().trim().parse().ok(),
+            notes: opt(notes.get_untracked()),
         };
         busy.set(true);
         server_err.set(None);
@@ -241,6 +244,12 @@ pub fn NewRunPage() -> impl IntoView {
                         {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}
                         {text_input("experiment", "Experiment", "optional; created if new", experiment, Some("experiment-names"))}
                         {text_input("eval_samples", "Evaluation samples", "optional; 0 skips the final evaluation", eval_samples, None)}
+                        <div class="field wide">
+                            <label for="notes">"Notes " <span class="help">"optional; why this run, what to look for"</span></label>
+                            <textarea id="notes" name="notes" rows="2" aria-invalid=move || if error_of("notes").is_some() { "true" } else { "false" }
+                                prop:value=move || notes.get() on:input=move |ev| notes.set(event_target_value(&ev))></textarea>
+                            {field_err("notes")}
+                        </div>
                     </div>
                     <datalist id="experiment-names">
                         {move || experiments.data.get().unwrap_or_default().into_iter().map(|e| view! { <option value=e.name></option> }).collect_view()}

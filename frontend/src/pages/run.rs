@@ -14,6 +14,7 @@ use send_wrapper::SendWrapper;
 use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
 use crate::charts::{fmt_num, LineChart, SmoothingSelect};
 use crate::pages::curves::merge;
+use crate::pages::run_notes::RunNotes;
 use crate::components::{fmt_int, fmt_time, ErrorMsg, Loading, StatusBadge};
 
 /// Recent samples kept in the panel.
@@ -380,6 +381,7 @@ fn RunBody(
                 <A href=format!("/infill?runs={},base", api::encode(&id)) attr:class="button" attr:id="infill-link">"Infilling"</A>
             </div>
             {move || action_err.get().map(|e| view! { <ErrorMsg err=e id="action-error" /> })}
+            <RunNotes run=run />
             {move || r.with(|r| r.as_ref().and_then(|r| r.final_metrics.clone())).map(|m| view! {
                 <h2>"Final metrics"</h2>
                 <table class="data compact" id="final-metrics">
