@@ -347,6 +347,27 @@ fn the_app_in_a_real_browser() {
     b.wait("#runs-table", T);
     b.wait_text("#runs-table", T, |t| t.contains("second"));
     shot(&b, "home");
+    // Sorted by a header, the other way on a second click; filtered by a search.
+    let ids = |b: &Browser| b.find_all("#runs-table tbody tr").iter().filter_map(|r| b.attr(r, "data-run-id")).collect::<Vec<_>>();
+    let wait_ids = |b: &Browser, what: &str, ok: &dyn Fn(&[String]) -> bool| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = ids(b);
+            if ok(&got) {
+                return got;
+            }
+            assert!(t0.elapsed() < T, "{what}: rows {got:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let sort_steps = b.wait("button.sort[data-sort=\"step\"]", T);
+    b.click(&sort_steps);
+    wait_ids(&b, "most steps first", &|v| v.len() >= 3 && v[0] == run1);
+    b.click(&sort_steps);
+    wait_ids(&b, "fewest steps first", &|v| v.len() >= 3 && v.last() == Some(&run1));
+    b.type_text(&b.wait("#run-search", T), "SWEEP");
+    wait_ids(&b, "the search finds the notes", &|v| v == [run2.clone()]);
+    b.clear(&b.wait("#run-search", T));
     b.resize(800, 900);
     for page in ["/", "/runs/new", &format!("/runs/{run2}"), "/infill"] {
         b.goto(&format!("{base}{page}"));

@@ -1,7 +1,8 @@
 //! Home: the loaded model, the task presets (each with a "new run" link) and
 //! the table of runs, polled every 2 s so statuses and steps stay live;
-//! filterable by experiment; runs ticked in it open together on the compare
-//! page (with the base model).
+//! filterable by experiment and by a search over name, task, method, status
+//! and notes, sorted by any column; runs ticked in it open together on the
+//! compare page (with the base model).
 
 use std::time::Duration;
 
@@ -20,7 +21,10 @@ pub fn HomePage() -> impl IntoView {
     let experiments = Polled::<Vec<Experiment>>::start("/api/experiments", Some(Duration::from_secs(10)));
     let jobs = Polled::<Vec<Job>>::start("/api/jobs", Some(Duration::from_secs(2)));
     let filter = RwSignal::new(String::new());
+    let search = RwSignal::new(String::new());
     let picked = RwSignal::new(Vec::<String>::new());
+    // (column, descending); newest first until a header is clicked.
+    let sort = RwSignal::new((Col::Created, true));
 
     let model = loaded(cat.model, "the model", |m| {
         view! {
@@ -57,21 +61,42 @@ pub fn HomePage() -> impl IntoView {
     let rows = Memo::new(move |_| -> Option<Vec<Row>> {
         let mut list = runs.data.get()?;
         filter.with(|f| if !f.is_empty() { list.retain(|r| r.experiment.as_deref() == Some(f.as_str())) });
-        list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        search.with(|q| {
+            let q = q.trim().to_lowercase();
+            if !q.is_empty() {
+                list.retain(|r| [&r.name, &r.task, r.method.as_str(), r.status.as_str(), &r.notes].iter().any(|f| f.to_lowercase().contains(&q)));
+            }
+        });
         let tasks = cat.tasks.with(|t| t.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default());
         let queue = jobs.data.get().unwrap_or_default();
-        Some(list.into_iter().map(|run| {
+        let mut rows: Vec<Row> = list.into_iter().map(|run| {
             let queued = queue.iter().find(|j| j.run == run.id && j.position > 0).map(|j| j.position);
-            let metric = key_metric(&run, &tasks).map(|(k, v)| format!("{k} = {}", fmt_num(v))).unwrap_or_else(|| "—".into());
-            Row { key: format!("{run:?}{queued:?}{metric}"), run, queued, metric }
-        }).collect())
+            let key_value = key_metric(&run, &tasks);
+            let metric = key_value.as_ref().map(|(k, v)| format!("{k} = {}", fmt_num(*v))).unwrap_or_else(|| "—".into());
+            Row { key: format!("{run:?}{queued:?}{metric}"), run, queued, metric, value: key_value.map(|(_, v)| v) }
+        }).collect();
+        let (col, desc) = sort.get();
+        // Newest first among equals.
+        rows.sort_by(|a, b| col.order(a, b, desc).then_with(|| b.run.created_at.cmp(&a.run.created_at)));
+        Some(rows)
     });
+    let header = move |col: Col, label: &'static str| {
+        let state = move || sort.with(|(c, d)| (*c == col).then_some(*d));
+        view! {
+            <th scope="col" aria-sort=move || match state() { Some(true) => "descending", Some(false) => "ascending", None => "none" }>
+                <button type="button" class="sort" data-sort=col.name()
+                    on:click=move |_| sort.update(|(c, d)| if *c == col { *d = !*d } else { *c = col; *d = col.starts_descending() })>
+                    {label}<span class="arrow" aria-hidden="true">{move || match state() { Some(true) => " ▼", Some(false) => " ▲", None => "" }}</span>
+                </button>
+            </th>
+        }
+    };
     let shape = Memo::new(move |_| rows.with(|r| r.as_ref().map(Vec::is_empty)));
     let table = move || match shape.get() {
         None => view! { <Loading what="runs" /> }.into_any(),
         Some(true) => view! {
             <p class="empty" id="runs-empty">
-                {move || if filter.with(String::is_empty) { "No runs yet. " } else { "No runs in this experiment. " }}
+                {move || if filter.with(String::is_empty) && search.with(String::is_empty) { "No runs yet. " } else { "No runs match. " }}
                 <A href="/runs/new">"Start one"</A>
             </p>
         }
@@ -80,9 +105,10 @@ pub fn HomePage() -> impl IntoView {
             <div class="scroll">
                 <table id="runs-table" class="data">
                     <thead><tr>
-                        <th scope="col"><span class="visually-hidden">"Pick"</span></th><th scope="col">"Run"</th><th scope="col">"Status"</th><th scope="col">"Task"</th>
-                        <th scope="col">"Method"</th><th scope="col">"Step"</th><th scope="col">"Key metric"</th>
-                        <th scope="col">"Experiment"</th><th scope="col">"Created"</th>
+                        <th scope="col"><span class="visually-hidden">"Pick"</span></th>
+                        {header(Col::Name, "Run")}{header(Col::Status, "Status")}{header(Col::Task, "Task")}
+                        {header(Col::Method, "Method")}{header(Col::Step, "Step")}{header(Col::Metric, "Key metric")}
+                        {header(Col::Experiment, "Experiment")}{header(Col::Created, "Created")}
                     </tr></thead>
                     <tbody>
                         <For each=move || rows.get().unwrap_or_default() key=|row| row.key.clone() children=move |row| run_row(row, picked) />
@@ -116,6 +142,9 @@ pub fn HomePage() -> impl IntoView {
                 <A href="/runs/new" attr:class="button primary" attr:id="new-run-link">"New run"</A>
             </div>
             <div class="toolbar">
+                <label for="run-search" class="visually-hidden">"Search runs"</label>
+                <input type="search" id="run-search" placeholder="Search name, task, method, status, notes"
+                    prop:value=move || search.get() on:input=move |ev| search.set(event_target_value(&ev)) />
                 {experiment_filter}
                 {move || {
                     let ids = picked.get();
@@ -152,6 +181,63 @@ struct Row {
     /// Place in the job queue while it waits.
     queued: Option<usize>,
     metric: String,
+    /// The key metric's value, for sorting.
+    value: Option<f64>,
+}
+
+/// A sortable column of the runs table.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Col {
+    Name,
+    Status,
+    Task,
+    Method,
+    Step,
+    Metric,
+    Experiment,
+    Created,
+}
+
+impl Col {
+    fn name(self) -> &'static str {
+        match self {
+            Col::Name => "name",
+            Col::Status => "status",
+            Col::Task => "task",
+            Col::Method => "method",
+            Col::Step => "step",
+            Col::Metric => "metric",
+            Col::Experiment => "experiment",
+            Col::Created => "created",
+        }
+    }
+
+    /// Numbers and dates start from the largest, words from A.
+    fn starts_descending(self) -> bool {
+        matches!(self, Col::Step | Col::Metric | Col::Created)
+    }
+
+    /// The order by this column, `desc`ending or not; runs without a key
+    /// metric come last either way.
+    fn order(self, a: &Row, b: &Row, desc: bool) -> std::cmp::Ordering {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        let dir = |o: std::cmp::Ordering| if desc { o.reverse() } else { o };
+        dir(match self {
+            Col::Name => a.run.name.to_lowercase().cmp(&b.run.name.to_lowercase()),
+            Col::Status => a.run.status.as_str().cmp(b.run.status.as_str()),
+            Col::Task => a.run.task.cmp(&b.run.task),
+            Col::Method => a.run.method.as_str().cmp(b.run.method.as_str()),
+            Col::Step => a.run.step.cmp(&b.run.step),
+            Col::Metric => match (a.value, b.value) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => return Less,
+                (None, Some(_)) => return Greater,
+                (None, None) => Equal,
+            },
+            Col::Experiment => a.run.experiment.cmp(&b.run.experiment),
+            Col::Created => a.run.created_at.cmp(&b.run.created_at),
+        })
+    }
 }
 
 /// A row; its box adds the run to `picked` (in the order ticked) or takes it out.
