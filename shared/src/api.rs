@@ -149,6 +149,9 @@ pub struct UpdateRun {
     pub name: Option<String>,
     #[serde(default)]
     pub notes: Option<String>,
+    /// Moves the run to this experiment (created if missing); "" takes it out of any.
+    #[serde(default)]
+    pub experiment: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

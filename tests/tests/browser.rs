@@ -317,11 +317,12 @@ fn the_app_in_a_real_browser() {
     b.clear(&name);
     b.type_text(&name, "second-b");
     b.type_text(&b.wait("#run-notes-input", T), "baseline of the sweep\nsee the KL");
+    b.type_text(&b.wait("#run-experiment-input", T), "sweep");
     b.click(&b.wait("#save-notes:not([disabled])", T));
     b.wait("#notes-saved", T);
     b.wait_text("#run-name", T, |t| t == "second-b");
     let (_, r) = server.get(&format!("/api/runs/{run2}"));
-    assert_eq!((r["name"].as_str(), r["notes"].as_str()), (Some("second-b"), Some("baseline of the sweep\nsee the KL")), "{r}");
+    assert_eq!((r["name"].as_str(), r["notes"].as_str(), r["experiment"].as_str()), (Some("second-b"), Some("baseline of the sweep\nsee the KL"), Some("sweep")), "{r}");
     b.goto(&format!("{base}/"));
     b.wait_text(&format!("tr[data-run-id=\"{run2}\"] [data-test=\"run-notes\"]"), T, |t| t == "baseline of the sweep");
 

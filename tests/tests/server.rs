@@ -78,8 +78,18 @@ fn a_run_from_creation_to_comparison() {
     assert_eq!((row["name"].as_str(), row["notes"].as_str()), (Some("renamed"), Some("KL looks fine\nnext: lower lr")), "{row}");
     let (s, v) = server.patch(&format!("/api/runs/{id}"), &json!({"notes": ""}));
     assert_eq!((s, v["name"].as_str(), v["notes"].as_str()), (200, Some("renamed"), Some("")), "a name left out is kept: {v}");
+    assert_eq!(v["experiment"], "e2e");
+    let (s, v) = server.patch(&format!("/api/runs/{id}"), &json!({"experiment": "sweep-1"}));
+    assert_eq!((s, v["experiment"].as_str(), v["name"].as_str()), (200, Some("sweep-1"), Some("renamed")), "{v}");
+    let (_, exps) = server.get("/api/experiments");
+    assert!(exps.as_array().unwrap().iter().any(|e| e["name"] == "sweep-1" && e["runs"] == 1), "{exps}");
+    let (s, v) = server.patch(&format!("/api/runs/{id}"), &json!({"experiment": ""}));
+    assert_eq!((s, v["experiment"].clone()), (200, Value::Null), "{v}");
+    let (s, v) = server.patch(&format!("/api/runs/{id}"), &json!({"experiment": "e2e"}));
+    assert_eq!((s, v["experiment"].as_str()), (200, Some("e2e")), "{v}");
     for (body, want, field) in [
         (json!({"name": "../x"}), 400, Some("name")),
+        (json!({"experiment": "a/b"}), 400, Some("experiment")),
         (json!({"notes": "n".repeat(10_001)}), 400, Some("notes")),
         (json!({"status": "completed"}), 422, None),
     ] {

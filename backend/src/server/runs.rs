@@ -97,7 +97,8 @@ fn check_notes(notes: Option<&str>) -> ApiResult<()> {
     }
 }
 
-/// Renames a run or replaces its notes, whatever its status.
+/// Renames a run, replaces its notes or moves it to another experiment,
+/// whatever its status.
 #[utoipa::path(patch, path = "/api/runs/{id}", params(("id" = String, Path)), request_body = UpdateRun,
     responses((status = 200, body = Run), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn update_run(State(s): State<AppState>, Path(id): Path<String>, Json(req): Json<UpdateRun>) -> ApiResult<Json<Run>> {
@@ -106,7 +107,10 @@ pub async fn update_run(State(s): State<AppState>, Path(id): Path<String>, Json(
         check_name("name", n)?;
     }
     check_notes(req.notes.as_deref())?;
-    Ok(Json(s.store.update_run(&id, req.name.as_deref(), req.notes.as_deref()).await?))
+    if let Some(e) = req.experiment.as_deref().filter(|e| !e.is_empty()) {
+        check_name("experiment", e)?;
+    }
+    Ok(Json(s.store.update_run(&id, req.name.as_deref(), req.notes.as_deref(), req.experiment.as_deref()).await?))
 }
 
 async fn existing(s: &AppState, id: &str) -> ApiResult<Run> {

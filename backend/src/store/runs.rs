@@ -87,18 +87,28 @@ impl Store {
         self.run(&n.id).await
     }
 
-    /// Renames a run and/or replaces its notes (`None`: kept).
-    pub async fn update_run(&self, id: &str, name: Option<&str>, notes: Option<&str>) -> Result<Run> {
-        let done = sqlx::query("UPDATE runs SET name = COALESCE(?, name), notes = COALESCE(?, notes), updated_at = ? WHERE id = ?")
+    /// Renames a run, replaces its notes and/or moves it to another
+    /// experiment (`Some("")`: none); `None` keeps a field.
+    pub async fn update_run(&self, id: &str, name: Option<&str>, notes: Option<&str>, experiment: Option<&str>) -> Result<Run> {
+        self.run(id).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE runs SET name = COALESCE(?, name), notes = COALESCE(?, notes), updated_at = ? WHERE id = ?")
             .bind(name)
             .bind(notes)
             .bind(now_rfc3339())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("no run `{id}`")));
+        if let Some(e) = experiment {
+            let eid: Option<i64> = if e.is_empty() {
+                None
+            } else {
+                sqlx::query("INSERT OR IGNORE INTO experiments (name, description, created_at) VALUES (?, '', ?)").bind(e).bind(now_rfc3339()).execute(&mut *tx).await?;
+                Some(sqlx::query_scalar("SELECT id FROM experiments WHERE name = ?").bind(e).fetch_one(&mut *tx).await?)
+            };
+            sqlx::query("UPDATE runs SET experiment_id = ? WHERE id = ?").bind(eid).bind(id).execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         self.run(id).await
     }
 
