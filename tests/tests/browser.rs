@@ -1,8 +1,12 @@
 //! The browser app in headless Chromium (WebDriver) against the real
 //! `amortize serve` on a tiny random model: create a run from the form and
-//! watch its chart grow, compare two runs side by side, get middles from the
-//! infilling playground, see a server error next to its control, and check the
-//! layout at 800 px. Screenshots of every page go to `target/screenshots/`
+//! watch its chart grow (and its curves on the compare page), smooth the
+//! charts, cancel runs while training and while evaluating, pick runs in the
+//! list and compare them (settings that differ, curves, samples, the table
+//! saved as Markdown), get middles from the infilling playground, see a
+//! server error next to its control, launch a copy of a run, edit a run's
+//! name, experiment and notes, delete a run, sort and search the list, and
+//! check the layout at 800 px. Screenshots of every page go to `target/screenshots/`
 //! (and to `$AMORTIZE_SCREENSHOTS_DIR` when set, e.g. `docs/screenshots`).
 //!
 //! Needs `frontend/dist` (scripts/build-frontend.sh) and Debian's `chromium` +
