@@ -77,7 +77,8 @@ pub struct CfgField {
 /// Fields grouped for display: (group, fields).
 pub type CfgGroups = Vec<(&'static str, Vec<CfgField>)>;
 
-fn to_text(v: &Value) -> String {
+/// A config value as the form shows it (lists joined by commas).
+pub fn to_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(","),

@@ -13,24 +13,20 @@ use serde_json::Value;
 
 use crate::charts::{fmt_num, PALETTE};
 use crate::components::{Catalog, Polled};
+use crate::pages::config_form::to_text;
 
 /// A run's settings as (name, shown value): the run's fields, its config
 /// keys and its task options (`task.KEY`).
 fn settings(r: &Run) -> BTreeMap<String, String> {
-    let show = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    };
     let mut out = BTreeMap::new();
     out.insert("task".to_string(), r.task.clone());
     out.insert("method".to_string(), r.method.as_str().to_string());
     out.insert("dataset".to_string(), r.dataset.clone().unwrap_or_else(|| "–".into()));
     out.insert("eval_samples".to_string(), r.eval_samples.map_or("default".into(), |n| n.to_string()));
     if let Ok(Value::Object(cfg)) = serde_json::to_value(&r.config) {
-        out.extend(cfg.iter().map(|(k, v)| (k.clone(), show(v))));
+        out.extend(cfg.iter().map(|(k, v)| (k.clone(), to_text(v))));
     }
-    out.extend(r.task_options.iter().map(|(k, v)| (format!("task.{k}"), show(v))));
+    out.extend(r.task_options.iter().map(|(k, v)| (format!("task.{k}"), to_text(v))));
     out
 }
 
