@@ -233,6 +233,21 @@ fn the_app_in_a_real_browser() {
     let row = b.text(&b.wait(&format!("#runs-differences tr[data-run=\"{run2}\"]"), T));
     assert!(row.contains("second") && row.split_whitespace().any(|w| w == "6") && row.contains("20"), "{row}");
     assert!(!b.find_all("#runs-differences th.metric").is_empty(), "the completed run's final metrics");
+    // Saved as CSV: every setting and final metric, a row per picked run (caught as above).
+    b.click(&b.wait("#save-runs-csv", T));
+    let t0 = std::time::Instant::now();
+    let csv = loop {
+        if let Some(t) = b.execute("return window.__saved[1]", json!([])).as_str() {
+            break t.to_string();
+        }
+        assert!(t0.elapsed() < T, "the CSV was not saved");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    let head: Vec<&str> = lines[0].split(',').collect();
+    assert!(head.starts_with(&["id", "name", "status", "step", "experiment"]) && head.contains(&"lr") && head.contains(&"final.valid_rate"), "{csv}");
+    assert!(lines[1].starts_with(&format!("{run1},")) && lines[2].starts_with(&format!("{run2},second,completed,6,")), "{csv}");
     b.execute("document.getElementById('runs-side-by-side').scrollIntoView()", json!([]));
     shot(&b, "compare-runs");
 

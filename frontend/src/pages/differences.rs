@@ -2,8 +2,8 @@
 //! (task, method, dataset, evaluation samples, each config key and task
 //! option whose values are not all equal) and each run's own final
 //! evaluation (its task's metrics first, in the task's order), a row per run
-//! in the colour of its training curves. Read from the runs list the page
-//! polls; fetches nothing.
+//! in the colour of its training curves; saved as CSV with every setting
+//! and metric. Read from the runs list the page polls; fetches nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +11,7 @@ use amortize_shared::api::Run;
 use leptos::prelude::*;
 use serde_json::Value;
 
+use crate::api;
 use crate::charts::{fmt_num, PALETTE};
 use crate::components::{Catalog, Polled};
 use crate::pages::config_form::to_text;
@@ -35,6 +36,33 @@ fn settings(r: &Run) -> BTreeMap<String, String> {
 pub fn differing(rows: &[BTreeMap<String, String>]) -> Vec<String> {
     let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.keys()).collect();
     names.into_iter().filter(|n| rows.iter().any(|r| r.get(*n) != rows[0].get(*n))).cloned().collect()
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Every setting and final metric of `runs`, a row per run (for a notebook).
+pub fn csv(runs: &[Run]) -> String {
+    let rows: Vec<BTreeMap<String, String>> = runs.iter().map(settings).collect();
+    let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.keys()).collect();
+    let metrics: BTreeSet<&String> = runs.iter().flat_map(|r| r.final_metrics.iter().flatten().map(|(k, _)| k)).collect();
+    let mut head = vec!["id".to_string(), "name".into(), "status".into(), "step".into(), "experiment".into()];
+    head.extend(names.iter().map(|n| n.to_string()));
+    head.extend(metrics.iter().map(|m| format!("final.{m}")));
+    let mut out = head.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",") + "\n";
+    for (r, set) in runs.iter().zip(&rows) {
+        let mut cells = vec![r.id.clone(), r.name.clone(), r.status.as_str().to_string(), r.step.to_string(), r.experiment.clone().unwrap_or_default()];
+        cells.extend(names.iter().map(|n| set.get(*n).cloned().unwrap_or_default()));
+        cells.extend(metrics.iter().map(|m| r.final_metrics.as_ref().and_then(|f| f.get(*m)).map(|v| v.to_string()).unwrap_or_default()));
+        out += &(cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n");
+    }
+    out
 }
 
 #[component]
@@ -63,10 +91,19 @@ pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> imp
         let others: BTreeSet<String> = picked.iter().flat_map(|r| r.final_metrics.iter().flatten().map(|(k, _)| k.clone())).collect();
         metrics.extend(others.into_iter().filter(|k| !metrics.contains(k)).collect::<Vec<_>>());
         metrics.retain(|m| picked.iter().any(|r| r.final_metrics.as_ref().is_some_and(|f| f.contains_key(m))));
+        let table = csv(&picked);
+        let save = move |_| {
+            if let Err(e) = api::save(table.as_bytes(), "runs.csv") {
+                leptos::logging::warn!("{e}");
+            }
+        };
         Some(view! {
             <section id="runs-side-by-side">
-                <h2>"Picked runs " <span class="muted">
-                    {if picked.len() > 1 { "(settings that differ, and each run's final evaluation)" } else { "(its final evaluation)" }}</span></h2>
+                <div class="row-head">
+                    <h2>"Picked runs " <span class="muted">
+                        {if picked.len() > 1 { "(settings that differ, and each run's final evaluation)" } else { "(its final evaluation)" }}</span></h2>
+                    <button type="button" id="save-runs-csv" on:click=save title="Every setting and final metric of the picked runs">"CSV"</button>
+                </div>
                 <div class="scroll">
                     <table class="data" id="runs-differences">
                         <thead><tr>
