@@ -41,14 +41,40 @@ pub fn fmt_num(v: f64) -> String {
 
 /// About `n` round tick values covering [lo, hi].
 pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    ticks_at_least(lo, hi, n, 0.0)
+}
+
+/// Ticks of a step axis: round values at least 1 apart (no step 1.2).
+pub fn step_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    ticks_at_least(lo, hi, n, 1.0)
+}
+
+fn ticks_at_least(lo: f64, hi: f64, n: usize, min_step: f64) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
         return vec![lo];
     }
     let raw = (hi - lo) / n.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag).max(min_step);
     let first = (lo / step).ceil() * step;
     (0..=n + 1).map(|i| first + i as f64 * step).take_while(|v| *v <= hi + step * 1e-9).collect()
+}
+
+/// Labels for evenly spaced ticks: the fewest decimals (or, for very large
+/// or small values, exponent digits) that tell every tick apart and read
+/// back within 1% of the spacing, so a narrow range shows -96.85 / -96.9,
+/// not -96.8 twice.
+pub fn tick_labels(ticks: &[f64]) -> Vec<(f64, String)> {
+    let spacing = ticks.windows(2).map(|w| (w[1] - w[0]).abs()).fold(f64::INFINITY, f64::min);
+    let big = ticks.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    let exponent = big >= 1e5 || (spacing.is_finite() && spacing < 1e-4);
+    let render = |v: f64, d: usize| {
+        let t = if exponent { format!("{v:.d$e}") } else { format!("{v:.d$}") };
+        if t.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') { "0".to_string() } else { t }
+    };
+    let close = |d: usize| !spacing.is_finite() || ticks.iter().all(|&v| render(v, d).parse::<f64>().is_ok_and(|r| (r - v).abs() <= spacing * 0.01));
+    let d = (0..=8).find(|&d| close(d)).unwrap_or(8);
+    ticks.iter().map(|&v| (v, render(v, d))).collect()
 }
 
 /// Keeps the first and last point and, per bucket, the lowest and highest
@@ -113,7 +139,7 @@ fn range(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 }
 
 /// Axes, grid, tick labels and axis titles. `ylabel` formats a y tick.
-fn axes(f: Frame, xticks: Vec<f64>, yticks: Vec<(f64, String)>, xtitle: String, ytitle: String) -> impl IntoView {
+fn axes(f: Frame, xticks: Vec<(f64, String)>, yticks: Vec<(f64, String)>, xtitle: String, ytitle: String) -> impl IntoView {
     let (bx, by) = (f.px(f.x0), f.py(f.y0));
     view! {
         <g class="axes">
@@ -124,11 +150,11 @@ fn axes(f: Frame, xticks: Vec<f64>, yticks: Vec<(f64, String)>, xtitle: String, 
                     <text class="tick" x=LEFT - 4.0 y=py + 3.0 text-anchor="end">{label}</text>
                 }
             }).collect_view()}
-            {xticks.into_iter().map(|x| {
+            {xticks.into_iter().map(|(x, label)| {
                 let px = f.px(x);
                 view! {
                     <line class="tickmark" x1=px y1=by x2=px y2=by + 4.0 />
-                    <text class="tick" x=px y=by + 14.0 text-anchor="middle">{fmt_num(x)}</text>
+                    <text class="tick" x=px y=by + 14.0 text-anchor="middle">{label}</text>
                 }
             }).collect_view()}
             <line class="axis" x1=LEFT y1=by x2=W - RIGHT y2=by />
@@ -179,9 +205,9 @@ pub fn LineChart(
             return view! { <p class="chart-empty">"No data yet."</p> }.into_any();
         };
         let f = Frame::new(xr, yr);
-        let yticks = nice_ticks(f.y0, f.y1, 4).into_iter().map(|y| (y, fmt_num(y))).collect();
+        let yticks = tick_labels(&nice_ticks(f.y0, f.y1, 4));
         let d = path_of(&pts, f);
-        let (xt, yt) = (nice_ticks(f.x0, f.x1, 5), ytitle.clone());
+        let (xt, yt) = (tick_labels(&step_ticks(f.x0, f.x1, 5)), ytitle.clone());
         view! {
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=ytitle.clone()>
                 {axes(f, xt, yticks, "step".into(), yt)}
@@ -259,10 +285,10 @@ pub fn MultiLineChart(id: String, title: String, #[prop(optional, into)] unit: S
             return view! { <p class="chart-empty">"No steps yet."</p> }.into_any();
         };
         let f = Frame::new(xr, yr);
-        let yticks = nice_ticks(f.y0, f.y1, 4).into_iter().map(|y| (y, fmt_num(y))).collect();
+        let yticks = tick_labels(&nice_ticks(f.y0, f.y1, 4));
         view! {
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=ytitle.clone()>
-                {axes(f, nice_ticks(f.x0, f.x1, 5), yticks, "step".into(), ytitle.clone())}
+                {axes(f, tick_labels(&step_ticks(f.x0, f.x1, 5)), yticks, "step".into(), ytitle.clone())}
                 {curves.into_iter().map(|c| view! {
                     <path class="series" data-label=c.label d=path_of(&c.points, f) stroke=PALETTE[c.color % PALETTE.len()] />
                 }).collect_view()}
@@ -302,7 +328,7 @@ pub fn DistributionChart(#[prop(into)] series: Signal<Vec<Distribution>>) -> imp
         let ty = f.py(target.log10());
         view! {
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label="distribution of sampled integers">
-                {axes(f, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0], yticks, "sampled integer".into(), "probability (log)".into())}
+                {axes(f, tick_labels(&[0.0, 20.0, 40.0, 60.0, 80.0, 100.0]), yticks, "sampled integer".into(), "probability (log)".into())}
                 <line class="target" x1=LEFT y1=ty x2=W - RIGHT y2=ty />
                 {series.iter().enumerate().map(|(i, s)| {
                     let pts: Vec<(f64, f64)> = s.probs.iter().enumerate()
@@ -357,10 +383,10 @@ pub fn Scatter(id: String, xtitle: String, ytitle: String, #[prop(into)] points:
             (a - m, b + m)
         };
         let f = Frame::new(pad(xr), pad(yr));
-        let yticks = nice_ticks(f.y0, f.y1, 4).into_iter().map(|y| (y, fmt_num(y))).collect();
+        let yticks = tick_labels(&nice_ticks(f.y0, f.y1, 4));
         view! {
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=format!("{ytitle} against {xtitle}")>
-                {axes(f, nice_ticks(f.x0, f.x1, 4), yticks, xtitle.clone(), ytitle.clone())}
+                {axes(f, tick_labels(&nice_ticks(f.x0, f.x1, 4)), yticks, xtitle.clone(), ytitle.clone())}
                 {pts.into_iter().enumerate().map(|(i, p)| {
                     let (cx, cy) = (f.px(p.x), f.py(p.y));
                     let color = PALETTE[i % PALETTE.len()];

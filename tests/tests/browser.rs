@@ -19,7 +19,7 @@ use std::time::Duration;
 use amortize::model::tiny::write_tiny_model;
 use amortize_tests::webdriver::Browser;
 use amortize_tests::Server;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -167,6 +167,22 @@ fn the_app_in_a_real_browser() {
     b.goto(&format!("{base}/runs/{queued}"));
     let progress = b.wait_text("#stage-progress", T, |t| t.contains("Evaluating: drawing samples") && t.contains("of 50,000,000"));
     shot(&b, "run-evaluating");
+    // Two steps: step ticks are whole numbers, and no chart repeats a tick label.
+    let ticks = b.execute(
+        "return [...document.querySelectorAll('#charts figure')].flatMap(f => ['end', 'middle'].map(a => \
+         [...f.querySelectorAll(`text.tick[text-anchor=${a}]`)].map(t => t.textContent)))",
+        json!([]),
+    );
+    for labels in ticks.as_array().unwrap() {
+        let labels: Vec<&str> = labels.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        let mut unique = labels.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len(), "repeated tick labels: {labels:?}");
+    }
+    let steps = b.execute("return [...document.querySelectorAll('#chart-loss text.tick[text-anchor=middle]')].map(t => t.textContent)", json!([]));
+    let steps: Vec<&str> = steps.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(steps.contains(&"2") && steps.iter().all(|t| t.parse::<u64>().is_ok()), "step ticks {steps:?}");
     // The runs list shows the stage too.
     b.goto(&format!("{base}/"));
     b.wait_text(&format!("tr[data-run-id=\"{queued}\"] [data-test=\"run-stage\"]"), T, |t| t.contains("drawing samples") && t.contains("/50,000,000"));
