@@ -403,6 +403,8 @@ fn the_app_in_a_real_browser() {
     wait_ids(&b, "fewest steps first", &|v| v.len() >= 3 && v.last() == Some(&run1));
     b.type_text(&b.wait("#run-search", T), "SWEEP");
     wait_ids(&b, "the search finds the notes", &|v| v == [run2.clone()]);
+    b.click(&b.wait("#pick-shown", T));
+    b.wait_text("#compare-picked", T, |t| t.contains("1 picked"));
     b.clear(&b.wait("#run-search", T));
     b.resize(800, 900);
     for page in ["/", "/runs/new", &format!("/runs/{run2}"), "/infill"] {

@@ -146,6 +146,19 @@ pub fn HomePage() -> impl IntoView {
                 <input type="search" id="run-search" placeholder="Search name, task, method, status, notes"
                     prop:value=move || search.get() on:input=move |ev| search.set(event_target_value(&ev)) />
                 {experiment_filter}
+                {move || (shape.get() == Some(false)).then(|| view! {
+                    <button type="button" id="pick-shown" title="Tick every run the list shows (after the filters)"
+                        on:click=move |_| {
+                            let shown: Vec<String> = rows.get_untracked().unwrap_or_default().into_iter().map(|r| r.run.id).collect();
+                            picked.update(|p| {
+                                for id in shown {
+                                    if !p.contains(&id) {
+                                        p.push(id);
+                                    }
+                                }
+                            });
+                        }>"Pick all shown"</button>
+                })}
                 {move || {
                     let ids = picked.get();
                     (!ids.is_empty()).then(|| {
