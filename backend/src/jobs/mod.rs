@@ -6,6 +6,7 @@
 
 mod runner;
 pub mod spec;
+mod throttle;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};

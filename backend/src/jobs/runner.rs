@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use amortize_shared::api::{MetricPoint, Method, Progress, Run, RunEvent, RunStatus, StepSample};
 
-use super::{spec, Jobs, Stop};
+use super::throttle::Throttle;
+use super::{lock, spec, Jobs, Stop};
 use crate::gfn::{checkpoint, StepMetrics, Trainer};
 use crate::baselines::{train_sft, Ppo, PpoConfig, SftConfig};
 use crate::model::{LoraAdapter, Mode};
@@ -55,22 +56,46 @@ pub(super) fn point(m: &StepMetrics) -> MetricPoint {
     }
 }
 
-/// The engine's progress reports as the run's `Progress` events: at most
-/// one each [`PROGRESS_EVERY`] within a stage, and always its first and last.
-fn progress_events(jobs: Jobs, id: String) -> crate::progress::Watcher {
-    let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
-    Arc::new(move |stage: &str, done: usize, total: usize| {
-        jobs.set_progress(&id, Some(Progress { stage: stage.to_string(), done, total }));
-        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        let due = match &*last {
-            Some((s, at)) => s != stage || done >= total || at.elapsed() >= PROGRESS_EVERY,
-            None => true,
-        };
-        if due {
-            *last = Some((stage.to_string(), Instant::now()));
-            jobs.publish(&id, RunEvent::Progress { stage: stage.to_string(), done, total });
+/// The engine's progress reports as the run's `Progress` events, throttled
+/// to one each [`PROGRESS_EVERY`] within a stage (`throttle`): the watcher
+/// sends what is due at once, and a ticker on the runtime sends a report held
+/// back once its time is up, while it is still the run's stage in flight.
+/// The ticker stops when the returned guard drops.
+fn progress_events(jobs: Jobs, id: String, handle: &tokio::runtime::Handle) -> (crate::progress::Watcher, AbortOnDrop) {
+    let throttle = Arc::new(Mutex::new(Throttle::new(PROGRESS_EVERY)));
+    let send = |jobs: &Jobs, id: &str, p: Progress| jobs.publish(id, RunEvent::Progress { stage: p.stage, done: p.done, total: p.total });
+    let (t, j, i) = (throttle.clone(), jobs.clone(), id.clone());
+    let ticker = handle.spawn(async move {
+        let mut every = tokio::time::interval(PROGRESS_EVERY / 2);
+        loop {
+            every.tick().await;
+            // Sent under the lock, as the watcher sends, so events keep the
+            // order of the reports. A step or the run's end has cleared the
+            // stage when it is no longer the run's: nothing to show then.
+            let mut t = lock(&t);
+            if let Some(p) = t.tick(Instant::now()).filter(|p| j.progress(&i).as_ref() == Some(p)) {
+                send(&j, &i, p);
+            }
         }
-    })
+    });
+    let watcher: crate::progress::Watcher = Arc::new(move |stage: &str, done: usize, total: usize| {
+        let p = Progress { stage: stage.to_string(), done, total };
+        jobs.set_progress(&id, Some(p.clone()));
+        let mut t = lock(&throttle);
+        if let Some(p) = t.offer(p, Instant::now()) {
+            send(&jobs, &id, p);
+        }
+    });
+    (watcher, AbortOnDrop(ticker))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The least time between two progress events of a stage.
@@ -90,7 +115,8 @@ fn stop_requested(ctx: &Context) -> Option<Stop> {
 /// which end early with nothing recorded (`crate::cancel`).
 pub(super) fn train(ctx: &Context, run: Run) -> Result<(), Ended> {
     let _scope = crate::cancel::scope(ctx.stop.clone());
-    let _watch = crate::progress::watch(progress_events(ctx.jobs.clone(), run.id.clone()));
+    let (watcher, _ticker) = progress_events(ctx.jobs.clone(), run.id.clone(), &ctx.handle);
+    let _watch = crate::progress::watch(watcher);
     match train_in_scope(ctx, run) {
         Err(Ended::Failed(Error::Cancelled)) => Err(Ended::Stopped(stop_requested(ctx).unwrap_or(Stop::Cancel))),
         other => other,
