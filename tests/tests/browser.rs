@@ -37,6 +37,19 @@ fn shot(b: &Browser, name: &str) {
     }
 }
 
+/// The text of the `i`-th file the page saved, once there (the page's
+/// `URL.createObjectURL` replaced so that saved blobs land in `window.__saved`).
+fn saved_file(b: &Browser, i: usize) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(t) = b.execute("return window.__saved[arguments[0]]", json!([i])).as_str() {
+            return t.to_string();
+        }
+        assert!(t0.elapsed() < T, "file {i} was not saved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Points drawn by the line chart `#id` (0 when it has none yet).
 fn chart_points(b: &Browser, id: &str) -> usize {
     let js = "const f = document.getElementById(arguments[0]); if (!f) return 0; \
@@ -229,14 +242,7 @@ fn the_app_in_a_real_browser() {
     b.execute("window.__saved = []; URL.createObjectURL = (blob) => { blob.text().then(t => window.__saved.push(t)); return 'about:blank'; }; \
                HTMLAnchorElement.prototype.click = function () {};", json!([]));
     b.click(&b.wait("#save-markdown", T));
-    let t0 = std::time::Instant::now();
-    let md = loop {
-        if let Some(t) = b.execute("return window.__saved[0]", json!([])).as_str() {
-            break t.to_string();
-        }
-        assert!(t0.elapsed() < T, "the Markdown table was not saved");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let md = saved_file(&b, 0);
     let lines: Vec<&str> = md.lines().collect();
     assert!(lines.len() == 5 && lines[0].starts_with("| source | ") && lines[1].starts_with("|---|"), "{md}");
     assert!(lines[2..].iter().all(|l| l.matches('|').count() == lines[0].matches('|').count()), "{md}");
@@ -251,14 +257,7 @@ fn the_app_in_a_real_browser() {
     assert!(!b.find_all("#runs-differences th.metric").is_empty(), "the completed run's final metrics");
     // Saved as CSV: every setting and final metric, a row per picked run (caught as above).
     b.click(&b.wait("#save-runs-csv", T));
-    let t0 = std::time::Instant::now();
-    let csv = loop {
-        if let Some(t) = b.execute("return window.__saved[1]", json!([])).as_str() {
-            break t.to_string();
-        }
-        assert!(t0.elapsed() < T, "the CSV was not saved");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let csv = saved_file(&b, 1);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
     let head: Vec<&str> = lines[0].split(',').collect();

@@ -13,17 +13,10 @@ use leptos::prelude::*;
 use crate::api;
 use crate::charts::{smooth, Curve, MultiLineChart, SmoothingSelect, PALETTE};
 use crate::components::{ErrorMsg, Polled};
+use crate::pages::run::SERIES;
 
-/// A chart: id suffix, title, unit, value.
-type Metric = (&'static str, &'static str, &'static str, fn(&MetricPoint) -> Option<f64>);
-
-const METRICS: [Metric; 5] = [
-    ("loss", "loss", "", |p| Some(p.loss)),
-    ("log_z", "log Z", "nats", |p| p.log_z),
-    ("mean_log_r", "mean log-reward", "nats", |p| Some(p.mean_log_r)),
-    ("max_log_r", "max log-reward", "nats", |p| Some(p.max_log_r)),
-    ("mean_len", "mean length", "tokens", |p| Some(p.mean_len)),
-];
+/// The run page's charts overlaid here.
+const OVERLAID: [&str; 5] = ["loss", "log_z", "mean_log_r", "max_log_r", "mean_len"];
 
 /// Adds `new` to a step-ordered series: later steps are appended, a step
 /// already held is replaced (a resumed run redoes steps; fetches may overlap).
@@ -96,8 +89,9 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
         }
     });
 
-    let charts = METRICS
+    let charts = SERIES
         .iter()
+        .filter(|s| OVERLAID.contains(&s.0))
         .map(|&(key, title, unit, f)| {
             let curves = Signal::derive(move || {
                 let w = weight.get();

@@ -21,10 +21,10 @@ use crate::components::{fmt_int, fmt_time, ErrorMsg, Loading, StatusBadge};
 const SAMPLES_KEPT: usize = 60;
 
 /// A chart: id suffix, title, unit, value.
-type Series = (&'static str, &'static str, &'static str, fn(&MetricPoint) -> Option<f64>);
+pub type Series = (&'static str, &'static str, &'static str, fn(&MetricPoint) -> Option<f64>);
 
-/// The charts.
-const SERIES: [Series; 9] = [
+/// The charts (the compare page overlays some of them).
+pub const SERIES: [Series; 9] = [
     ("loss", "loss", "", |p| Some(p.loss)),
     ("log_z", "log Z", "nats", |p| p.log_z),
     ("mean_log_r", "mean log-reward", "nats", |p| Some(p.mean_log_r)),
