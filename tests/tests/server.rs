@@ -236,6 +236,13 @@ fn cancel_and_resume() {
     assert_eq!(server.get("/api/runs").1, json!([]));
     let (s, saved) = server.get(&format!("/api/comparisons/{}", cmp["id"]));
     assert_eq!((s, saved["columns"].as_array().map(Vec::len)), (200, Some(2)), "{saved}");
+    // A saved comparison is deleted on its own.
+    assert_eq!(server.delete(&format!("/api/comparisons/{}", cmp["id"])).0, 204);
+    assert_eq!(server.get(&format!("/api/comparisons/{}", cmp["id"])).0, 404);
+    assert_eq!(server.get("/api/comparisons").1, json!([]));
+    let (s, v) = server.delete(&format!("/api/comparisons/{}", cmp["id"]));
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(server.delete("/api/comparisons/first").0, 400);
     let (s, v) = server.post("/api/samples", &json!({"prompt": "one", "run": id}));
     assert_eq!(s, 404, "{v}");
 }

@@ -78,6 +78,12 @@ pub async fn get_comparison(State(s): State<AppState>, Path(id): Path<i64>) -> A
     Ok(Json(s.store.comparison(id).await?))
 }
 
+#[utoipa::path(delete, path = "/api/comparisons/{id}", params(("id" = i64, Path)), responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn delete_comparison(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<axum::http::StatusCode> {
+    s.store.delete_comparison(id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(post, path = "/api/comparisons", request_body = CreateComparison,
     responses((status = 201, body = Comparison), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn create_comparison(State(s): State<AppState>, Json(req): Json<CreateComparison>) -> ApiResult<(axum::http::StatusCode, Json<Comparison>)> {

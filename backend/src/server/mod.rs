@@ -101,7 +101,7 @@ pub fn router(state: AppState, dist: PathBuf) -> Router {
         .routes(routes!(compare::sample))
         .routes(routes!(compare::infill))
         .routes(routes!(compare::list_comparisons, compare::create_comparison))
-        .routes(routes!(compare::get_comparison))
+        .routes(routes!(compare::get_comparison, compare::delete_comparison))
         .split_for_parts();
     let doc = Arc::new(doc);
     let api = api

@@ -168,6 +168,14 @@ impl Store {
         Ok(serde_json::from_str(&s)?)
     }
 
+    pub async fn delete_comparison(&self, id: i64) -> Result<()> {
+        let done = sqlx::query("DELETE FROM comparisons WHERE id = ?").bind(id).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("no comparison {id}")));
+        }
+        Ok(())
+    }
+
     pub async fn comparisons(&self) -> Result<Vec<Comparison>> {
         let rows: Vec<String> = sqlx::query_scalar("SELECT result FROM comparisons ORDER BY id DESC LIMIT 100").fetch_all(&self.pool).await?;
         rows.iter().map(|s| serde_json::from_str(s).map_err(Error::from)).collect()
