@@ -285,6 +285,15 @@ fn the_app_in_a_real_browser() {
     }
     b.execute("document.getElementById('training-curves').scrollIntoView()", json!([]));
     shot(&b, "compare-curves");
+    // A saved comparison is deleted from the list; the one shown closes with it.
+    let shown = b.attr(&b.wait("#comparison", T), "data-comparison-id").expect("comparison id");
+    b.click(&b.wait(&format!("#comparison-list li[data-comparison=\"{shown}\"] button"), T));
+    let t0 = std::time::Instant::now();
+    while !b.find_all("#comparison").is_empty() || !b.find_all(&format!("#comparison-list li[data-comparison=\"{shown}\"]")).is_empty() {
+        assert!(t0.elapsed() < T, "comparison {shown} still shown or listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.get(&format!("/api/comparisons/{shown}")).0, 404);
 
     // A server error shows next to the control that caused it.
     b.goto(&format!("{base}/compare?runs=base"));

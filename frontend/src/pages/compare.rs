@@ -140,6 +140,22 @@ pub fn ComparePage() -> impl IntoView {
         });
     };
 
+    // Deletes a saved comparison (and closes it when it is the one shown).
+    let forget = move |id: i64| {
+        leptos::task::spawn_local(async move {
+            match api::delete(&format!("/api/comparisons/{id}")).await {
+                Ok(()) => {
+                    if result.with_untracked(|r| r.as_ref().is_some_and(|c| c.id == id)) {
+                        result.set(None);
+                        api::replace_url("/compare");
+                    }
+                    past.refresh();
+                }
+                Err(e) => err.set(Some(e)),
+            }
+        });
+    };
+
     let num_field = move |id: &'static str, label: &'static str, sig: RwSignal<String>| {
         view! {
             <div class="field small">
@@ -191,9 +207,10 @@ pub fn ComparePage() -> impl IntoView {
                     view! {
                         <ul id="comparison-list">
                             {list.into_iter().map(|c| view! {
-                                <li><A href=format!("/compare?id={}", c.id)>{format!("#{} · {}", c.id, fmt_time(&c.created_at))}</A>
+                                <li data-comparison=c.id><A href=format!("/compare?id={}", c.id)>{format!("#{} · {}", c.id, fmt_time(&c.created_at))}</A>
                                 <span class="muted">" " {c.columns.iter().map(|k| k.label.clone()).collect::<Vec<_>>().join(" vs ")}
-                                {format!(" · {} prompt(s)", c.prompts.len())}</span></li>
+                                {format!(" · {} prompt(s)", c.prompts.len())}</span>
+                                " " <button type="button" class="link danger" title="Delete this saved comparison" on:click=move |_| forget(c.id)>"delete"</button></li>
                             }).collect_view()}
                         </ul>
                     }
