@@ -40,14 +40,24 @@ fn shot(b: &Browser, name: &str) {
 /// The text of the `i`-th file the page saved, once there (the page's
 /// `URL.createObjectURL` replaced so that saved blobs land in `window.__saved`).
 fn saved_file(b: &Browser, i: usize) -> String {
+    eventually(|| b.execute("return window.__saved[arguments[0]]", json!([i])).as_str().map(String::from), || format!("file {i} was not saved"))
+}
+
+/// Polls `probe` every 100 ms until it gives a value; fails with `why()` after [`T`].
+fn eventually<R>(mut probe: impl FnMut() -> Option<R>, why: impl Fn() -> String) -> R {
     let t0 = std::time::Instant::now();
     loop {
-        if let Some(t) = b.execute("return window.__saved[arguments[0]]", json!([i])).as_str() {
-            return t.to_string();
+        if let Some(r) = probe() {
+            return r;
         }
-        assert!(t0.elapsed() < T, "file {i} was not saved");
+        assert!(t0.elapsed() < T, "{}", why());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Polls until `ok()` holds; fails with `why()` after [`T`].
+fn until(mut ok: impl FnMut() -> bool, why: impl Fn() -> String) {
+    eventually(|| ok().then_some(()), why)
 }
 
 /// Points drawn by the line chart `#id` (0 when it has none yet).
@@ -102,29 +112,13 @@ fn the_app_in_a_real_browser() {
     }
     shot(&b, "new-run");
     b.click(&launch);
-    let t0 = std::time::Instant::now();
-    while !path(&b).starts_with("/runs/run-") {
-        assert!(t0.elapsed() < T, "launch did not open the run page (at {}): {}", path(&b), b.page_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(|| path(&b).starts_with("/runs/run-"), || format!("launch did not open the run page (at {}): {}", path(&b), b.page_text()));
     let run1 = path(&b).trim_start_matches("/runs/").to_string();
 
     // Run page: the loss chart grows as steps stream in over SSE.
     b.wait("#chart-loss", T);
-    let t0 = std::time::Instant::now();
-    let first = loop {
-        let n = chart_points(&b, "chart-loss");
-        if n >= 2 {
-            break n;
-        }
-        assert!(t0.elapsed() < T, "the loss chart never drew: {}", b.page_text());
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let t0 = std::time::Instant::now();
-    while chart_points(&b, "chart-loss") <= first {
-        assert!(t0.elapsed() < T, "the loss chart did not grow beyond {first} points");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let first = eventually(|| Some(chart_points(&b, "chart-loss")).filter(|&n| n >= 2), || format!("the loss chart never drew: {}", b.page_text()));
+    until(|| chart_points(&b, "chart-loss") > first, || format!("the loss chart did not grow beyond {first} points"));
     b.wait("#samples", T);
     shot(&b, "run-live");
 
@@ -135,18 +129,8 @@ fn the_app_in_a_real_browser() {
         let t = b.find_all("#curves-legend li").first().map(|li| b.text(li)).unwrap_or_default();
         t.rsplit(" · ").next().and_then(|s| s.trim_end_matches(" steps").parse::<usize>().ok()).unwrap_or(0)
     };
-    let t0 = std::time::Instant::now();
-    let first = loop {
-        match steps_shown() {
-            0 => assert!(t0.elapsed() < T, "no curves for the training run: {}", b.page_text()),
-            n => break n,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    while steps_shown() <= first {
-        assert!(t0.elapsed() < T, "the curves stayed at {first} steps");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let first = eventually(|| Some(steps_shown()).filter(|&n| n > 0), || format!("no curves for the training run: {}", b.page_text()));
+    until(|| steps_shown() > first, || format!("the curves stayed at {first} steps"));
     let drawn = b.find_all("#curve-loss path.series");
     assert_eq!(drawn.len(), 1);
     let points = b.attr(&drawn[0], "d").unwrap_or_default().matches(['M', 'L']).count();
@@ -169,11 +153,7 @@ fn the_app_in_a_real_browser() {
     let line = |b: &Browser| b.attr(&b.wait("#chart-loss path.series", T), "d");
     let raw = line(&b);
     b.execute("const s = document.getElementById('charts-smoothing'); s.value = '0.99'; s.dispatchEvent(new Event('change'));", json!([]));
-    let t0 = std::time::Instant::now();
-    while line(&b) == raw {
-        assert!(t0.elapsed() < T, "smoothing did not change the loss line");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(|| line(&b) != raw, || "smoothing did not change the loss line".into());
     assert_eq!(b.text(&b.wait("#chart-loss figcaption", T)), caption);
 
     // The queued run trains, then its evaluation streams its progress; Cancel stops it there.
@@ -220,11 +200,10 @@ fn the_app_in_a_real_browser() {
     }
     let open = b.wait_text("#compare-picked", T, |t| t.contains("2 picked"));
     b.click(&b.wait("#compare-picked", T));
-    let t0 = std::time::Instant::now();
-    while !b.execute("return location.search", json!([])).as_str().is_some_and(|q| q.contains("runs=")) {
-        assert!(t0.elapsed() < T, "{open:?} did not open the compare page (at {})", path(&b));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(
+        || b.execute("return location.search", json!([])).as_str().is_some_and(|q| q.contains("runs=")),
+        || format!("{open:?} did not open the compare page (at {})", path(&b)),
+    );
     let query = b.execute("return decodeURIComponent(location.search)", json!([]));
     assert_eq!(query, json!(format!("?runs={run1},{run2},base")));
     b.wait("#compare-form", T);
@@ -278,21 +257,16 @@ fn the_app_in_a_real_browser() {
     let second = format!("#curve-loss path[data-label=\"{}\"]", names[1]);
     let raw = d_of(&second);
     b.execute("const s = document.getElementById('curves-smoothing'); s.value = '0.9'; s.dispatchEvent(new Event('change'));", json!([]));
-    let t0 = std::time::Instant::now();
-    while d_of(&second) == raw {
-        assert!(t0.elapsed() < T, "smoothing did not change the curve {raw:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(|| d_of(&second) != raw, || format!("smoothing did not change the curve {raw:?}"));
     b.execute("document.getElementById('training-curves').scrollIntoView()", json!([]));
     shot(&b, "compare-curves");
     // A saved comparison is deleted from the list; the one shown closes with it.
     let shown = b.attr(&b.wait("#comparison", T), "data-comparison-id").expect("comparison id");
     b.click(&b.wait(&format!("#comparison-list li[data-comparison=\"{shown}\"] button"), T));
-    let t0 = std::time::Instant::now();
-    while !b.find_all("#comparison").is_empty() || !b.find_all(&format!("#comparison-list li[data-comparison=\"{shown}\"]")).is_empty() {
-        assert!(t0.elapsed() < T, "comparison {shown} still shown or listed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(
+        || b.find_all("#comparison").is_empty() && b.find_all(&format!("#comparison-list li[data-comparison=\"{shown}\"]")).is_empty(),
+        || format!("comparison {shown} still shown or listed"),
+    );
     assert_eq!(server.get(&format!("/api/comparisons/{shown}")).0, 404);
 
     // A server error shows next to the control that caused it.
@@ -329,11 +303,7 @@ fn the_app_in_a_real_browser() {
     b.click(&b.wait("#copy-run", T));
     b.wait_text("#copy-note", T, |t| t.contains("second"));
     let value = |b: &Browser, css: &str| b.execute("const e = document.querySelector(arguments[0]); return e ? e.value : null", json!([css]));
-    let t0 = std::time::Instant::now();
-    while value(&b, "#cfg-steps") != json!("6") {
-        assert!(t0.elapsed() < T, "the copied steps never showed: {}", value(&b, "#cfg-steps"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(|| value(&b, "#cfg-steps") == json!("6"), || format!("the copied steps never showed: {}", value(&b, "#cfg-steps")));
     for (css, want) in [("#task", "rng"), ("#method", "gfn"), ("#cfg-batch_size", "4"), ("#eval_samples", "20")] {
         assert_eq!(value(&b, css), json!(want), "{css}");
     }
@@ -341,15 +311,10 @@ fn the_app_in_a_real_browser() {
     b.clear(&steps);
     b.type_text(&steps, "3");
     b.click(&b.wait("#launch", T));
-    let t0 = std::time::Instant::now();
-    let copy = loop {
-        let p = path(&b);
-        if p.starts_with("/runs/run-") && !p.ends_with(&run2) {
-            break p.trim_start_matches("/runs/").to_string();
-        }
-        assert!(t0.elapsed() < T, "launch did not open the copy's page (at {p})");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let copy = eventually(
+        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2)).map(|p| p.trim_start_matches("/runs/").to_string()),
+        || format!("launch did not open the copy's page (at {})", path(&b)),
+    );
     let (_, c) = server.get(&format!("/api/runs/{copy}"));
     assert_eq!((c["task"].as_str(), c["config"]["steps"].as_u64(), c["config"]["batch_size"].as_u64(), c["eval_samples"].as_u64()), (Some("rng"), Some(3), Some(4), Some(20)), "{c}");
 
@@ -378,11 +343,7 @@ fn the_app_in_a_real_browser() {
     assert_eq!(server.get(&format!("/api/runs/{queued}")).0, 200, "declined: the run stays");
     b.execute("window.confirm = () => true", json!([]));
     b.click(&delete);
-    let t0 = std::time::Instant::now();
-    while path(&b) != "/" {
-        assert!(t0.elapsed() < T, "delete did not go back to the runs (at {})", path(&b));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(|| path(&b) == "/", || format!("delete did not go back to the runs (at {})", path(&b)));
     assert_eq!(server.get(&format!("/api/runs/{queued}")).0, 404);
     b.wait_text("#runs-table", T, |t| t.contains("second") && !t.contains("queued"));
 
@@ -393,17 +354,7 @@ fn the_app_in_a_real_browser() {
     shot(&b, "home");
     // Sorted by a header, the other way on a second click; filtered by a search.
     let ids = |b: &Browser| b.find_all("#runs-table tbody tr").iter().filter_map(|r| b.attr(r, "data-run-id")).collect::<Vec<_>>();
-    let wait_ids = |b: &Browser, what: &str, ok: &dyn Fn(&[String]) -> bool| {
-        let t0 = std::time::Instant::now();
-        loop {
-            let got = ids(b);
-            if ok(&got) {
-                return got;
-            }
-            assert!(t0.elapsed() < T, "{what}: rows {got:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait_ids = |b: &Browser, what: &str, ok: &dyn Fn(&[String]) -> bool| until(|| ok(&ids(b)), || format!("{what}: rows {:?}", ids(b)));
     let sort_steps = b.wait("button.sort[data-sort=\"step\"]", T);
     b.click(&sort_steps);
     wait_ids(&b, "most steps first", &|v| v.len() >= 3 && v[0] == run1);
