@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use amortize_shared::api::{ModelInfo, Run, RunStatus, TaskInfo};
+use amortize_shared::api::{MetricPoint, ModelInfo, Run, RunStatus, TaskInfo};
 use leptos::prelude::*;
 
 use crate::api::{self, ApiErr, Loaded};
@@ -173,11 +173,7 @@ pub fn SourcePicker(
                     prop:checked=move || selected.with(|s| s.contains(&v1))
                     on:change=move |ev| {
                         let on = event_target_checked(&ev);
-                        let v = v2.clone();
-                        selected.update(|s| {
-                            s.retain(|x| *x != v);
-                            if on { s.push(v) }
-                        });
+                        selected.update(|s| tick(s, &v2, on));
                     } />
                 " " {label}
                 {extra.map(|e| view! { <span class="muted">" " {e}</span> })}
@@ -210,5 +206,29 @@ pub fn SourcePicker(
             }}
             {move || runs.error.get().map(|e| view! { <ErrorMsg err=format!("Could not load runs: {e}") /> })}
         </fieldset>
+    }
+}
+
+/// Ticks `id` in a list of picked ids (appended, so the list keeps the order
+/// of ticking) or unticks it.
+pub fn tick(picked: &mut Vec<String>, id: &str, on: bool) {
+    picked.retain(|x| x != id);
+    if on {
+        picked.push(id.to_string());
+    }
+}
+
+/// Adds `new` to a step-ordered series: later steps are appended, a step
+/// already held is replaced (a resumed run redoes steps; fetches may overlap).
+pub fn merge_steps(into: &mut Vec<MetricPoint>, new: Vec<MetricPoint>) {
+    for p in new {
+        match into.last() {
+            None => into.push(p),
+            Some(l) if l.step < p.step => into.push(p),
+            _ => match into.binary_search_by_key(&p.step, |q| q.step) {
+                Ok(i) => into[i] = p,
+                Err(i) => into.insert(i, p),
+            },
+        }
     }
 }

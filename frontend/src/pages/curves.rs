@@ -12,26 +12,11 @@ use leptos::prelude::*;
 
 use crate::api;
 use crate::charts::{smooth, Curve, MultiLineChart, SmoothingSelect, PALETTE};
-use crate::components::{ErrorMsg, Polled};
+use crate::components::{merge_steps, ErrorMsg, Polled};
 use crate::pages::run::SERIES;
 
 /// The run page's charts overlaid here.
 const OVERLAID: [&str; 5] = ["loss", "log_z", "mean_log_r", "max_log_r", "mean_len"];
-
-/// Adds `new` to a step-ordered series: later steps are appended, a step
-/// already held is replaced (a resumed run redoes steps; fetches may overlap).
-pub fn merge(into: &mut Vec<MetricPoint>, new: Vec<MetricPoint>) {
-    for p in new {
-        match into.last() {
-            None => into.push(p),
-            Some(l) if l.step < p.step => into.push(p),
-            _ => match into.binary_search_by_key(&p.step, |q| q.step) {
-                Ok(i) => into[i] = p,
-                Err(i) => into.insert(i, p),
-            },
-        }
-    }
-}
 
 /// A chosen run as the curves need it.
 #[derive(Clone, PartialEq)]
@@ -79,7 +64,7 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
                     None => api::run_path(&c.id, "/metrics"),
                 };
                 match api::get::<Vec<MetricPoint>>(&path).await {
-                    Ok(points) => series.update(|m| merge(m.entry(c.id.clone()).or_default(), points)),
+                    Ok(points) => series.update(|m| merge_steps(m.entry(c.id.clone()).or_default(), points)),
                     Err(e) => err.set(Some(format!("Could not load the metrics of {}: {e}", c.name))),
                 }
                 in_flight.update_value(|s| {

@@ -12,7 +12,7 @@ use leptos_router::components::A;
 
 use crate::api;
 use crate::charts::fmt_num;
-use crate::components::{fmt_count, fmt_int, fmt_time, key_metric, loaded, Catalog, ErrorMsg, Loading, Polled, StatusBadge};
+use crate::components::{fmt_count, fmt_int, fmt_time, key_metric, loaded, tick, Catalog, ErrorMsg, Loading, Polled, StatusBadge};
 
 #[component]
 pub fn HomePage() -> impl IntoView {
@@ -150,13 +150,8 @@ pub fn HomePage() -> impl IntoView {
                     <button type="button" id="pick-shown" title="Tick every run the list shows (after the filters)"
                         on:click=move |_| {
                             let shown: Vec<String> = rows.get_untracked().unwrap_or_default().into_iter().map(|r| r.run.id).collect();
-                            picked.update(|p| {
-                                for id in shown {
-                                    if !p.contains(&id) {
-                                        p.push(id);
-                                    }
-                                }
-                            });
+                            // Runs already picked keep their place.
+                            picked.update(|p| p.extend(shown.into_iter().filter(|id| !p.contains(id)).collect::<Vec<_>>()));
                         }>"Pick all shown"</button>
                 })}
                 {move || {
@@ -264,10 +259,7 @@ fn run_row(Row { run: r, queued, metric, .. }: Row, picked: RwSignal<Vec<String>
                 prop:checked=move || picked.with(|p| p.contains(&id1))
                 on:change=move |ev| {
                     let on = event_target_checked(&ev);
-                    picked.update(|p| {
-                        p.retain(|x| *x != id2);
-                        if on { p.push(id2.clone()) }
-                    });
+                    picked.update(|p| tick(p, &id2, on));
                 } /></td>
             <td><A href=href>{r.name.clone()}</A>
                 {(!r.notes.trim().is_empty()).then(|| view! {

@@ -13,9 +13,8 @@ use send_wrapper::SendWrapper;
 
 use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
 use crate::charts::{fmt_num, LineChart, SmoothingSelect};
-use crate::pages::curves::merge;
 use crate::pages::run_notes::RunNotes;
-use crate::components::{fmt_int, fmt_time, ErrorMsg, Loading, StatusBadge};
+use crate::components::{fmt_int, fmt_time, merge_steps, ErrorMsg, Loading, StatusBadge};
 
 /// Recent samples kept in the panel.
 const SAMPLES_KEPT: usize = 60;
@@ -131,7 +130,7 @@ fn RunView(id: String) -> impl IntoView {
             };
             match api::get::<Vec<MetricPoint>>(&path).await {
                 Ok(m) => {
-                    metrics.update(|v| merge(v, m));
+                    metrics.update(|v| merge_steps(v, m));
                     history.set(Some(Ok(())));
                 }
                 Err(e) => history.set(Some(Err(e))),
@@ -165,7 +164,7 @@ fn RunView(id: String) -> impl IntoView {
             });
             // A step means the stage before it (set-up, seeding) is over.
             stage.set(None);
-            metrics.update(|m| merge(m, points));
+            metrics.update(|m| merge_steps(m, points));
         }
         if !batches.is_empty() {
             samples.update(|v| batches.into_iter().for_each(|s| add_samples(v, s)));
@@ -291,11 +290,14 @@ fn RunBody(
         action_err.set(None);
         let navigate = navigate.clone();
         leptos::task::spawn_local(async move {
+            // On success the page goes away with its signals.
             match api::delete(&api::run_path(&r.id, "")).await {
                 Ok(()) => navigate("/", Default::default()),
-                Err(e) => action_err.set(Some(format!("Could not delete: {e}"))),
+                Err(e) => {
+                    action_err.set(Some(format!("Could not delete: {e}")));
+                    acting.set(false);
+                }
             }
-            acting.set(false);
         });
     };
     let can_cancel = move || status().is_some_and(RunStatus::is_active);
