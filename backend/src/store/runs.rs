@@ -90,15 +90,17 @@ impl Store {
     /// Renames a run, replaces its notes and/or moves it to another
     /// experiment (`Some("")`: none); `None` keeps a field.
     pub async fn update_run(&self, id: &str, name: Option<&str>, notes: Option<&str>, experiment: Option<&str>) -> Result<Run> {
-        self.run(id).await?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE runs SET name = COALESCE(?, name), notes = COALESCE(?, notes), updated_at = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE runs SET name = COALESCE(?, name), notes = COALESCE(?, notes), updated_at = ? WHERE id = ?")
             .bind(name)
             .bind(notes)
             .bind(now_rfc3339())
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("no run `{id}`")));
+        }
         if let Some(e) = experiment {
             let eid: Option<i64> = if e.is_empty() {
                 None
