@@ -257,6 +257,14 @@ pub struct MetricPoint {
     pub mean_log_r: f64,
     pub max_log_r: f64,
     pub mean_len: f64,
+    /// GFlowNet runs: the effective sample size (a share of the batch, 1 =
+    /// exact) of R^(1/T)/q over the step's untempered policy samples, and the
+    /// standard deviation of log(R^(1/T)/q) in nats; absent on steps with no
+    /// such samples and for other methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_ess: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_w_std: Option<f64>,
     pub lr: f64,
     pub reward_temp: f64,
     pub grad_norm: f64,

@@ -119,6 +119,8 @@ fn the_app_in_a_real_browser() {
     b.wait("#chart-loss", T);
     let first = eventually(|| Some(chart_points(&b, "chart-loss")).filter(|&n| n >= 2), || format!("the loss chart never drew: {}", b.page_text()));
     until(|| chart_points(&b, "chart-loss") > first, || format!("the loss chart did not grow beyond {first} points"));
+    // The sampler's fit has its chart once a step drew from the untempered policy.
+    b.wait("#chart-sampler_ess", T);
     b.wait("#samples", T);
     shot(&b, "run-live");
 

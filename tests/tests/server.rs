@@ -69,6 +69,9 @@ fn a_run_from_creation_to_comparison() {
     assert_eq!(fm["kl"].is_number(), fm["valid_samples"].as_f64().unwrap() > 0.0, "KL only with valid samples: {run}");
     let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
     assert_eq!(series.as_array().unwrap().len(), 12);
+    // The sampler's fit comes with the steps that drew from the untempered policy.
+    let ess: Vec<f64> = series.as_array().unwrap().iter().filter_map(|p| p["sampler_ess"].as_f64()).collect();
+    assert!(!ess.is_empty() && ess.iter().all(|&e| e > 0.0 && e <= 1.0 + 1e-9), "{series}");
     // Renamed and annotated at any time; the notes given at creation were kept.
     assert_eq!(run["notes"], "first try", "{run}");
     let (s, v) = server.patch(&format!("/api/runs/{id}"), &json!({"name": "renamed", "notes": "KL looks fine\nnext: lower lr"}));
@@ -156,7 +159,7 @@ fn a_run_from_creation_to_comparison() {
     assert_eq!(s, 200);
     let csv = String::from_utf8(csv).unwrap();
     assert_eq!(csv.lines().count(), 13, "{csv}");
-    assert!(csv.starts_with("step,loss,"));
+    assert!(csv.starts_with("step,loss,") && csv.lines().next().unwrap().contains(",sampler_ess,log_w_std,"), "{csv}");
 
     // Listing endpoints and the OpenAPI description, which names every route.
     let (_, runs) = server.get("/api/runs");

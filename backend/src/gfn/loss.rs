@@ -113,6 +113,35 @@ pub fn log_z_estimate(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[
     Ok(gs.gather(&idx, 1)?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
+/// How close the sampler q is to its target R^(1/T), judged on q's own samples
+/// of one problem (a diagnostic; no gradient).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerFit {
+    /// Effective sample size of the importance weights w_b = R(Z_b ⊤)^(1/T) /
+    /// q(Z_b ⊤ | X) as a share of the rows: (Σ w)² / (B Σ w²), in (0, 1]; 1 when
+    /// every sample has the same weight, as when q ∝ R^(1/T).
+    pub ess: f64,
+    /// Standard deviation of log w_b over the rows, in nats (0 likewise).
+    pub log_w_std: f64,
+}
+
+/// [`SamplerFit`] of rows drawn from the policy: log w_b is G at the row's
+/// final state, `log R_n − log q(⊤ | s_n) − Σ_k log q(z_k)`. `None` for no rows.
+pub fn sampler_fit(log_pf: &Tensor, log_pt: &Tensor, log_r: &Tensor, lens: &[usize]) -> Result<Option<SamplerFit>> {
+    if lens.is_empty() {
+        return Ok(None);
+    }
+    let gs = g(log_pf, log_pt, log_r)?.detach();
+    let idx = Tensor::new(lens.iter().map(|&n| n as u32).collect::<Vec<_>>(), gs.device())?.unsqueeze(1)?;
+    let log_w: Vec<f64> = gs.gather(&idx, 1)?.squeeze(1)?.to_dtype(DType::F64)?.to_vec1()?;
+    let b = log_w.len() as f64;
+    let top = log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (s1, s2) = log_w.iter().map(|x| (x - top).exp()).fold((0.0, 0.0), |(s1, s2), w| (s1 + w, s2 + w * w));
+    let mean = log_w.iter().sum::<f64>() / b;
+    let var = log_w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / b;
+    Ok(Some(SamplerFit { ess: s1 * s1 / (b * s2), log_w_std: var.sqrt() }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +237,29 @@ mod tests {
         let pt = Tensor::new(&[[-0.3f32]], &Device::Cpu).unwrap();
         assert_eq!(val(subtb_loss(&pf, &pt, &pt, &[0], 1.0, Start::default()).unwrap()), 0.0);
         assert_eq!(val(db_loss(&pf, &pt, &pt, &[0], Start::default()).unwrap()), 0.0);
+    }
+
+    // Two rows: log w = G at each final state. Row 0 (n = 2) is the worked
+    // example above, G_2 = 2.5; row 1 (n = 1): log pf = [-1], log pt = [-2, -0.5],
+    // log R = [-3, -2 + ln 3]: G_1 = -2 + ln 3 + 0.5 + 1 = ln 3 − 0.5.
+    // w ∝ (e^2.5, 3 e^-0.5) = e^-0.5 (e^3, 3): ESS = (e^3 + 3)² / (2 (e^6 + 9)).
+    #[test]
+    fn sampler_fit_weighs_each_row_at_its_final_state() {
+        let l3 = 3f32.ln();
+        let pf = t(&[&[-1.0, -2.0], &[-1.0, 0.0]]);
+        let pt = t(&[&[-3.0, -1.0, -0.5], &[-2.0, -0.5, 0.0]]);
+        let r = t(&[&[-4.0, -2.0, -1.0], &[-3.0, -2.0 + l3, 0.0]]);
+        let fit = sampler_fit(&pf, &pt, &r, &[2, 1]).unwrap().unwrap();
+        let e3 = 3f64.exp();
+        let ess = (e3 + 3.0).powi(2) / (2.0 * (e3 * e3 + 9.0));
+        assert!((fit.ess - ess).abs() < 1e-5, "{} vs {ess}", fit.ess);
+        let half_gap = (2.5 - (3f64.ln() - 0.5)) / 2.0; // two rows: std = |a − b| / 2
+        assert!((fit.log_w_std - half_gap).abs() < 1e-5, "{}", fit.log_w_std);
+        // Equal weights, as a perfect sampler's rows have: row 0 twice.
+        let (pf0, pt0, r0) = example();
+        let twice = |x: &Tensor| Tensor::cat(&[x, x], 0).unwrap();
+        let same = sampler_fit(&twice(&pf0), &twice(&pt0), &twice(&r0), &[2, 2]).unwrap().unwrap();
+        assert!((same.ess - 1.0).abs() < 1e-12 && same.log_w_std.abs() < 1e-12);
+        assert_eq!(sampler_fit(&pf, &pt, &r, &[]).unwrap(), None);
     }
 }

@@ -47,6 +47,15 @@ pub struct StepMetrics {
     pub max_log_r: f64,
     /// Mean number of policy actions.
     pub mean_len: f64,
+    /// How close the policy is to the tempered reward on its own samples
+    /// ([`loss::SamplerFit`]), averaged over the step's micro-batches drawn from
+    /// the untempered policy; `None` when every micro-batch came from the
+    /// tempered policy or the replay buffer. With LoRA dropout, q is the
+    /// training pass's (dropout on), a little off the sampler's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_ess: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_w_std: Option<f64>,
     pub lr: f64,
     pub reward_temp: f64,
     pub grad_norm: f64,
@@ -304,6 +313,7 @@ impl<'a> Trainer<'a> {
         let mut z_grads: Vec<Option<Tensor>> = vec![None; self.log_z.len()];
         let (mut loss_sum, mut sources, mut finals, mut lens, mut tokens) = (0.0, [0usize; 3], Vec::new(), Vec::new(), 0usize);
         let mut logz_used = Vec::new();
+        let mut fits = Vec::new();
         self.recent.clear();
         let mut phases = Phases::default();
         let mut clock = Instant::now();
@@ -322,7 +332,7 @@ impl<'a> Trainer<'a> {
             let pi = rng.random_range(0..self.task.problems.len());
             let problem = self.task.problems[pi].clone();
             let u: f64 = rng.random();
-            let (trajs, rewards) = if u < self.cfg.p_replay && self.buffer.len(&problem.key) > 0 {
+            let (trajs, rewards, on_policy) = if u < self.cfg.p_replay && self.buffer.len(&problem.key) > 0 {
                 sources[2] += 1;
                 let e = self.buffer.sample(&problem.key, self.cfg.batch_size, temp, &mut rng);
                 let trajs = e.iter().map(|e| Trajectory { tokens: e.tokens.clone(), tool: e.tool.clone() }).collect::<Vec<_>>();
@@ -334,7 +344,7 @@ impl<'a> Trainer<'a> {
                 } else {
                     self.rewards(&problem, &trajs)?
                 };
-                (trajs, rewards)
+                (trajs, rewards, false)
             } else {
                 let tempered = u < self.cfg.p_replay + self.cfg.p_tempered;
                 sources[usize::from(tempered)] += 1;
@@ -348,7 +358,7 @@ impl<'a> Trainer<'a> {
                 let rewards = self.rewards(&problem, &trajs)?;
                 self.lap(&mut clock, &mut phases.reward)?;
                 self.remember(&problem.key, &trajs, &rewards)?;
-                (trajs, rewards)
+                (trajs, rewards, !tempered)
             };
             for (t, r) in trajs.iter().zip(&rewards).take(RECENT.saturating_sub(self.recent.len())) {
                 let log_reward = *r.last().unwrap_or(&0.0) as f64;
@@ -379,6 +389,9 @@ impl<'a> Trainer<'a> {
                 let (pf, pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
                 (pf, pt, None)
             };
+            if on_policy {
+                fits.extend(loss::sampler_fit(&log_pf, &log_pt, &log_r, &lens_b)?);
+            }
             let mut pass = 0.0;
             self.lap(&mut clock, &mut pass)?;
             phases.backward += pass;
@@ -440,6 +453,8 @@ impl<'a> Trainer<'a> {
             mean_log_r: finals.iter().sum::<f64>() / n,
             max_log_r: finals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             mean_len: lens.iter().sum::<usize>() as f64 / n,
+            sampler_ess: mean_of(fits.iter().map(|f| f.ess)),
+            log_w_std: mean_of(fits.iter().map(|f| f.log_w_std)),
             lr,
             reward_temp: temp,
             grad_norm: norm,
@@ -517,4 +532,10 @@ fn accumulate(acc: &mut [Option<Tensor>], vars: &[Var], g: &candle_core::backpro
 /// `states` names (entries record the first state they scored).
 fn covers(e: &BufferEntry, t: &Trajectory, states: States) -> bool {
     e.scored_from <= states.first(t.num_actions())
+}
+
+/// The mean of some numbers, `None` for none.
+fn mean_of(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
 }

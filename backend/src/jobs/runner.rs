@@ -47,6 +47,8 @@ pub(super) fn point(m: &StepMetrics) -> MetricPoint {
         mean_log_r: m.mean_log_r,
         max_log_r: m.max_log_r,
         mean_len: m.mean_len,
+        sampler_ess: m.sampler_ess,
+        log_w_std: m.log_w_std,
         lr: m.lr,
         reward_temp: m.reward_temp,
         grad_norm: m.grad_norm,
@@ -246,7 +248,7 @@ fn baseline(ctx: &Context, run: &Run, task: crate::gfn::TrainTask, dir: &Path) -
             let (lr, mut ppo) = (pc.lr, Ppo::new(&lm, task, cfg.clone(), pc)?);
             ppo.run(Some(dir), |m| {
                 let (mean_log_r, max_log_r, mean_len, seconds) = (m.mean_log_r, m.max_log_r, m.mean_len, m.seconds);
-                record(MetricPoint { step: m.step, loss: m.pg_loss, log_z: None, mean_log_r, max_log_r, mean_len, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds })
+                record(MetricPoint { step: m.step, loss: m.pg_loss, log_z: None, mean_log_r, max_log_r, mean_len, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds })
             })
             .map(|()| ppo.adapter)
         }
@@ -254,7 +256,7 @@ fn baseline(ctx: &Context, run: &Run, task: crate::gfn::TrainTask, dir: &Path) -
             let sc = SftConfig { batch_size: cfg.batch_size, seed: cfg.seed, ..SftConfig::default() };
             let lr = sc.lr;
             train_sft(&lm, &task, cfg, &sc, Some(dir), |m| {
-                record(MetricPoint { step: m.step, loss: m.loss, log_z: None, mean_log_r: 0.0, max_log_r: 0.0, mean_len: 0.0, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds: m.seconds })
+                record(MetricPoint { step: m.step, loss: m.loss, log_z: None, mean_log_r: 0.0, max_log_r: 0.0, mean_len: 0.0, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds: m.seconds })
             })
         }
     };

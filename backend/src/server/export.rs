@@ -43,7 +43,7 @@ fn zip_dir(dir: &std::path::Path) -> crate::Result<Vec<u8>> {
     Ok(zip.finish().map_err(|e| Error::file(dir, e))?.into_inner())
 }
 
-const CSV_HEADER: &str = "step,loss,log_z,mean_log_r,max_log_r,mean_len,lr,reward_temp,grad_norm,tokens_per_s,traj_per_s,seconds";
+const CSV_HEADER: &str = "step,loss,log_z,mean_log_r,max_log_r,mean_len,sampler_ess,log_w_std,lr,reward_temp,grad_norm,tokens_per_s,traj_per_s,seconds";
 
 #[utoipa::path(get, path = "/api/runs/{id}/metrics.csv", params(("id" = String, Path)),
     responses((status = 200, content_type = "text/csv", description = "one row per step"), (status = 404, body = ApiError)))]
@@ -53,9 +53,10 @@ pub async fn metrics_csv(State(s): State<AppState>, Path(id): Path<String>) -> A
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
     for p in s.store.metrics(&id, None).await? {
-        let z = p.log_z.map(|z| z.to_string()).unwrap_or_default();
+        let opt = |x: Option<f64>| x.map(|x| x.to_string()).unwrap_or_default();
+        let (z, ess, w) = (opt(p.log_z), opt(p.sampler_ess), opt(p.log_w_std));
         out.push_str(&format!(
-            "{},{},{z},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{z},{},{},{},{ess},{w},{},{},{},{},{},{}\n",
             p.step, p.loss, p.mean_log_r, p.max_log_r, p.mean_len, p.lr, p.reward_temp, p.grad_norm, p.tokens_per_s, p.traj_per_s, p.seconds
         ));
     }

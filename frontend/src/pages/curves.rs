@@ -16,7 +16,7 @@ use crate::components::{merge_steps, ErrorMsg, Polled};
 use crate::pages::run::SERIES;
 
 /// The run page's charts overlaid here.
-const OVERLAID: [&str; 5] = ["loss", "log_z", "mean_log_r", "max_log_r", "mean_len"];
+const OVERLAID: [&str; 6] = ["loss", "log_z", "mean_log_r", "max_log_r", "sampler_ess", "mean_len"];
 
 /// A chosen run as the curves need it.
 #[derive(Clone, PartialEq)]

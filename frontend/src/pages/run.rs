@@ -23,17 +23,22 @@ const SAMPLES_KEPT: usize = 60;
 pub type Series = (&'static str, &'static str, &'static str, fn(&MetricPoint) -> Option<f64>);
 
 /// The charts (the compare page overlays some of them).
-pub const SERIES: [Series; 9] = [
+pub const SERIES: [Series; 11] = [
     ("loss", "loss", "", |p| Some(p.loss)),
     ("log_z", "log Z", "nats", |p| p.log_z),
     ("mean_log_r", "mean log-reward", "nats", |p| Some(p.mean_log_r)),
     ("max_log_r", "max log-reward", "nats", |p| Some(p.max_log_r)),
+    ("sampler_ess", "sampler ESS", "share of batch", |p| p.sampler_ess),
+    ("log_w_std", "log-weight spread", "nats", |p| p.log_w_std),
     ("reward_temp", "reward temperature", "", |p| Some(p.reward_temp)),
     ("lr", "learning rate", "", |p| Some(p.lr)),
     ("mean_len", "mean length", "tokens", |p| Some(p.mean_len)),
     ("tokens_per_s", "throughput", "tokens/s", |p| Some(p.tokens_per_s)),
     ("grad_norm", "gradient norm", "", |p| Some(p.grad_norm)),
 ];
+
+/// Series not every run or step has: their charts appear with their first value.
+const OPTIONAL: [&str; 3] = ["log_z", "sampler_ess", "log_w_std"];
 
 #[component]
 pub fn RunPage() -> impl IntoView {
@@ -326,7 +331,7 @@ fn RunBody(
     };
     let pct = move || r.with(|r| r.as_ref().map(|r| if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 }).unwrap_or(0.0));
     let has_adapter = Memo::new(move |_| r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)));
-    let has_log_z = Memo::new(move |_| metrics.with(|m| m.iter().any(|p| p.log_z.is_some())));
+
 
     let smoothing = RwSignal::new(0.0f64);
     let charts = SERIES
@@ -335,8 +340,10 @@ fn RunBody(
         .map(|(i, &(key, title, unit, f))| {
             let points = Signal::derive(move || metrics.with(|m| m.iter().filter_map(|p| f(p).map(|y| (p.step as f64, y))).collect::<Vec<_>>()));
             let chart = move || view! { <LineChart id=format!("chart-{key}") title=title.to_string() unit=unit points=points color=i smoothing=smoothing /> };
-            if key == "log_z" {
-                (move || has_log_z.get().then(chart)).into_any()
+            if OPTIONAL.contains(&key) {
+                // Shown once a step has the value (log Z: TB only; the sampler's fit: GFlowNet steps with untempered samples).
+                let present = Memo::new(move |_| metrics.with(|m| m.iter().any(|p| f(p).is_some())));
+                (move || present.get().then(chart)).into_any()
             } else {
                 chart().into_any()
             }
