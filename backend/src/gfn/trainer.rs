@@ -389,9 +389,6 @@ impl<'a> Trainer<'a> {
                 let (pf, pt) = policy_logprobs(self.lm, Some(&view), &problem.policy_prompt, &trajs, self.bias.as_ref(), stops, min_len, self.cfg.max_len)?;
                 (pf, pt, None)
             };
-            if on_policy {
-                fits.extend(loss::sampler_fit(&log_pf, &log_pt, &log_r, &lens_b)?);
-            }
             let mut pass = 0.0;
             self.lap(&mut clock, &mut pass)?;
             phases.backward += pass;
@@ -421,6 +418,10 @@ impl<'a> Trainer<'a> {
                 return Err(Error::NonFinite(format!("loss at step {step}")));
             }
             loss_sum += lv;
+            if on_policy {
+                // After the loss's read-back, so it adds no wait of its own on a GPU.
+                fits.extend(loss::sampler_fit(&log_pf, &log_pt, &log_r, &lens_b)?);
+            }
             let g = l.backward()?;
             match taped {
                 Some(p) => p.backward_into(self.lm, tape_view, &g, &mut taped_grads)?,
