@@ -7,6 +7,7 @@ pub mod beam;
 pub mod draw;
 pub(crate) mod fused_rows;
 pub mod logits;
+pub mod prefix;
 pub mod sample;
 pub mod score;
 pub mod tool;

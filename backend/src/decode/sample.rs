@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::draw::{DeviceDraw, Pick};
 use super::logits::{argmax, draw, log_softmax_in_place, sampling_logprobs, TokenMask};
+use super::prefix;
 use super::tool::ToolHook;
 use crate::model::graph::{self, StaticStep};
 use crate::model::{LanguageModel, LoraView};
@@ -208,9 +209,22 @@ pub fn sample(
         None
     };
 
-    // Prefill each prompt once, then fork the cache per sample.
-    let mut cache = lm.llama.new_cache();
-    let hidden = lm.llama.forward(prompts, &mut cache, lora)?;
+    // Prefill each prompt once (a run every prompt begins with, once for all),
+    // then fork the cache per sample.
+    let shared = prefix::shared_len(prompts.iter().map(Vec::as_slice));
+    let (mut cache, hidden) = match prefix::shared_cache(lm, &prompts[0], shared, prompts.len(), prefix::MIN_SHARED, lora)? {
+        Some(base) => {
+            let mut cache = base.select(&vec![0; prompts.len()])?;
+            let rests: Vec<Vec<u32>> = prompts.iter().map(|p| p[shared..].to_vec()).collect();
+            let hidden = lm.llama.forward(&rests, &mut cache, lora)?;
+            (cache, hidden)
+        }
+        None => {
+            let mut cache = lm.llama.new_cache();
+            let hidden = lm.llama.forward(prompts, &mut cache, lora)?;
+            (cache, hidden)
+        }
+    };
     let t = hidden.dim(1)?;
     let mut last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // [P, H]
     if cfg.n > 1 {
