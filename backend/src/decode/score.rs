@@ -32,7 +32,7 @@ pub fn score(lm: &LanguageModel, pairs: &[(Vec<u32>, Vec<u32>)], lora: Option<&L
 }
 
 /// [`score`], sharing a common context prefix of at least `min_shared` tokens.
-pub fn score_sharing(lm: &LanguageModel, pairs: &[(Vec<u32>, Vec<u32>)], lora: Option<&LoraView>, batch_size: usize, min_shared: usize) -> Result<Vec<Scored>> {
+fn score_sharing(lm: &LanguageModel, pairs: &[(Vec<u32>, Vec<u32>)], lora: Option<&LoraView>, batch_size: usize, min_shared: usize) -> Result<Vec<Scored>> {
     let ctx = lm.config().max_position_embeddings;
     for (i, (c, x)) in pairs.iter().enumerate() {
         if c.is_empty() {
@@ -141,8 +141,7 @@ fn runs(contexts: &[&[u32]], min_shared: usize) -> Vec<(Range<usize>, usize)> {
 /// Bytes of keys and values one cached position holds over all layers.
 fn cache_bytes_per_position(lm: &LanguageModel) -> usize {
     let c = lm.config();
-    let head_dim = c.hidden_size / c.num_attention_heads.max(1);
-    c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * lm.llama.dtype().size_in_bytes()
+    c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * lm.llama.dtype().size_in_bytes()
 }
 
 /// How many of `pairs` (at least one) the next chunk takes: at most
@@ -214,8 +213,8 @@ mod tests {
         assert_eq!(runs(&refs, 32), vec![(0..1, 0), (1..4, 40), (4..5, 0), (5..7, 40), (7..8, 0)]);
         // Nothing long enough to share: one unshared run.
         assert_eq!(runs(&refs, 41), vec![(0..8, 0)]);
-        // A context that shares only part of the run's prefix ends it (here a
-        // third of it), and starts the next run.
+        // A context that shares less than half of the run's prefix (here 15
+        // of 40 tokens) ends it, and starts the next run.
         let short = [&shots[..15], &[9, 9]].concat();
         let refs2: Vec<&[u32]> = vec![&ctx[1], &ctx[2], &short, &short];
         assert_eq!(runs(&refs2, 10), vec![(0..2, 40), (2..4, 16)]);

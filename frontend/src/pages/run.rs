@@ -332,7 +332,6 @@ fn RunBody(
     let pct = move || r.with(|r| r.as_ref().map(|r| if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 }).unwrap_or(0.0));
     let has_adapter = Memo::new(move |_| r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)));
 
-
     let smoothing = RwSignal::new(0.0f64);
     let charts = SERIES
         .iter()
@@ -341,7 +340,7 @@ fn RunBody(
             let points = Signal::derive(move || metrics.with(|m| m.iter().filter_map(|p| f(p).map(|y| (p.step as f64, y))).collect::<Vec<_>>()));
             let chart = move || view! { <LineChart id=format!("chart-{key}") title=title.to_string() unit=unit points=points color=i smoothing=smoothing /> };
             if OPTIONAL.contains(&key) {
-                // Shown once a step has the value (log Z: TB only; the sampler's fit: GFlowNet steps with untempered samples).
+                // Shown once a step has the value (log Z: TB or a minimum length; the sampler's fit: GFlowNet steps with untempered samples).
                 let present = Memo::new(move |_| metrics.with(|m| m.iter().any(|p| f(p).is_some())));
                 (move || present.get().then(chart)).into_any()
             } else {
