@@ -101,11 +101,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_position(trainer.step as u64);
     let started = std::time::Instant::now();
+    // The sampler's fit comes with steps that drew from the untempered policy: the latest is shown.
+    let mut ess: Option<f64> = None;
     let trained = trainer.run(|m| {
+        ess = m.sampler_ess.or(ess);
+        let fit = ess.map(|e| format!("  ESS {e:.2}")).unwrap_or_default();
         bar.set_position(m.step as u64);
-        bar.set_message(format!("loss {:.3}  log R {:.2}  len {:.1}  T {:.2}", m.loss, m.mean_log_r, m.mean_len, m.reward_temp));
+        bar.set_message(format!("loss {:.3}  log R {:.2}  len {:.1}  T {:.2}{fit}", m.loss, m.mean_log_r, m.mean_len, m.reward_temp));
         if a.quiet && (m.step % 10 == 0 || m.step == cfg.steps) {
-            eprintln!("step {} loss {:.4} mean_log_r {:.3} len {:.2}", m.step, m.loss, m.mean_log_r, m.mean_len);
+            eprintln!("step {} loss {:.4} mean_log_r {:.3} len {:.2}{fit}", m.step, m.loss, m.mean_log_r, m.mean_len);
         }
         ControlFlow::Continue(())
     });
