@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::de::DeserializeOwned;
 
-use super::common::EvalSize;
+use super::common::{EvalSize, StageBar};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -160,7 +160,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             let view = adapter.as_ref().map(|ad| lm.llama.fold(&ad.view(Mode::Infer, lm.llama.dtype())?)).transpose()?;
             let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: m.decoding.clone(), prompt };
             eprintln!("evaluating {} (seed {seed})…", m.label);
+            let stages = StageBar::new(false);
             let report = task.evaluate(&lm, view.as_ref(), &opts)?;
+            drop(stages);
             amortize::util::write_atomic(&out.join("samples").join(format!("{}-seed{seed}.json", file_name(&m.label))), serde_json::to_string_pretty(&report)?.as_bytes())?;
             let row = results.entry(m.label.clone()).or_default();
             for (k, v) in report.metrics {
