@@ -178,7 +178,7 @@ fn subj_trains_and_evaluates() {
     assert!(tt.problems.iter().flat_map(|p| &p.seeds).all(|s| (1..=5).contains(&s.tokens.len())));
     assert_eq!(tt.problems[0].reward_suffix[0], tt.stop_tokens[0]);
     assert_eq!(task.default_config().max_len, 5);
-    exercise(&lm, task.as_ref(), &["", " a plot summary", " an opinion"], &["accuracy"]);
+    exercise(&lm, task.as_ref(), &["", " a plot summary", " an opinion"], &["accuracy", "accuracy_calibrated"]);
 }
 
 #[test]

@@ -252,6 +252,10 @@ impl Task for Subjectivity {
     /// `accuracy`: for each test review, `eval_samples` rationales at
     /// temperature 1; each picks the label with the higher p_LM(", so it is
     /// Y." | X Z) under the base model; the majority vote is compared to the label.
+    /// `accuracy_calibrated`: the same rationales and likelihoods, each vote
+    /// batch-calibrated over all of the evaluation's (X, Z) pairs
+    /// ([`batch_calibrated_choices`](amortize_shared::metrics::batch_calibrated_choices)):
+    /// a small model's preference for one label whatever the review cancels.
     fn evaluate(&self, lm: &LanguageModel, lora: Option<&LoraView>, opts: &EvalOptions) -> Result<EvalReport> {
         let k = opts.samples.unwrap_or(self.opts.eval_samples);
         let n = opts.limit.unwrap_or(self.test.len()).min(self.test.len());
@@ -281,27 +285,30 @@ impl Task for Subjectivity {
             }
         }
         let scores = decode::score(lm, &pairs, None, opts.batch)?;
-        let mut it = scores.chunks(LABELS.len());
+        // Each rationale's log p(", so it is Y." | X Z) for each label Y.
+        let rows: Vec<Vec<f64>> = scores.chunks(LABELS.len()).map(|s| s.iter().map(|x| f64::from(x.total)).collect()).collect();
+        let argmax = |r: &Vec<f64>| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a))).unwrap_or(0);
+        let plain: Vec<usize> = rows.iter().map(argmax).collect();
+        let calibrated = amortize_shared::metrics::batch_calibrated_choices(&rows);
         let mut report = EvalReport::default();
         let mut answers: Vec<Vec<&str>> = Vec::with_capacity(n);
+        let mut answers_calibrated: Vec<Vec<&str>> = Vec::with_capacity(n);
+        let mut at = 0;
         for (r, g) in reviews.iter().zip(&drawn) {
-            let votes: Vec<&str> = g
-                .iter()
-                .map(|_| {
-                    let s = it.next().unwrap_or(&[]);
-                    let best = (0..s.len()).max_by(|&a, &b| s[a].total.total_cmp(&s[b].total)).unwrap_or(0);
-                    LABELS[best]
-                })
-                .collect();
+            let votes: Vec<&str> = plain[at..at + g.len()].iter().map(|&y| LABELS[y]).collect();
+            let votes_calibrated: Vec<&str> = calibrated[at..at + g.len()].iter().map(|&y| LABELS[y]).collect();
+            at += g.len();
             if report.examples.len() < 10 {
                 let z: Vec<&str> = g.iter().map(|d| d.text.as_str()).collect();
-                report.examples.push(serde_json::json!({"text": r.text, "label": r.label_text, "rationales": z, "votes": votes}));
+                report.examples.push(serde_json::json!({"text": r.text, "label": r.label_text, "rationales": z, "votes": votes, "votes_calibrated": votes_calibrated}));
             }
             answers.push(votes);
+            answers_calibrated.push(votes_calibrated);
         }
         let gold: Vec<&str> = reviews.iter().map(|r| r.label_text.as_str()).collect();
         let m = &mut report.metrics;
         m.insert("accuracy".into(), amortize_shared::metrics::majority_vote_accuracy(&answers, &gold));
+        m.insert("accuracy_calibrated".into(), amortize_shared::metrics::majority_vote_accuracy(&answers_calibrated, &gold));
         m.insert("test_examples".into(), n as f64);
         m.insert("samples_per_example".into(), drawn.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1) as f64);
         Ok(report)

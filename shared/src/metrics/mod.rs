@@ -22,9 +22,11 @@
 //! - [`bleu`]: BLEU-4 (sentence and corpus) with explicit smoothing.
 //! - [`gleu`]: Google's GLEU-4 (sentence and corpus).
 //! - [`accuracy`]: majority vote over sampled answers.
+//! - [`calibration`]: batch-calibrated label choices of a likelihood classifier.
 
 pub mod accuracy;
 pub mod bleu;
+pub mod calibration;
 pub mod distribution;
 pub mod diversity;
 pub mod gleu;
@@ -34,6 +36,7 @@ pub mod similarity;
 pub mod stats;
 
 pub use accuracy::{majority_vote, majority_vote_accuracy};
+pub use calibration::batch_calibrated_choices;
 pub use bleu::{
     bleu_stats, brevity_penalty, corpus_bleu, sentence_bleu, BleuOptions, BleuStats, Smoothing,
 };
