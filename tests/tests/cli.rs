@@ -262,6 +262,39 @@ fn compare_beam_search_and_the_em_step() {
     assert!(out.join("gfn-seed0/adapter/adapter_config.json").exists() && out.join("gfn-sft-seed0/adapter/adapter_config.json").exists());
 }
 
+/// `[task] reward_adapter = "sft"` on infilling: compare trains the SFT
+/// adapter first and the GFlowNet's reward scores with it. The first step's
+/// samples are the same with and without it (a function of seed and step), so
+/// its mean log-reward differs only through the reward's adapter.
+#[test]
+fn compare_infill_rewards_the_gfn_with_its_sft_adapter() {
+    let (dir, model) = tiny();
+    let first_log_r = |out: &std::path::Path| -> f64 {
+        let text = std::fs::read_to_string(out.join("gfn-seed0/metrics.jsonl")).unwrap();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        first["mean_log_r"].as_f64().unwrap()
+    };
+    // Middles short enough for the preset's 25 tokens under the tiny byte-level tokenizer.
+    let data = dir.path().join("stories.jsonl");
+    let story = |b: &str, m: &str, e: &str| format!("{{\"beginning\": \"{b}\", \"middle\": \"{m}\", \"end\": \"{e}\"}}\n");
+    std::fs::write(&data, [story("Ann had a ball.", "It fell.", "Ann was sad."), story("Tim was hungry.", "He ate.", "Tim felt full."), story("It rained.", "Joe read.", "Joe liked it.")].concat()).unwrap();
+    let mut got = Vec::new();
+    for (name, extra) in [("plain", ""), ("chained", "reward_adapter = \"sft\"\n")] {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, format!("[task]\ndata_file = {:?}\ntest_fraction = 0.34\n{extra}[sft]\nepochs = 1\nlr = 0.01\n", data.to_str().unwrap())).unwrap();
+        let out = dir.path().join(name);
+        let args = ["compare", "--task", "infill", "--model", &model, "--config", config.to_str().unwrap(), "--methods", "gfn", "--steps", "1", "--samples", "1", "--limit", "1", "--json", "--out", out.to_str().unwrap()];
+        let o = run(&args);
+        stdout(&o);
+        let err = String::from_utf8_lossy(&o.stderr);
+        // Only the chained run trains (and names) an SFT adapter.
+        assert_eq!(out.join("sft-seed0/adapter/adapter_config.json").exists(), name == "chained", "{name}: {err}");
+        assert_eq!(err.contains("the reward scores with the SFT adapter"), name == "chained", "{name}: {err}");
+        got.push(first_log_r(&out));
+    }
+    assert!(got.iter().all(|v| v.is_finite()) && (got[0] - got[1]).abs() > 1e-6, "{got:?}");
+}
+
 /// `bench decode` and `bench step` on random tiny weights: one JSON object per
 /// batch size with every variant asked for (host draw, stepwise readback,
 /// fixed-shape steps), and a step's phases with the policy pass inside the

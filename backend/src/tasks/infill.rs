@@ -38,6 +38,7 @@ pub struct InfillOptions {
     pub test_fraction: f64,
     /// A PEFT adapter directory switched on when scoring the reward (the paper's
     /// reward model was GPT-2 fine-tuned on the stories; here an SFT adapter).
+    /// In `amortize compare`, `"sft"` names the SFT adapter it trains per seed.
     pub reward_adapter: Option<PathBuf>,
     /// Seed the replay buffer with each training story's reference middle.
     pub seed_buffer: bool,
@@ -114,6 +115,9 @@ impl Infill {
             return Err(Error::invalid("task.eval_temperature", "must be > 0"));
         }
         if let Some(dir) = &opts.reward_adapter {
+            if dir.as_os_str() == "sft" {
+                return Err(Error::invalid("task.reward_adapter", "\"sft\" (the SFT adapter trained alongside) works in `amortize compare` only; here give an adapter directory"));
+            }
             if !dir.join("adapter_config.json").is_file() {
                 return Err(Error::invalid("task.reward_adapter", format!("{} is not a PEFT adapter directory (no adapter_config.json)", dir.display())));
             }
@@ -392,6 +396,7 @@ mod tests {
         assert!(e("test_fraction = 1.0").contains("task.test_fraction"));
         assert!(e("eval_samples = 0").contains("task.eval_samples"));
         assert!(e("reward_adapter = \"/nonexistent\"").contains("task.reward_adapter"));
+        assert!(e("reward_adapter = \"sft\"").contains("amortize compare"));
         assert!(e("middle = 1").contains("middle"));
     }
 

@@ -314,6 +314,13 @@ pub fn dataset_spec(task: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// Whether the task's reward can score with a LoRA adapter over the base
+/// model (`[task] reward_adapter`): the paper's infilling reward is a model
+/// fine-tuned on the stories (§4.2).
+pub fn takes_reward_adapter(task: &str) -> bool {
+    task == "infill"
+}
+
 /// The metric names `eval` reports for a task; the first is its key metric.
 /// The embedding metrics (`diversity_embedding`, `bertscore_*`,
 /// `sentence_cosine`) are left out of a report when the embedding model is

@@ -4,7 +4,10 @@
 //! EM step (gfn+sft), adapters given with `--adapters NAME=DIR`, each with an
 //! optional decoding (`@greedy`, `@t=…`, `@beam`, `@dbeam+x5`, …). Without
 //! `--methods`, the task's preset (the paper's table for it). Trains what is
-//! missing under `--out`, reuses what an earlier call trained. See docs/compare.md.
+//! missing under `--out`, reuses what an earlier call trained. With
+//! `[task] reward_adapter = "sft"` (infilling), the GFlowNet's reward scores
+//! with the SFT adapter trained here first, the paper's §4.2 recipe in one call.
+//! See docs/compare.md.
 
 mod adapters;
 mod table;
@@ -67,6 +70,9 @@ fn section<T: DeserializeOwned>(file: Option<&Path>, name: &str) -> anyhow::Resu
     toml::Value::Table(tasks::config::section(file, name)?).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [{name}]: {}", e.message()))
 }
 
+/// The `[task] reward_adapter` value that names this comparison's SFT adapter.
+const SFT_REWARD: &str = "sft";
+
 /// A file-system-safe name for a method's sample file.
 fn file_name(label: &str) -> String {
     label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
@@ -99,7 +105,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         }
         methods.push(Method::parse(l, &names).map_err(|e| anyhow::anyhow!("invalid --methods: {e}"))?);
     }
-    let (task, mut cfg) = super::train::task_and_config(&a.task, a.config.as_deref())?;
+    // `[task] reward_adapter = "sft"`: the comparison's own SFT adapter (per seed).
+    let (_, mut task_opts) = tasks::config::load(&TrainConfig::default(), a.config.as_deref())?;
+    let sft_reward = tasks::takes_reward_adapter(&a.task) && task_opts.get("reward_adapter").and_then(|v| v.as_str()) == Some(SFT_REWARD);
+    if sft_reward {
+        task_opts.remove("reward_adapter");
+    }
+    let task = tasks::load(&a.task, &task_opts)?;
+    let (mut cfg, _) = tasks::config::load(&task.default_config(), a.config.as_deref())?;
     let mut ppo: PpoConfig = section(a.config.as_deref(), "ppo")?;
     let mut sft: SftConfig = section(a.config.as_deref(), "sft")?;
     let fewshot: FewShotConfig = section(a.config.as_deref(), "fewshot")?;
@@ -132,20 +145,35 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     for seed in 0..a.seeds {
         let gfn_cfg = TrainConfig { seed: cfg.seed + seed, ..cfg.clone() };
         let gfn_dir = out.join(format!("gfn-seed{seed}"));
+        let sft_dir = out.join(format!("sft-seed{seed}"));
+        sft.seed = seed;
         // --adapters gfn=DIR stands in for the GFlowNet adapter here too (gfn+sft samples from it).
         let gfn = || -> anyhow::Result<LoraAdapter> {
             match given.get("gfn") {
                 Some(dir) => Ok(LoraAdapter::load_peft(dir, lm.config(), lm.device())?),
+                None if sft_reward => {
+                    // The reward's adapter: --adapters sft=DIR, else this seed's SFT (trained if missing).
+                    let reward_dir = match given.get("sft") {
+                        Some(dir) => dir.clone(),
+                        None => {
+                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir)?;
+                            sft_dir.join("adapter")
+                        }
+                    };
+                    eprintln!("gfn: the reward scores with the SFT adapter {}", reward_dir.display());
+                    let mut opts = task_opts.clone();
+                    opts.insert("reward_adapter".into(), toml::Value::String(reward_dir.to_string_lossy().into_owned()));
+                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir)
+                }
                 None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir),
             }
         };
-        sft.seed = seed;
         for m in &methods {
             let adapter = match &m.kind {
                 MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?),
                 MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => None,
                 MethodKind::Gfn => Some(gfn()?),
-                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &out.join(format!("sft-seed{seed}")))?),
+                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir)?),
                 MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")))?),
                 MethodKind::GfnSft => {
                     let g = gfn()?;
