@@ -51,9 +51,12 @@ pub struct TaskInfo {
     pub metrics: Vec<String>,
 }
 
-/// Training methods: GFlowNet fine-tuning, supervised fine-tuning on the
-/// task's reference Z's, PPO against the task's reward. The run's `config`
-/// supplies steps, batch size, seed and the LoRA/length shape to all three.
+/// A run's method: GFlowNet fine-tuning, supervised fine-tuning on the
+/// task's reference Z's, PPO against the task's reward, or the base model
+/// itself (no training: the run is its final evaluation, the row every
+/// trained method is compared against). The run's `config` supplies steps,
+/// batch size, seed and the LoRA/length shape to the three that train, and
+/// the seed and lengths to every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "lowercase")]
@@ -61,16 +64,23 @@ pub enum Method {
     Gfn,
     Sft,
     Ppo,
+    Base,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::Gfn, Method::Sft, Method::Ppo];
+    pub const ALL: [Method; 4] = [Method::Gfn, Method::Sft, Method::Ppo, Method::Base];
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Gfn => "gfn",
             Method::Sft => "sft",
             Method::Ppo => "ppo",
+            Method::Base => "base",
         }
+    }
+
+    /// Whether the run trains an adapter (all but `base`).
+    pub fn trains(self) -> bool {
+        self != Method::Base
     }
 }
 

@@ -440,7 +440,7 @@ fn a_diverging_run_fails_with_its_reason_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn ppo_and_sft_runs_over_the_api() {
+fn ppo_sft_and_base_runs_over_the_api() {
     let (dir, model) = tiny();
     let server = Server::start(&model, &dir.path().join("data"), &[]);
     let mut req = rng_run("ppo", 5, 0, 20);
@@ -461,4 +461,28 @@ fn ppo_and_sft_runs_over_the_api() {
     let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(60), |r| !matches!(r["status"].as_str(), Some("queued" | "running")));
     assert_eq!(r["status"], "failed", "{r}");
     assert!(r["error"].as_str().unwrap().contains("no reference"), "{r}");
+
+    // A base-model run trains nothing and is its evaluation.
+    let mut req = rng_run("untrained", 5, 0, 0);
+    req["method"] = json!("base");
+    let (s, e) = server.post("/api/runs", &req);
+    assert_eq!((s, e["field"].as_str()), (400, Some("eval_samples")), "{e}");
+    req["eval_samples"] = json!(30);
+    let (s, run) = server.post("/api/runs", &req);
+    assert_eq!((s, run["steps"].as_u64()), (201, Some(0)), "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    let r = server.wait_run(&id, Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+    assert_eq!((r["status"].as_str(), r["method"].as_str(), r["step"].as_u64()), (Some("completed"), Some("base"), Some(0)), "{r}");
+    assert_eq!(r["final_metrics"]["samples"].as_f64(), Some(30.0), "{r}");
+    let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
+    assert_eq!(series.as_array().map(Vec::len), Some(0), "{series}");
+    let (s, e) = server.get(&format!("/api/runs/{id}/adapter.zip"));
+    assert!(s == 409 && e["error"].as_str().unwrap().contains("base model"), "{s} {e}");
+    // It samples as the base model: the same seed draws the same texts.
+    let texts = |source: &str| {
+        let (s, out) = server.post("/api/samples", &json!({"prompt": "x", "run": source, "decoding": {"n": 3, "max_tokens": 4, "seed": 7}}));
+        assert_eq!(s, 200, "{out}");
+        out["samples"].as_array().unwrap().iter().map(|g| g["text"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&id), texts("base"));
 }

@@ -2,7 +2,8 @@
 //! or resume the trainer in the run's directory, record every step in the
 //! store (and broadcast it) before the next one starts, stop when asked, and
 //! evaluate the adapter at the end. GFlowNet runs resume from checkpoints;
-//! the PPO and SFT baselines restart from scratch when their job restarts.
+//! the PPO and SFT baselines restart from scratch when their job restarts;
+//! a base-model run is only the evaluation, without an adapter.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -134,11 +135,14 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
         options.insert(key.into(), toml::Value::String(store.dataset_path(d).display().to_string()));
     }
     let task = tasks::load(&run.task, &options)?;
+    if !run.method.trains() {
+        return evaluate(ctx, &run, task.as_ref(), None);
+    }
     let train_task = task.train_task(&lm)?;
     let dir = store.run_dir(&run.id);
     if run.method != Method::Gfn {
         let adapter = baseline(ctx, &run, train_task, &dir)?;
-        return evaluate(ctx, &run, task.as_ref(), &adapter);
+        return evaluate(ctx, &run, task.as_ref(), Some(&adapter));
     }
     let mut trainer = match checkpoint::latest(&dir)? {
         Some(_) => Trainer::resume(&lm, train_task, run.config.clone(), &dir)?,
@@ -201,11 +205,12 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
     }
     let adapter_dir = dir.join("adapter");
     trainer.adapter.save_peft(&adapter_dir, &lm.name)?;
-    evaluate(ctx, &run, task.as_ref(), &trainer.adapter)
+    evaluate(ctx, &run, task.as_ref(), Some(&trainer.adapter))
 }
 
-/// The task's metrics for the trained adapter (unless `eval_samples` is 0).
-fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: &LoraAdapter) -> Result<(), Ended> {
+/// The task's metrics for the trained adapter, or the base model without
+/// one (unless `eval_samples` is 0).
+fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&LoraAdapter>) -> Result<(), Ended> {
     if run.eval_samples == Some(0) {
         return Ok(());
     }
@@ -214,9 +219,9 @@ fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: &LoraAdap
     ctx.jobs.publish(&run.id, RunEvent::Status { run: r });
     // Evaluation decodes thousands of tokens: the adapter folded into the
     // weights costs one product per projection once, not two at every step.
-    let view = lm.llama.fold(&adapter.view(Mode::Infer, lm.llama.dtype())?)?;
+    let view = adapter.map(|a| lm.llama.fold(&a.view(Mode::Infer, lm.llama.dtype())?)).transpose()?;
     let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None, lengths: Some((run.config.min_len, run.config.max_len)), decoding: None, ..Default::default() };
-    let report = task.evaluate(lm, Some(&view), &opts)?;
+    let report = task.evaluate(lm, view.as_ref(), &opts)?;
     ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;
     Ok(())
 }

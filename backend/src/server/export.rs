@@ -18,6 +18,9 @@ use crate::Error;
 pub async fn adapter_zip(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     check_name("id", &id)?;
     let run = s.store.run(&id).await?;
+    if !run.method.trains() {
+        return Err(Error::Conflict(format!("run `{id}` evaluates the base model: it has no adapter")).into());
+    }
     let dir = s.store.run_dir(&id);
     let adapter = if run.status == RunStatus::Completed && dir.join("adapter").is_dir() {
         dir.join("adapter")

@@ -41,6 +41,9 @@ fn check_task_options(options: &serde_json::Map<String, serde_json::Value>) -> A
     responses((status = 201, body = Run), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -> ApiResult<(StatusCode, Json<Run>)> {
     let method = req.method.unwrap_or(Method::Gfn);
+    if !method.trains() && req.eval_samples == Some(0) {
+        return Err(ApiErr::bad("eval_samples", "a base-model run is only its evaluation: eval_samples cannot be 0"));
+    }
     if let Some(n) = &req.name {
         check_name("name", n)?;
     }

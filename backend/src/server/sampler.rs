@@ -107,6 +107,10 @@ impl Sampler {
         }
         amortize_shared::api::valid_name(id).map_err(|m| Error::invalid("run", format!("invalid run id `{id}`: {m}")))?;
         let run = self.store.run(id).await?;
+        if !run.method.trains() {
+            // A base-model run samples as the base model does.
+            return Ok(Source { id: id.into(), label: format!("{} (base model)", run.name), run: Some(run), adapter: None, step: None });
+        }
         let dir = self.store.run_dir(id);
         let (path, step) = if run.status == RunStatus::Completed && dir.join("adapter").join("adapter_config.json").exists() {
             (dir.join("adapter"), run.step)

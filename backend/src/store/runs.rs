@@ -74,7 +74,8 @@ impl Store {
         .bind(experiment_id)
         .bind(&n.task)
         .bind(n.method.as_str())
-        .bind(n.config.steps as i64)
+        // A base-model run trains no steps: its progress is its evaluation.
+        .bind(if n.method.trains() { n.config.steps as i64 } else { 0 })
         .bind(serde_json::to_string(&n.config)?)
         .bind(serde_json::to_string(&n.task_options)?)
         .bind(&n.dataset)

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use amortize_shared::api::{Experiment, Job, Run, TaskInfo};
+use amortize_shared::api::{Experiment, Job, Run, RunStatus, TaskInfo};
 use leptos::prelude::*;
 use leptos_router::components::A;
 
@@ -250,7 +250,7 @@ impl Col {
 
 /// A row; its box adds the run to `picked` (in the order ticked) or takes it out.
 fn run_row(Row { run: r, queued, metric, .. }: Row, picked: RwSignal<Vec<String>>) -> impl IntoView {
-    let pct = if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 };
+    let pct = if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else if r.status == RunStatus::Completed { 100.0 } else { 0.0 };
     let href = format!("/runs/{}", api::encode(&r.id));
     let (id1, id2) = (r.id.clone(), r.id.clone());
     view! {

@@ -234,11 +234,15 @@ pub fn NewRunPage() -> impl IntoView {
                         <div class="field">
                             <label for="method">"Method"</label>
                             <select id="method" name="method" on:change=move |ev| method.set(event_target_value(&ev))>
-                                {[("gfn", "gfn — GFlowNet fine-tuning"), ("sft", "sft — supervised fine-tuning (baseline)"), ("ppo", "ppo — PPO against the reward (baseline)")].map(|(v, label)| view! {
+                                {[("gfn", "gfn — GFlowNet fine-tuning"), ("sft", "sft — supervised fine-tuning (baseline)"), ("ppo", "ppo — PPO against the reward (baseline)"), ("base", "base — the untrained model: its evaluation only")].map(|(v, label)| view! {
                                     <option value=v selected=move || method.with(|m| m == v)>{label}</option>
                                 })}
                             </select>
-                            {move || method.with(|m| m != "gfn").then(|| view! { <span class="help">"A baseline: it uses steps, batch size, seed and the LoRA/length fields of the config."</span> })}
+                            {move || method.with(|m| match m.as_str() {
+                                "gfn" => None,
+                                "base" => Some(view! { <span class="help">"No training: the run is the task's evaluation of the base model (the seed and length fields apply), the row to compare trained runs against."</span> }),
+                                _ => Some(view! { <span class="help">"A baseline: it uses steps, batch size, seed and the LoRA/length fields of the config."</span> }),
+                            })}
                             {field_err("method")}
                         </div>
                         {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}

@@ -74,7 +74,10 @@ fn add_samples(list: &mut Vec<StepSample>, mut new: Vec<StepSample>) {
 /// What stands in place of the charts before the first step: a run spends
 /// its first seconds (tens of them for some presets on a CPU) building its
 /// task and scoring the replay buffer's seeds.
-fn no_steps_note(status: Option<RunStatus>) -> &'static str {
+fn no_steps_note(status: Option<RunStatus>, trains: bool) -> &'static str {
+    if !trains {
+        return "A base-model run trains nothing: its result is the final evaluation of the untrained model.";
+    }
     match status {
         Some(RunStatus::Queued) => "No training steps yet: the run waits for the one before it to finish.",
         Some(RunStatus::Running) => "No training steps yet: the run is preparing its task (a GFlowNet run also scores its replay buffer's seed trajectories); the first step follows.",
@@ -329,8 +332,9 @@ fn RunBody(
             });
         }
     };
-    let pct = move || r.with(|r| r.as_ref().map(|r| if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else { 0.0 }).unwrap_or(0.0));
-    let has_adapter = Memo::new(move |_| r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)));
+    let pct = move || r.with(|r| r.as_ref().map(|r| if r.steps > 0 { 100.0 * r.step as f64 / r.steps as f64 } else if r.status == RunStatus::Completed { 100.0 } else { 0.0 }).unwrap_or(0.0));
+    let trains = Memo::new(move |_| r.with(|r| r.as_ref().is_none_or(|r| r.method.trains())));
+    let has_adapter = Memo::new(move |_| trains.get() && r.with(|r| r.as_ref().is_some_and(|r| r.checkpoint_step.is_some() || r.status == RunStatus::Completed)));
 
     let smoothing = RwSignal::new(0.0f64);
     let charts = SERIES
@@ -378,8 +382,10 @@ fn RunBody(
                 {move || if has_adapter.get() {
                     view! { <a class="button" id="download-adapter" href=api::run_path(&r.get_untracked().map(|r| r.id).unwrap_or_default(), "/adapter.zip")
                         download="" rel="external" on:click=download("/adapter.zip", "adapter.zip")>"Download adapter"</a> }.into_any()
-                } else {
+                } else if trains.get() {
                     view! { <span class="button disabled" id="download-adapter-none" title="The adapter exists after the first checkpoint">"No adapter yet"</span> }.into_any()
+                } else {
+                    view! { <span class="button disabled" id="download-adapter-none" title="A base-model run trains no adapter">"No adapter (base model)"</span> }.into_any()
                 }}
                 <a class="button" id="download-metrics" href=api::run_path(&id, "/metrics.csv") download="" rel="external" on:click=download("/metrics.csv", "metrics.csv")>"Metrics CSV"</a>
                 <A href=format!("/compare?runs={},base", api::encode(&id)) attr:class="button" attr:id="compare-link">"Compare with base"</A>
@@ -405,7 +411,7 @@ fn RunBody(
             {move || match history.get() {
                 None => Some(view! { <Loading what="metrics" /> }.into_any()),
                 Some(Err(e)) => Some(view! { <ErrorMsg err=format!("Could not load the metrics: {e}") id="metrics-error" /> }.into_any()),
-                Some(Ok(())) if metrics.with(Vec::is_empty) => Some(view! { <p class="empty" id="metrics-empty">{move || no_steps_note(status())}</p> }.into_any()),
+                Some(Ok(())) if metrics.with(Vec::is_empty) => Some(view! { <p class="empty" id="metrics-empty">{move || no_steps_note(status(), trains.get())}</p> }.into_any()),
                 Some(Ok(())) => None,
             }}
             <div class="charts" id="charts">{charts}</div>
