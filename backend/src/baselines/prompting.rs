@@ -11,7 +11,12 @@
 //! whose prompt differs from the query, in a shuffled order; the draw is a
 //! function of (seed, query text) alone, so it does not depend on batching or
 //! on the order of the test set, and another seed shows other examples (the
-//! paper's "randomly shuffle few-shot demonstrations", Table 3).
+//! paper's "randomly shuffle few-shot demonstrations", Table 3). With
+//! `fixed`, one shuffled draw per seed serves every query (a query found among
+//! its first k is passed over for the next), so all prompts start with the
+//! same demonstrations and the decoder and scorer compute that prefix once
+//! for many queries (`decode::prefix`) — an evaluation many times cheaper,
+//! at the price of a single set of examples per seed.
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -25,6 +30,9 @@ use crate::{Error, Result};
 pub struct FewShotConfig {
     /// Demonstrations per prompt; the task's default (`Task::default_shots`) when absent.
     pub k: Option<usize>,
+    /// The same demonstrations, in the same order, before every query (one
+    /// draw per seed) instead of a draw per query.
+    pub fixed: bool,
 }
 
 /// k-shot prompts over a fixed pool of demonstrations.
@@ -33,6 +41,7 @@ pub struct FewShot {
     demos: Vec<Demonstration>,
     k: usize,
     seed: u64,
+    fixed: bool,
 }
 
 impl FewShot {
@@ -48,7 +57,12 @@ impl FewShot {
         if k > demos.len() {
             return Err(Error::invalid("fewshot.k", format!("{k} demonstrations asked for; the task has {}", demos.len())));
         }
-        Ok(FewShot { demos, k, seed })
+        Ok(FewShot { demos, k, seed, fixed: false })
+    }
+
+    /// One draw per seed for every query (see the module docs).
+    pub fn fixed(self, fixed: bool) -> FewShot {
+        FewShot { fixed, ..self }
     }
 
     pub fn k(&self) -> usize {
@@ -58,6 +72,16 @@ impl FewShot {
     /// The demonstrations shown before `query`, in the order shown: k of them
     /// (fewer only when k of the pool equal the query), none equal to it.
     pub fn pick(&self, query: &str) -> Vec<&Demonstration> {
+        if self.fixed {
+            // The whole pool in the seed's order; the query's own example passed over.
+            let mut pool: Vec<&Demonstration> = self.demos.iter().collect();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+            for i in 0..pool.len() {
+                let j = rng.random_range(i..pool.len());
+                pool.swap(i, j);
+            }
+            return pool.into_iter().filter(|d| d.prompt != query).take(self.k).collect();
+        }
         let mut pool: Vec<&Demonstration> = self.demos.iter().filter(|d| d.prompt != query).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(query.as_bytes()));
         // Partial Fisher–Yates: the first k places get a uniform random ordered sample.
@@ -149,6 +173,26 @@ mod tests {
             o.windows(2).all(|w| w[0].trim_start_matches('Q').trim_end_matches(':').parse::<u32>().unwrap() < w[1].trim_start_matches('Q').trim_end_matches(':').parse::<u32>().unwrap())
         });
         assert!(sorted.count() < 20);
+    }
+
+    #[test]
+    fn fixed_draws_once_per_seed() {
+        let f = |seed: u64| FewShot::new(demos(20), 5, seed).unwrap().fixed(true);
+        let order = |f: &FewShot, q: &str| f.pick(q).iter().map(|d| d.prompt.clone()).collect::<Vec<_>>();
+        let a = f(3);
+        // Every query outside the pool sees the same five, in the same order.
+        let first = order(&a, "query 0");
+        assert_eq!(first.len(), 5);
+        assert!((1..50).all(|q| order(&a, &format!("query {q}")) == first));
+        let first_five: Vec<String> = (0..5).map(|i| format!("Q{i}:")).collect();
+        assert_ne!(first, first_five, "not shuffled");
+        // A query among them is passed over for the sixth of the draw, the others keep their places.
+        let own = order(&a, &first[1]);
+        assert_eq!(own.len(), 5);
+        assert!(!own.contains(&first[1]));
+        assert_eq!((&own[..1], &own[1..4]), (&first[..1], &first[2..]));
+        // Another seed, another draw.
+        assert!((0..8).any(|s| order(&f(s), "query 0") != first));
     }
 
     #[test]

@@ -181,7 +181,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 }
             };
             let prompt: Option<Arc<dyn PromptTransform>> = match shots.get(&m.label) {
-                Some(&k) => Some(Arc::new(FewShot::new(demos.clone(), k, seed)?)),
+                Some(&k) => Some(Arc::new(FewShot::new(demos.clone(), k, seed)?.fixed(fewshot.fixed))),
                 None => None,
             };
             // Folded into the weights: evaluation decodes thousands of tokens.
