@@ -320,6 +320,26 @@ fn the_app_in_a_real_browser() {
     let (_, c) = server.get(&format!("/api/runs/{copy}"));
     assert_eq!((c["task"].as_str(), c["config"]["steps"].as_u64(), c["config"]["batch_size"].as_u64(), c["eval_samples"].as_u64()), (Some("rng"), Some(3), Some(4), Some(20)), "{c}");
 
+    // A base-model run from the form: no training, its evaluation only.
+    b.goto(&format!("{base}/runs/new"));
+    b.wait("#new-run-form", T);
+    b.click(&b.wait("#task option[value=\"rng\"]", T));
+    b.click(&b.wait("#method option[value=\"base\"]", T));
+    b.wait_text("#new-run-form", T, |t| t.contains("No training: the run is the task's evaluation of the base model"));
+    let samples = b.wait("#eval_samples", T);
+    b.clear(&samples);
+    b.type_text(&samples, "20");
+    b.click(&b.wait("#launch", T));
+    let untrained = eventually(
+        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2) && !p.ends_with(&copy)).map(|p| p.trim_start_matches("/runs/").to_string()),
+        || format!("launch did not open the base run's page (at {})", path(&b)),
+    );
+    b.wait_text("#metrics-empty", T, |t| t.contains("base-model run trains nothing"));
+    b.wait_text("#download-adapter-none", T, |t| t.contains("base model"));
+    b.wait("#final-metrics", Duration::from_secs(120));
+    let (_, u) = server.get(&format!("/api/runs/{untrained}"));
+    assert_eq!((u["method"].as_str(), u["steps"].as_u64(), u["status"].as_str()), (Some("base"), Some(0), Some("completed")), "{u}");
+
     // Name and notes, saved in place; the runs list shows the notes.
     b.goto(&format!("{base}/runs/{run2}"));
     b.click(&b.wait("#run-notes summary", T));
