@@ -145,6 +145,11 @@ pub struct CreateRun {
     /// Free text: why this run, what to look for (at most [`NOTES_MAX`] characters).
     #[serde(default)]
     pub notes: Option<String>,
+    /// A `base` run only: k worked examples from the task's training data
+    /// before each evaluation prompt (drawn per prompt, as `amortize
+    /// compare`'s `fewshot:k=N`); absent: the plain prompt (zero-shot).
+    #[serde(default)]
+    pub shots: Option<usize>,
 }
 
 /// Longest `notes` of a run, in characters.
@@ -240,6 +245,9 @@ pub struct Run {
     /// The user's notes ("" when none).
     #[serde(default)]
     pub notes: String,
+    /// Few-shot examples before each evaluation prompt (`base` runs).
+    #[serde(default)]
+    pub shots: Option<usize>,
     /// How far the stage in flight has come while the run sets up (before its
     /// first step) or evaluates: the running job's, in `GET /api/runs` and
     /// `GET /api/runs/{id}`.

@@ -485,4 +485,29 @@ fn ppo_sft_and_base_runs_over_the_api() {
         out["samples"].as_array().unwrap().iter().map(|g| g["text"].as_str().unwrap().to_string()).collect::<Vec<_>>()
     };
     assert_eq!(texts(&id), texts("base"));
+
+    // Few-shot: base runs only, k ≥ 1, and the task must have k worked examples.
+    let mut req = rng_run("shots", 5, 0, 10);
+    for (method, shots, want) in [("gfn", 1, "base-model runs"), ("base", 0, "at least 1"), ("base", 1, "no demonstrations")] {
+        req["method"] = json!(method);
+        req["shots"] = json!(shots);
+        let (s, e) = server.post("/api/runs", &req);
+        assert!(s == 400 && e["field"] == "shots" && e["error"].as_str().unwrap().contains(want), "{method} {shots}: {s} {e}");
+    }
+    // Infilling from short uploaded stories: the worked example changes what the base model writes.
+    let stories = b"{\"beginning\": \"Ann had a ball.\", \"middle\": \"It fell.\", \"end\": \"Ann was sad.\"}\n{\"beginning\": \"Tim ate.\", \"middle\": \"He was full.\", \"end\": \"Tim slept.\"}\n{\"beginning\": \"It rained.\", \"middle\": \"Joe read.\", \"end\": \"Joe smiled.\"}\n";
+    let (s, v) = server.post_raw("/api/datasets/infill/short.jsonl", "text/plain", stories);
+    assert_eq!(s, 201, "{v}");
+    let (s, e) = server.post("/api/runs", &json!({"task": "infill", "method": "base", "dataset": "short.jsonl", "shots": 3, "eval_samples": 2}));
+    assert!(s == 400 && e["field"] == "shots" && e["error"].as_str().unwrap().contains("the task has 2"), "{s} {e}");
+    let mut finals = Vec::new();
+    for shots in [json!(null), json!(1)] {
+        let (s, run) = server.post("/api/runs", &json!({"task": "infill", "method": "base", "dataset": "short.jsonl", "shots": shots, "eval_samples": 2, "config": {"seed": 3}}));
+        assert_eq!(s, 201, "{run}");
+        let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+        assert_eq!((r["status"].as_str(), &r["shots"]), (Some("completed"), &shots), "{r}");
+        finals.push(r["final_metrics"].clone());
+    }
+    assert_eq!(finals[1]["samples"], finals[0]["samples"]);
+    assert_ne!(finals[0]["loglik"], finals[1]["loglik"], "{finals:?}");
 }

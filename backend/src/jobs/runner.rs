@@ -16,7 +16,7 @@ use amortize_shared::api::{MetricPoint, Method, Progress, Run, RunEvent, RunStat
 use super::throttle::Throttle;
 use super::{lock, spec, Jobs, Stop};
 use crate::gfn::{checkpoint, StepMetrics, Trainer};
-use crate::baselines::{train_sft, Ppo, PpoConfig, SftConfig};
+use crate::baselines::{train_sft, FewShot, Ppo, PpoConfig, SftConfig};
 use crate::model::{LoraAdapter, Mode};
 use crate::store::Store;
 use crate::tasks::{self, EvalOptions};
@@ -220,7 +220,11 @@ fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&L
     // Evaluation decodes thousands of tokens: the adapter folded into the
     // weights costs one product per projection once, not two at every step.
     let view = adapter.map(|a| lm.llama.fold(&a.view(Mode::Infer, lm.llama.dtype())?)).transpose()?;
-    let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None, lengths: Some((run.config.min_len, run.config.max_len)), decoding: None, ..Default::default() };
+    let prompt: Option<Arc<dyn tasks::PromptTransform>> = match run.shots {
+        Some(k) => Some(Arc::new(FewShot::new(task.demonstrations(), k, run.config.seed)?)),
+        None => None,
+    };
+    let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None, lengths: Some((run.config.min_len, run.config.max_len)), decoding: None, prompt };
     let report = task.evaluate(lm, view.as_ref(), &opts)?;
     ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;
     Ok(())

@@ -44,6 +44,11 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
     if !method.trains() && req.eval_samples == Some(0) {
         return Err(ApiErr::bad("eval_samples", "a base-model run is only its evaluation: eval_samples cannot be 0"));
     }
+    match req.shots {
+        Some(_) if method.trains() => return Err(ApiErr::bad("shots", "few-shot prompting is for base-model runs (method `base`)")),
+        Some(0) => return Err(ApiErr::bad("shots", "must be at least 1 (leave it out for zero-shot)")),
+        _ => {}
+    }
     if let Some(n) = &req.name {
         check_name("name", n)?;
     }
@@ -66,9 +71,17 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
     };
     let overrides = req.config.clone().unwrap_or_default();
     let task = req.task.clone();
-    let resolved = tokio::task::spawn_blocking(move || spec::resolve(&task, &overrides, &options, dataset.as_deref()).map(|sp| sp.config))
-        .await
-        .map_err(|e| ApiErr::from(Error::Conflict(e.to_string())))??;
+    let shots = req.shots;
+    let resolved = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+        let sp = spec::resolve(&task, &overrides, &options, dataset.as_deref())?;
+        if let Some(k) = shots {
+            // The task's training data must hold k worked examples.
+            crate::baselines::FewShot::new(sp.task.demonstrations(), k, 0).map_err(|e| ApiErr::bad("shots", e.to_string()))?;
+        }
+        Ok(sp.config)
+    })
+    .await
+    .map_err(|e| ApiErr::from(Error::Conflict(e.to_string())))??;
     if !s.jobs.has_room() {
         return Err(Error::Busy("the job queue is full; try again later".into()).into());
     }
@@ -77,7 +90,10 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
         .store
         .insert_run(NewRun {
             id: id.clone(),
-            name: req.name.clone().unwrap_or_else(|| format!("{}-{}", req.task, method.as_str())),
+            name: req.name.clone().unwrap_or_else(|| match req.shots {
+                Some(k) => format!("{}-{}shot", req.task, k),
+                None => format!("{}-{}", req.task, method.as_str()),
+            }),
             experiment: req.experiment.clone(),
             task: req.task.clone(),
             method,
@@ -86,6 +102,7 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
             dataset: req.dataset.clone(),
             eval_samples: req.eval_samples,
             notes: req.notes.clone().unwrap_or_default(),
+            shots: req.shots,
         })
         .await?;
     s.jobs.enqueue(&id).await?;

@@ -23,13 +23,14 @@ pub struct NewRun {
     pub dataset: Option<String>,
     pub eval_samples: Option<usize>,
     pub notes: String,
+    pub shots: Option<usize>,
 }
 
 /// Recent training samples kept per run.
 const KEEP_SAMPLE_STEPS: i64 = 20;
 
 const RUN_COLUMNS: &str = "r.id, r.name, e.name AS experiment, r.task, r.method, r.status, r.step, r.steps, r.config, \
-     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at, r.notes";
+     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at, r.notes, r.shots";
 
 fn run_from_row(r: &SqliteRow) -> Result<Run> {
     let method: String = r.get("method");
@@ -54,6 +55,7 @@ fn run_from_row(r: &SqliteRow) -> Result<Run> {
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         notes: r.get("notes"),
+        shots: r.get::<Option<i64>, _>("shots").map(|n| n as usize),
         progress: None,
     })
 }
@@ -67,7 +69,7 @@ impl Store {
         let now = now_rfc3339();
         sqlx::query(
             "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
-             eval_samples, created_at, updated_at, notes) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+             eval_samples, created_at, updated_at, notes, shots) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&n.id)
         .bind(&n.name)
@@ -83,6 +85,7 @@ impl Store {
         .bind(&now)
         .bind(&now)
         .bind(&n.notes)
+        .bind(n.shots.map(|k| k as i64))
         .execute(&self.pool)
         .await?;
         self.run(&n.id).await

@@ -21,7 +21,7 @@ use crate::api::{self, ApiErr};
 use crate::components::{loaded, Catalog, ErrorMsg, Polled};
 
 /// Form fields outside the config that a server error may name.
-const OWN_FIELDS: [&str; 10] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "notes", "policy_template", "reward_template", "examples"];
+const OWN_FIELDS: [&str; 11] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "shots", "notes", "policy_template", "reward_template", "examples"];
 
 #[component]
 pub fn NewRunPage() -> impl IntoView {
@@ -33,6 +33,7 @@ pub fn NewRunPage() -> impl IntoView {
     let method = RwSignal::new("gfn".to_string());
     let dataset = RwSignal::new(String::new());
     let eval_samples = RwSignal::new(String::new());
+    let shots = RwSignal::new(String::new());
     let notes = RwSignal::new(String::new());
     let templates = Templates::new();
     let cfg = RwSignal::new(CfgGroups::new());
@@ -51,6 +52,7 @@ pub fn NewRunPage() -> impl IntoView {
                     method.set(r.method.as_str().to_string());
                     experiment.set(r.experiment.clone().unwrap_or_default());
                     eval_samples.set(r.eval_samples.map(|n| n.to_string()).unwrap_or_default());
+                    shots.set(r.shots.map(|n| n.to_string()).unwrap_or_default());
                     let text = |k: &str| r.task_options.get(k).and_then(Value::as_str).map(String::from);
                     if let Some(p) = text("policy_template") {
                         templates.policy.set(p);
@@ -102,6 +104,7 @@ pub fn NewRunPage() -> impl IntoView {
             "name" => name.with(|s| name_check(s)),
             "experiment" => experiment.with(|s| name_check(s)),
             "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
+            "shots" if method.with(|m| m == "base") => shots.with(|s| (!s.trim().is_empty() && !s.trim().parse::<usize>().is_ok_and(|k| k > 0)).then(|| "a whole number ≥ 1, or empty for zero-shot".into())),
             "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
             "policy_template" | "reward_template" if is_custom() => {
                 let (p, r) = templates.with_texts(template_errors);
@@ -160,6 +163,8 @@ pub fn NewRunPage() -> impl IntoView {
             task_options: (!task_options.is_empty()).then_some(task_options),
             dataset: opt(dataset.get_untracked()),
             eval_samples: eval_samples.get_untracked().trim().parse().ok(),
+            // Few-shot examples belong to base-model runs only.
+            shots: method.with_untracked(|m| m == "base").then(|| shots.get_untracked().trim().parse().ok()).flatten(),
             notes: opt(notes.get_untracked()),
         };
         busy.set(true);
@@ -248,6 +253,7 @@ pub fn NewRunPage() -> impl IntoView {
                         {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}
                         {text_input("experiment", "Experiment", "optional; created if new", experiment, Some("experiment-names"))}
                         {text_input("eval_samples", "Evaluation samples", "optional; 0 skips the final evaluation", eval_samples, None)}
+                        {move || method.with(|m| m == "base").then(|| text_input("shots", "Few-shot examples", "optional; k worked examples from the task's training data before each prompt", shots, None))}
                         <div class="field wide">
                             <label for="notes">"Notes " <span class="help">"optional; why this run, what to look for"</span></label>
                             <textarea id="notes" name="notes" rows="2" aria-invalid=move || if error_of("notes").is_some() { "true" } else { "false" }

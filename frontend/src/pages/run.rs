@@ -362,7 +362,10 @@ fn RunBody(
             </div>
             <p class="meta">
                 <span>"task " <strong>{field(|r| r.task.clone())}</strong></span>
-                <span>"method " <strong>{field(|r| r.method.as_str().to_string())}</strong></span>
+                <span>"method " <strong>{field(|r| match r.shots {
+                    Some(k) => format!("{} ({k}-shot)", r.method.as_str()),
+                    None => r.method.as_str().to_string(),
+                })}</strong></span>
                 <span id="run-step">"step " <strong>{field(|r| format!("{}/{}", r.step, r.steps))}</strong></span>
                 <progress max="100" value=pct aria-label="training progress"></progress>
                 <span>"checkpoint " {field(|r| r.checkpoint_step.map_or("none".into(), |s| format!("step {s}")))}</span>
