@@ -151,7 +151,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let gfn = || -> anyhow::Result<LoraAdapter> {
             match given.get("gfn") {
                 Some(dir) => Ok(LoraAdapter::load_peft(dir, lm.config(), lm.device())?),
-                None if sft_reward => {
+                // (An adapter an earlier call trained is reused, and needs no reward.)
+                None if sft_reward && !gfn_dir.join("adapter").join("adapter_config.json").exists() => {
                     // The reward's adapter: --adapters sft=DIR, else this seed's SFT (trained if missing).
                     let reward_dir = match given.get("sft") {
                         Some(dir) => dir.clone(),
