@@ -326,6 +326,12 @@ fn the_app_in_a_real_browser() {
     b.click(&b.wait("#task option[value=\"rng\"]", T));
     b.click(&b.wait("#method option[value=\"base\"]", T));
     b.wait_text("#new-run-form", T, |t| t.contains("No training: the run is the task's evaluation of the base model"));
+    // Its few-shot field is checked as it is typed (RNG has no examples: left empty).
+    let shots = b.wait("#shots", T);
+    b.type_text(&shots, "0");
+    b.wait_text("#err-shots", T, |t| t.contains("≥ 1"));
+    b.type_text(&shots, "\u{E003}"); // Backspace: an input event, unlike WebDriver's clear.
+    b.wait_text("#err-shots", T, |t| t.trim().is_empty());
     let samples = b.wait("#eval_samples", T);
     b.clear(&samples);
     b.type_text(&samples, "20");
