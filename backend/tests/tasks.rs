@@ -95,7 +95,7 @@ fn continuation_trains_and_evaluates() {
     let task = tasks::load("continuation", &table(&format!("prompts_file = {}\ntrain_prompts = 3\ntest_prompts = 2", q(&prompts)))).unwrap();
     assert_eq!(task.name(), "continuation");
     assert_eq!((task.default_config().reward_temp_end, task.default_config().max_len), (0.875, 25));
-    exercise(&lm, task.as_ref(), &["", " The dog", " It rained"], &["max_loglik", "mean_loglik", "diversity_jaccard"]);
+    exercise(&lm, task.as_ref(), &["", " The dog", " It rained"], &["max_loglik", "mean_loglik", "diversity_jaccard", "mean_words"]);
     // With no file the shared data's prompts or the built-in list are used.
     assert!(tasks::load("continuation", &toml::Table::new()).is_ok());
 }
@@ -111,7 +111,7 @@ fn infill_trains_and_evaluates() {
     assert_eq!(tt.problems.len(), 2);
     assert_eq!(tt.problems[0].seeds[0].tokens, lm.tokenizer.encode(" The dog ran after it.").unwrap());
     assert_eq!(lm.tokenizer.decode(&tt.problems[0].reward_suffix, false).unwrap(), " Ann was happy.");
-    exercise(&lm, task.as_ref(), &["", " He ran.", " The dog ran after it."], &["bleu4", "gleu4", "loglik"]);
+    exercise(&lm, task.as_ref(), &["", " He ran.", " The dog ran after it."], &["bleu4", "gleu4", "loglik", "mean_words"]);
     // The built-in stories load.
     assert!(tasks::load("infill", &toml::Table::new()).is_ok());
 }

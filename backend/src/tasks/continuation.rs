@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use amortize_shared::metrics::mean_pairwise_cosine_distance;
 use serde::{Deserialize, Serialize};
 
-use super::custom::{draw_eval, forbid_with_eos, one_token, token_ids_where, Keep};
+use super::custom::{draw_eval, forbid_with_eos, mean_words, one_token, token_ids_where, Keep};
 use super::{data_root, options, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, TokenMask};
 use crate::embed::Embedder;
@@ -222,7 +222,8 @@ impl Task for Continuation {
     }
 
     /// `max_loglik` / `mean_loglik`: over test prompts, the mean of the max /
-    /// mean of log p_LM(Z "." | X) (base model) among the prompt's samples.
+    /// mean of log p_LM(Z "." | X) (base model) among the prompt's samples
+    /// (the posterior favours short sentences: `mean_words` shows how short).
     /// `diversity_embedding` (when the embedding model is present, see
     /// [`crate::embed::Embedder::load_default`]): mean over prompts of the mean
     /// pairwise cosine distance of the samples' sentence embeddings — the
@@ -279,6 +280,7 @@ impl Task for Continuation {
             m.insert("diversity_embedding".into(), embedding_diversity(e, &groups)?);
         }
         m.insert("stop_rate".into(), amortize_shared::metrics::valid_rate(stopped, drawn.iter().map(Vec::len).sum()));
+        m.insert("mean_words".into(), mean_words(drawn.iter().flatten().map(|d| d.text.as_str())));
         m.insert("prompts".into(), n as f64);
         m.insert("samples_per_prompt".into(), drawn.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1) as f64);
         Ok(report)

@@ -164,6 +164,17 @@ pub fn draw_eval(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32
     Ok(out)
 }
 
+/// Mean number of whitespace-separated words per text (0 for none): how long
+/// the samples are, beside likelihoods that favour short ones.
+pub fn mean_words<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
+    let (mut words, mut n) = (0usize, 0usize);
+    for t in texts {
+        words += t.split_whitespace().count();
+        n += 1;
+    }
+    if n == 0 { 0.0 } else { words as f64 / n as f64 }
+}
+
 /// Samples `cfg.n` Z's for every prompt, about `batch` rows at a time (chunk c
 /// uses seed `cfg.seed + c`); one group of `cfg.n` per prompt.
 pub fn draw(lm: &LanguageModel, lora: Option<&LoraView>, prompts: &[Vec<u32>], cfg: &SampleConfig, batch: usize) -> Result<Vec<Vec<Drawn>>> {
@@ -482,6 +493,12 @@ impl Task for Custom {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_words_by_hand() {
+        assert_eq!(mean_words([" The dog ran", "Hi", "  a  b "].into_iter()), 2.0);
+        assert_eq!(mean_words(std::iter::empty()), 0.0);
+    }
 
     fn table(s: &str) -> toml::Table {
         s.parse().unwrap()

@@ -356,6 +356,7 @@ impl Task for Infill {
         m.insert("gleu4".into(), corpus_gleu(&hyps, &refs));
         m.insert("loglik".into(), loglik);
         m.insert("stop_rate".into(), valid_rate(stopped, hyps.len()));
+        m.insert("mean_words".into(), hyps.iter().map(Vec::len).sum::<usize>() as f64 / hyps.len().max(1) as f64);
         if let Some(e) = &embedder {
             let references: Vec<String> = stories.iter().map(|s| s.middle.trim().to_string()).collect();
             let samples: Vec<Vec<String>> = drawn.iter().map(|g| g.iter().map(|d| d.text.trim().to_string()).collect()).collect();

@@ -330,8 +330,8 @@ pub fn metric_names(task: &str) -> &'static [&'static str] {
         "rng" => &["kl", "valid_rate", "kl_floor"],
         "arithmetic" => &["accuracy_id", "accuracy_ood"],
         "subj" => &["accuracy", "accuracy_calibrated"],
-        "continuation" => &["mean_loglik", "max_loglik", "diversity_jaccard", "stop_rate", "diversity_embedding"],
-        "infill" => &["bleu4", "gleu4", "loglik", "stop_rate", "bertscore_f1", "bertscore_p", "bertscore_r", "sentence_cosine"],
+        "continuation" => &["mean_loglik", "max_loglik", "diversity_jaccard", "stop_rate", "mean_words", "diversity_embedding"],
+        "infill" => &["bleu4", "gleu4", "loglik", "stop_rate", "mean_words", "bertscore_f1", "bertscore_p", "bertscore_r", "sentence_cosine"],
         "custom" => &["mean_loglik", "valid_rate"],
         _ => &[],
     }
