@@ -57,9 +57,18 @@ pub struct EvalArgs {
 }
 
 pub(super) fn task_and_config(name: &str, file: Option<&std::path::Path>) -> anyhow::Result<(Box<dyn tasks::Task>, amortize::gfn::TrainConfig)> {
-    // The preset needs the task's options, which live in the same file.
-    let (_, options) = tasks::config::load(&amortize::gfn::TrainConfig::default(), file)?;
-    let task = tasks::load(name, &options)?;
+    task_and_config_from(name, &task_options(file)?, file)
+}
+
+/// The config file's `[task]` table (empty without a file).
+pub(super) fn task_options(file: Option<&std::path::Path>) -> anyhow::Result<toml::Table> {
+    Ok(tasks::config::load(&amortize::gfn::TrainConfig::default(), file)?.1)
+}
+
+/// The task built from `options`, and its preset with the file's top-level
+/// overrides (the preset needs the task, whose options live in the same file).
+pub(super) fn task_and_config_from(name: &str, options: &toml::Table, file: Option<&std::path::Path>) -> anyhow::Result<(Box<dyn tasks::Task>, amortize::gfn::TrainConfig)> {
+    let task = tasks::load(name, options)?;
     let (cfg, _) = tasks::config::load(&task.default_config(), file)?;
     Ok((task, cfg))
 }

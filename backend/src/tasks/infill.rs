@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use amortize_shared::metrics::{bert_score, cosine_similarity};
 use serde::{Deserialize, Serialize};
 
-use super::custom::{draw, draw_eval, forbid_with_eos, one_token, parse_jsonl, read_jsonl, token_ids_where, Keep};
+use super::custom::{draw, draw_eval, forbid_with_eos, mean_words, one_token, parse_jsonl, read_jsonl, token_ids_where, Keep};
 use super::{options, Demonstration, EvalOptions, EvalReport, Task};
 use crate::decode::{self, SampleConfig, TokenMask};
 use crate::embed::Embedder;
@@ -356,7 +356,7 @@ impl Task for Infill {
         m.insert("gleu4".into(), corpus_gleu(&hyps, &refs));
         m.insert("loglik".into(), loglik);
         m.insert("stop_rate".into(), valid_rate(stopped, hyps.len()));
-        m.insert("mean_words".into(), hyps.iter().map(Vec::len).sum::<usize>() as f64 / hyps.len().max(1) as f64);
+        m.insert("mean_words".into(), mean_words(drawn.iter().flatten().map(|d| d.text.as_str())));
         if let Some(e) = &embedder {
             let references: Vec<String> = stories.iter().map(|s| s.middle.trim().to_string()).collect();
             let samples: Vec<Vec<String>> = drawn.iter().map(|g| g.iter().map(|d| d.text.trim().to_string()).collect()).collect();

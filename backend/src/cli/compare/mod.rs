@@ -106,13 +106,12 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         methods.push(Method::parse(l, &names).map_err(|e| anyhow::anyhow!("invalid --methods: {e}"))?);
     }
     // `[task] reward_adapter = "sft"`: the comparison's own SFT adapter (per seed).
-    let (_, mut task_opts) = tasks::config::load(&TrainConfig::default(), a.config.as_deref())?;
+    let mut task_opts = super::train::task_options(a.config.as_deref())?;
     let sft_reward = tasks::takes_reward_adapter(&a.task) && task_opts.get("reward_adapter").and_then(|v| v.as_str()) == Some(SFT_REWARD);
     if sft_reward {
         task_opts.remove("reward_adapter");
     }
-    let task = tasks::load(&a.task, &task_opts)?;
-    let (mut cfg, _) = tasks::config::load(&task.default_config(), a.config.as_deref())?;
+    let (task, mut cfg) = super::train::task_and_config_from(&a.task, &task_opts, a.config.as_deref())?;
     let mut ppo: PpoConfig = section(a.config.as_deref(), "ppo")?;
     let mut sft: SftConfig = section(a.config.as_deref(), "sft")?;
     let fewshot: FewShotConfig = section(a.config.as_deref(), "fewshot")?;
