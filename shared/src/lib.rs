@@ -3,10 +3,12 @@
 //!
 //! - [`api`]: request and response bodies of the server's JSON API.
 //! - [`config`]: the training hyper-parameters and their validation.
+//! - [`groups`]: runs that repeat one setup over seeds, grouped.
 //! - [`metrics`]: the evaluation metrics used to compare fine-tuning methods
 //!   (KL to a target distribution, log-likelihood statistics, diversity,
 //!   BLEU-4, GLEU-4, embedding similarity, majority-vote accuracy).
 
 pub mod api;
 pub mod config;
+pub mod groups;
 pub mod metrics;
