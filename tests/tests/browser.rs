@@ -346,6 +346,44 @@ fn the_app_in_a_real_browser() {
     let (_, u) = server.get(&format!("/api/runs/{untrained}"));
     assert_eq!((u["method"].as_str(), u["steps"].as_u64(), u["status"].as_str()), (Some("base"), Some(0), Some("completed")), "{u}");
 
+    // Seeds: one launch makes the run twice, with seeds 7 and 8, and opens both
+    // on the compare page, where they make one row of mean ± std.
+    b.goto(&format!("{base}/runs/new"));
+    b.wait("#new-run-form", T);
+    b.click(&b.wait("#task option[value=\"rng\"]", T));
+    b.click(&b.wait("#method option[value=\"base\"]", T));
+    let seed = b.wait("#cfg-seed", T);
+    b.clear(&seed);
+    b.type_text(&seed, "7");
+    let seeds = b.wait("#seeds", T);
+    b.type_text(&seeds, "17");
+    b.wait_text("#err-seeds", T, |t| t.contains("1 to 16"));
+    b.type_text(&seeds, "\u{E003}\u{E003}2");
+    b.wait_text("#err-seeds", T, |t| t.trim().is_empty());
+    let samples = b.wait("#eval_samples", T);
+    b.clear(&samples);
+    b.type_text(&samples, "20");
+    b.click(&b.wait("#launch", T));
+    until(|| path(&b).starts_with("/compare?runs="), || format!("a two-seed launch did not open the compare page (at {})", path(&b)));
+    let query = b.execute("return decodeURIComponent(location.search)", json!([]));
+    let ids: Vec<String> = query.as_str().and_then(|q| q.strip_prefix("?runs=")).map(|q| q.split(',').map(String::from).collect()).unwrap_or_default();
+    assert_eq!(ids.len(), 2, "{query}");
+    for (id, seed) in ids.iter().zip([7, 8]) {
+        let r = server.wait_run(id, Duration::from_secs(120), |r| r["status"] == "completed");
+        assert_eq!((r["name"].as_str(), r["method"].as_str(), r["config"]["seed"].as_u64()), (Some(format!("rng-base-seed{seed}").as_str()), Some("base"), Some(seed)), "{r}");
+    }
+    let together = format!("#runs-differences tr[data-run=\"{},{}\"]", ids[0], ids[1]);
+    let row = b.wait_text(&together, Duration::from_secs(60), |t| t.contains("2 completed") && t.contains("±"));
+    assert!(row.starts_with("rng-base (2 runs") && row.contains("7, 8"), "{row}");
+    // Base-model runs train nothing: no training curves.
+    assert_eq!(b.execute("return document.getElementById('training-curves').hidden", json!([])), json!(true));
+    b.execute("document.getElementById('runs-side-by-side').scrollIntoView()", json!([]));
+    shot(&b, "compare-seeds");
+    // Unticked, a row per run.
+    b.click(&b.wait("#group-seeds", T));
+    b.wait(&format!("#runs-differences tr[data-run=\"{}\"]", ids[1]), T);
+    assert!(b.find_all(&together).is_empty(), "unticked, the seeds are apart");
+
     // Name and notes, saved in place; the runs list shows the notes.
     b.goto(&format!("{base}/runs/{run2}"));
     b.click(&b.wait("#run-notes summary", T));

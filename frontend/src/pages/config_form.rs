@@ -126,6 +126,8 @@ pub fn set_values(groups: &CfgGroups, values: &TrainConfig) {
 pub struct Check {
     pub errors: BTreeMap<String, String>,
     pub overrides: Map<String, Value>,
+    /// The config's seed, when the whole config parses.
+    pub seed: Option<u64>,
 }
 
 fn parse(f: &CfgField, text: &str) -> Result<Value, String> {
@@ -164,6 +166,7 @@ pub fn check(groups: &CfgGroups) -> Check {
     }
     match serde_json::from_value::<TrainConfig>(Value::Object(full)) {
         Ok(cfg) => {
+            out.seed = Some(cfg.seed);
             if let Err(e) = cfg.validate() {
                 out.errors.insert(e.field, e.message);
             }

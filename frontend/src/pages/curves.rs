@@ -3,7 +3,8 @@
 //! optional moving-average smoothing. Each run's series is fetched once and
 //! then only its new steps (`/metrics?after=N`) as the runs list (polled by
 //! the page) shows it growing; a run rewound by a resume drops its later
-//! points. Owns nothing the comparison itself uses.
+//! points. Hidden when no chosen run trains (base-model runs only). Owns
+//! nothing the comparison itself uses.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -24,6 +25,8 @@ struct Chosen {
     id: String,
     name: String,
     step: usize,
+    /// False for a base-model run (no steps, ever).
+    trains: bool,
 }
 
 #[component]
@@ -38,7 +41,7 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
         let picked = selected.get();
         runs.data.with(|list| {
             let Some(list) = list else { return Vec::new() };
-            picked.iter().filter_map(|id| list.iter().find(|r| &r.id == id)).map(|r| Chosen { id: r.id.clone(), name: r.name.clone(), step: r.step }).collect::<Vec<_>>()
+            picked.iter().filter_map(|id| list.iter().find(|r| &r.id == id)).map(|r| Chosen { id: r.id.clone(), name: r.name.clone(), step: r.step, trains: r.method.trains() }).collect::<Vec<_>>()
         })
     });
 
@@ -105,16 +108,17 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
             .enumerate()
             .map(|(i, c)| {
                 let steps = series.with(|m| m.get(&c.id).map_or(0, Vec::len));
+                let what = if c.trains { format!(" · {steps} steps") } else { " · base model: no training".into() };
                 view! {
                     <li data-run=c.id.clone()><span class="swatch" style=format!("background:{}", PALETTE[i % PALETTE.len()])></span>
-                    {c.name}<span class="muted">{format!(" · {steps} steps")}</span></li>
+                    {c.name}<span class="muted">{what}</span></li>
                 }
             })
             .collect_view()
     };
 
     view! {
-        <section id="training-curves" hidden=move || chosen.with(Vec::is_empty)>
+        <section id="training-curves" hidden=move || chosen.with(|c| !c.iter().any(|c| c.trains))>
             <div class="row-head">
                 <h2>"Training curves"</h2>
                 <SmoothingSelect id="curves-smoothing" weight=weight />

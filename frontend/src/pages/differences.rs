@@ -2,12 +2,16 @@
 //! (task, method, dataset, evaluation samples, few-shot examples, each config key and task
 //! option whose values are not all equal) and each run's own final
 //! evaluation (its task's metrics first, in the task's order), a row per run
-//! in the colour of its training curves; saved as CSV with every setting
-//! and metric. Read from the runs list the page polls; fetches nothing.
+//! in the colour of its training curves; runs that differ only in their
+//! seed shown together as one row of mean ± std ("Seeds together", on by
+//! default); saved as CSV with every setting and metric, a row per run.
+//! Read from the runs list the page polls; fetches nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use amortize_shared::api::Run;
+use amortize_shared::api::{Run, RunStatus};
+use amortize_shared::groups::{group_all_but, group_name};
+use amortize_shared::metrics::MeanStd;
 use leptos::prelude::*;
 use serde_json::Value;
 
@@ -66,9 +70,62 @@ pub fn csv(runs: &[Run]) -> String {
     out
 }
 
+/// A row of the table: one run, or the runs that differ only in their seed.
+struct Line {
+    /// Indices into the picked runs (for their colours and names).
+    members: Vec<usize>,
+    label: String,
+    /// e.g. "completed, step 200" or "3 runs, 2 completed".
+    state: String,
+    settings: BTreeMap<String, String>,
+}
+
+/// A metric over a line's runs: the value, or mean ± std with the count
+/// when fewer of the runs have it.
+fn metric_cell(runs: &[Run], members: &[usize], m: &str) -> String {
+    let vals: Vec<f64> = members.iter().filter_map(|&i| runs[i].final_metrics.as_ref().and_then(|f| f.get(m)).copied()).collect();
+    match vals.len() {
+        0 => "–".into(),
+        1 if members.len() == 1 => fmt_num(vals[0]),
+        k => {
+            let s = MeanStd::from_values(&vals);
+            let of = if k < members.len() { format!(" ({k} of {})", members.len()) } else { String::new() };
+            format!("{} ± {}{of}", fmt_num(s.mean), fmt_num(s.std))
+        }
+    }
+}
+
+/// The table's rows: a run each, or (`together`) a row per group of runs
+/// that differ only in `seed`, whose `seed` lists theirs.
+fn lines(picked: &[Run], rows: &[BTreeMap<String, String>], together: bool) -> Vec<Line> {
+    if !together {
+        return picked.iter().zip(rows).enumerate().map(|(i, (r, set))| Line {
+            members: vec![i],
+            label: r.name.clone(),
+            state: format!("{}, step {}", r.status.as_str(), r.step),
+            settings: set.clone(),
+        }).collect();
+    }
+    group_all_but(rows, "seed").into_iter().map(|g| {
+        let mut settings = rows[g[0]].clone();
+        let seeds: Vec<&str> = g.iter().filter_map(|&i| rows[i].get("seed").map(String::as_str)).collect();
+        settings.insert("seed".into(), seeds.join(", "));
+        let names: Vec<&str> = g.iter().map(|&i| picked[i].name.as_str()).collect();
+        let done = g.iter().filter(|&&i| picked[i].status == RunStatus::Completed).count();
+        let state = if g.len() == 1 {
+            format!("{}, step {}", picked[g[0]].status.as_str(), picked[g[0]].step)
+        } else {
+            format!("{} runs, {done} completed", g.len())
+        };
+        Line { label: group_name(&names), members: g, state, settings }
+    }).collect()
+}
+
 #[component]
 pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> impl IntoView {
     let cat = Catalog::get();
+    // Runs that differ only in their seed as one row of mean ± std.
+    let together = RwSignal::new(true);
     let picked = Memo::new(move |_| {
         let ids = selected.get();
         runs.data.with(|l| l.as_ref().map(|l| ids.iter().filter_map(|id| l.iter().find(|r| &r.id == id).cloned()).collect::<Vec<_>>()).unwrap_or_default())
@@ -79,7 +136,13 @@ pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> imp
             return None;
         }
         let rows: Vec<BTreeMap<String, String>> = picked.iter().map(settings).collect();
-        let diff = if picked.len() > 1 { differing(&rows) } else { Vec::new() };
+        let has_groups = group_all_but(&rows, "seed").iter().any(|g| g.len() > 1);
+        let grouped = has_groups && together.get();
+        let lines = lines(&picked, &rows, grouped);
+        let mut diff = if lines.len() > 1 { differing(&lines.iter().map(|l| l.settings.clone()).collect::<Vec<_>>()) } else { Vec::new() };
+        if grouped && !diff.iter().any(|k| k == "seed") {
+            diff.insert(0, "seed".into());
+        }
         // The tasks' own metrics first, in their order, then any other.
         let mut metrics: Vec<String> = Vec::new();
         for r in &picked {
@@ -98,12 +161,20 @@ pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> imp
                 leptos::logging::warn!("{e}");
             }
         };
+        let caption = match (picked.len() > 1, grouped) {
+            (false, _) => "(its final evaluation)",
+            (true, false) => "(settings that differ, and each run's final evaluation)",
+            (true, true) => "(settings that differ; runs alike but for their seed as one row: mean ± std)",
+        };
         Some(view! {
             <section id="runs-side-by-side">
                 <div class="row-head">
-                    <h2>"Picked runs " <span class="muted">
-                        {if picked.len() > 1 { "(settings that differ, and each run's final evaluation)" } else { "(its final evaluation)" }}</span></h2>
-                    <button type="button" id="save-runs-csv" on:click=save title="Every setting and final metric of the picked runs">"CSV"</button>
+                    <h2>"Picked runs " <span class="muted">{caption}</span></h2>
+                    {has_groups.then(|| view! {
+                        <label><input type="checkbox" id="group-seeds" prop:checked=move || together.get()
+                            on:change=move |ev| together.set(event_target_checked(&ev)) />" Seeds together"</label>
+                    })}
+                    <button type="button" id="save-runs-csv" on:click=save title="Every setting and final metric of the picked runs, a row per run">"CSV"</button>
                 </div>
                 <div class="scroll">
                     <table class="data" id="runs-differences">
@@ -113,20 +184,24 @@ pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> imp
                             {metrics.iter().map(|m| view! { <th scope="col" class="metric" data-key=m.clone()>{m.clone()}</th> }).collect_view()}
                         </tr></thead>
                         <tbody>
-                            {picked.iter().zip(&rows).enumerate().map(|(i, (r, set))| view! {
-                                <tr data-run=r.id.clone()>
-                                    <th scope="row"><span class="swatch" style=format!("background:{}", PALETTE[i % PALETTE.len()])></span>{r.name.clone()}
-                                        <span class="muted">{format!(" ({}, step {})", r.status.as_str(), r.step)}</span></th>
-                                    {diff.iter().map(|k| view! { <td class="mono">{set.get(k).cloned().unwrap_or_else(|| "–".into())}</td> }).collect_view()}
-                                    {metrics.iter().map(|m| view! {
-                                        <td class="num">{r.final_metrics.as_ref().and_then(|f| f.get(m)).map_or("–".into(), |v| fmt_num(*v))}</td>
-                                    }).collect_view()}
-                                </tr>
+                            {lines.iter().map(|l| {
+                                let ids = l.members.iter().map(|&i| picked[i].id.clone()).collect::<Vec<_>>().join(",");
+                                let names = l.members.iter().map(|&i| picked[i].name.clone()).collect::<Vec<_>>().join(", ");
+                                view! {
+                                    <tr data-run=ids title=names>
+                                        <th scope="row">
+                                            {l.members.iter().map(|&i| view! { <span class="swatch" style=format!("background:{}", PALETTE[i % PALETTE.len()])></span> }).collect_view()}
+                                            {l.label.clone()}
+                                            <span class="muted">{format!(" ({})", l.state)}</span></th>
+                                        {diff.iter().map(|k| view! { <td class="mono">{l.settings.get(k).cloned().unwrap_or_else(|| "–".into())}</td> }).collect_view()}
+                                        {metrics.iter().map(|m| view! { <td class="num">{metric_cell(&picked, &l.members, m)}</td> }).collect_view()}
+                                    </tr>
+                                }
                             }).collect_view()}
                         </tbody>
                     </table>
                 </div>
-                {(picked.len() > 1 && diff.is_empty()).then(|| view! { <p class="muted">"Their settings are the same."</p> })}
+                {(lines.len() > 1 && diff.is_empty()).then(|| view! { <p class="muted">"Their settings are the same."</p> })}
             </section>
         })
     };

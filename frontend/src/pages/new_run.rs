@@ -6,7 +6,9 @@
 //! shown next to the field they name (the form's own or the server's
 //! `ApiError.field`), otherwise at the top of the form. `?from=RUN` fills
 //! the form with that run's task, method, config, dataset, experiment and
-//! task options, to launch it again with a change.
+//! task options, to launch it again with a change. "Seeds" N > 1 launches
+//! the run N times with consecutive seeds (named `NAME-seedS`) and opens
+//! them together on the compare page.
 
 use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run, NOTES_MAX};
 use leptos::ev::SubmitEvent;
@@ -20,8 +22,15 @@ use super::custom_task::{examples_error, parse_examples, template_errors, Custom
 use crate::api::{self, ApiErr};
 use crate::components::{loaded, Catalog, ErrorMsg, Polled};
 
+/// One run of a launch: the seed it overrides (several seeds) and its name
+/// (`None`: the server's default).
+type Launch = (Option<u64>, Option<String>);
+
+/// Most runs one launch makes ("Seeds").
+const SEEDS_MAX: u64 = 16;
+
 /// Form fields outside the config that a server error may name.
-const OWN_FIELDS: [&str; 11] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "shots", "notes", "policy_template", "reward_template", "examples"];
+const OWN_FIELDS: [&str; 12] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "shots", "seeds", "notes", "policy_template", "reward_template", "examples"];
 
 #[component]
 pub fn NewRunPage() -> impl IntoView {
@@ -34,6 +43,7 @@ pub fn NewRunPage() -> impl IntoView {
     let dataset = RwSignal::new(String::new());
     let eval_samples = RwSignal::new(String::new());
     let shots = RwSignal::new(String::new());
+    let seeds = RwSignal::new(String::new());
     let notes = RwSignal::new(String::new());
     let templates = Templates::new();
     let cfg = RwSignal::new(CfgGroups::new());
@@ -98,12 +108,37 @@ pub fn NewRunPage() -> impl IntoView {
     let is_custom = move || task.with(|t| t == "custom");
 
     let checked = Memo::new(move |_| cfg.with(check));
+    // The launch's runs as (seed, name): one with the form's name (or the
+    // server's default), or N named `NAME-seedS` for consecutive seeds.
+    let launches = move || -> Result<Vec<Launch>, String> {
+        let text = seeds.get();
+        let n = match text.trim() {
+            "" => 1,
+            t => t.parse::<u64>().ok().filter(|n| (1..=SEEDS_MAX).contains(n)).ok_or_else(|| format!("a whole number from 1 to {SEEDS_MAX}, or empty for one run"))?,
+        };
+        let own = name.with(|s| (!s.trim().is_empty()).then(|| s.trim().to_string()));
+        if n == 1 {
+            return Ok(vec![(None, own)]);
+        }
+        // Without a valid config there is no seed to count from; its own errors say why.
+        let Some(first) = checked.with(|c| c.seed) else { return Ok(Vec::new()) };
+        let stem = own.unwrap_or_else(|| format!("{}-{}", task.get(), method.get()));
+        (0..n)
+            .map(|i| {
+                let seed = first.checked_add(i).ok_or("the seeds would pass the largest seed: lower the config's seed")?;
+                let name = format!("{stem}-seed{seed}");
+                valid_name(&name).map_err(|e| format!("run name `{name}` {e}: shorten the name"))?;
+                Ok((Some(seed), Some(name)))
+            })
+            .collect()
+    };
     let own_error = move |field: &str| -> Option<String> {
         let name_check = |s: &str| if s.is_empty() { None } else { valid_name(s).err() };
         match field {
             "name" => name.with(|s| name_check(s)),
             "experiment" => experiment.with(|s| name_check(s)),
             "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
+            "seeds" => launches().err(),
             "shots" if method.with(|m| m == "base") => shots.with(|s| (!s.trim().is_empty() && !s.trim().parse::<usize>().is_ok_and(|k| k > 0)).then(|| "a whole number ≥ 1, or empty for zero-shot".into())),
             "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
             "policy_template" | "reward_template" if is_custom() => {
@@ -154,8 +189,12 @@ pub fn NewRunPage() -> impl IntoView {
                 task_options.insert("examples".into(), Value::Array(ex));
             }
         }
+        let launch = match untrack(launches) {
+            Ok(l) if !l.is_empty() => l,
+            _ => return,
+        };
         let req = CreateRun {
-            name: opt(name.get_untracked()),
+            name: None,
             experiment: opt(experiment.get_untracked()),
             task: task.get_untracked(),
             method: Method::ALL.into_iter().find(|m| method.with_untracked(|s| s == m.as_str())),
@@ -171,10 +210,31 @@ pub fn NewRunPage() -> impl IntoView {
         server_err.set(None);
         let navigate = navigate.clone();
         leptos::task::spawn_local(async move {
-            match api::post::<_, Run>("/api/runs", &req).await {
-                Ok(run) => navigate(&format!("/runs/{}", api::encode(&run.id)), Default::default()),
-                Err(e) => server_err.set(Some(e)),
+            // One run at a time: a refusal stops the rest and says what exists.
+            let mut ids: Vec<String> = Vec::new();
+            for (seed, name) in &launch {
+                let mut one = req.clone();
+                one.name = name.clone();
+                if let Some(s) = seed {
+                    one.config.get_or_insert_with(Default::default).insert("seed".into(), Value::from(*s));
+                }
+                match api::post::<_, Run>("/api/runs", &one).await {
+                    Ok(run) => ids.push(run.id),
+                    Err(mut e) => {
+                        if !ids.is_empty() {
+                            e.message = format!("Launched {} of {} runs ({}); the next was refused: {}", ids.len(), launch.len(), ids.join(", "), e.message);
+                        }
+                        server_err.set(Some(e));
+                        busy.set(false);
+                        return;
+                    }
+                }
             }
+            let to = match ids.as_slice() {
+                [one] => format!("/runs/{}", api::encode(one)),
+                many => format!("/compare?runs={}", many.iter().map(|i| api::encode(i)).collect::<Vec<_>>().join(",")),
+            };
+            navigate(&to, Default::default());
             busy.set(false);
         });
     };
@@ -253,6 +313,7 @@ pub fn NewRunPage() -> impl IntoView {
                         {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}
                         {text_input("experiment", "Experiment", "optional; created if new", experiment, Some("experiment-names"))}
                         {text_input("eval_samples", "Evaluation samples", "optional; 0 skips the final evaluation", eval_samples, None)}
+                        {text_input("seeds", "Seeds", "optional; N > 1 launches N runs with seeds s, s+1, … from the config's seed and opens them on the compare page", seeds, None)}
                         {move || method.with(|m| m == "base").then(|| text_input("shots", "Few-shot examples", "optional; k worked examples from the task's training data before each prompt", shots, None))}
                         <div class="field wide">
                             <label for="notes">"Notes " <span class="help">"optional; why this run, what to look for"</span></label>
