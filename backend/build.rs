@@ -1,5 +1,6 @@
-//! Compiles the fused CUDA kernels (`kernels/fused.cu`) to PTX when the `cuda`
-//! feature is on; CPU builds need no CUDA toolkit and do nothing here.
+//! Rebuilds the crate when a migration is added (`sqlx::migrate!` embeds
+//! them), and compiles the fused CUDA kernels (`kernels/fused.cu`) to PTX
+//! when the `cuda` feature is on; CPU builds need no CUDA toolkit.
 //!
 //! Uses `nvcc` from `$NVCC` or the `PATH` (`../shared/gpu/build-cuda.sh` puts a
 //! pip-installed one there) and the virtual architecture `compute_$CUDA_COMPUTE_CAP`
@@ -9,6 +10,8 @@ use std::path::PathBuf;
 use std::process::{exit, Command};
 
 fn main() {
+    // sqlx::migrate! embeds backend/migrations/: a new file there must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-changed=kernels/fused.cu");
     println!("cargo:rerun-if-changed=kernels/gemv.cuh");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

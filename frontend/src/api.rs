@@ -259,7 +259,7 @@ impl EventStream {
         let on_event = std::rc::Rc::new(on_event);
         let on_state = std::rc::Rc::new(on_state);
         let mut listeners = Vec::new();
-        for name in ["status", "metrics", "samples", "progress", "message"] {
+        for name in ["status", "metrics", "samples", "progress", "eval", "message"] {
             let f = on_event.clone();
             let l = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
                 let Some(data) = e.dyn_ref::<web_sys::MessageEvent>().and_then(|m| m.data().as_string()) else { return };

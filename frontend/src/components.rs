@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use amortize_shared::api::{MetricPoint, ModelInfo, Run, RunStatus, TaskInfo};
+use amortize_shared::api::{EvalPoint, MetricPoint, ModelInfo, Run, RunStatus, TaskInfo};
 use leptos::prelude::*;
 
 use crate::api::{self, ApiErr, Loaded};
@@ -218,14 +218,31 @@ pub fn tick(picked: &mut Vec<String>, id: &str, on: bool) {
     }
 }
 
+/// A point of a series over training steps.
+pub trait Stepped {
+    fn step(&self) -> usize;
+}
+
+impl Stepped for MetricPoint {
+    fn step(&self) -> usize {
+        self.step
+    }
+}
+
+impl Stepped for EvalPoint {
+    fn step(&self) -> usize {
+        self.step
+    }
+}
+
 /// Adds `new` to a step-ordered series: later steps are appended, a step
 /// already held is replaced (a resumed run redoes steps; fetches may overlap).
-pub fn merge_steps(into: &mut Vec<MetricPoint>, new: Vec<MetricPoint>) {
+pub fn merge_steps<T: Stepped>(into: &mut Vec<T>, new: Vec<T>) {
     for p in new {
         match into.last() {
             None => into.push(p),
-            Some(l) if l.step < p.step => into.push(p),
-            _ => match into.binary_search_by_key(&p.step, |q| q.step) {
+            Some(l) if l.step() < p.step() => into.push(p),
+            _ => match into.binary_search_by_key(&p.step(), Stepped::step) {
                 Ok(i) => into[i] = p,
                 Err(i) => into.insert(i, p),
             },

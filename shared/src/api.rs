@@ -150,6 +150,11 @@ pub struct CreateRun {
     /// compare`'s `fewshot:k=N`); absent: the plain prompt (zero-shot).
     #[serde(default)]
     pub shots: Option<usize>,
+    /// A training run only: the same evaluation every N steps during
+    /// training as well as at the end (its `eval_samples`, its seed), for
+    /// the task's metrics over training; absent: at the end only.
+    #[serde(default)]
+    pub eval_every: Option<usize>,
 }
 
 /// Longest `notes` of a run, in characters.
@@ -248,6 +253,9 @@ pub struct Run {
     /// Few-shot examples before each evaluation prompt (`base` runs).
     #[serde(default)]
     pub shots: Option<usize>,
+    /// Steps between evaluations during training (`None`: at the end only).
+    #[serde(default)]
+    pub eval_every: Option<usize>,
     /// How far the stage in flight has come while the run sets up (before its
     /// first step) or evaluates: the running job's, in `GET /api/runs` and
     /// `GET /api/runs/{id}`.
@@ -291,6 +299,15 @@ pub struct MetricPoint {
     pub seconds: f64,
 }
 
+/// The task's evaluation of a run's adapter at one step of its training
+/// (`GET /api/runs/{id}/evals`): every `eval_every` steps and at the last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EvalPoint {
+    pub step: usize,
+    pub metrics: BTreeMap<String, f64>,
+}
+
 /// A trajectory of a training step, shown in the run page's sample panel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
@@ -311,6 +328,8 @@ pub enum RunEvent {
     Status { run: Run },
     Metrics { point: MetricPoint },
     Samples { samples: Vec<StepSample> },
+    /// An evaluation during training (`eval_every`), or the last one.
+    Eval { point: EvalPoint },
     /// How far a long stage outside the training steps has come (setting up
     /// the task, scoring the replay buffer's seeds, evaluating): `done` of
     /// `total` units of `stage`. At most a few a second, and each stage's last.

@@ -312,6 +312,8 @@ fn the_app_in_a_real_browser() {
     let steps = b.wait("#cfg-steps", T);
     b.clear(&steps);
     b.type_text(&steps, "3");
+    // Evaluated after every step as well: charted on its page.
+    b.type_text(&b.wait("#eval_every", T), "1");
     b.click(&b.wait("#launch", T));
     let copy = eventually(
         || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2)).map(|p| p.trim_start_matches("/runs/").to_string()),
@@ -319,6 +321,13 @@ fn the_app_in_a_real_browser() {
     );
     let (_, c) = server.get(&format!("/api/runs/{copy}"));
     assert_eq!((c["task"].as_str(), c["config"]["steps"].as_u64(), c["config"]["batch_size"].as_u64(), c["eval_samples"].as_u64()), (Some("rng"), Some(3), Some(4), Some(20)), "{c}");
+    b.wait("#run-evals", T);
+    server.wait_run(&copy, Duration::from_secs(120), |r| r["status"] == "completed");
+    let (_, evals) = server.get(&format!("/api/runs/{copy}/evals"));
+    assert_eq!(evals.as_array().map(|e| e.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>()), Some(vec![1, 2, 3]), "{evals}");
+    b.wait("#eval-chart-valid_rate svg path.series", T);
+    b.execute("document.getElementById('run-evals').scrollIntoView()", json!([]));
+    shot(&b, "run-evals");
 
     // A base-model run from the form: no training, its evaluation only.
     b.goto(&format!("{base}/runs/new"));

@@ -511,3 +511,62 @@ fn ppo_sft_and_base_runs_over_the_api() {
     assert_eq!(finals[1]["samples"], finals[0]["samples"]);
     assert_ne!(finals[0]["loglik"], finals[1]["loglik"], "{finals:?}");
 }
+
+#[test]
+fn evaluations_along_training_over_the_api() {
+    let (dir, model) = tiny();
+    let server = Server::start(&model, &dir.path().join("data"), &[]);
+    // A custom task: its mean log-likelihood moves with every step of the adapter.
+    let custom = |name: &str, steps: usize| {
+        json!({
+            "name": name,
+            "task": "custom",
+            "task_options": {"policy_template": "Q: {X}\nA:{Z}", "reward_template": "{X} is{Z}, so {Y}.", "examples": [{"x": "one", "y": "two"}, {"x": "three", "y": "four"}]},
+            "config": {"steps": steps, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 0},
+            "eval_samples": 4,
+        })
+    };
+    // Refused with the field named.
+    for (change, want) in [
+        (json!({"eval_every": 0}), "at least 1"),
+        (json!({"eval_every": 5}), "more than the run's 4 steps"),
+        (json!({"eval_every": 2, "eval_samples": 0}), "no evaluation to repeat"),
+        (json!({"eval_every": 2, "method": "base"}), "base-model run"),
+    ] {
+        let mut req = custom("bad", 4);
+        req.as_object_mut().unwrap().extend(change.as_object().unwrap().clone());
+        let (s, e) = server.post("/api/runs", &req);
+        assert!(s == 400 && e["field"] == "eval_every" && e["error"].as_str().unwrap().contains(want), "{change}: {s} {e}");
+    }
+    let done = |id: &str| server.wait_run(id, Duration::from_secs(180), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+    let mut req = custom("along", 4);
+    req["eval_every"] = json!(2);
+    let (s, run) = server.post("/api/runs", &req);
+    assert_eq!((s, run["eval_every"].as_u64()), (201, Some(2)), "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    let r = done(&id);
+    assert_eq!(r["status"], "completed", "{r}");
+    let (_, evals) = server.get(&format!("/api/runs/{id}/evals"));
+    let evals = evals.as_array().unwrap().clone();
+    assert_eq!(evals.iter().map(|e| e["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4], "{evals:?}");
+    // The last is the final evaluation; the one at step 2 is the adapter's after
+    // step 2 — a 2-step run's final evaluation (no schedule reads the number of steps).
+    assert_eq!(evals[1]["metrics"], r["final_metrics"], "{evals:?}");
+    assert_ne!(evals[0]["metrics"]["mean_loglik"], evals[1]["metrics"]["mean_loglik"], "{evals:?}");
+    let (_, two) = server.post("/api/runs", &custom("two", 2));
+    let two = done(two["id"].as_str().unwrap());
+    assert_eq!(evals[0]["metrics"], two["final_metrics"], "{two}");
+    let (_, none) = server.get(&format!("/api/runs/{}/evals", two["id"].as_str().unwrap()));
+    assert_eq!(none, json!([]), "a run without eval_every keeps no series");
+    // PPO evaluates along the way too (RNG: its final step is the config's).
+    let mut req = rng_run("ppo-along", 3, 0, 10);
+    req["method"] = json!("ppo");
+    req["eval_every"] = json!(1);
+    let (_, run) = server.post("/api/runs", &req);
+    let id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(done(&id)["status"], "completed");
+    let (_, evals) = server.get(&format!("/api/runs/{id}/evals"));
+    let steps: Vec<u64> = evals.as_array().unwrap().iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3], "{evals}");
+    assert_eq!(server.get("/api/runs/run-nope/evals").0, 404);
+}

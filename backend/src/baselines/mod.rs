@@ -18,4 +18,4 @@ pub use em::{train_gfn_sft, EmConfig, EmStats};
 pub use method::{Method, MethodKind};
 pub use ppo::{Ppo, PpoConfig, PpoMetrics};
 pub use prompting::{FewShot, FewShotConfig};
-pub use sft::{train_sft, SftConfig, SftMetrics};
+pub use sft::{train_sft, train_sft_observed, SftConfig, SftMetrics};

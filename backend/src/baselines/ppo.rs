@@ -301,6 +301,12 @@ impl<'a> Ppo<'a> {
     /// Trains to `cfg.steps`, appending metrics to `out/metrics.jsonl` and saving
     /// the adapter to `out/adapter` at the end.
     pub fn run(&mut self, out: Option<&Path>, mut on_step: impl FnMut(&PpoMetrics) -> ControlFlow<()>) -> Result<()> {
+        self.run_observed(out, |_, m| on_step(m))
+    }
+
+    /// [`Ppo::run`], the callback also seeing the trainer (its adapter, to
+    /// evaluate it along the way).
+    pub fn run_observed(&mut self, out: Option<&Path>, mut on_step: impl FnMut(&Self, &PpoMetrics) -> ControlFlow<()>) -> Result<()> {
         if let Some(o) = out {
             std::fs::create_dir_all(o)?;
         }
@@ -309,7 +315,7 @@ impl<'a> Ppo<'a> {
             if let Some(o) = out {
                 crate::util::append_metrics(o, &m)?;
             }
-            if on_step(&m).is_break() {
+            if on_step(self, &m).is_break() {
                 return Err(Error::Cancelled);
             }
         }

@@ -71,6 +71,19 @@ pub fn train_sft(
     out: Option<&Path>,
     mut on_step: impl FnMut(&SftMetrics) -> ControlFlow<()>,
 ) -> Result<LoraAdapter> {
+    train_sft_observed(lm, task, shape, cfg, out, |_, m| on_step(m))
+}
+
+/// [`train_sft`], the callback also seeing the adapter as trained so far
+/// (to evaluate it along the way).
+pub fn train_sft_observed(
+    lm: &LanguageModel,
+    task: &TrainTask,
+    shape: &TrainConfig,
+    cfg: &SftConfig,
+    out: Option<&Path>,
+    mut on_step: impl FnMut(&LoraAdapter, &SftMetrics) -> ControlFlow<()>,
+) -> Result<LoraAdapter> {
     cfg.validate()?;
     // (problem index, Z) for every reference that fits the preset's max_len.
     let pairs: Vec<(usize, Trajectory)> = task
@@ -144,7 +157,7 @@ pub fn train_sft(
             if let Some(o) = out {
                 crate::util::append_metrics(o, &m)?;
             }
-            if on_step(&m).is_break() {
+            if on_step(&adapter, &m).is_break() {
                 return Err(Error::Cancelled);
             }
         }

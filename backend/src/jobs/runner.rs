@@ -1,22 +1,23 @@
 //! One training run on the worker's blocking thread: build the task, start
 //! or resume the trainer in the run's directory, record every step in the
 //! store (and broadcast it) before the next one starts, stop when asked, and
-//! evaluate the adapter at the end. GFlowNet runs resume from checkpoints;
+//! evaluate the adapter at the end (and every `eval_every` steps, when set). GFlowNet runs resume from checkpoints;
 //! the PPO and SFT baselines restart from scratch when their job restarts;
 //! a base-model run is only the evaluation, without an adapter.
 
 use std::ops::ControlFlow;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amortize_shared::api::{MetricPoint, Method, Progress, Run, RunEvent, RunStatus, StepSample};
+use amortize_shared::api::{EvalPoint, MetricPoint, Method, Progress, Run, RunEvent, RunStatus, StepSample};
 
 use super::throttle::Throttle;
 use super::{lock, spec, Jobs, Stop};
 use crate::gfn::{checkpoint, StepMetrics, Trainer};
-use crate::baselines::{train_sft, FewShot, Ppo, PpoConfig, SftConfig};
+use crate::baselines::{train_sft_observed, FewShot, Ppo, PpoConfig, SftConfig};
 use crate::model::{LoraAdapter, Mode};
 use crate::store::Store;
 use crate::tasks::{self, EvalOptions};
@@ -136,13 +137,13 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
     }
     let task = tasks::load(&run.task, &options)?;
     if !run.method.trains() {
-        return evaluate(ctx, &run, task.as_ref(), None);
+        return evaluate(ctx, &run, task.as_ref(), None, 0);
     }
     let train_task = task.train_task(&lm)?;
     let dir = store.run_dir(&run.id);
     if run.method != Method::Gfn {
-        let adapter = baseline(ctx, &run, train_task, &dir)?;
-        return evaluate(ctx, &run, task.as_ref(), Some(&adapter));
+        let (adapter, last) = baseline(ctx, &run, task.as_ref(), train_task, &dir)?;
+        return evaluate(ctx, &run, task.as_ref(), Some(&adapter), last);
     }
     let mut trainer = match checkpoint::latest(&dir)? {
         Some(_) => Trainer::resume(&lm, train_task, run.config.clone(), &dir)?,
@@ -184,6 +185,12 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
         jobs.set_progress(&run.id, None);
         jobs.publish(&run.id, RunEvent::Metrics { point: p });
         jobs.publish(&run.id, RunEvent::Samples { samples });
+        if m.step < t.cfg.steps {
+            if let Err(e) = evaluate_along(ctx, &run, task.as_ref(), &t.adapter, m.step) {
+                failure = e;
+                return ControlFlow::Break(());
+            }
+        }
         if stop_requested(ctx).is_some() {
             return ControlFlow::Break(());
         }
@@ -205,18 +212,54 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
     }
     let adapter_dir = dir.join("adapter");
     trainer.adapter.save_peft(&adapter_dir, &lm.name)?;
-    evaluate(ctx, &run, task.as_ref(), Some(&trainer.adapter))
+    evaluate(ctx, &run, task.as_ref(), Some(&trainer.adapter), trainer.step)
 }
 
-/// The task's metrics for the trained adapter, or the base model without
-/// one (unless `eval_samples` is 0).
-fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&LoraAdapter>) -> Result<(), Ended> {
+/// The task's metrics for the trained adapter (at its last step, `last`),
+/// or the base model without one (unless `eval_samples` is 0); with
+/// `eval_every` also the series' last evaluation.
+fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&LoraAdapter>, last: usize) -> Result<(), Ended> {
     if run.eval_samples == Some(0) {
         return Ok(());
     }
-    let (store, lm) = (ctx.jobs.store(), &ctx.jobs.inner.lm);
+    let store = ctx.jobs.store();
     let r = ctx.handle.block_on(store.set_status(&run.id, RunStatus::Evaluating, None))?;
     ctx.jobs.publish(&run.id, RunEvent::Status { run: r });
+    let metrics = metrics_of(ctx, run, task, adapter)?;
+    if run.eval_every.is_some() {
+        record_eval(ctx, run, EvalPoint { step: last, metrics: metrics.clone() })?;
+    }
+    ctx.handle.block_on(store.set_final_metrics(&run.id, &metrics))?;
+    Ok(())
+}
+
+/// After step `step` of a run with `eval_every`, when it is due: the task's
+/// evaluation of the adapter so far, recorded and broadcast; the run stays
+/// `running`. Its error stops the training (`None`: a stop request seen
+/// inside it, which the caller's next check reports).
+fn evaluate_along(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: &LoraAdapter, step: usize) -> Result<(), Option<Error>> {
+    if run.eval_every.is_none_or(|n| !step.is_multiple_of(n)) {
+        return Ok(());
+    }
+    let done = metrics_of(ctx, run, task, Some(adapter)).and_then(|metrics| record_eval(ctx, run, EvalPoint { step, metrics }));
+    ctx.jobs.set_progress(&run.id, None);
+    match done {
+        Ok(()) => Ok(()),
+        Err(Error::Cancelled) => Err(None),
+        Err(e) => Err(Some(e)),
+    }
+}
+
+fn record_eval(ctx: &Context, run: &Run, point: EvalPoint) -> crate::Result<()> {
+    ctx.handle.block_on(ctx.jobs.store().record_eval(&run.id, &point))?;
+    ctx.jobs.publish(&run.id, RunEvent::Eval { point });
+    Ok(())
+}
+
+/// The task's evaluation of `adapter` (the base model without one) with the
+/// run's settings: its samples, seed, lengths and few-shot prompt.
+fn metrics_of(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&LoraAdapter>) -> crate::Result<BTreeMap<String, f64>> {
+    let lm = &ctx.jobs.inner.lm;
     // Evaluation decodes thousands of tokens: the adapter folded into the
     // weights costs one product per projection once, not two at every step.
     let view = adapter.map(|a| lm.llama.fold(&a.view(Mode::Infer, lm.llama.dtype())?)).transpose()?;
@@ -225,14 +268,14 @@ fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&L
         None => None,
     };
     let opts = EvalOptions { samples: run.eval_samples, batch: 64, seed: run.config.seed, limit: None, lengths: Some((run.config.min_len, run.config.max_len)), decoding: None, prompt };
-    let report = task.evaluate(lm, view.as_ref(), &opts)?;
-    ctx.handle.block_on(store.set_final_metrics(&run.id, &report.metrics))?;
-    Ok(())
+    Ok(task.evaluate(lm, view.as_ref(), &opts)?.metrics)
 }
 
 /// PPO or SFT: trained from scratch each time the job starts (no mid-run
-/// checkpoints), every step recorded and broadcast like GFlowNet's.
-fn baseline(ctx: &Context, run: &Run, task: crate::gfn::TrainTask, dir: &Path) -> Result<LoraAdapter, Ended> {
+/// checkpoints), every step recorded and broadcast like GFlowNet's, and
+/// evaluated along the way with `eval_every`. Returns the adapter and its
+/// last step.
+fn baseline(ctx: &Context, run: &Run, task: &dyn tasks::Task, train: crate::gfn::TrainTask, dir: &Path) -> Result<(LoraAdapter, usize), Ended> {
     let (store, lm) = (ctx.jobs.store().clone(), ctx.jobs.inner.lm.clone());
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| Error::file(dir, e))?;
@@ -240,12 +283,23 @@ fn baseline(ctx: &Context, run: &Run, task: crate::gfn::TrainTask, dir: &Path) -
     ctx.handle.block_on(store.rewind(&run.id, 0))?;
     let cfg = &run.config;
     let mut failure = None;
-    let mut record = |p: MetricPoint| {
+    let mut last = 0;
+    // PPO's last step is its config's; SFT's (epochs × batches) shows when it ends.
+    let final_step = (run.method == Method::Ppo).then_some(cfg.steps);
+    let mut record = |adapter: &LoraAdapter, p: MetricPoint| {
+        let step = p.step;
         if let Err(e) = ctx.handle.block_on(store.record_step(&run.id, &p, &[])) {
             failure = Some(e);
             return ControlFlow::Break(());
         }
+        last = step;
         ctx.jobs.publish(&run.id, RunEvent::Metrics { point: p });
+        if final_step != Some(step) {
+            if let Err(e) = evaluate_along(ctx, run, task, adapter, step) {
+                failure = e;
+                return ControlFlow::Break(());
+            }
+        }
         if stop_requested(ctx).is_some() {
             return ControlFlow::Break(());
         }
@@ -254,23 +308,23 @@ fn baseline(ctx: &Context, run: &Run, task: crate::gfn::TrainTask, dir: &Path) -
     let result = match run.method {
         Method::Ppo => {
             let pc = PpoConfig { steps: cfg.steps, batch_size: cfg.batch_size, seed: cfg.seed, ..PpoConfig::default() };
-            let (lr, mut ppo) = (pc.lr, Ppo::new(&lm, task, cfg.clone(), pc)?);
-            ppo.run(Some(dir), |m| {
+            let (lr, mut ppo) = (pc.lr, Ppo::new(&lm, train, cfg.clone(), pc)?);
+            ppo.run_observed(Some(dir), |p, m| {
                 let (mean_log_r, max_log_r, mean_len, seconds) = (m.mean_log_r, m.max_log_r, m.mean_len, m.seconds);
-                record(MetricPoint { step: m.step, loss: m.pg_loss, log_z: None, mean_log_r, max_log_r, mean_len, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds })
+                record(&p.adapter, MetricPoint { step: m.step, loss: m.pg_loss, log_z: None, mean_log_r, max_log_r, mean_len, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds })
             })
             .map(|()| ppo.adapter)
         }
         _ => {
             let sc = SftConfig { batch_size: cfg.batch_size, seed: cfg.seed, ..SftConfig::default() };
             let lr = sc.lr;
-            train_sft(&lm, &task, cfg, &sc, Some(dir), |m| {
-                record(MetricPoint { step: m.step, loss: m.loss, log_z: None, mean_log_r: 0.0, max_log_r: 0.0, mean_len: 0.0, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds: m.seconds })
+            train_sft_observed(&lm, &train, cfg, &sc, Some(dir), |a, m| {
+                record(a, MetricPoint { step: m.step, loss: m.loss, log_z: None, mean_log_r: 0.0, max_log_r: 0.0, mean_len: 0.0, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds: m.seconds })
             })
         }
     };
     match result {
-        Ok(adapter) => Ok(adapter),
+        Ok(adapter) => Ok((adapter, last)),
         Err(Error::Cancelled) => match failure {
             Some(e) => Err(Ended::Failed(e)),
             None => Err(Ended::Stopped(stop_requested(ctx).unwrap_or(Stop::Cancel))),

@@ -91,6 +91,7 @@ pub fn router(state: AppState, dist: PathBuf) -> Router {
         .routes(routes!(runs::list_runs, runs::create_run))
         .routes(routes!(runs::get_run, runs::delete_run, runs::update_run))
         .routes(routes!(runs::run_metrics))
+        .routes(routes!(runs::run_evals))
         .routes(routes!(runs::run_samples))
         .routes(routes!(runs::run_events))
         .routes(routes!(runs::cancel_run))

@@ -1,9 +1,9 @@
 //! Runs: create (validated like the CLI's config), list, inspect, metric
-//! series, recent samples, live events (SSE), cancel and resume; the job queue.
+//! series, evaluations during training, recent samples, live events (SSE), cancel and resume; the job queue.
 
 use std::convert::Infallible;
 
-use amortize_shared::api::{ApiError, CreateRun, Job, MetricPoint, Method, Run, RunEvent, StepSample, UpdateRun, NOTES_MAX};
+use amortize_shared::api::{ApiError, CreateRun, EvalPoint, Job, MetricPoint, Method, Run, RunEvent, StepSample, UpdateRun, NOTES_MAX};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -49,6 +49,12 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
         Some(0) => return Err(ApiErr::bad("shots", "must be at least 1 (leave it out for zero-shot)")),
         _ => {}
     }
+    match req.eval_every {
+        Some(0) => return Err(ApiErr::bad("eval_every", "must be at least 1 (leave it out to evaluate at the end only)")),
+        Some(_) if !method.trains() => return Err(ApiErr::bad("eval_every", "a base-model run trains nothing to evaluate along the way")),
+        Some(_) if req.eval_samples == Some(0) => return Err(ApiErr::bad("eval_every", "eval_samples is 0: there is no evaluation to repeat")),
+        _ => {}
+    }
     if let Some(n) = &req.name {
         check_name("name", n)?;
     }
@@ -82,6 +88,10 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
     })
     .await
     .map_err(|e| ApiErr::from(Error::Conflict(e.to_string())))??;
+    // (SFT's steps are its epochs' batches, not the config's.)
+    if let Some(n) = req.eval_every.filter(|&n| n > resolved.steps && method != Method::Sft) {
+        return Err(ApiErr::bad("eval_every", format!("{n} is more than the run's {} steps: leave it out to evaluate at the end only", resolved.steps)));
+    }
     if !s.jobs.has_room() {
         return Err(Error::Busy("the job queue is full; try again later".into()).into());
     }
@@ -103,6 +113,7 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
             eval_samples: req.eval_samples,
             notes: req.notes.clone().unwrap_or_default(),
             shots: req.shots,
+            eval_every: req.eval_every,
         })
         .await?;
     s.jobs.enqueue(&id).await?;
@@ -163,16 +174,25 @@ pub async fn run_metrics(State(s): State<AppState>, Path(id): Path<String>, Quer
     Ok(Json(s.store.metrics(&id, q.after).await?))
 }
 
+/// The task's evaluations of the run's adapter during training
+/// (`eval_every`), the last step's included, by step.
+#[utoipa::path(get, path = "/api/runs/{id}/evals", params(("id" = String, Path)), responses((status = 200, body = [EvalPoint]), (status = 404, body = ApiError)))]
+pub async fn run_evals(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<EvalPoint>>> {
+    existing(&s, &id).await?;
+    Ok(Json(s.store.evals(&id).await?))
+}
+
 #[utoipa::path(get, path = "/api/runs/{id}/samples", params(("id" = String, Path)), responses((status = 200, body = [StepSample]), (status = 404, body = ApiError)))]
 pub async fn run_samples(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<StepSample>>> {
     existing(&s, &id).await?;
     Ok(Json(s.store.step_samples(&id).await?))
 }
 
-/// Live progress: `status` first, then `metrics` and `samples` per step; the
-/// stream ends after the run reaches a final state.
+/// Live progress: `status` first, then `metrics` and `samples` per step,
+/// `eval` after each evaluation during training and `progress` through the
+/// long stages; the stream ends after the run reaches a final state.
 #[utoipa::path(get, path = "/api/runs/{id}/events", params(("id" = String, Path)),
-    responses((status = 200, description = "text/event-stream of RunEvent (event names: status, metrics, samples)", body = RunEvent), (status = 404, body = ApiError)))]
+    responses((status = 200, description = "text/event-stream of RunEvent (event names: status, metrics, samples, eval, progress)", body = RunEvent), (status = 404, body = ApiError)))]
 pub async fn run_events(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     check_name("id", &id)?;
     let mut rx = s.jobs.subscribe(&id); // before reading the row: no event is missed
@@ -208,6 +228,7 @@ fn event(e: &RunEvent) -> Event {
         RunEvent::Metrics { .. } => "metrics",
         RunEvent::Samples { .. } => "samples",
         RunEvent::Progress { .. } => "progress",
+        RunEvent::Eval { .. } => "eval",
     };
     Event::default().event(name).data(serde_json::to_string(e).unwrap_or_default())
 }

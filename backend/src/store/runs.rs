@@ -1,8 +1,9 @@
-//! Runs, their metric series and their recent training samples.
+//! Runs, their metric series, their evaluations during training and their
+//! recent training samples.
 //! A run's series is keyed by step, so a resumed run that repeats steps after
 //! its last checkpoint overwrites them instead of duplicating them.
 
-use amortize_shared::api::{MetricPoint, Method, Run, RunStatus, StepSample};
+use amortize_shared::api::{EvalPoint, MetricPoint, Method, Run, RunStatus, StepSample};
 use amortize_shared::config::TrainConfig;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
@@ -24,13 +25,14 @@ pub struct NewRun {
     pub eval_samples: Option<usize>,
     pub notes: String,
     pub shots: Option<usize>,
+    pub eval_every: Option<usize>,
 }
 
 /// Recent training samples kept per run.
 const KEEP_SAMPLE_STEPS: i64 = 20;
 
 const RUN_COLUMNS: &str = "r.id, r.name, e.name AS experiment, r.task, r.method, r.status, r.step, r.steps, r.config, \
-     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at, r.notes, r.shots";
+     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at, r.notes, r.shots, r.eval_every";
 
 fn run_from_row(r: &SqliteRow) -> Result<Run> {
     let method: String = r.get("method");
@@ -56,6 +58,7 @@ fn run_from_row(r: &SqliteRow) -> Result<Run> {
         updated_at: r.get("updated_at"),
         notes: r.get("notes"),
         shots: r.get::<Option<i64>, _>("shots").map(|n| n as usize),
+        eval_every: r.get::<Option<i64>, _>("eval_every").map(|n| n as usize),
         progress: None,
     })
 }
@@ -69,7 +72,7 @@ impl Store {
         let now = now_rfc3339();
         sqlx::query(
             "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
-             eval_samples, created_at, updated_at, notes, shots) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             eval_samples, created_at, updated_at, notes, shots, eval_every) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&n.id)
         .bind(&n.name)
@@ -86,6 +89,7 @@ impl Store {
         .bind(&now)
         .bind(&n.notes)
         .bind(n.shots.map(|k| k as i64))
+        .bind(n.eval_every.map(|k| k as i64))
         .execute(&self.pool)
         .await?;
         self.run(&n.id).await
@@ -159,7 +163,7 @@ impl Store {
         if RunStatus::parse(&status).is_none_or(RunStatus::is_active) {
             return Err(Error::Conflict(format!("run `{id}` is {status}; cancel it before deleting it")));
         }
-        for table in ["metrics", "step_samples"] {
+        for table in ["metrics", "step_samples", "evals"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE run_id = ?")).bind(id).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM runs WHERE id = ?").bind(id).execute(&mut *tx).await?;
@@ -210,6 +214,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM metrics WHERE run_id = ? AND step > ?").bind(id).bind(step as i64).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM step_samples WHERE run_id = ? AND step > ?").bind(id).bind(step as i64).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM evals WHERE run_id = ? AND step > ?").bind(id).bind(step as i64).execute(&mut *tx).await?;
         sqlx::query("UPDATE runs SET step = ?, updated_at = ? WHERE id = ?").bind(step as i64).bind(now_rfc3339()).bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
@@ -225,6 +230,23 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|s| serde_json::from_str(s).map_err(Error::from)).collect()
+    }
+
+    /// Records the task's evaluation at `point.step` (replacing one a resume repeats).
+    pub async fn record_eval(&self, id: &str, point: &EvalPoint) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO evals (run_id, step, metrics) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(point.step as i64)
+            .bind(serde_json::to_string(&point.metrics)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The run's evaluations during training, by step.
+    pub async fn evals(&self, id: &str) -> Result<Vec<EvalPoint>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT step, metrics FROM evals WHERE run_id = ? ORDER BY step").bind(id).fetch_all(&self.pool).await?;
+        rows.into_iter().map(|(step, m)| Ok(EvalPoint { step: step as usize, metrics: serde_json::from_str(&m)? })).collect()
     }
 
     /// The samples of the last steps, newest first.

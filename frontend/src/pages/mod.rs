@@ -9,4 +9,5 @@ pub mod home;
 pub mod infill;
 pub mod new_run;
 pub mod run;
+pub mod run_evals;
 pub mod run_notes;

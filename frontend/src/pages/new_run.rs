@@ -30,7 +30,7 @@ type Launch = (Option<u64>, Option<String>);
 const SEEDS_MAX: u64 = 16;
 
 /// Form fields outside the config that a server error may name.
-const OWN_FIELDS: [&str; 12] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "shots", "seeds", "notes", "policy_template", "reward_template", "examples"];
+const OWN_FIELDS: [&str; 13] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "eval_every", "shots", "seeds", "notes", "policy_template", "reward_template", "examples"];
 
 #[component]
 pub fn NewRunPage() -> impl IntoView {
@@ -44,6 +44,7 @@ pub fn NewRunPage() -> impl IntoView {
     let eval_samples = RwSignal::new(String::new());
     let shots = RwSignal::new(String::new());
     let seeds = RwSignal::new(String::new());
+    let eval_every = RwSignal::new(String::new());
     let notes = RwSignal::new(String::new());
     let templates = Templates::new();
     let cfg = RwSignal::new(CfgGroups::new());
@@ -63,6 +64,7 @@ pub fn NewRunPage() -> impl IntoView {
                     experiment.set(r.experiment.clone().unwrap_or_default());
                     eval_samples.set(r.eval_samples.map(|n| n.to_string()).unwrap_or_default());
                     shots.set(r.shots.map(|n| n.to_string()).unwrap_or_default());
+                    eval_every.set(r.eval_every.map(|n| n.to_string()).unwrap_or_default());
                     let text = |k: &str| r.task_options.get(k).and_then(Value::as_str).map(String::from);
                     if let Some(p) = text("policy_template") {
                         templates.policy.set(p);
@@ -139,6 +141,7 @@ pub fn NewRunPage() -> impl IntoView {
             "experiment" => experiment.with(|s| name_check(s)),
             "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
             "seeds" => launches().err(),
+            "eval_every" if method.with(|m| m != "base") => eval_every.with(|s| (!s.trim().is_empty() && !s.trim().parse::<usize>().is_ok_and(|k| k > 0)).then(|| "a whole number ≥ 1, or empty to evaluate at the end only".into())),
             "shots" if method.with(|m| m == "base") => shots.with(|s| (!s.trim().is_empty() && !s.trim().parse::<usize>().is_ok_and(|k| k > 0)).then(|| "a whole number ≥ 1, or empty for zero-shot".into())),
             "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
             "policy_template" | "reward_template" if is_custom() => {
@@ -202,6 +205,8 @@ pub fn NewRunPage() -> impl IntoView {
             task_options: (!task_options.is_empty()).then_some(task_options),
             dataset: opt(dataset.get_untracked()),
             eval_samples: eval_samples.get_untracked().trim().parse().ok(),
+            // Evaluations along the way belong to training runs only.
+            eval_every: method.with_untracked(|m| m != "base").then(|| eval_every.get_untracked().trim().parse().ok()).flatten(),
             // Few-shot examples belong to base-model runs only.
             shots: method.with_untracked(|m| m == "base").then(|| shots.get_untracked().trim().parse().ok()).flatten(),
             notes: opt(notes.get_untracked()),
@@ -313,6 +318,7 @@ pub fn NewRunPage() -> impl IntoView {
                         {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}
                         {text_input("experiment", "Experiment", "optional; created if new", experiment, Some("experiment-names"))}
                         {text_input("eval_samples", "Evaluation samples", "optional; 0 skips the final evaluation", eval_samples, None)}
+                        {move || method.with(|m| m != "base").then(|| text_input("eval_every", "Evaluate every", "optional; steps between evaluations during training (each as the final one: same samples and seed), charted on the run page", eval_every, None))}
                         {text_input("seeds", "Seeds", "optional; N > 1 launches N runs with seeds s, s+1, … from the config's seed and opens them on the compare page", seeds, None)}
                         {move || method.with(|m| m == "base").then(|| text_input("shots", "Few-shot examples", "optional; k worked examples from the task's training data before each prompt", shots, None))}
                         <div class="field wide">

@@ -1,11 +1,12 @@
 //! One run: status and progress, cancel / resume, downloads, live charts of
 //! the training metrics and a rolling panel of recent samples, fed by the
 //! run's server-sent events while it is active (history fetched first, and
-//! again after a reconnect, merged by step), and the final metrics and config.
+//! again after a reconnect, merged by step), the task's evaluations during
+//! training (`run_evals`), and the final metrics and config.
 
 use std::time::Duration;
 
-use amortize_shared::api::{MetricPoint, Progress, Run, RunEvent, RunStatus, StepSample};
+use amortize_shared::api::{EvalPoint, MetricPoint, Progress, Run, RunEvent, RunStatus, StepSample};
 use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
@@ -13,6 +14,7 @@ use send_wrapper::SendWrapper;
 
 use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
 use crate::charts::{fmt_num, LineChart, SmoothingSelect};
+use crate::pages::run_evals::EvalCharts;
 use crate::pages::run_notes::RunNotes;
 use crate::components::{fmt_int, fmt_time, merge_steps, ErrorMsg, Loading, StatusBadge};
 
@@ -97,8 +99,13 @@ struct Pending {
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// "Evaluating: drawing samples, 120 of 500".
-fn stage_text(status: Option<RunStatus>, p: &Progress) -> String {
-    let phase = if status == Some(RunStatus::Evaluating) { "Evaluating" } else { "Preparing" };
+fn stage_text(status: Option<RunStatus>, step: usize, p: &Progress) -> String {
+    let phase = match status {
+        Some(RunStatus::Evaluating) => "Evaluating".to_string(),
+        // After a step, a running run's long stage is an evaluation along the way.
+        Some(RunStatus::Running) if step > 0 => format!("Evaluating at step {step}"),
+        _ => "Preparing".to_string(),
+    };
     format!("{phase}: {}, {} of {}", p.stage, fmt_int(p.done), fmt_int(p.total))
 }
 
@@ -108,6 +115,7 @@ fn RunView(id: String) -> impl IntoView {
     let metrics = RwSignal::new(Vec::<MetricPoint>::new());
     let history: RwSignal<Loaded<()>> = RwSignal::new(None);
     let samples = RwSignal::new(Vec::<StepSample>::new());
+    let evals = RwSignal::new(Vec::<EvalPoint>::new());
     let live = RwSignal::new(None::<StreamState>);
     let stage = RwSignal::new(None::<Progress>);
     let stream = StoredValue::new(None::<SendWrapper<EventStream>>);
@@ -145,6 +153,9 @@ fn RunView(id: String) -> impl IntoView {
             }
             if let Ok(s) = api::get::<Vec<StepSample>>(&api::run_path(&id, "/samples")).await {
                 samples.update(|v| add_samples(v, s));
+            }
+            if let Ok(e) = api::get::<Vec<EvalPoint>>(&api::run_path(&id, "/evals")).await {
+                evals.update(|v| merge_steps(v, e));
             }
         })
     };
@@ -205,6 +216,10 @@ fn RunView(id: String) -> impl IntoView {
                 RunEvent::Progress { stage: name, done, total } => stage.set(Some(Progress { stage: name, done, total })),
                 RunEvent::Metrics { point } => hold(Some(point), None),
                 RunEvent::Samples { samples: s } => hold(None, Some(s)),
+                RunEvent::Eval { point } => {
+                    stage.set(None);
+                    evals.update(|v| merge_steps(v, vec![point]));
+                }
             };
             let on_state = move |state: StreamState| {
                 // After a drop, refill what was missed.
@@ -253,7 +268,7 @@ fn RunView(id: String) -> impl IntoView {
             </section>
         }
         .into_any(),
-        Some(Ok(_)) => view! { <RunBody run=run metrics=metrics history=history samples=samples live=live stage=stage /> }.into_any(),
+        Some(Ok(_)) => view! { <RunBody run=run metrics=metrics history=history samples=samples evals=evals live=live stage=stage /> }.into_any(),
     }
 }
 
@@ -263,6 +278,7 @@ fn RunBody(
     metrics: RwSignal<Vec<MetricPoint>>,
     history: RwSignal<Loaded<()>>,
     samples: RwSignal<Vec<StepSample>>,
+    evals: RwSignal<Vec<EvalPoint>>,
     live: RwSignal<Option<StreamState>>,
     stage: RwSignal<Option<Progress>>,
 ) -> impl IntoView {
@@ -374,7 +390,7 @@ fn RunBody(
             </p>
             {move || stage.get().filter(|_| status().is_some_and(RunStatus::is_active)).map(|st| view! {
                 <p class="meta" id="stage-progress" aria-live="polite">
-                    <span>{stage_text(status(), &st)}</span>
+                    <span>{stage_text(status(), r.with(|r| r.as_ref().map_or(0, |r| r.step)), &st)}</span>
                     <progress max=st.total.max(1) value=st.done aria-label=st.stage.clone()></progress>
                 </p>
             })}
@@ -418,6 +434,7 @@ fn RunBody(
                 Some(Ok(())) => None,
             }}
             <div class="charts" id="charts">{charts}</div>
+            {r.get_untracked().map(|run| view! { <EvalCharts evals=evals task=run.task every=run.eval_every /> })}
             <h2>"Recent samples"</h2>
             <SamplePanel samples=samples />
             <details id="run-config">
@@ -427,7 +444,8 @@ fn RunBody(
                     let opts = serde_json::to_string_pretty(&r.task_options).unwrap_or_default();
                     let ds = r.dataset.clone().map(|d| format!("\ndataset: {d}")).unwrap_or_default();
                     let ev = r.eval_samples.map_or("server default".into(), |n| n.to_string());
-                    format!("config: {cfg}\ntask options: {opts}{ds}\neval samples: {ev}")
+                    let every = r.eval_every.map_or("at the end only".into(), |n| format!("every {n} steps and at the end"));
+                    format!("config: {cfg}\ntask options: {opts}{ds}\neval samples: {ev}\nevaluated: {every}")
                 }))}</pre>
             </details>
         </section>
