@@ -328,6 +328,10 @@ fn the_app_in_a_real_browser() {
     b.wait("#eval-chart-valid_rate svg path.series", T);
     b.execute("document.getElementById('run-evals').scrollIntoView()", json!([]));
     shot(&b, "run-evals");
+    // On the compare page its evaluations overlay those of other such runs (here the only one).
+    b.goto(&format!("{base}/compare?runs={run2},{copy}"));
+    b.wait("#eval-curve-valid_rate svg path.series", T);
+    assert_eq!(b.find_all("#eval-curves path.series").len(), 1, "run2 has no eval_every: one curve");
 
     // A base-model run from the form: no training, its evaluation only.
     b.goto(&format!("{base}/runs/new"));

@@ -4,8 +4,9 @@
 //! distribution of sampled integers against the uniform target (log scale),
 //! otherwise mean base log-likelihood against distinct-2 diversity. Saved
 //! comparisons are listed and open at `/compare?id=N`. The chosen runs'
-//! differing settings and final evaluations (`differences`) and training
-//! curves (`curves`) show as soon as they are picked.
+//! differing settings and final evaluations (`differences`), training
+//! curves (`curves`) and evaluations during training (`compare_evals`) show
+//! as soon as they are picked.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::api::{self, ApiErr};
 use crate::charts::{fmt_num, Distribution, DistributionChart, Scatter, ScatterPoint};
 use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourcePicker};
 use crate::pages::curves::TrainingCurves;
+use crate::pages::compare_evals::EvalCurves;
 use crate::pages::differences::RunsTable;
 
 /// Integers the RNG task draws from: 0..SUPPORT.
@@ -198,6 +200,7 @@ pub fn ComparePage() -> impl IntoView {
             {move || result.get().map(|c| view! { <ComparisonView c=c /> })}
             <RunsTable runs=runs selected=selected />
             <TrainingCurves runs=runs selected=selected />
+            <EvalCurves runs=runs selected=selected />
             <h2>"Saved comparisons"</h2>
             {move || match past.data.get() {
                 None => view! { <Loading what="saved comparisons" /> }.into_any(),

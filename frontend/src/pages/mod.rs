@@ -1,6 +1,7 @@
 //! The app's pages, one module each (see the route table in `app`).
 
 pub mod compare;
+pub mod compare_evals;
 pub mod config_form;
 pub mod curves;
 pub mod custom_task;
