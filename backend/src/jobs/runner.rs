@@ -18,7 +18,7 @@ use super::throttle::Throttle;
 use super::{lock, spec, Jobs, Stop};
 use crate::gfn::{checkpoint, StepMetrics, Trainer};
 use crate::baselines::{train_sft_observed, FewShot, Ppo, PpoConfig, SftConfig};
-use crate::model::{LoraAdapter, Mode};
+use crate::model::LoraAdapter;
 use crate::store::Store;
 use crate::tasks::{self, EvalOptions};
 use crate::Error;
@@ -260,9 +260,7 @@ fn record_eval(ctx: &Context, run: &Run, point: EvalPoint) -> crate::Result<()> 
 /// run's settings: its samples, seed, lengths and few-shot prompt.
 fn metrics_of(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&LoraAdapter>) -> crate::Result<BTreeMap<String, f64>> {
     let lm = &ctx.jobs.inner.lm;
-    // Evaluation decodes thousands of tokens: the adapter folded into the
-    // weights costs one product per projection once, not two at every step.
-    let view = adapter.map(|a| lm.llama.fold(&a.view(Mode::Infer, lm.llama.dtype())?)).transpose()?;
+    let view = adapter.map(|a| lm.folded(a)).transpose()?;
     let prompt: Option<Arc<dyn tasks::PromptTransform>> = match run.shots {
         Some(k) => Some(Arc::new(FewShot::new(task.demonstrations(), k, run.config.seed)?)),
         None => None,

@@ -78,6 +78,12 @@ impl LanguageModel {
     pub fn device(&self) -> &Device {
         self.llama.device()
     }
+
+    /// `adapter` for a long decode (an evaluation): folded into the weights,
+    /// one product per projection once instead of two at every step.
+    pub fn folded(&self, adapter: &LoraAdapter) -> Result<LoraView> {
+        self.llama.fold(&adapter.view(Mode::Infer, self.llama.dtype())?)
+    }
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when built with it and present).

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use amortize::baselines::{train_gfn_sft, train_sft, EmConfig, Ppo, PpoConfig, SftConfig};
 use amortize::gfn::{TrainConfig, Trainer};
-use amortize::model::{LanguageModel, LoraAdapter, Mode};
+use amortize::model::{LanguageModel, LoraAdapter};
 use amortize::tasks::Task;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -87,7 +87,7 @@ pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftCo
 pub fn gfn_sft(lm: &LanguageModel, task: &dyn Task, gfn_adapter: &LoraAdapter, shape: &TrainConfig, em: &EmConfig, cfg: &SftConfig, dir: &Path) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
         // Folded into the weights: the E-step samples thousands of tokens.
-        let view = lm.llama.fold(&gfn_adapter.view(Mode::Infer, lm.llama.dtype())?)?;
+        let view = lm.folded(gfn_adapter)?;
         eprintln!("gfn+sft: sampling {} Z's per training problem from the GFlowNet adapter…", em.samples);
         let b = bar(0, "gfn+sft");
         let (_, stats) = train_gfn_sft(lm, task, &view, shape, em, cfg, Some(dir), |m| {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use amortize::baselines::{EmConfig, FewShot, FewShotConfig, Method, MethodKind, PpoConfig, SftConfig};
 use amortize::gfn::TrainConfig;
-use amortize::model::{LoraAdapter, Mode};
+use amortize::model::LoraAdapter;
 use amortize::tasks::{self, EvalOptions, PromptTransform};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -185,7 +185,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 None => None,
             };
             // Folded into the weights: evaluation decodes thousands of tokens.
-            let view = adapter.as_ref().map(|ad| lm.llama.fold(&ad.view(Mode::Infer, lm.llama.dtype())?)).transpose()?;
+            let view = adapter.as_ref().map(|ad| lm.folded(ad)).transpose()?;
             let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: m.decoding.clone(), prompt };
             eprintln!("evaluating {} (seed {seed})…", m.label);
             let stages = StageBar::new(false);
