@@ -35,8 +35,13 @@ pub fn rfc3339(secs: u64) -> String {
 
 /// Appends one JSON line to `dir/metrics.jsonl` (the training loops' metrics stream).
 pub fn append_metrics<T: serde::Serialize>(dir: &Path, m: &T) -> crate::Result<()> {
+    append_jsonl(&dir.join("metrics.jsonl"), m)
+}
+
+/// Appends `m` as one JSON line to the file at `path` (created if missing).
+pub fn append_jsonl<T: serde::Serialize>(path: &Path, m: &T) -> crate::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("metrics.jsonl"))?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     writeln!(f, "{}", serde_json::to_string(m)?)?;
     Ok(())
 }

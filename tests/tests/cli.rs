@@ -117,6 +117,8 @@ fn bad_inputs_exit_nonzero_with_one_clear_line() {
         (vec!["sample", "--model", &model, "--prompt", "x", "--adapter", "/nonexistent/adapter"], "adapter"),
         (vec!["score", "--model", &model, "--text", "t", "--json"], "2 tokens"),
         (vec!["sample", "--model", &model, "--prompt", "x", "--device", "tpu"], "device"),
+        (vec!["train", "--model", &model, "--task", "rng", "--steps", "2", "--eval-every", "3"], "more than the run's 2 steps"),
+        (vec!["train", "--model", &model, "--task", "rng", "--eval-samples", "3"], "--eval-every"),
     ];
     for (args, needle) in cases {
         let o = run(&args);
@@ -316,4 +318,26 @@ fn bench_prints_one_json_row_per_setting() {
     let phase = |k: &str| r["phase_sec_per_step"][k].as_f64().unwrap();
     assert!(phase("policy_pass") > 0.0 && phase("policy_pass") <= phase("backward"));
     assert!(!run(&["bench", "decode", "--random", "tiny", "--batch", "0"]).status.success());
+}
+
+/// `train --eval-every`: the task's evaluation after chosen steps and the
+/// last, into OUT/evals.jsonl; the last equals `eval` of the saved adapter.
+#[test]
+fn train_evaluates_along_the_way() {
+    let (dir, model) = tiny();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "batch_size = 4\nlr = 0.05\n[task]\nexamples = [{ x = \"one\", y = \"two\" }, { x = \"three\", y = \"four\" }]\npolicy_template = \"Q: {X}\\nA:{Z}\"\nreward_template = \"{X} is{Z}, so {Y}.\"\n").unwrap();
+    let (config, out) = (config.to_str().unwrap(), dir.path().join("run"));
+    let o = run(&["train", "--model", &model, "--task", "custom", "--config", config, "--steps", "3", "--eval-every", "2", "--eval-samples", "3", "--quiet", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("evals.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3], "{lines:?}");
+    let adapter = out.join("adapter");
+    let e = run(&["eval", "--model", &model, "--task", "custom", "--config", config, "--adapter", adapter.to_str().unwrap(), "--samples", "3", "--json"]);
+    let last: serde_json::Value = serde_json::from_str(stdout(&e).trim()).unwrap();
+    assert_eq!(lines[1]["metrics"], last);
+    // The one at step 2 is the adapter's then, not the base model's.
+    let e = run(&["eval", "--model", &model, "--task", "custom", "--config", config, "--samples", "3", "--json"]);
+    let base: serde_json::Value = serde_json::from_str(stdout(&e).trim()).unwrap();
+    assert_ne!(lines[0]["metrics"], base, "{lines:?}");
 }

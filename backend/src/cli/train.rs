@@ -1,5 +1,6 @@
 //! `amortize train` and `amortize eval`: a task preset, its config overrides,
-//! a progress bar, checkpoints and metrics under `--out`.
+//! a progress bar, checkpoints and metrics under `--out`, and with
+//! `--eval-every` the task's evaluation along the way (`OUT/evals.jsonl`).
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -37,6 +38,14 @@ pub struct TrainArgs {
     /// No progress bar (log lines instead).
     #[arg(long)]
     pub quiet: bool,
+    /// Also run the task's evaluation every N steps and at the last, each
+    /// the same (`--eval-samples`, the run's seed), into OUT/evals.jsonl.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Samples of each `--eval-every` evaluation (samples or samples per
+    /// question); the task's default otherwise.
+    #[arg(long)]
+    pub eval_samples: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +91,13 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         cfg.seed = s;
     }
     cfg.validate()?;
+    match (a.eval_every, a.eval_samples) {
+        (Some(0), _) => anyhow::bail!("invalid --eval-every: must be at least 1"),
+        (Some(n), _) if n > cfg.steps => anyhow::bail!("invalid --eval-every: {n} is more than the run's {} steps", cfg.steps),
+        (_, Some(0)) => anyhow::bail!("invalid --eval-samples: must be at least 1"),
+        (None, Some(_)) => anyhow::bail!("invalid --eval-samples: it sizes the evaluations of --eval-every, which is not set"),
+        _ => {}
+    }
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.task));
     if !a.resume && out.join("checkpoints").exists() {
         anyhow::bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display());
@@ -112,7 +128,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     // The sampler's fit comes with steps that drew from the untempered policy: the latest is shown.
     let mut ess: Option<f64> = None;
-    let trained = trainer.run(|m| {
+    let mut failure: Option<amortize::Error> = None;
+    let trained = trainer.run_observed(|t, m| {
         ess = m.sampler_ess.or(ess);
         let fit = ess.map(|e| format!("  ESS {e:.2}")).unwrap_or_default();
         bar.set_position(m.step as u64);
@@ -120,8 +137,28 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         if a.quiet && (m.step % 10 == 0 || m.step == cfg.steps) {
             eprintln!("step {} loss {:.4} mean_log_r {:.3} len {:.2}{fit}", m.step, m.loss, m.mean_log_r, m.mean_len);
         }
+        if a.eval_every.is_some_and(|n| m.step.is_multiple_of(n) || m.step == cfg.steps) {
+            bar.set_message(format!("evaluating at step {}…", m.step));
+            let opts = EvalOptions { samples: a.eval_samples, batch: 64, seed: cfg.seed, lengths: Some((cfg.min_len, cfg.max_len)), ..Default::default() };
+            let point = lm.folded(&t.adapter).and_then(|v| task.evaluate(&lm, Some(&v), &opts)).map(|r| serde_json::json!({"step": m.step, "metrics": r.metrics}));
+            match point.and_then(|p| amortize::util::append_jsonl(&out.join("evals.jsonl"), &p).map(|()| p)) {
+                Ok(p) if a.quiet => eprintln!("step {} evaluation: {}", m.step, p["metrics"]),
+                Ok(p) => bar.println(format!("step {} evaluation: {}", m.step, p["metrics"])),
+                Err(e) => {
+                    // A Ctrl-C inside the evaluation is the signal's stop, not a failure.
+                    failure = Some(e).filter(|e| !matches!(e, amortize::Error::Cancelled));
+                    return ControlFlow::Break(());
+                }
+            }
+        }
         ControlFlow::Continue(())
     });
+    if let Some(e) = failure {
+        bar.abandon();
+        // The step itself is done: keep it, so that --resume goes on from it.
+        let ck = trainer.save_checkpoint()?.map(|p| format!(" (checkpoint {}; continue with --resume)", p.display())).unwrap_or_default();
+        return Err(anyhow::Error::new(e).context(format!("evaluating at step {}{ck}", trainer.step)));
+    }
     if let Err(amortize::Error::Cancelled) = trained {
         bar.abandon();
         if trainer.step == 0 {

@@ -6,6 +6,7 @@
 //!                               buffer.json, state.json {step}
 //! OUT/checkpoints/latest        name of the newest complete checkpoint
 //! OUT/metrics.jsonl             one StepMetrics per line
+//! OUT/evals.jsonl               `train --eval-every`: {step, metrics} per evaluation
 //! ```
 //! A checkpoint is written in a temp directory and renamed into place before
 //! `latest` is switched (atomically), so a crash never leaves a half checkpoint
@@ -106,10 +107,18 @@ pub fn load(dir: &Path, opt: &mut AdamW, log_z: &[Var], logz_opt: Option<&mut Ad
     Ok(())
 }
 
-/// Drops metric lines past `step` (written after the checkpoint we resume from).
+/// Drops the lines past `step` of the run's step-keyed streams
+/// (`metrics.jsonl`, and `evals.jsonl` of `amortize train --eval-every`):
+/// they were written after the checkpoint we resume from.
 pub fn truncate_metrics(out: &Path, step: usize) -> Result<()> {
-    let path = out.join("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    for file in ["metrics.jsonl", "evals.jsonl"] {
+        truncate_steps(&out.join(file), step)?;
+    }
+    Ok(())
+}
+
+fn truncate_steps(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
@@ -118,6 +127,28 @@ pub fn truncate_metrics(out: &Path, step: usize) -> Result<()> {
     if !body.is_empty() {
         body.push('\n');
     }
-    write_atomic(&path, body.as_bytes())?;
+    write_atomic(path, body.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_cuts_both_streams_at_its_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = (1..=4).map(|s| format!("{{\"step\": {s}}}\n")).collect();
+        for file in ["metrics.jsonl", "evals.jsonl"] {
+            std::fs::write(dir.path().join(file), &lines).unwrap();
+        }
+        truncate_metrics(dir.path(), 2).unwrap();
+        for file in ["metrics.jsonl", "evals.jsonl"] {
+            assert_eq!(std::fs::read_to_string(dir.path().join(file)).unwrap(), "{\"step\": 1}\n{\"step\": 2}\n", "{file}");
+        }
+        // A run without evaluations has no evals.jsonl, and gets none.
+        std::fs::remove_file(dir.path().join("evals.jsonl")).unwrap();
+        truncate_metrics(dir.path(), 1).unwrap();
+        assert!(!dir.path().join("evals.jsonl").exists());
+    }
 }
