@@ -176,6 +176,7 @@ fn a_run_from_creation_to_comparison() {
         "/api/runs/{id}",
         "/api/runs/{id}/events",
         "/api/runs/{id}/metrics",
+        "/api/runs/{id}/evals",
         "/api/runs/{id}/cancel",
         "/api/runs/{id}/resume",
         "/api/runs/{id}/adapter.zip",
@@ -188,7 +189,7 @@ fn a_run_from_creation_to_comparison() {
     ] {
         assert!(api["paths"][path].is_object(), "OpenAPI lacks {path}");
     }
-    assert!(api["components"]["schemas"]["CreateRun"].is_object());
+    assert!(api["components"]["schemas"]["CreateRun"].is_object() && api["components"]["schemas"]["EvalPoint"].is_object());
     let params = api["paths"]["/api/runs/{id}/metrics"]["get"]["parameters"].as_array().cloned().unwrap_or_default();
     assert!(params.iter().any(|p| p["name"] == "after" && p["in"] == "query"), "{params:?}");
 }
