@@ -326,6 +326,8 @@ fn the_app_in_a_real_browser() {
     let (_, evals) = server.get(&format!("/api/runs/{copy}/evals"));
     assert_eq!(evals.as_array().map(|e| e.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>()), Some(vec![1, 2, 3]), "{evals}");
     b.wait("#eval-chart-valid_rate svg path.series", T);
+    // Every step is charted, the first too: it may end before the page's stream opens.
+    until(|| chart_points(&b, "chart-loss") == 3, || format!("the copy's loss chart has {} of 3 steps", chart_points(&b, "chart-loss")));
     b.execute("document.getElementById('run-evals').scrollIntoView()", json!([]));
     shot(&b, "run-evals");
     // On the compare page its evaluations overlay those of other such runs (here the only one).

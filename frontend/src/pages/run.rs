@@ -207,8 +207,9 @@ fn RunView(id: String) -> impl IntoView {
         Some(true) if stream.with_value(Option::is_none) => {
             let on_event = move |ev| match ev {
                 RunEvent::Status { run: r } => {
+                    // Steps held back come first: a status follows the steps before it.
+                    flush();
                     if !r.status.is_active() {
-                        flush();
                         stage.set(None);
                     }
                     run.set(Some(Ok(r)))
@@ -222,8 +223,10 @@ fn RunView(id: String) -> impl IntoView {
                 }
             };
             let on_state = move |state: StreamState| {
-                // After a drop, refill what was missed.
-                if state == StreamState::Open && live.get_untracked().is_some_and(|s| s != StreamState::Open) {
+                // Once open (the first time too: steps may end between the
+                // history's fetch and the stream's start) and after a drop,
+                // fetch what the stream did not bring.
+                if state == StreamState::Open && live.get_untracked() != Some(StreamState::Open) {
                     fetch_run();
                     fetch_history();
                 }
