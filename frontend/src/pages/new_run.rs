@@ -318,7 +318,7 @@ pub fn NewRunPage() -> impl IntoView {
                         {text_input("name", "Run name", "optional; default TASK-METHOD", name, None)}
                         {text_input("experiment", "Experiment", "optional; created if new", experiment, Some("experiment-names"))}
                         {text_input("eval_samples", "Evaluation samples", "optional; 0 skips the final evaluation", eval_samples, None)}
-                        {move || method.with(|m| m != "base").then(|| text_input("eval_every", "Evaluate every", "optional; steps between evaluations during training (each as the final one: same samples and seed), charted on the run page", eval_every, None))}
+                        {move || method.with(|m| m != "base").then(|| text_input("eval_every", "Evaluate every", "optional; steps between evaluations during training, charted on the run page; each costs what the final one does (same samples and seed: lower Evaluation samples to make them cheap)", eval_every, None))}
                         {text_input("seeds", "Seeds", "optional; N > 1 launches N runs with seeds s, s+1, … from the config's seed and opens them on the compare page", seeds, None)}
                         {move || method.with(|m| m == "base").then(|| text_input("shots", "Few-shot examples", "optional; k worked examples from the task's training data before each prompt", shots, None))}
                         <div class="field wide">
