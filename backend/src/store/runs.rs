@@ -259,3 +259,29 @@ impl Store {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored metric reads back as the very number computed (JSON in
+    /// SQLite, parsed with serde_json's exact float round trip): the server's
+    /// evaluations equal the CLI's bit for bit.
+    #[test]
+    fn metrics_read_back_to_the_last_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let store = Store::open(dir.path()).await.unwrap();
+            let new = NewRun { id: "run-1".into(), name: "r".into(), experiment: None, task: "rng".into(), method: Method::Gfn, config: TrainConfig::default(), task_options: Default::default(), dataset: None, eval_samples: None, notes: String::new(), shots: None, eval_every: Some(2) };
+            store.insert_run(new).await.unwrap();
+            // A value the default (fast) parser reads one ulp off.
+            let kl = 0.22216313218492734_f64;
+            let metrics: std::collections::BTreeMap<String, f64> = [("kl".to_string(), kl)].into();
+            store.record_eval("run-1", &EvalPoint { step: 2, metrics: metrics.clone() }).await.unwrap();
+            store.set_final_metrics("run-1", &metrics).await.unwrap();
+            assert_eq!(store.evals("run-1").await.unwrap()[0].metrics["kl"].to_bits(), kl.to_bits());
+            assert_eq!(store.run("run-1").await.unwrap().final_metrics.unwrap()["kl"].to_bits(), kl.to_bits());
+        });
+    }
+}
