@@ -1,12 +1,13 @@
 //! One training run on the worker's blocking thread: build the task, start
 //! or resume the trainer in the run's directory, record every step in the
 //! store (and broadcast it) before the next one starts, stop when asked, and
-//! evaluate the adapter at the end (and every `eval_every` steps, when set). GFlowNet runs resume from checkpoints;
-//! the PPO and SFT baselines restart from scratch when their job restarts;
-//! a base-model run is only the evaluation, without an adapter.
+//! evaluate the adapter at the end (and every `eval_every` steps, when set).
+//! GFlowNet runs resume from checkpoints; the PPO and SFT baselines restart
+//! from scratch when their job restarts; a base-model run is only the
+//! evaluation, without an adapter.
 
-use std::ops::ControlFlow;
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
