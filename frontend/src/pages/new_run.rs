@@ -26,6 +26,12 @@ use crate::components::{loaded, Catalog, ErrorMsg, Polled};
 /// (`None`: the server's default).
 type Launch = (Option<u64>, Option<String>);
 
+/// `message` unless `text` is empty or a whole number ≥ 1.
+fn empty_or_positive(text: &str, message: &str) -> Option<String> {
+    let t = text.trim();
+    (!t.is_empty() && !t.parse::<usize>().is_ok_and(|k| k > 0)).then(|| message.to_string())
+}
+
 /// Most runs one launch makes ("Seeds").
 const SEEDS_MAX: u64 = 16;
 
@@ -141,8 +147,8 @@ pub fn NewRunPage() -> impl IntoView {
             "experiment" => experiment.with(|s| name_check(s)),
             "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
             "seeds" => launches().err(),
-            "eval_every" if method.with(|m| m != "base") => eval_every.with(|s| (!s.trim().is_empty() && !s.trim().parse::<usize>().is_ok_and(|k| k > 0)).then(|| "a whole number ≥ 1, or empty to evaluate at the end only".into())),
-            "shots" if method.with(|m| m == "base") => shots.with(|s| (!s.trim().is_empty() && !s.trim().parse::<usize>().is_ok_and(|k| k > 0)).then(|| "a whole number ≥ 1, or empty for zero-shot".into())),
+            "eval_every" if method.with(|m| m != "base") => eval_every.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty to evaluate at the end only")),
+            "shots" if method.with(|m| m == "base") => shots.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty for zero-shot")),
             "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
             "policy_template" | "reward_template" if is_custom() => {
                 let (p, r) = templates.with_texts(template_errors);
