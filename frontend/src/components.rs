@@ -32,6 +32,19 @@ impl Catalog {
     pub fn task(&self, name: &str) -> Option<TaskInfo> {
         self.tasks.with(|t| t.as_ref().and_then(|r| r.as_ref().ok()).and_then(|ts| ts.iter().find(|t| t.name == name).cloned()))
     }
+
+    /// The metric names of `tasks`, each task's in its own order, once each.
+    pub fn metrics_of<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in tasks {
+            for m in self.task(t).map(|t| t.metrics).unwrap_or_default() {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// A list fetched now and every `every`; a failed poll keeps the last data and shows its error.

@@ -226,10 +226,21 @@ fn evaluate(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<&L
     let store = ctx.jobs.store();
     let r = ctx.handle.block_on(store.set_status(&run.id, RunStatus::Evaluating, None))?;
     ctx.jobs.publish(&run.id, RunEvent::Status { run: r });
-    let metrics = metrics_of(ctx, run, task, adapter)?;
-    if run.eval_every.is_some() {
-        record_eval(ctx, run, EvalPoint { step: last, metrics: metrics.clone() })?;
-    }
+    // SFT's last step may already have had its evaluation along the way.
+    let along = match run.eval_every {
+        Some(_) => ctx.handle.block_on(store.evals(&run.id))?.into_iter().find(|p| p.step == last),
+        None => None,
+    };
+    let metrics = match along {
+        Some(p) => p.metrics,
+        None => {
+            let metrics = metrics_of(ctx, run, task, adapter)?;
+            if run.eval_every.is_some() {
+                record_eval(ctx, run, EvalPoint { step: last, metrics: metrics.clone() })?;
+            }
+            metrics
+        }
+    };
     ctx.handle.block_on(store.set_final_metrics(&run.id, &metrics))?;
     Ok(())
 }

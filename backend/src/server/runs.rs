@@ -1,5 +1,6 @@
 //! Runs: create (validated like the CLI's config), list, inspect, metric
-//! series, evaluations during training, recent samples, live events (SSE), cancel and resume; the job queue.
+//! series, evaluations during training, recent samples, live events (SSE),
+//! cancel and resume; the job queue.
 
 use std::convert::Infallible;
 

@@ -74,14 +74,7 @@ pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> im
 
     // The chosen runs' tasks' metrics, in the tasks' order, that some series has.
     let names = Memo::new(move |_| {
-        let mut names: Vec<String> = Vec::new();
-        for c in chosen.get() {
-            for m in cat.task(&c.task).map(|t| t.metrics).unwrap_or_default() {
-                if !names.contains(&m) {
-                    names.push(m);
-                }
-            }
-        }
+        let mut names = chosen.with(|cs| cat.metrics_of(cs.iter().map(|c| c.task.as_str())));
         series.with(|s| names.retain(|m| s.values().flatten().any(|p| p.metrics.contains_key(m))));
         names
     });

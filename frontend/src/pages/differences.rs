@@ -145,14 +145,7 @@ pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> imp
             diff.insert(0, "seed".into());
         }
         // The tasks' own metrics first, in their order, then any other.
-        let mut metrics: Vec<String> = Vec::new();
-        for r in &picked {
-            for m in cat.task(&r.task).map(|t| t.metrics).unwrap_or_default() {
-                if !metrics.contains(&m) {
-                    metrics.push(m);
-                }
-            }
-        }
+        let mut metrics = cat.metrics_of(picked.iter().map(|r| r.task.as_str()));
         let others: BTreeSet<String> = picked.iter().flat_map(|r| r.final_metrics.iter().flatten().map(|(k, _)| k.clone())).collect();
         metrics.extend(others.into_iter().filter(|k| !metrics.contains(k)).collect::<Vec<_>>());
         metrics.retain(|m| picked.iter().any(|r| r.final_metrics.as_ref().is_some_and(|f| f.contains_key(m))));
