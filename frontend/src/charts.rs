@@ -2,10 +2,11 @@
 //! over training steps (min/max-decimated to at most [`MAX_POINTS`] drawn
 //! points, so thousands of steps stay fast), a log-scale distribution chart
 //! (the RNG task's histogram of integers against a uniform target, paper
-//! Fig. 2 style), the same metric of several runs overlaid, and a labelled
-//! scatter plot. Each has axes with tick labels,
+//! Fig. 2 style), the same metric of several runs overlaid (a group of runs
+//! as its mean in a ± std band), and a labelled scatter plot. Each has axes with tick labels,
 //! axis titles with units, and an empty state.
 
+use amortize_shared::groups::mean_curve;
 use leptos::prelude::*;
 
 /// At most this many points are drawn per series.
@@ -225,13 +226,63 @@ pub fn LineChart(
     }
 }
 
-/// One run's series in a [`MultiLineChart`]: (step, value) points.
-#[derive(Clone, Debug, PartialEq)]
+/// One run's series in a [`MultiLineChart`]: (step, value) points; or a
+/// group's ([`Curve::line`]): the mean, drawn in a shaded band.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Curve {
     /// What the legend and the path's `data-label` name it by.
     pub label: String,
     pub color: usize,
     pub points: Vec<(f64, f64)>,
+    /// (step, low, high) under the line (mean ± std of a group); empty for one run.
+    pub band: Vec<(f64, f64, f64)>,
+}
+
+impl Curve {
+    /// A line of one run's points, or of several's mean at the steps all of
+    /// them have, in a band of ± their standard deviation.
+    pub fn line(label: String, color: usize, members: &[Vec<(f64, f64)>]) -> Curve {
+        if let [one] = members {
+            return Curve { label, color, points: one.clone(), band: Vec::new() };
+        }
+        let m = mean_curve(&members.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        Curve {
+            label,
+            color,
+            points: m.iter().map(|(x, s)| (*x, s.mean)).collect(),
+            band: m.iter().map(|(x, s)| (*x, s.mean - s.std, s.mean + s.std)).collect(),
+        }
+    }
+}
+
+/// Every `k`-th of `band` and its last, so at most about `max` are drawn.
+fn thin<T: Copy>(band: &[T], max: usize) -> Vec<T> {
+    if band.len() <= max || max == 0 {
+        return band.to_vec();
+    }
+    let k = band.len().div_ceil(max);
+    let mut out: Vec<T> = band.iter().step_by(k).copied().collect();
+    if !(band.len() - 1).is_multiple_of(k) {
+        out.push(band[band.len() - 1]);
+    }
+    out
+}
+
+/// A closed outline of a band: along its highs, back along its lows.
+fn band_path(band: &[(f64, f64, f64)], f: Frame) -> String {
+    let pts: Vec<&(f64, f64, f64)> = band.iter().filter(|p| p.0.is_finite() && p.1.is_finite() && p.2.is_finite()).collect();
+    if pts.len() < 2 {
+        return String::new();
+    }
+    let mut d = String::with_capacity(pts.len() * 28);
+    for (i, p) in pts.iter().enumerate() {
+        d.push_str(&format!("{}{:.1},{:.1}", if i == 0 { 'M' } else { 'L' }, f.px(p.0), f.py(p.2)));
+    }
+    for p in pts.iter().rev() {
+        d.push_str(&format!("L{:.1},{:.1}", f.px(p.0), f.py(p.1)));
+    }
+    d.push('Z');
+    d
 }
 
 /// Exponential moving average with weight `w` on the past (TensorBoard's
@@ -279,9 +330,10 @@ pub fn SmoothingSelect(id: &'static str, weight: RwSignal<f64>) -> impl IntoView
 pub fn MultiLineChart(id: String, title: String, #[prop(optional, into)] unit: String, #[prop(into)] curves: Signal<Vec<Curve>>) -> impl IntoView {
     let ytitle = if unit.is_empty() { title.clone() } else { format!("{title} ({unit})") };
     let body = move || {
-        let curves: Vec<Curve> = curves.with(|c| c.iter().map(|c| Curve { points: decimate(&c.points, MAX_POINTS), ..c.clone() }).collect());
+        let curves: Vec<Curve> = curves.with(|c| c.iter().map(|c| Curve { points: decimate(&c.points, MAX_POINTS), band: thin(&c.band, MAX_POINTS), ..c.clone() }).collect());
         let all = || curves.iter().flat_map(|c| c.points.iter());
-        let (Some(xr), Some(yr)) = (range(all().map(|p| p.0)), range(all().map(|p| p.1))) else {
+        let bands = || curves.iter().flat_map(|c| c.band.iter()).flat_map(|b| [b.1, b.2]);
+        let (Some(xr), Some(yr)) = (range(all().map(|p| p.0)), range(all().map(|p| p.1).chain(bands()))) else {
             return view! { <p class="chart-empty">"No steps yet."</p> }.into_any();
         };
         let f = Frame::new(xr, yr);
@@ -289,8 +341,11 @@ pub fn MultiLineChart(id: String, title: String, #[prop(optional, into)] unit: S
         view! {
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=ytitle.clone()>
                 {axes(f, tick_labels(&step_ticks(f.x0, f.x1, 5)), yticks, "step".into(), ytitle.clone())}
+                {curves.iter().filter(|c| !c.band.is_empty()).map(|c| view! {
+                    <path class="band" data-band=c.label.clone() d=band_path(&c.band, f) fill=PALETTE[c.color % PALETTE.len()] />
+                }).collect_view()}
                 {curves.into_iter().map(|c| view! {
-                    <path class="series" data-label=c.label d=path_of(&c.points, f) stroke=PALETTE[c.color % PALETTE.len()] />
+                    <path class="series" class:mean=!c.band.is_empty() data-label=c.label d=path_of(&c.points, f) stroke=PALETTE[c.color % PALETTE.len()] />
                 }).collect_view()}
             </svg>
         }

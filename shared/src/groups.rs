@@ -1,10 +1,14 @@
 //! Runs that repeat one setup over seeds: which runs belong together, and
-//! the name a group goes by. The browser app's table of picked runs shows a
-//! group as one row of mean ± std (the numbers themselves come from
-//! [`crate::metrics::MeanStd`]). Works on each run's settings as
-//! name → shown value; it knows nothing of how a run is stored or trained.
+//! the name a group goes by, and a group's curve over steps (mean ± std at
+//! each step all its runs have). The browser app's table of picked runs shows a
+//! group as one row of mean ± std and its charts as one line in a band (the
+//! numbers themselves come from [`crate::metrics::MeanStd`]). Works on each
+//! run's settings as name → shown value and on (step, value) series; it knows
+//! nothing of how a run is stored or trained.
 
 use std::collections::BTreeMap;
+
+use crate::metrics::MeanStd;
 
 /// The indices of `rows`, grouped so that two rows share a group when every
 /// setting but `vary` is the same in both (a setting one row lacks and the
@@ -53,6 +57,30 @@ pub fn group_name(names: &[&str]) -> String {
     }
 }
 
+/// A group's curve: at each step that every one of `series` has (a finite
+/// value at that x), the mean ± std of their values there, in step order.
+/// Steps some series lack are left out rather than averaged over fewer runs,
+/// so the line does not jump where a run stops (a run still training holds
+/// the group's curve at its step).
+pub fn mean_curve(series: &[&[(f64, f64)]]) -> Vec<(f64, MeanStd)> {
+    let Some((first, rest)) = series.split_first() else { return Vec::new() };
+    let mut out = Vec::new();
+    for &(x, y) in first.iter().filter(|p| p.1.is_finite()) {
+        let mut vals = vec![y];
+        for s in rest {
+            // Series are in step order: find x by binary search.
+            match s.binary_search_by(|p| p.0.total_cmp(&x)) {
+                Ok(i) if s[i].1.is_finite() => vals.push(s[i].1),
+                _ => break,
+            }
+        }
+        if vals.len() == series.len() {
+            out.push((x, MeanStd::from_values(&vals)));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +121,20 @@ mod tests {
         assert_eq!(group_name(&["run7", "run8", "run9"]), "run7 (+2)");
         assert_eq!(group_name(&["x", "x"]), "x (+1)");
         assert_eq!(group_name(&[]), "");
+    }
+
+    #[test]
+    fn a_groups_curve_is_the_mean_and_std_where_all_its_runs_have_a_step() {
+        let a = [(1.0, 1.0), (2.0, 2.0), (3.0, 4.0), (4.0, 8.0)];
+        let b = [(1.0, 3.0), (2.0, 2.0), (3.0, f64::NAN), (4.0, 0.0), (5.0, 1.0)];
+        let c = [(1.0, 2.0), (2.0, 5.0), (4.0, 4.0)];
+        let got: Vec<(f64, f64, f64, usize)> = mean_curve(&[&a, &b, &c]).into_iter().map(|(x, m)| (x, m.mean, m.std, m.n)).collect();
+        // Step 3: b's NaN and c's gap leave it out; step 5: only b has it.
+        // Step 1: 1, 3, 2 → mean 2, sample std 1. Step 2: 2, 2, 5 → 3, √3.
+        // Step 4: 8, 0, 4 → 4, 4.
+        assert_eq!(got, vec![(1.0, 2.0, 1.0, 3), (2.0, 3.0, 3f64.sqrt(), 3), (4.0, 4.0, 4.0, 3)]);
+        // One series is its own curve with no spread; none, nothing.
+        assert_eq!(mean_curve(&[&a[..2]]).iter().map(|(x, m)| (*x, m.mean, m.std)).collect::<Vec<_>>(), vec![(1.0, 1.0, 0.0), (2.0, 2.0, 0.0)]);
+        assert!(mean_curve(&[]).is_empty());
     }
 }

@@ -361,15 +361,23 @@ fn the_app_in_a_real_browser() {
     let (_, u) = server.get(&format!("/api/runs/{untrained}"));
     assert_eq!((u["method"].as_str(), u["steps"].as_u64(), u["status"].as_str()), (Some("base"), Some(0), Some("completed")), "{u}");
 
+    // Base-model runs train nothing: no training curves on the compare page.
+    b.goto(&format!("{base}/compare?runs={untrained}"));
+    b.wait(&format!("#runs-differences tr[data-run=\"{untrained}\"]"), T);
+    assert_eq!(b.execute("return document.getElementById('training-curves').hidden", json!([])), json!(true));
+
     // Seeds: one launch makes the run twice, with seeds 7 and 8, and opens both
-    // on the compare page, where they make one row of mean ± std.
+    // on the compare page, where they make one row of mean ± std and one line
+    // in a band on the training and evaluation curves.
     b.goto(&format!("{base}/runs/new"));
     b.wait("#new-run-form", T);
     b.click(&b.wait("#task option[value=\"rng\"]", T));
-    b.click(&b.wait("#method option[value=\"base\"]", T));
-    let seed = b.wait("#cfg-seed", T);
-    b.clear(&seed);
-    b.type_text(&seed, "7");
+    b.click(&b.wait("#method option[value=\"gfn\"]", T));
+    for (css, v) in [("#cfg-seed", "7"), ("#cfg-steps", "2"), ("#cfg-batch_size", "4")] {
+        let el = b.wait(css, T);
+        b.clear(&el);
+        b.type_text(&el, v);
+    }
     let seeds = b.wait("#seeds", T);
     b.type_text(&seeds, "17");
     b.wait_text("#err-seeds", T, |t| t.contains("1 to 16"));
@@ -378,6 +386,7 @@ fn the_app_in_a_real_browser() {
     let samples = b.wait("#eval_samples", T);
     b.clear(&samples);
     b.type_text(&samples, "20");
+    b.type_text(&b.wait("#eval_every", T), "1");
     b.click(&b.wait("#launch", T));
     until(|| path(&b).starts_with("/compare?runs="), || format!("a two-seed launch did not open the compare page (at {})", path(&b)));
     let query = b.execute("return decodeURIComponent(location.search)", json!([]));
@@ -385,19 +394,27 @@ fn the_app_in_a_real_browser() {
     assert_eq!(ids.len(), 2, "{query}");
     for (id, seed) in ids.iter().zip([7, 8]) {
         let r = server.wait_run(id, Duration::from_secs(120), |r| r["status"] == "completed");
-        assert_eq!((r["name"].as_str(), r["method"].as_str(), r["config"]["seed"].as_u64()), (Some(format!("rng-base-seed{seed}").as_str()), Some("base"), Some(seed)), "{r}");
+        assert_eq!((r["name"].as_str(), r["method"].as_str(), r["config"]["seed"].as_u64()), (Some(format!("rng-gfn-seed{seed}").as_str()), Some("gfn"), Some(seed)), "{r}");
     }
     let together = format!("#runs-differences tr[data-run=\"{},{}\"]", ids[0], ids[1]);
     let row = b.wait_text(&together, Duration::from_secs(60), |t| t.contains("2 completed") && t.contains("±"));
-    assert!(row.starts_with("rng-base (2 runs") && row.contains("7, 8"), "{row}");
-    // Base-model runs train nothing: no training curves.
-    assert_eq!(b.execute("return document.getElementById('training-curves').hidden", json!([])), json!(true));
+    assert!(row.starts_with("rng-gfn (2 runs") && row.contains("7, 8"), "{row}");
+    // One line per group on the curves: the mean over both seeds' 2 steps, in a band.
+    for chart in ["#curve-loss", "#eval-curve-valid_rate"] {
+        let mean = b.wait(&format!("{chart} path.series.mean[data-label=\"rng-gfn\"]"), T);
+        assert_eq!(b.attr(&mean, "d").map(|d| d.matches('L').count()), Some(1), "{chart}: a mean at steps 1 and 2");
+        b.wait(&format!("{chart} path.band[data-band=\"rng-gfn\"]"), T);
+        assert_eq!(b.find_all(&format!("{chart} path.series")).len(), 1, "{chart}: the two runs make one line");
+    }
+    b.wait_text("#curves-legend", T, |t| t.contains("rng-gfn") && t.contains("mean ± std of 2 runs"));
     b.execute("document.getElementById('runs-side-by-side').scrollIntoView()", json!([]));
     shot(&b, "compare-seeds");
-    // Unticked, a row per run.
+    // Unticked, a row and a line per run.
     b.click(&b.wait("#group-seeds", T));
     b.wait(&format!("#runs-differences tr[data-run=\"{}\"]", ids[1]), T);
     assert!(b.find_all(&together).is_empty(), "unticked, the seeds are apart");
+    b.wait_n("#curve-loss path.series", 2, T);
+    assert!(b.find_all("#training-curves path.band").is_empty() && b.find_all("#eval-curves path.band").is_empty(), "unticked, no bands");
 
     // Name and notes, saved in place; the runs list shows the notes.
     b.goto(&format!("{base}/runs/{run2}"));

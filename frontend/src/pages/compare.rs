@@ -68,6 +68,8 @@ pub fn ComparePage() -> impl IntoView {
     let past = Polled::<Vec<Comparison>>::start("/api/comparisons", None);
     let initial = query.get_untracked().get("runs").map(|r| r.split(',').filter(|s| !s.is_empty()).map(String::from).collect());
     let selected = RwSignal::new(initial.unwrap_or_else(|| vec!["base".to_string()]));
+    // Runs alike but for their seed shown together ("Seeds together", in the table).
+    let together = RwSignal::new(true);
     let prompts = RwSignal::new(query.get_untracked().get("prompts").unwrap_or_default());
     let n = RwSignal::new("4".to_string());
     let max_tokens = RwSignal::new("32".to_string());
@@ -198,9 +200,9 @@ pub fn ComparePage() -> impl IntoView {
             </form>
             {move || loading.get().then(|| view! { <Loading what="samples from every source (this can take a while)" /> })}
             {move || result.get().map(|c| view! { <ComparisonView c=c /> })}
-            <RunsTable runs=runs selected=selected />
-            <TrainingCurves runs=runs selected=selected />
-            <EvalCurves runs=runs selected=selected />
+            <RunsTable runs=runs selected=selected together=together />
+            <TrainingCurves runs=runs selected=selected together=together />
+            <EvalCurves runs=runs selected=selected together=together />
             <h2>"Saved comparisons"</h2>
             {move || match past.data.get() {
                 None => view! { <Loading what="saved comparisons" /> }.into_any(),

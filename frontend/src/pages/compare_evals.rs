@@ -1,18 +1,21 @@
 //! The compare page's evaluations during training: for the picked runs
 //! launched with `eval_every`, each metric of their tasks over steps,
 //! overlaid, one colour per run (the colours of the table and the training
-//! curves) — e.g. GFlowNet against PPO on the task's own measure as they
-//! train. A run's series is fetched again when the runs list (polled by the
+//! curves; runs alike but for their seed, when the page shows seeds together,
+//! as their mean in a ± std band) — e.g. GFlowNet against PPO on the task's
+//! own measure as they train. A run's series is fetched again when the runs list (polled by the
 //! page) shows it at a new step or status. Owns nothing else on the page.
 
 use std::collections::{BTreeMap, HashMap};
 
 use amortize_shared::api::{EvalPoint, Run, RunStatus};
+use amortize_shared::groups::group_name;
 use leptos::prelude::*;
 
 use crate::api;
 use crate::charts::{Curve, MultiLineChart};
 use crate::components::{Catalog, ErrorMsg, Polled};
+use crate::pages::differences::{picked_runs, seed_groups};
 
 /// A picked run as this section needs it; `color` is its place among the picked.
 #[derive(Clone, PartialEq)]
@@ -26,25 +29,28 @@ struct Evaluated {
 }
 
 #[component]
-pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> impl IntoView {
+pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, together: RwSignal<bool>) -> impl IntoView {
     let cat = Catalog::get();
     let series = RwSignal::new(BTreeMap::<String, Vec<EvalPoint>>::new());
     // (step, status) of each run when its series was last fetched.
     let fetched = StoredValue::new(HashMap::<String, (usize, RunStatus)>::new());
     let err = RwSignal::new(None::<String>);
 
+    let picked = picked_runs(runs, selected);
     let chosen = Memo::new(move |_| {
-        let picked = selected.get();
-        runs.data.with(|list| {
-            let Some(list) = list else { return Vec::new() };
-            picked
-                .iter()
-                .filter_map(|id| list.iter().find(|r| &r.id == id))
+        picked.with(|p| {
+            p.iter()
                 .enumerate()
                 .filter(|(_, r)| r.eval_every.is_some())
                 .map(|(color, r)| Evaluated { id: r.id.clone(), name: r.name.clone(), color, step: r.step, status: r.status, task: r.task.clone() })
                 .collect::<Vec<_>>()
         })
+    });
+    // The lines: groups of chosen runs (their indices into `chosen`); runs
+    // alike but for their seed share `eval_every`, so a group is all in or out.
+    let lines = Memo::new(move |_| {
+        let groups = picked.with(|p| seed_groups(p, together.get()));
+        chosen.with(|cs| groups.into_iter().map(|g| g.iter().filter_map(|&i| cs.iter().position(|c| c.color == i)).collect::<Vec<_>>()).filter(|g| !g.is_empty()).collect::<Vec<_>>())
     });
 
     Effect::new(move |_| {
@@ -87,13 +93,8 @@ pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> im
                 let curves = Signal::derive(move || {
                     let chosen = chosen.get();
                     series.with(|m| {
-                        chosen
-                            .iter()
-                            .filter_map(|c| {
-                                let pts: Vec<(f64, f64)> = m.get(&c.id)?.iter().filter_map(|p| p.metrics.get(&key).map(|v| (p.step as f64, *v))).collect();
-                                (!pts.is_empty()).then(|| Curve { label: c.name.clone(), color: c.color, points: pts })
-                            })
-                            .collect::<Vec<_>>()
+                        let of = |c: &Evaluated| -> Vec<(f64, f64)> { m.get(&c.id).into_iter().flatten().filter_map(|p| p.metrics.get(&key).map(|v| (p.step as f64, *v))).collect() };
+                        lines.get().iter().map(|g| line(g, &chosen, of)).filter(|c| !c.points.is_empty()).collect::<Vec<_>>()
                     })
                 });
                 view! { <MultiLineChart id=format!("eval-curve-{name}") title=name unit="" curves=curves /> }
@@ -108,4 +109,12 @@ pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> im
             {move || err.get().map(|e| view! { <ErrorMsg err=e id="eval-curves-error" /> })}
         </section>
     }
+}
+
+/// The curve of one line (indices `g` into `chosen`), in the colour of its
+/// first run.
+fn line(g: &[usize], chosen: &[Evaluated], of: impl Fn(&Evaluated) -> Vec<(f64, f64)>) -> Curve {
+    let members: Vec<&Evaluated> = g.iter().map(|&i| &chosen[i]).collect();
+    let label = group_name(&members.iter().map(|c| c.name.as_str()).collect::<Vec<_>>());
+    Curve::line(label, members[0].color, &members.iter().map(|c| of(c)).collect::<Vec<_>>())
 }

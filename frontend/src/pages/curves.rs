@@ -1,6 +1,8 @@
 //! The compare page's training curves: the chosen runs' loss, log Z,
-//! log-reward and length over steps, overlaid, one colour per run, with an
-//! optional moving-average smoothing. Each run's series is fetched once and
+//! log-reward and length over steps, overlaid, one colour per run (runs alike
+//! but for their seed, when the page shows seeds together, as one line: their
+//! mean in a ± std band), with an optional moving-average smoothing (of each
+//! run, before the mean). Each run's series is fetched once and
 //! then only its new steps (`/metrics?after=N`) as the runs list (polled by
 //! the page) shows it growing; a run rewound by a resume drops its later
 //! points. Hidden when no chosen run trains (base-model runs only). Owns
@@ -9,11 +11,13 @@
 use std::collections::{BTreeMap, HashSet};
 
 use amortize_shared::api::{MetricPoint, Run};
+use amortize_shared::groups::group_name;
 use leptos::prelude::*;
 
 use crate::api;
 use crate::charts::{smooth, Curve, MultiLineChart, SmoothingSelect, PALETTE};
 use crate::components::{merge_steps, ErrorMsg, Polled};
+use crate::pages::differences::{picked_runs, seed_groups};
 use crate::pages::run::SERIES;
 
 /// The run page's charts overlaid here.
@@ -30,20 +34,17 @@ struct Chosen {
 }
 
 #[component]
-pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> impl IntoView {
+pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, together: RwSignal<bool>) -> impl IntoView {
     let series = RwSignal::new(BTreeMap::<String, Vec<MetricPoint>>::new());
     let in_flight = StoredValue::new(HashSet::<String>::new());
     let err = RwSignal::new(None::<String>);
     let weight = RwSignal::new(0.0f64);
 
-    // The chosen runs in the order they were picked ("base" has no curves).
-    let chosen = Memo::new(move |_| {
-        let picked = selected.get();
-        runs.data.with(|list| {
-            let Some(list) = list else { return Vec::new() };
-            picked.iter().filter_map(|id| list.iter().find(|r| &r.id == id)).map(|r| Chosen { id: r.id.clone(), name: r.name.clone(), step: r.step, trains: r.method.trains() }).collect::<Vec<_>>()
-        })
-    });
+    // The chosen runs in the order they were picked ("base" has no curves),
+    // and the lines they make (indices into `chosen`).
+    let picked = picked_runs(runs, selected);
+    let chosen = Memo::new(move |_| picked.with(|p| p.iter().map(|r| Chosen { id: r.id.clone(), name: r.name.clone(), step: r.step, trains: r.method.trains() }).collect::<Vec<_>>()));
+    let groups = Memo::new(move |_| picked.with(|p| seed_groups(p, together.get())));
 
     // Fetch what each chosen run has beyond what is held.
     Effect::new(move |_| {
@@ -85,14 +86,8 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
                 let w = weight.get();
                 let chosen = chosen.get();
                 series.with(|m| {
-                    chosen
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, c)| {
-                            let pts: Vec<(f64, f64)> = m.get(&c.id)?.iter().filter_map(|p| f(p).map(|y| (p.step as f64, y))).collect();
-                            (!pts.is_empty()).then(|| Curve { label: c.name.clone(), color: i, points: smooth(&pts, w) })
-                        })
-                        .collect::<Vec<_>>()
+                    let of = |c: &Chosen| -> Vec<(f64, f64)> { smooth(&m.get(&c.id).into_iter().flatten().filter_map(|p| f(p).map(|y| (p.step as f64, y))).collect::<Vec<_>>(), w) };
+                    groups.get().iter().map(|g| line(g, &chosen, of)).filter(|c| !c.points.is_empty()).collect::<Vec<_>>()
                 })
             });
             // log Z only where some run has one (GFlowNet objectives).
@@ -102,16 +97,23 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
         .collect_view();
 
     let legend = move || {
-        chosen
+        let chosen = chosen.get();
+        groups
             .get()
             .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let steps = series.with(|m| m.get(&c.id).map_or(0, Vec::len));
-                let what = if c.trains { format!(" · {steps} steps") } else { " · base model: no training".into() };
+            .map(|g| {
+                let members: Vec<&Chosen> = g.iter().map(|&i| &chosen[i]).collect();
+                let steps = |c: &Chosen| series.with(|m| m.get(&c.id).map_or(0, Vec::len));
+                let what = match members.as_slice() {
+                    [c] if c.trains => format!(" · {} steps", steps(c)),
+                    [_] => " · base model: no training".into(),
+                    _ if !members[0].trains => format!(" · {} base-model runs: no training", members.len()),
+                    _ => format!(" · mean ± std of {} runs · {} steps", members.len(), members.iter().map(|c| steps(c)).min().unwrap_or(0)),
+                };
+                let ids = members.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(",");
                 view! {
-                    <li data-run=c.id.clone()><span class="swatch" style=format!("background:{}", PALETTE[i % PALETTE.len()])></span>
-                    {c.name}<span class="muted">{what}</span></li>
+                    <li data-run=ids><span class="swatch" style=format!("background:{}", PALETTE[g[0] % PALETTE.len()])></span>
+                    {label(&members)}<span class="muted">{what}</span></li>
                 }
             })
             .collect_view()
@@ -128,4 +130,16 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -
             {move || err.get().map(|e| view! { <ErrorMsg err=e id="curves-error" /> })}
         </section>
     }
+}
+
+/// What the legend and the curve call a line: the run's name, or its group's.
+fn label(members: &[&Chosen]) -> String {
+    group_name(&members.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
+}
+
+/// The curve of one line of runs (indices `g` into `chosen`), in the colour
+/// of its first.
+fn line(g: &[usize], chosen: &[Chosen], of: impl Fn(&Chosen) -> Vec<(f64, f64)>) -> Curve {
+    let members: Vec<&Chosen> = g.iter().map(|&i| &chosen[i]).collect();
+    Curve::line(label(&members), g[0], &members.iter().map(|c| of(c)).collect::<Vec<_>>())
 }

@@ -71,6 +71,24 @@ pub fn csv(runs: &[Run]) -> String {
     out
 }
 
+/// The picked runs' groups of those alike but for their seed (indices into
+/// `picked`, in order); with `together` off, a group per run. The table's
+/// rows and the curves' lines are these.
+pub fn seed_groups(picked: &[Run], together: bool) -> Vec<Vec<usize>> {
+    if !together {
+        return (0..picked.len()).map(|i| vec![i]).collect();
+    }
+    group_all_but(&picked.iter().map(settings).collect::<Vec<_>>(), "seed")
+}
+
+/// The picked runs among `runs`, in the order of `selected`.
+pub fn picked_runs(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> Memo<Vec<Run>> {
+    Memo::new(move |_| {
+        let ids = selected.get();
+        runs.data.with(|l| l.as_ref().map(|l| ids.iter().filter_map(|id| l.iter().find(|r| &r.id == id).cloned()).collect::<Vec<_>>()).unwrap_or_default())
+    })
+}
+
 /// A row of the table: one run, or the runs that differ only in their seed.
 struct Line {
     /// Indices into the picked runs (for their colours and names).
@@ -123,14 +141,15 @@ fn lines(picked: &[Run], rows: &[BTreeMap<String, String>], together: bool) -> V
 }
 
 #[component]
-pub fn RunsTable(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>) -> impl IntoView {
+pub fn RunsTable(
+    runs: Polled<Vec<Run>>,
+    selected: RwSignal<Vec<String>>,
+    /// Runs that differ only in their seed as one row of mean ± std (and one
+    /// line in a band on the page's curves).
+    together: RwSignal<bool>,
+) -> impl IntoView {
     let cat = Catalog::get();
-    // Runs that differ only in their seed as one row of mean ± std.
-    let together = RwSignal::new(true);
-    let picked = Memo::new(move |_| {
-        let ids = selected.get();
-        runs.data.with(|l| l.as_ref().map(|l| ids.iter().filter_map(|id| l.iter().find(|r| &r.id == id).cloned()).collect::<Vec<_>>()).unwrap_or_default())
-    });
+    let picked = picked_runs(runs, selected);
     let body = move || {
         let picked = picked.get();
         if picked.is_empty() {
