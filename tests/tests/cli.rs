@@ -341,3 +341,48 @@ fn train_evaluates_along_the_way() {
     let base: serde_json::Value = serde_json::from_str(stdout(&e).trim()).unwrap();
     assert_ne!(lines[0]["metrics"], base, "{lines:?}");
 }
+
+/// `compare --eval-every`: each adapter trained here is evaluated along its
+/// training, and the curves over seeds end where the table's row is — the
+/// same evaluation of the same final adapters.
+#[test]
+fn compare_evaluates_the_trainings_along_the_way() {
+    let (dir, model) = tiny();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "batch_size = 4\nlr = 0.05\n[task]\nexamples = [{ x = \"one\", y = \"two\" }, { x = \"three\", y = \"four\" }]\npolicy_template = \"Q: {X}\\nA:{Z}\"\nreward_template = \"{X} is{Z}, so {Y}.\"\n").unwrap();
+    let (config, out) = (config.to_str().unwrap(), dir.path().join("cmp"));
+    let args = ["compare", "--task", "custom", "--model", &model, "--config", config, "--methods", "base,gfn,ppo", "--steps", "3", "--seeds", "2", "--samples", "3", "--eval-every", "2", "--json", "--out", out.to_str().unwrap()];
+    let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    for method in ["gfn", "ppo"] {
+        for seed in 0..2 {
+            let lines = std::fs::read_to_string(out.join(format!("{method}-seed{seed}/evals.jsonl"))).unwrap();
+            let steps: Vec<u64> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+            assert_eq!(steps, vec![2, 3], "{method} seed {seed}");
+        }
+        let row = v["rows"].as_array().unwrap().iter().find(|r| r["method"] == method).unwrap();
+        let curves = v["curves"][method].as_object().unwrap_or_else(|| panic!("no curves for {method}: {v}"));
+        assert!(!curves.is_empty());
+        for (name, points) in curves {
+            let p = points.as_array().unwrap();
+            assert_eq!(p.iter().map(|p| (p["step"].as_u64(), p["seeds"].as_u64())).collect::<Vec<_>>(), vec![(Some(2), Some(2)), (Some(3), Some(2))], "{name}");
+            assert_eq!(p[1]["mean"], row["metrics"][name]["mean"], "{method} {name}: the last point is the table's row");
+            assert_eq!(p[1]["std"], row["metrics"][name]["std"], "{method} {name}");
+        }
+    }
+    assert!(v["curves"].get("base").is_none(), "the base model trains nothing: {v}");
+    let md = std::fs::read_to_string(out.join("curves.md")).unwrap();
+    assert!(md.contains("| step | gfn | ppo |\n") && md.contains("\n| 3 | "), "{md}");
+    // A second call reuses the adapters and reads their evaluations back.
+    let again: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    assert_eq!(again["curves"], v["curves"]);
+
+    for (bad, says) in [
+        (&["--methods", "gfn", "--eval-every", "0"][..], "invalid --eval-every: must be at least 1"),
+        (&["--methods", "base,zeroshot", "--eval-every", "1"][..], "none of the methods trains"),
+        (&["--methods", "ppo", "--steps", "3", "--eval-every", "4"][..], "4 is more than ppo's 3 training steps"),
+    ] {
+        let o = run(&[&["compare", "--task", "custom", "--model", &model, "--config", config, "--out", dir.path().join("bad").to_str().unwrap()], bad].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says) && !err.contains("panicked"), "{bad:?}: {err}");
+    }
+}

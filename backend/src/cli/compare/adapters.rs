@@ -1,15 +1,18 @@
 //! The adapters `compare` trains when they are missing — GFlowNet, PPO, SFT
 //! and the EM step (SFT on accepted GFlowNet samples) — each in its own
-//! folder under `--out`, reused by a later call when its `adapter/` exists.
+//! folder under `--out`, reused by a later call when its `adapter/` exists;
+//! the first three evaluated along the way with `--eval-every` ([`Along`]).
 
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use amortize::baselines::{train_gfn_sft, train_sft, EmConfig, Ppo, PpoConfig, SftConfig};
+use amortize::baselines::{train_gfn_sft, train_sft_observed, EmConfig, Ppo, PpoConfig, SftConfig};
 use amortize::gfn::{TrainConfig, Trainer};
 use amortize::model::{LanguageModel, LoraAdapter};
 use amortize::tasks::Task;
 use indicatif::{ProgressBar, ProgressStyle};
+
+use super::along::{self, Along};
 
 pub fn bar(len: usize, label: &str) -> ProgressBar {
     let b = ProgressBar::new(len as u64);
@@ -26,21 +29,55 @@ fn load(lm: &LanguageModel, dir: &Path) -> anyhow::Result<LoraAdapter> {
     Ok(LoraAdapter::load_peft(&dir.join("adapter"), lm.config(), lm.device())?)
 }
 
+/// Evaluates `adapter` at `step` along the training when due (`along`),
+/// keeping the first failure in `failed` and stopping the training with it.
+fn evaluate_along(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapter, step: usize, dir: &Path, b: &ProgressBar, failed: &mut Option<anyhow::Error>) -> ControlFlow<()> {
+    let Some(a) = along.filter(|a| a.due(step)) else { return ControlFlow::Continue(()) };
+    b.set_message(format!("evaluating at step {step}…"));
+    match a.record(lm, adapter, step, dir) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(e) => {
+            *failed = Some(e.context(format!("evaluating at step {step} of {}", dir.display())));
+            ControlFlow::Break(())
+        }
+    }
+}
+
+/// A training's outcome: an evaluation's error first (`failed`: it stopped
+/// the training), else the training's own.
+fn ended<T>(ran: amortize::Result<T>, failed: Option<anyhow::Error>, b: &ProgressBar) -> anyhow::Result<T> {
+    if let Some(e) = failed {
+        b.abandon();
+        return Err(e);
+    }
+    let v = ran?;
+    b.finish();
+    Ok(v)
+}
+
+/// The final adapter of a training that ended at `last`, evaluated there too.
+fn evaluate_last(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapter, last: usize, dir: &Path) -> anyhow::Result<()> {
+    along.map_or(Ok(()), |a| a.finish(lm, adapter, last, dir))
+}
+
 /// GFlowNet fine-tuning with the task preset, or the adapter of an earlier call.
-pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path) -> anyhow::Result<LoraAdapter> {
+pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, along: Option<&Along>) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
         if dir.join("checkpoints").exists() {
             std::fs::remove_dir_all(dir.join("checkpoints"))?;
         }
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+        along::clear(dir);
         let mut t = Trainer::new(lm, task.train_task(lm)?, cfg.clone(), Some(dir))?;
         let b = bar(cfg.steps, "gfn");
-        t.run(|m| {
+        let mut failed = None;
+        let ran = t.run_observed(|t, m| {
             b.set_position(m.step as u64);
             b.set_message(format!("loss {:.3}  log R {:.2}", m.loss, m.mean_log_r));
-            ControlFlow::Continue(())
-        })?;
-        b.finish();
+            evaluate_along(lm, along, &t.adapter, m.step, dir, &b, &mut failed)
+        });
+        ended(ran, failed, &b)?;
+        evaluate_last(lm, along, &t.adapter, t.step, dir)?;
         t.adapter.save_peft(&dir.join("adapter"), &lm.name)?;
     } else {
         eprintln!("gfn: reusing {}", dir.join("adapter").display());
@@ -49,17 +86,20 @@ pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path) -
 }
 
 /// PPO against the task's reward, or the adapter of an earlier call.
-pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoConfig, dir: &Path) -> anyhow::Result<LoraAdapter> {
+pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoConfig, dir: &Path, along: Option<&Along>) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+        along::clear(dir);
         let mut p = Ppo::new(lm, task.train_task(lm)?, shape.clone(), cfg.clone())?;
         let b = bar(cfg.steps, "ppo");
-        p.run(Some(dir), |m| {
+        let mut failed = None;
+        let ran = p.run_observed(Some(dir), |p, m| {
             b.set_position(m.step as u64);
             b.set_message(format!("log R {:.2}  KL {:.2}", m.mean_log_r, m.kl));
-            ControlFlow::Continue(())
-        })?;
-        b.finish();
+            evaluate_along(lm, along, &p.adapter, m.step, dir, &b, &mut failed)
+        });
+        ended(ran, failed, &b)?;
+        evaluate_last(lm, along, &p.adapter, p.step, dir)?;
     } else {
         eprintln!("ppo: reusing {}", dir.join("adapter").display());
     }
@@ -67,15 +107,19 @@ pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoCo
 }
 
 /// Supervised fine-tuning on the task's reference Z's, or the adapter of an earlier call.
-pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftConfig, dir: &Path) -> anyhow::Result<LoraAdapter> {
+pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftConfig, dir: &Path, along: Option<&Along>) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
+        along::clear(dir);
         let b = bar(0, "sft");
-        train_sft(lm, &task.train_task(lm)?, shape, cfg, Some(dir), |m| {
+        let (mut failed, mut last) = (None, 0);
+        let ran = train_sft_observed(lm, &task.train_task(lm)?, shape, cfg, Some(dir), |a, m| {
             b.set_position(m.step as u64);
             b.set_message(format!("epoch {}  loss {:.3}", m.epoch, m.loss));
-            ControlFlow::Continue(())
-        })?;
-        b.finish();
+            last = m.step;
+            evaluate_along(lm, along, a, m.step, dir, &b, &mut failed)
+        });
+        let adapter = ended(ran, failed, &b)?;
+        evaluate_last(lm, along, &adapter, last, dir)?;
     } else {
         eprintln!("sft: reusing {}", dir.join("adapter").display());
     }

@@ -7,9 +7,12 @@
 //! missing under `--out`, reuses what an earlier call trained. With
 //! `[task] reward_adapter = "sft"` (infilling), the GFlowNet's reward scores
 //! with the SFT adapter trained here first, the paper's §4.2 recipe in one call.
+//! With `--eval-every N`, the adapters trained here are evaluated along their
+//! training too, and the curves over seeds are tabulated (`along`).
 //! See docs/compare.md.
 
 mod adapters;
+mod along;
 mod table;
 
 use std::collections::BTreeMap;
@@ -54,6 +57,12 @@ pub struct CompareArgs {
     pub steps: Option<usize>,
     #[command(flatten)]
     pub size: EvalSize,
+    /// Also evaluate each adapter trained here (GFlowNet, PPO, SFT) every N of
+    /// its training steps and at its last, the comparison's evaluation with
+    /// the plain decoding, into its folder's evals.jsonl; the curves (mean ±
+    /// std over seeds by step) go to curves.md and compare.json's "curves".
+    #[arg(long)]
+    pub eval_every: Option<usize>,
     /// Trained adapters, samples and the tables go here; default runs/compare-TASK.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -124,6 +133,19 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     ppo.validate()?;
+    if let Some(n) = a.eval_every {
+        // The trainings this call can run (a given adapter trains nothing).
+        let runs = |k: &str| methods.iter().any(|m| trainings(&m.kind).contains(&k)) || (k == "sft" && sft_reward && methods.iter().any(|m| trainings(&m.kind).contains(&"gfn")));
+        let trains = |k: &str| !given.contains_key(k) && runs(k);
+        let steps = [("gfn", cfg.steps), ("ppo", ppo.steps)];
+        if n == 0 {
+            bail!("invalid --eval-every: must be at least 1");
+        } else if !along::TRAINED.iter().any(|k| trains(k)) {
+            bail!("invalid --eval-every: none of the methods trains an adapter here (gfn, ppo, sft, gfn+sft do)");
+        } else if let Some((k, s)) = steps.iter().find(|(k, s)| trains(k) && n > *s) {
+            bail!("invalid --eval-every: {n} is more than {k}'s {s} training steps");
+        }
+    }
     // Everything that can be refused is refused before anything trains.
     let demos = task.demonstrations();
     let mut shots = BTreeMap::new();
@@ -146,6 +168,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let gfn_dir = out.join(format!("gfn-seed{seed}"));
         let sft_dir = out.join(format!("sft-seed{seed}"));
         sft.seed = seed;
+        // The plain decoding of the comparison's evaluation, along each training.
+        let along = a.eval_every.map(|every| along::Along { every, task: task.as_ref(), opts: plain_eval(&a, &cfg, seed) });
+        let along = along.as_ref();
         // --adapters gfn=DIR stands in for the GFlowNet adapter here too (gfn+sft samples from it).
         let gfn = || -> anyhow::Result<LoraAdapter> {
             match given.get("gfn") {
@@ -156,16 +181,16 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                     let reward_dir = match given.get("sft") {
                         Some(dir) => dir.clone(),
                         None => {
-                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir)?;
+                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along)?;
                             sft_dir.join("adapter")
                         }
                     };
                     eprintln!("gfn: the reward scores with the SFT adapter {}", reward_dir.display());
                     let mut opts = task_opts.clone();
                     opts.insert("reward_adapter".into(), toml::Value::String(reward_dir.to_string_lossy().into_owned()));
-                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir)
+                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, along)
                 }
-                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir),
+                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, along),
             }
         };
         for m in &methods {
@@ -173,8 +198,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?),
                 MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => None,
                 MethodKind::Gfn => Some(gfn()?),
-                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir)?),
-                MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")))?),
+                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along)?),
+                MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")), along)?),
                 MethodKind::GfnSft => {
                     let g = gfn()?;
                     Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &cfg, &em, &sft, &out.join(format!("gfn-sft-seed{seed}")))?)
@@ -186,7 +211,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             };
             // Folded into the weights: evaluation decodes thousands of tokens.
             let view = adapter.as_ref().map(|ad| lm.folded(ad)).transpose()?;
-            let opts = EvalOptions { samples: a.size.samples, batch: a.size.batch, seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: m.decoding.clone(), prompt };
+            let opts = EvalOptions { decoding: m.decoding.clone(), prompt, ..plain_eval(&a, &cfg, seed) };
             eprintln!("evaluating {} (seed {seed})…", m.label);
             let stages = StageBar::new(false);
             let report = task.evaluate(&lm, view.as_ref(), &opts)?;
@@ -200,8 +225,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     }
 
     let columns = table::columns(tasks::metric_names(&a.task), &labels, &results);
-    let json = table::json(&a.task, a.seeds, &labels, &results);
+    let mut json = table::json(&a.task, a.seeds, &labels, &results);
     let md = table::markdown(&labels, &columns, &results);
+    if a.eval_every.is_some() {
+        let curves = curves(&a, &cfg, &out);
+        json["curves"] = along::json(&curves);
+        amortize::util::write_atomic(&out.join("curves.md"), along::markdown(&columns, &curves).as_bytes())?;
+    }
     amortize::util::write_atomic(&out.join("compare.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     amortize::util::write_atomic(&out.join("compare.md"), md.as_bytes())?;
     if a.json {
@@ -210,7 +240,45 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         print!("{md}");
     } else {
         print!("{}", table::plain(&labels, &columns, &results));
-        eprintln!("tables and samples in {}", out.display());
+        eprintln!("tables{} and samples in {}", if a.eval_every.is_some() { " (curves.md: evaluations along training)" } else { "" }, out.display());
     }
     Ok(())
+}
+
+/// The trainings (folder stems) a method runs when its adapters are missing.
+fn trainings(kind: &MethodKind) -> &'static [&'static str] {
+    match kind {
+        MethodKind::Gfn | MethodKind::GfnSft => &["gfn"],
+        MethodKind::Ppo => &["ppo"],
+        MethodKind::Sft => &["sft"],
+        _ => &[],
+    }
+}
+
+/// The comparison's evaluation at `seed` with the plain decoding and prompt.
+fn plain_eval(a: &CompareArgs, cfg: &TrainConfig, seed: u64) -> EvalOptions {
+    EvalOptions { samples: a.size.samples, batch: a.size.batch, seed, limit: a.size.limit, lengths: Some((cfg.min_len, cfg.max_len)), decoding: None, prompt: None }
+}
+
+/// The evaluations along training of the adapters in `out` made as this
+/// call's, as curves over its seeds (a method whose seeds have none is left out).
+fn curves(a: &CompareArgs, cfg: &TrainConfig, out: &Path) -> along::Curves {
+    let mut curves = along::Curves::new();
+    for kind in along::TRAINED {
+        let mut seeds = Vec::new();
+        for seed in 0..a.seeds {
+            let dir = out.join(format!("{kind}-seed{seed}"));
+            let (points, other) = along::read(&dir, &plain_eval(a, cfg, seed));
+            if other > 0 {
+                eprintln!("{kind} seed {seed}: {other} evaluations along training made otherwise (an earlier call's sizes) left out");
+            }
+            if dir.join("adapter").exists() {
+                seeds.push(points);
+            }
+        }
+        if seeds.iter().any(|s| !s.is_empty()) {
+            curves.insert(kind.to_string(), along::curves_of(&seeds));
+        }
+    }
+    curves
 }
