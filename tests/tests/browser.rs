@@ -366,9 +366,10 @@ fn the_app_in_a_real_browser() {
     b.wait(&format!("#runs-differences tr[data-run=\"{untrained}\"]"), T);
     assert_eq!(b.execute("return document.getElementById('training-curves').hidden", json!([])), json!(true));
 
-    // Seeds: one launch makes the run twice, with seeds 7 and 8, and opens both
-    // on the compare page, where they make one row of mean ± std and one line
-    // in a band on the training and evaluation curves.
+    // Seeds and a sweep: one launch makes the run for two learning rates, each
+    // with seeds 7 and 8, and opens the four on the compare page, where each
+    // learning rate is one row of mean ± std and one line in a band on the
+    // training and evaluation curves.
     b.goto(&format!("{base}/runs/new"));
     b.wait("#new-run-form", T);
     b.click(&b.wait("#task option[value=\"rng\"]", T));
@@ -383,37 +384,48 @@ fn the_app_in_a_real_browser() {
     b.wait_text("#err-seeds", T, |t| t.contains("1 to 16"));
     b.type_text(&seeds, "\u{E003}\u{E003}2");
     b.wait_text("#err-seeds", T, |t| t.trim().is_empty());
+    let sweep = b.wait("#sweep", T);
+    b.type_text(&sweep, "lr = 0.001, x");
+    b.wait_text("#err-sweep", T, |t| t.contains("`x` is not a finite number"));
+    b.type_text(&sweep, "\u{E003}0.01");
+    b.wait_text("#err-sweep", T, |t| t.trim().is_empty());
     let samples = b.wait("#eval_samples", T);
     b.clear(&samples);
     b.type_text(&samples, "20");
     b.type_text(&b.wait("#eval_every", T), "1");
     b.click(&b.wait("#launch", T));
-    until(|| path(&b).starts_with("/compare?runs="), || format!("a two-seed launch did not open the compare page (at {})", path(&b)));
+    until(|| path(&b).starts_with("/compare?runs="), || format!("a sweep launch did not open the compare page (at {})", path(&b)));
     let query = b.execute("return decodeURIComponent(location.search)", json!([]));
     let ids: Vec<String> = query.as_str().and_then(|q| q.strip_prefix("?runs=")).map(|q| q.split(',').map(String::from).collect()).unwrap_or_default();
-    assert_eq!(ids.len(), 2, "{query}");
-    for (id, seed) in ids.iter().zip([7, 8]) {
+    assert_eq!(ids.len(), 4, "{query}");
+    let launched = [("0.001", 7), ("0.001", 8), ("0.01", 7), ("0.01", 8)];
+    for (id, (lr, seed)) in ids.iter().zip(launched) {
         let r = server.wait_run(id, Duration::from_secs(120), |r| r["status"] == "completed");
-        assert_eq!((r["name"].as_str(), r["method"].as_str(), r["config"]["seed"].as_u64()), (Some(format!("rng-gfn-seed{seed}").as_str()), Some("gfn"), Some(seed)), "{r}");
+        let want = (Some(format!("rng-gfn-lr{lr}-seed{seed}")), Some("gfn"), Some(seed), r["config"]["lr"].as_f64().map(|x| x.to_string()));
+        assert_eq!((r["name"].as_str().map(String::from), r["method"].as_str(), r["config"]["seed"].as_u64(), Some(lr.to_string())), want, "{r}");
     }
-    let together = format!("#runs-differences tr[data-run=\"{},{}\"]", ids[0], ids[1]);
-    let row = b.wait_text(&together, Duration::from_secs(60), |t| t.contains("2 completed") && t.contains("±"));
-    assert!(row.starts_with("rng-gfn (2 runs") && row.contains("7, 8"), "{row}");
-    // One line per group on the curves: the mean over both seeds' 2 steps, in a band.
+    for (pair, lr) in [(&ids[..2], "0.001"), (&ids[2..], "0.01")] {
+        let together = format!("#runs-differences tr[data-run=\"{},{}\"]", pair[0], pair[1]);
+        let row = b.wait_text(&together, Duration::from_secs(60), |t| t.contains("2 completed") && t.contains("±"));
+        assert!(row.starts_with(&format!("rng-gfn-lr{lr} (2 runs")) && row.contains("7, 8"), "{row}");
+    }
+    // One line per learning rate on the curves: the mean over both seeds' 2 steps, in a band.
     for chart in ["#curve-loss", "#eval-curve-valid_rate"] {
-        let mean = b.wait(&format!("{chart} path.series.mean[data-label=\"rng-gfn\"]"), T);
-        assert_eq!(b.attr(&mean, "d").map(|d| d.matches('L').count()), Some(1), "{chart}: a mean at steps 1 and 2");
-        b.wait(&format!("{chart} path.band[data-band=\"rng-gfn\"]"), T);
-        assert_eq!(b.find_all(&format!("{chart} path.series")).len(), 1, "{chart}: the two runs make one line");
+        for lr in ["0.001", "0.01"] {
+            let mean = b.wait(&format!("{chart} path.series.mean[data-label=\"rng-gfn-lr{lr}\"]"), T);
+            assert_eq!(b.attr(&mean, "d").map(|d| d.matches('L').count()), Some(1), "{chart}: a mean at steps 1 and 2");
+            b.wait(&format!("{chart} path.band[data-band=\"rng-gfn-lr{lr}\"]"), T);
+        }
+        assert_eq!(b.find_all(&format!("{chart} path.series")).len(), 2, "{chart}: four runs make two lines");
     }
-    b.wait_text("#curves-legend", T, |t| t.contains("rng-gfn") && t.contains("mean ± std of 2 runs"));
+    b.wait_text("#curves-legend", T, |t| t.contains("rng-gfn-lr0.01") && t.contains("mean ± std of 2 runs"));
     b.execute("document.getElementById('runs-side-by-side').scrollIntoView()", json!([]));
     shot(&b, "compare-seeds");
     // Unticked, a row and a line per run.
     b.click(&b.wait("#group-seeds", T));
     b.wait(&format!("#runs-differences tr[data-run=\"{}\"]", ids[1]), T);
-    assert!(b.find_all(&together).is_empty(), "unticked, the seeds are apart");
-    b.wait_n("#curve-loss path.series", 2, T);
+    assert!(b.find_all(&format!("#runs-differences tr[data-run=\"{},{}\"]", ids[0], ids[1])).is_empty(), "unticked, the seeds are apart");
+    b.wait_n("#curve-loss path.series", 4, T);
     assert!(b.find_all("#training-curves path.band").is_empty() && b.find_all("#eval-curves path.band").is_empty(), "unticked, no bands");
 
     // Name and notes, saved in place; the runs list shows the notes.

@@ -128,6 +128,8 @@ pub struct Check {
     pub overrides: Map<String, Value>,
     /// The config's seed, when the whole config parses.
     pub seed: Option<u64>,
+    /// Every key with its value, when every field parses.
+    pub full: Option<Map<String, Value>>,
 }
 
 fn parse(f: &CfgField, text: &str) -> Result<Value, String> {
@@ -164,6 +166,7 @@ pub fn check(groups: &CfgGroups) -> Check {
     if !out.errors.is_empty() {
         return out;
     }
+    out.full = Some(full.clone());
     match serde_json::from_value::<TrainConfig>(Value::Object(full)) {
         Ok(cfg) => {
             out.seed = Some(cfg.seed);

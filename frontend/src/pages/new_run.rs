@@ -7,10 +7,12 @@
 //! `ApiError.field`), otherwise at the top of the form. `?from=RUN` fills
 //! the form with that run's task, method, config, dataset, experiment and
 //! task options, to launch it again with a change. "Seeds" N > 1 launches
-//! the run N times with consecutive seeds (named `NAME-seedS`) and opens
-//! them together on the compare page.
+//! the run N times with consecutive seeds (named `NAME-seedS`), and "Sweep"
+//! `KEY = V1, V2, …` once per value (`NAME-KEYV`, times the seeds); several
+//! runs open together on the compare page.
 
 use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run, NOTES_MAX};
+use amortize_shared::sweep::parse_sweep;
 use leptos::ev::SubmitEvent;
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -22,9 +24,12 @@ use super::custom_task::{examples_error, parse_examples, template_errors, Custom
 use crate::api::{self, ApiErr};
 use crate::components::{loaded, Catalog, ErrorMsg, Polled};
 
-/// One run of a launch: the seed it overrides (several seeds) and its name
-/// (`None`: the server's default).
-type Launch = (Option<u64>, Option<String>);
+/// One run of a launch: the config values it sets (a seed of several, a
+/// swept key's value) and its name (`None`: the server's default).
+struct Launch {
+    set: Vec<(String, Value)>,
+    name: Option<String>,
+}
 
 /// `message` unless `text` is empty or a whole number ≥ 1.
 fn empty_or_positive(text: &str, message: &str) -> Option<String> {
@@ -32,11 +37,11 @@ fn empty_or_positive(text: &str, message: &str) -> Option<String> {
     (!t.is_empty() && !t.parse::<usize>().is_ok_and(|k| k > 0)).then(|| message.to_string())
 }
 
-/// Most runs one launch makes ("Seeds").
+/// Most runs one launch makes ("Seeds", and seeds × values with "Sweep").
 const SEEDS_MAX: u64 = 16;
 
 /// Form fields outside the config that a server error may name.
-const OWN_FIELDS: [&str; 13] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "eval_every", "shots", "seeds", "notes", "policy_template", "reward_template", "examples"];
+const OWN_FIELDS: [&str; 14] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "eval_every", "shots", "seeds", "sweep", "notes", "policy_template", "reward_template", "examples"];
 
 #[component]
 pub fn NewRunPage() -> impl IntoView {
@@ -50,6 +55,7 @@ pub fn NewRunPage() -> impl IntoView {
     let eval_samples = RwSignal::new(String::new());
     let shots = RwSignal::new(String::new());
     let seeds = RwSignal::new(String::new());
+    let sweep = RwSignal::new(String::new());
     let eval_every = RwSignal::new(String::new());
     let notes = RwSignal::new(String::new());
     let templates = Templates::new();
@@ -116,8 +122,15 @@ pub fn NewRunPage() -> impl IntoView {
     let is_custom = move || task.with(|t| t == "custom");
 
     let checked = Memo::new(move |_| cfg.with(check));
-    // The launch's runs as (seed, name): one with the form's name (or the
-    // server's default), or N named `NAME-seedS` for consecutive seeds.
+    // The sweep's key and values, read against the form's config.
+    let swept = move || match checked.with(|c| c.full.clone()) {
+        Some(full) => sweep.with(|t| parse_sweep(t, &full)),
+        // Without a valid config there is nothing to sweep from; its own errors say why.
+        None => Ok(None),
+    };
+    // The launch's runs: one with the form's name (or the server's default);
+    // or N named `NAME-seedS` for consecutive seeds; or one per swept value
+    // (`NAME-KEYV`), each over the seeds.
     let launches = move || -> Result<Vec<Launch>, String> {
         let text = seeds.get();
         let n = match text.trim() {
@@ -125,20 +138,33 @@ pub fn NewRunPage() -> impl IntoView {
             t => t.parse::<u64>().ok().filter(|n| (1..=SEEDS_MAX).contains(n)).ok_or_else(|| format!("a whole number from 1 to {SEEDS_MAX}, or empty for one run"))?,
         };
         let own = name.with(|s| (!s.trim().is_empty()).then(|| s.trim().to_string()));
-        if n == 1 {
-            return Ok(vec![(None, own)]);
+        let values = swept().ok().flatten();
+        if n == 1 && values.is_none() {
+            return Ok(vec![Launch { set: Vec::new(), name: own }]);
         }
-        // Without a valid config there is no seed to count from; its own errors say why.
         let Some(first) = checked.with(|c| c.seed) else { return Ok(Vec::new()) };
         let stem = own.unwrap_or_else(|| format!("{}-{}", task.get(), method.get()));
-        (0..n)
-            .map(|i| {
+        let points: Vec<(String, Vec<(String, Value)>)> = match values {
+            Some(sw) => sw.values.into_iter().map(|(t, v)| (format!("{stem}-{}{t}", sw.key), vec![(sw.key.clone(), v)])).collect(),
+            None => vec![(stem, Vec::new())],
+        };
+        if points.len() as u64 * n > SEEDS_MAX {
+            return Err(format!("{} values × {n} seeds is more than {SEEDS_MAX} runs", points.len()));
+        }
+        let mut out = Vec::new();
+        for (stem, set) in points {
+            for i in 0..n {
                 let seed = first.checked_add(i).ok_or("the seeds would pass the largest seed: lower the config's seed")?;
-                let name = format!("{stem}-seed{seed}");
+                let name = if n > 1 { format!("{stem}-seed{seed}") } else { stem.clone() };
                 valid_name(&name).map_err(|e| format!("run name `{name}` {e}: shorten the name"))?;
-                Ok((Some(seed), Some(name)))
-            })
-            .collect()
+                let mut set = set.clone();
+                if n > 1 {
+                    set.push(("seed".into(), Value::from(seed)));
+                }
+                out.push(Launch { set, name: Some(name) });
+            }
+        }
+        Ok(out)
     };
     let own_error = move |field: &str| -> Option<String> {
         let name_check = |s: &str| if s.is_empty() { None } else { valid_name(s).err() };
@@ -147,6 +173,7 @@ pub fn NewRunPage() -> impl IntoView {
             "experiment" => experiment.with(|s| name_check(s)),
             "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
             "seeds" => launches().err(),
+            "sweep" => swept().err(),
             "eval_every" if method.with(|m| m != "base") => eval_every.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty to evaluate at the end only")),
             "shots" if method.with(|m| m == "base") => shots.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty for zero-shot")),
             "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
@@ -223,11 +250,11 @@ pub fn NewRunPage() -> impl IntoView {
         leptos::task::spawn_local(async move {
             // One run at a time: a refusal stops the rest and says what exists.
             let mut ids: Vec<String> = Vec::new();
-            for (seed, name) in &launch {
+            for l in &launch {
                 let mut one = req.clone();
-                one.name = name.clone();
-                if let Some(s) = seed {
-                    one.config.get_or_insert_with(Default::default).insert("seed".into(), Value::from(*s));
+                one.name = l.name.clone();
+                for (k, v) in &l.set {
+                    one.config.get_or_insert_with(Default::default).insert(k.clone(), v.clone());
                 }
                 match api::post::<_, Run>("/api/runs", &one).await {
                     Ok(run) => ids.push(run.id),
@@ -326,6 +353,7 @@ pub fn NewRunPage() -> impl IntoView {
                         {text_input("eval_samples", "Evaluation samples", "optional; 0 skips the final evaluation", eval_samples, None)}
                         {move || method.with(|m| m != "base").then(|| text_input("eval_every", "Evaluate every", "optional; steps between evaluations during training, charted on the run page; each costs what the final one does (same samples and seed: lower Evaluation samples to make them cheap)", eval_every, None))}
                         {text_input("seeds", "Seeds", "optional; N > 1 launches N runs with seeds s, s+1, … from the config's seed and opens them on the compare page", seeds, None)}
+                        {text_input("sweep", "Sweep", "optional; KEY = V1, V2, … launches a run per value of a config key (each over the seeds), e.g. max_grad_norm = 1, 10", sweep, None)}
                         {move || method.with(|m| m == "base").then(|| text_input("shots", "Few-shot examples", "optional; k worked examples from the task's training data before each prompt", shots, None))}
                         <div class="field wide">
                             <label for="notes">"Notes " <span class="help">"optional; why this run, what to look for"</span></label>
