@@ -8,11 +8,11 @@ EX=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$EX")"; grep -
 mkdir -p .gpu
 ../shared/gpu/build-cuda.sh -p amortize --features cuda --bins --tests
 T=${CARGO_TARGET_DIR:-target-cuda}/release
-# Stripped and xz -6: the six binaries must fit one call's 64 MiB carry.
+# Stripped and xz -6: the seven binaries must fit one call's 64 MiB carry.
 pack() { local tmp; tmp=$(mktemp); cp "$1" "$tmp"; strip "$tmp"; xz -T2 -6 -c "$tmp" > "$2"; rm -f "$tmp"; }
 pack "$T/amortize" .gpu/amortize.xz
 # The newest test executable of each integration test.
-for t in engine fused gemv taped parity; do
+for t in engine decoding fused gemv taped parity; do
   bin=$(find "$T/deps" -maxdepth 1 -type f -executable -name "$t-*" -printf '%T@ %p\n' | sort -rn | head -n 1 | cut -d' ' -f2)
   [ -n "$bin" ] || { echo "no test binary for $t" >&2; exit 1; }
   pack "$bin" ".gpu/test-$t.xz"

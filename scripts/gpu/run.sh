@@ -103,6 +103,8 @@ fi
 if [ -x "$G/test-engine" ] && fits engine; then
   AMORTIZE_TEST_DEVICE=cuda timeout $(lim 300) "$G/test-engine" --test-threads 1 > "$OUT/engine.txt" 2>&1
   rows+=("engine tests (cuda, f32)|$(grep -E '^test result' "$OUT/engine.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/engine.txt" | head -3 | tr '\n' ' ')")
+  [ -x "$G/test-decoding" ] && AMORTIZE_TEST_DEVICE=cuda timeout $(lim 300) "$G/test-decoding" --test-threads 1 > "$OUT/decoding.txt" 2>&1
+  rows+=("decoding tests (cuda, f32)|$(grep -E '^test result' "$OUT/decoding.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/decoding.txt" | head -3 | tr '\n' ' ')")
   # The taped backward (fused steps on and off) against autograd and finite differences.
   [ -x "$G/test-taped" ] && AMORTIZE_TEST_DEVICE=cuda timeout $(lim 180) "$G/test-taped" --test-threads 1 > "$OUT/taped.txt" 2>&1
   rows+=("taped-backward tests (cuda, f32)|$(grep -E '^test result' "$OUT/taped.txt" | tail -1) $(grep -E 'FAILED|panicked' "$OUT/taped.txt" | head -3 | tr '\n' ' ')")
