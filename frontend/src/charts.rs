@@ -416,6 +416,8 @@ pub fn DistributionChart(#[prop(into)] series: Signal<Vec<Distribution>>) -> imp
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScatterPoint {
     pub label: String,
+    /// Index into [`PALETTE`].
+    pub color: usize,
     pub x: f64,
     pub y: f64,
     pub x_std: f64,
@@ -433,8 +435,9 @@ pub fn Scatter(id: String, xtitle: String, ytitle: String, #[prop(into)] points:
         ) else {
             return view! { <p class="chart-empty">"Nothing to plot."</p> }.into_any();
         };
+        // A tenth of the range each side; points all at one value get ± half of it (or 0.5).
         let pad = |(a, b): (f64, f64)| {
-            let m = ((b - a) * 0.1).max(1e-6);
+            let m = if b > a { (b - a) * 0.1 } else { 0.5 * a.abs().max(1.0) };
             (a - m, b + m)
         };
         let f = Frame::new(pad(xr), pad(yr));
@@ -442,9 +445,9 @@ pub fn Scatter(id: String, xtitle: String, ytitle: String, #[prop(into)] points:
         view! {
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=format!("{ytitle} against {xtitle}")>
                 {axes(f, tick_labels(&nice_ticks(f.x0, f.x1, 4)), yticks, xtitle.clone(), ytitle.clone())}
-                {pts.into_iter().enumerate().map(|(i, p)| {
+                {pts.into_iter().map(|p| {
                     let (cx, cy) = (f.px(p.x), f.py(p.y));
-                    let color = PALETTE[i % PALETTE.len()];
+                    let color = PALETTE[p.color % PALETTE.len()];
                     // Labels right of the middle grow leftwards, so they stay inside.
                     let (lx, anchor) = if cx > W / 2.0 { (cx - 5.0, "end") } else { (cx + 5.0, "start") };
                     view! {

@@ -419,6 +419,11 @@ fn the_app_in_a_real_browser() {
         assert_eq!(b.find_all(&format!("{chart} path.series")).len(), 2, "{chart}: four runs make two lines");
     }
     b.wait_text("#curves-legend", T, |t| t.contains("rng-gfn-lr0.01") && t.contains("mean ± std of 2 runs"));
+    // The sweep's plot: each final metric against lr, a point per learning rate.
+    b.wait("#sweep-plot[data-key=\"lr\"]", T);
+    assert_eq!(b.find_all("#sweep-valid_rate circle").len(), 2, "a point per learning rate");
+    b.execute("document.getElementById('sweep-plot').scrollIntoView()", json!([]));
+    shot(&b, "compare-sweep");
     b.execute("document.getElementById('runs-side-by-side').scrollIntoView()", json!([]));
     shot(&b, "compare-seeds");
     // Unticked, a row and a line per run.
@@ -426,6 +431,7 @@ fn the_app_in_a_real_browser() {
     b.wait(&format!("#runs-differences tr[data-run=\"{}\"]", ids[1]), T);
     assert!(b.find_all(&format!("#runs-differences tr[data-run=\"{},{}\"]", ids[0], ids[1])).is_empty(), "unticked, the seeds are apart");
     b.wait_n("#curve-loss path.series", 4, T);
+    b.wait_n("#sweep-valid_rate circle", 4, T);
     assert!(b.find_all("#training-curves path.band").is_empty() && b.find_all("#eval-curves path.band").is_empty(), "unticked, no bands");
 
     // Name and notes, saved in place; the runs list shows the notes.

@@ -4,7 +4,8 @@
 //! distribution of sampled integers against the uniform target (log scale),
 //! otherwise mean base log-likelihood against distinct-2 diversity. Saved
 //! comparisons are listed and open at `/compare?id=N`. The chosen runs'
-//! differing settings and final evaluations (`differences`), training
+//! differing settings and final evaluations (`differences`), a sweep's
+//! metrics against its setting (`sweep_plot`), training
 //! curves (`curves`) and evaluations during training (`compare_evals`) show
 //! as soon as they are picked.
 
@@ -23,6 +24,7 @@ use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourceP
 use crate::pages::curves::TrainingCurves;
 use crate::pages::compare_evals::EvalCurves;
 use crate::pages::differences::RunsTable;
+use crate::pages::sweep_plot::SweepPlot;
 
 /// Integers the RNG task draws from: 0..SUPPORT.
 const SUPPORT: usize = 101;
@@ -201,6 +203,7 @@ pub fn ComparePage() -> impl IntoView {
             {move || loading.get().then(|| view! { <Loading what="samples from every source (this can take a while)" /> })}
             {move || result.get().map(|c| view! { <ComparisonView c=c /> })}
             <RunsTable runs=runs selected=selected together=together />
+            <SweepPlot runs=runs selected=selected together=together />
             <TrainingCurves runs=runs selected=selected together=together />
             <EvalCurves runs=runs selected=selected together=together />
             <h2>"Saved comparisons"</h2>
@@ -256,11 +259,11 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
         .into_any()
     } else {
         let mut missing = Vec::new();
-        let points: Vec<ScatterPoint> = c.columns.iter().filter_map(|col| {
+        let points: Vec<ScatterPoint> = c.columns.iter().enumerate().filter_map(|(i, col)| {
             let x = find_key(&col.metrics, &["base_loglik", "mean_base_loglik", "base_logprob", "mean_base_logprob"], &["base", "log"]);
             let y = find_key(&col.metrics, &["distinct_2", "distinct-2", "distinct2"], &["distinct"]);
             match (x, y) {
-                (Some((_, x)), Some((_, y))) => Some(ScatterPoint { label: col.label.clone(), x: x.mean, y: y.mean, x_std: x.std, y_std: y.std }),
+                (Some((_, x)), Some((_, y))) => Some(ScatterPoint { label: col.label.clone(), color: i, x: x.mean, y: y.mean, x_std: x.std, y_std: y.std }),
                 _ => {
                     missing.push(col.label.clone());
                     None

@@ -22,7 +22,7 @@ use crate::pages::config_form::to_text;
 
 /// A run's settings as (name, shown value): the run's fields, its config
 /// keys and its task options (`task.KEY`).
-fn settings(r: &Run) -> BTreeMap<String, String> {
+pub fn settings(r: &Run) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     out.insert("task".to_string(), r.task.clone());
     out.insert("method".to_string(), r.method.as_str().to_string());

@@ -12,3 +12,4 @@ pub mod new_run;
 pub mod run;
 pub mod run_evals;
 pub mod run_notes;
+pub mod sweep_plot;
