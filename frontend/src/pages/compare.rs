@@ -23,7 +23,7 @@ use crate::charts::{fmt_num, Distribution, DistributionChart, Scatter, ScatterPo
 use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourcePicker};
 use crate::pages::curves::TrainingCurves;
 use crate::pages::compare_evals::EvalCurves;
-use crate::pages::differences::RunsTable;
+use crate::pages::differences::{picked_runs, seed_groups, RunsTable};
 use crate::pages::sweep_plot::SweepPlot;
 
 /// Integers the RNG task draws from: 0..SUPPORT.
@@ -70,8 +70,11 @@ pub fn ComparePage() -> impl IntoView {
     let past = Polled::<Vec<Comparison>>::start("/api/comparisons", None);
     let initial = query.get_untracked().get("runs").map(|r| r.split(',').filter(|s| !s.is_empty()).map(String::from).collect());
     let selected = RwSignal::new(initial.unwrap_or_else(|| vec!["base".to_string()]));
-    // Runs alike but for their seed shown together ("Seeds together", in the table).
+    // The picked runs, and the lines the table and the curves show them in:
+    // runs alike but for their seed together ("Seeds together", in the table).
     let together = RwSignal::new(true);
+    let picked = picked_runs(runs, selected);
+    let lines = Memo::new(move |_| picked.with(|p| seed_groups(p, together.get())));
     let prompts = RwSignal::new(query.get_untracked().get("prompts").unwrap_or_default());
     let n = RwSignal::new("4".to_string());
     let max_tokens = RwSignal::new("32".to_string());
@@ -202,10 +205,10 @@ pub fn ComparePage() -> impl IntoView {
             </form>
             {move || loading.get().then(|| view! { <Loading what="samples from every source (this can take a while)" /> })}
             {move || result.get().map(|c| view! { <ComparisonView c=c /> })}
-            <RunsTable runs=runs selected=selected together=together />
-            <SweepPlot runs=runs selected=selected together=together />
-            <TrainingCurves runs=runs selected=selected together=together />
-            <EvalCurves runs=runs selected=selected together=together />
+            <RunsTable picked=picked together=together />
+            <SweepPlot picked=picked lines=lines />
+            <TrainingCurves picked=picked lines=lines />
+            <EvalCurves picked=picked lines=lines />
             <h2>"Saved comparisons"</h2>
             {move || match past.data.get() {
                 None => view! { <Loading what="saved comparisons" /> }.into_any(),

@@ -14,8 +14,7 @@ use leptos::prelude::*;
 
 use crate::api;
 use crate::charts::{Curve, MultiLineChart};
-use crate::components::{Catalog, ErrorMsg, Polled};
-use crate::pages::differences::{picked_runs, seed_groups};
+use crate::components::{Catalog, ErrorMsg};
 
 /// A picked run as this section needs it; `color` is its place among the picked.
 #[derive(Clone, PartialEq)]
@@ -29,14 +28,18 @@ struct Evaluated {
 }
 
 #[component]
-pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, together: RwSignal<bool>) -> impl IntoView {
+pub fn EvalCurves(
+    /// The picked runs, in order.
+    picked: Memo<Vec<Run>>,
+    /// The lines they are drawn as (indices into `picked`).
+    lines: Memo<Vec<Vec<usize>>>,
+) -> impl IntoView {
     let cat = Catalog::get();
     let series = RwSignal::new(BTreeMap::<String, Vec<EvalPoint>>::new());
     // (step, status) of each run when its series was last fetched.
     let fetched = StoredValue::new(HashMap::<String, (usize, RunStatus)>::new());
     let err = RwSignal::new(None::<String>);
 
-    let picked = picked_runs(runs, selected);
     let chosen = Memo::new(move |_| {
         picked.with(|p| {
             p.iter()
@@ -48,8 +51,8 @@ pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, toget
     });
     // The lines: groups of chosen runs (their indices into `chosen`); runs
     // alike but for their seed share `eval_every`, so a group is all in or out.
-    let lines = Memo::new(move |_| {
-        let groups = picked.with(|p| seed_groups(p, together.get()));
+    let drawn = Memo::new(move |_| {
+        let groups = lines.get();
         chosen.with(|cs| groups.into_iter().map(|g| g.iter().filter_map(|&i| cs.iter().position(|c| c.color == i)).collect::<Vec<_>>()).filter(|g| !g.is_empty()).collect::<Vec<_>>())
     });
 
@@ -94,7 +97,7 @@ pub fn EvalCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, toget
                     let chosen = chosen.get();
                     series.with(|m| {
                         let of = |c: &Evaluated| -> Vec<(f64, f64)> { m.get(&c.id).into_iter().flatten().filter_map(|p| p.metrics.get(&key).map(|v| (p.step as f64, *v))).collect() };
-                        lines.get().iter().map(|g| line(g, &chosen, of)).filter(|c| !c.points.is_empty()).collect::<Vec<_>>()
+                        drawn.get().iter().map(|g| line(g, &chosen, of)).filter(|c| !c.points.is_empty()).collect::<Vec<_>>()
                     })
                 });
                 view! { <MultiLineChart id=format!("eval-curve-{name}") title=name unit="" curves=curves /> }

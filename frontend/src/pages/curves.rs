@@ -16,8 +16,7 @@ use leptos::prelude::*;
 
 use crate::api;
 use crate::charts::{smooth, Curve, MultiLineChart, SmoothingSelect, PALETTE};
-use crate::components::{merge_steps, ErrorMsg, Polled};
-use crate::pages::differences::{picked_runs, seed_groups};
+use crate::components::{merge_steps, ErrorMsg};
 use crate::pages::run::SERIES;
 
 /// The run page's charts overlaid here.
@@ -34,17 +33,19 @@ struct Chosen {
 }
 
 #[component]
-pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, together: RwSignal<bool>) -> impl IntoView {
+pub fn TrainingCurves(
+    /// The picked runs, in order.
+    picked: Memo<Vec<Run>>,
+    /// The lines they are drawn as (indices into `picked`).
+    lines: Memo<Vec<Vec<usize>>>,
+) -> impl IntoView {
     let series = RwSignal::new(BTreeMap::<String, Vec<MetricPoint>>::new());
     let in_flight = StoredValue::new(HashSet::<String>::new());
     let err = RwSignal::new(None::<String>);
     let weight = RwSignal::new(0.0f64);
 
-    // The chosen runs in the order they were picked ("base" has no curves),
-    // and the lines they make (indices into `chosen`).
-    let picked = picked_runs(runs, selected);
+    // The chosen runs in the order they were picked ("base" has no curves).
     let chosen = Memo::new(move |_| picked.with(|p| p.iter().map(|r| Chosen { id: r.id.clone(), name: r.name.clone(), step: r.step, trains: r.method.trains() }).collect::<Vec<_>>()));
-    let groups = Memo::new(move |_| picked.with(|p| seed_groups(p, together.get())));
 
     // Fetch what each chosen run has beyond what is held.
     Effect::new(move |_| {
@@ -87,7 +88,7 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, t
                 let chosen = chosen.get();
                 series.with(|m| {
                     let of = |c: &Chosen| -> Vec<(f64, f64)> { smooth(&m.get(&c.id).into_iter().flatten().filter_map(|p| f(p).map(|y| (p.step as f64, y))).collect::<Vec<_>>(), w) };
-                    groups.get().iter().map(|g| line(g, &chosen, of)).filter(|c| !c.points.is_empty()).collect::<Vec<_>>()
+                    lines.get().iter().map(|g| line(g, &chosen, of)).filter(|c| !c.points.is_empty()).collect::<Vec<_>>()
                 })
             });
             // log Z only where some run has one (GFlowNet objectives).
@@ -98,7 +99,7 @@ pub fn TrainingCurves(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, t
 
     let legend = move || {
         let chosen = chosen.get();
-        groups
+        lines
             .get()
             .into_iter()
             .map(|g| {

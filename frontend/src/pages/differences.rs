@@ -142,14 +142,13 @@ fn lines(picked: &[Run], rows: &[BTreeMap<String, String>], together: bool) -> V
 
 #[component]
 pub fn RunsTable(
-    runs: Polled<Vec<Run>>,
-    selected: RwSignal<Vec<String>>,
+    /// The picked runs, in order.
+    picked: Memo<Vec<Run>>,
     /// Runs that differ only in their seed as one row of mean ± std (and one
     /// line in a band on the page's curves).
     together: RwSignal<bool>,
 ) -> impl IntoView {
     let cat = Catalog::get();
-    let picked = picked_runs(runs, selected);
     let body = move || {
         let picked = picked.get();
         if picked.is_empty() {

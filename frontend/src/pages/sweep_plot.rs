@@ -12,8 +12,8 @@ use amortize_shared::metrics::MeanStd;
 use leptos::prelude::*;
 
 use crate::charts::{Scatter, ScatterPoint};
-use crate::components::{Catalog, Polled};
-use crate::pages::differences::{differing, picked_runs, seed_groups, settings};
+use crate::components::Catalog;
+use crate::pages::differences::{differing, settings};
 
 /// The swept setting of `picked`'s lines (`groups`): its name and each
 /// line's value, when the lines differ in that one setting and it is a number.
@@ -29,12 +29,16 @@ fn swept(picked: &[Run], groups: &[Vec<usize>]) -> Option<(String, Vec<f64>)> {
 }
 
 #[component]
-pub fn SweepPlot(runs: Polled<Vec<Run>>, selected: RwSignal<Vec<String>>, together: RwSignal<bool>) -> impl IntoView {
+pub fn SweepPlot(
+    /// The picked runs, in order.
+    picked: Memo<Vec<Run>>,
+    /// The lines they are shown in (indices into `picked`).
+    lines: Memo<Vec<Vec<usize>>>,
+) -> impl IntoView {
     let cat = Catalog::get();
-    let picked = picked_runs(runs, selected);
     let body = move || {
         let picked = picked.get();
-        let groups = seed_groups(&picked, together.get());
+        let groups = lines.get();
         let (key, values) = swept(&picked, &groups)?;
         let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
         let log = lo > 0.0 && hi / lo > 20.0;
