@@ -320,13 +320,20 @@ fn bench_prints_one_json_row_per_setting() {
     assert!(!run(&["bench", "decode", "--random", "tiny", "--batch", "0"]).status.success());
 }
 
+/// A custom task of two examples with a learning rate that moves the tiny
+/// model in a few steps, written to DIR/c.toml.
+fn custom_task_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("c.toml");
+    std::fs::write(&config, "batch_size = 4\nlr = 0.05\n[task]\nexamples = [{ x = \"one\", y = \"two\" }, { x = \"three\", y = \"four\" }]\npolicy_template = \"Q: {X}\\nA:{Z}\"\nreward_template = \"{X} is{Z}, so {Y}.\"\n").unwrap();
+    config
+}
+
 /// `train --eval-every`: the task's evaluation after chosen steps and the
 /// last, into OUT/evals.jsonl; the last equals `eval` of the saved adapter.
 #[test]
 fn train_evaluates_along_the_way() {
     let (dir, model) = tiny();
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "batch_size = 4\nlr = 0.05\n[task]\nexamples = [{ x = \"one\", y = \"two\" }, { x = \"three\", y = \"four\" }]\npolicy_template = \"Q: {X}\\nA:{Z}\"\nreward_template = \"{X} is{Z}, so {Y}.\"\n").unwrap();
+    let config = custom_task_config(dir.path());
     let (config, out) = (config.to_str().unwrap(), dir.path().join("run"));
     let o = run(&["train", "--model", &model, "--task", "custom", "--config", config, "--steps", "3", "--eval-every", "2", "--eval-samples", "3", "--quiet", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -348,8 +355,7 @@ fn train_evaluates_along_the_way() {
 #[test]
 fn compare_evaluates_the_trainings_along_the_way() {
     let (dir, model) = tiny();
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "batch_size = 4\nlr = 0.05\n[task]\nexamples = [{ x = \"one\", y = \"two\" }, { x = \"three\", y = \"four\" }]\npolicy_template = \"Q: {X}\\nA:{Z}\"\nreward_template = \"{X} is{Z}, so {Y}.\"\n").unwrap();
+    let config = custom_task_config(dir.path());
     let (config, out) = (config.to_str().unwrap(), dir.path().join("cmp"));
     let args = ["compare", "--task", "custom", "--model", &model, "--config", config, "--methods", "base,gfn,ppo", "--steps", "3", "--seeds", "2", "--samples", "3", "--eval-every", "2", "--json", "--out", out.to_str().unwrap()];
     let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
