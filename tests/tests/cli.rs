@@ -381,6 +381,14 @@ fn compare_evaluates_the_trainings_along_the_way() {
     // A second call reuses the adapters and reads their evaluations back.
     let again: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
     assert_eq!(again["curves"], v["curves"]);
+    // Adapters an earlier call trained without --eval-every have no curves, and it says so.
+    let plain = dir.path().join("plain");
+    let first = ["compare", "--task", "custom", "--model", &model, "--config", config, "--methods", "gfn", "--steps", "2", "--samples", "3", "--json", "--out", plain.to_str().unwrap()];
+    stdout(&run(&first));
+    let o = run(&[&first[..], &["--eval-every", "1"]].concat());
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["curves"], serde_json::json!({}), "{v}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("gfn seed 0: no evaluations along training"), "{}", String::from_utf8_lossy(&o.stderr));
 
     for (bad, says) in [
         (&["--methods", "gfn", "--eval-every", "0"][..], "invalid --eval-every: must be at least 1"),

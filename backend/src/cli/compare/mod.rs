@@ -273,6 +273,9 @@ fn curves(a: &CompareArgs, cfg: &TrainConfig, out: &Path) -> along::Curves {
                 eprintln!("{kind} seed {seed}: {other} evaluations along training made otherwise (an earlier call's sizes) left out");
             }
             if dir.join("adapter").exists() {
+                if points.is_empty() && other == 0 {
+                    eprintln!("{kind} seed {seed}: no evaluations along training (its adapter was trained by an earlier call without --eval-every)");
+                }
                 seeds.push(points);
             }
         }
