@@ -433,6 +433,12 @@ fn the_app_in_a_real_browser() {
     b.wait_n("#curve-loss path.series", 4, T);
     b.wait_n("#sweep-valid_rate circle", 4, T);
     assert!(b.find_all("#training-curves path.band").is_empty() && b.find_all("#eval-curves path.band").is_empty(), "unticked, no bands");
+    // A run's page links to its seeds (alike but for the seed), not to the other lr's.
+    b.goto(&format!("{base}/runs/{}", ids[2]));
+    let link = b.wait("#compare-seeds-link", T);
+    assert_eq!(b.text(&link), "Compare its 2 seeds");
+    let href = b.attr(&link, "href").unwrap_or_default();
+    assert!(href.ends_with(&format!("/compare?runs={},{}", ids[2], ids[3])) || href.ends_with(&format!("/compare?runs={},{}", ids[3], ids[2])), "{href}");
 
     // Name and notes, saved in place; the runs list shows the notes.
     b.goto(&format!("{base}/runs/{run2}"));

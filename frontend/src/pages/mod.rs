@@ -12,4 +12,5 @@ pub mod new_run;
 pub mod run;
 pub mod run_evals;
 pub mod run_notes;
+pub mod run_seeds;
 pub mod sweep_plot;

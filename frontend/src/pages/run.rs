@@ -16,6 +16,7 @@ use crate::api::{self, ApiErr, EventStream, Loaded, StreamState};
 use crate::charts::{fmt_num, LineChart, SmoothingSelect};
 use crate::pages::run_evals::EvalCharts;
 use crate::pages::run_notes::RunNotes;
+use crate::pages::run_seeds::SeedsLink;
 use crate::components::{fmt_int, fmt_time, merge_steps, ErrorMsg, Loading, StatusBadge};
 
 /// Recent samples kept in the panel.
@@ -411,6 +412,7 @@ fn RunBody(
                 }}
                 <a class="button" id="download-metrics" href=api::run_path(&id, "/metrics.csv") download="" rel="external" on:click=download("/metrics.csv", "metrics.csv")>"Metrics CSV"</a>
                 <A href=format!("/compare?runs={},base", api::encode(&id)) attr:class="button" attr:id="compare-link">"Compare with base"</A>
+                <SeedsLink run=run />
                 <A href=format!("/runs/new?from={}", api::encode(&id)) attr:class="button" attr:id="copy-run">"New run from this"</A>
                 <button type="button" id="delete-run" class="danger" on:click=delete disabled=move || acting.get() || status().is_none_or(RunStatus::is_active)
                     title="Only a run that is not queued or running can be deleted">"Delete"</button>
