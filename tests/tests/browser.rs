@@ -387,12 +387,20 @@ fn the_app_in_a_real_browser() {
     let sweep = b.wait("#sweep", T);
     b.type_text(&sweep, "lr = 0.001, x");
     b.wait_text("#err-sweep", T, |t| t.contains("`x` is not a finite number"));
-    b.type_text(&sweep, "\u{E003}0.01");
+    // Evaluations along the way at most every `steps` (2 here), also for each swept value of steps.
+    let every = b.wait("#eval_every", T);
+    b.type_text(&every, "3");
+    b.wait_text("#err-eval_every", T, |t| t.contains("more than the run's 2 steps"));
+    b.type_text(&sweep, "\u{E009}a\u{E000}steps = 2, 3");
+    b.wait_text("#err-sweep", T, |t| t.contains("steps = 2 is fewer than “Evaluate every” (3)"));
+    b.wait_text("#err-eval_every", T, |t| t.trim().is_empty());
+    b.type_text(&sweep, "\u{E009}a\u{E000}lr = 0.001, 0.01");
+    b.type_text(&every, "\u{E003}1");
     b.wait_text("#err-sweep", T, |t| t.trim().is_empty());
+    b.wait_text("#err-eval_every", T, |t| t.trim().is_empty());
     let samples = b.wait("#eval_samples", T);
     b.clear(&samples);
     b.type_text(&samples, "20");
-    b.type_text(&b.wait("#eval_every", T), "1");
     b.click(&b.wait("#launch", T));
     until(|| path(&b).starts_with("/compare?runs="), || format!("a sweep launch did not open the compare page (at {})", path(&b)));
     let query = b.execute("return decodeURIComponent(location.search)", json!([]));

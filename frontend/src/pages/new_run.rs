@@ -12,7 +12,7 @@
 //! runs open together on the compare page.
 
 use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run, NOTES_MAX};
-use amortize_shared::sweep::parse_sweep;
+use amortize_shared::sweep::{parse_sweep, Sweep};
 use leptos::ev::SubmitEvent;
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -123,10 +123,18 @@ pub fn NewRunPage() -> impl IntoView {
 
     let checked = Memo::new(move |_| cfg.with(check));
     // The sweep's key and values, read against the form's config.
-    let swept = move || match checked.with(|c| c.full.clone()) {
-        Some(full) => sweep.with(|t| parse_sweep(t, &full)),
+    let swept = move || -> Result<Option<Sweep>, String> {
         // Without a valid config there is nothing to sweep from; its own errors say why.
-        None => Ok(None),
+        let Some(full) = checked.with(|c| c.full.clone()) else { return Ok(None) };
+        let sw = sweep.with(|t| parse_sweep(t, &full))?;
+        // A GFlowNet or PPO run evaluates along the way at most every `steps` (the server's rule).
+        let every = eval_every.with(|t| t.trim().parse::<u64>().ok()).filter(|_| method.with(|m| m == "gfn" || m == "ppo"));
+        if let (Some(sw), Some(n)) = (&sw, every) {
+            if let Some((t, _)) = sw.values.iter().find(|(_, v)| sw.key == "steps" && v.as_u64().is_some_and(|s| s < n)) {
+                return Err(format!("steps = {t} is fewer than “Evaluate every” ({n})"));
+            }
+        }
+        Ok(sw)
     };
     // The launch's runs: one with the form's name (or the server's default);
     // or N named `NAME-seedS` for consecutive seeds; or one per swept value
@@ -174,7 +182,13 @@ pub fn NewRunPage() -> impl IntoView {
             "eval_samples" => eval_samples.with(|s| (!s.trim().is_empty() && s.trim().parse::<usize>().is_err()).then(|| "must be a whole number ≥ 0".into())),
             "seeds" => launches().err(),
             "sweep" => swept().err(),
-            "eval_every" if method.with(|m| m != "base") => eval_every.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty to evaluate at the end only")),
+            "eval_every" if method.with(|m| m != "base") => eval_every.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty to evaluate at the end only")).or_else(|| {
+                // GFlowNet and PPO runs: at most every `steps` (a sweep of steps checks its own values).
+                let n = eval_every.with(|t| t.trim().parse::<u64>().ok())?;
+                let steps = checked.with(|c| c.full.as_ref()?.get("steps")?.as_u64())?;
+                let sweeps_steps = sweep.with(|t| t.split_once('=').is_some_and(|(k, _)| k.trim() == "steps"));
+                (method.with(|m| m == "gfn" || m == "ppo") && !sweeps_steps && n > steps).then(|| format!("more than the run's {steps} steps"))
+            }),
             "shots" if method.with(|m| m == "base") => shots.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty for zero-shot")),
             "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
             "policy_template" | "reward_template" if is_custom() => {
