@@ -122,14 +122,15 @@ pub fn NewRunPage() -> impl IntoView {
     let is_custom = move || task.with(|t| t == "custom");
 
     let checked = Memo::new(move |_| cfg.with(check));
+    // "Evaluate every" N where the server holds it to at most the run's
+    // steps (GFlowNet and PPO; SFT's steps are its batches).
+    let every_within_steps = move || eval_every.with(|t| t.trim().parse::<u64>().ok()).filter(|_| method.with(|m| m == "gfn" || m == "ppo"));
     // The sweep's key and values, read against the form's config.
     let swept = move || -> Result<Option<Sweep>, String> {
         // Without a valid config there is nothing to sweep from; its own errors say why.
         let Some(full) = checked.with(|c| c.full.clone()) else { return Ok(None) };
         let sw = sweep.with(|t| parse_sweep(t, &full))?;
-        // A GFlowNet or PPO run evaluates along the way at most every `steps` (the server's rule).
-        let every = eval_every.with(|t| t.trim().parse::<u64>().ok()).filter(|_| method.with(|m| m == "gfn" || m == "ppo"));
-        if let (Some(sw), Some(n)) = (&sw, every) {
+        if let (Some(sw), Some(n)) = (&sw, every_within_steps()) {
             if let Some((t, _)) = sw.values.iter().find(|(_, v)| sw.key == "steps" && v.as_u64().is_some_and(|s| s < n)) {
                 return Err(format!("steps = {t} is fewer than “Evaluate every” ({n})"));
             }
@@ -183,11 +184,11 @@ pub fn NewRunPage() -> impl IntoView {
             "seeds" => launches().err(),
             "sweep" => swept().err(),
             "eval_every" if method.with(|m| m != "base") => eval_every.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty to evaluate at the end only")).or_else(|| {
-                // GFlowNet and PPO runs: at most every `steps` (a sweep of steps checks its own values).
-                let n = eval_every.with(|t| t.trim().parse::<u64>().ok())?;
+                // A sweep of steps checks each of its values instead.
+                let n = every_within_steps()?;
                 let steps = checked.with(|c| c.full.as_ref()?.get("steps")?.as_u64())?;
                 let sweeps_steps = sweep.with(|t| t.split_once('=').is_some_and(|(k, _)| k.trim() == "steps"));
-                (method.with(|m| m == "gfn" || m == "ppo") && !sweeps_steps && n > steps).then(|| format!("more than the run's {steps} steps"))
+                (!sweeps_steps && n > steps).then(|| format!("more than the run's {steps} steps"))
             }),
             "shots" if method.with(|m| m == "base") => shots.with(|s| empty_or_positive(s, "a whole number ≥ 1, or empty for zero-shot")),
             "notes" => notes.with(|t| (t.chars().count() > NOTES_MAX).then(|| format!("at most {NOTES_MAX} characters"))),
