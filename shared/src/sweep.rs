@@ -1,5 +1,6 @@
 //! A sweep over one training hyper-parameter, as the browser app's new-run
-//! form takes it: `KEY = V1, V2, …`, one run per value (times the seeds).
+//! form and `amortize compare --sweep` take it: `KEY = V1, V2, …`, one run
+//! per value (times the seeds).
 //! Each value is read by the type of the key's value in the config (a whole
 //! number, a number, a word) and the whole config with it must pass
 //! [`TrainConfig::validate`], so every run of the sweep is one the server
@@ -27,7 +28,7 @@ pub fn parse_sweep(text: &str, config: &Map<String, Value>) -> Result<Option<Swe
     let key = key.trim();
     let Some(base) = config.get(key) else { return Err(format!("`{key}` is not a config key")) };
     if key == "seed" {
-        return Err("seeds are swept with Seeds".into());
+        return Err("the seeds have their own setting (Seeds; --seeds)".into());
     }
     if base.is_array() {
         return Err(format!("`{key}` takes a list: it cannot be swept here"));
@@ -94,7 +95,7 @@ mod tests {
         let err = |t: &str| parse_sweep(t, &c).unwrap_err();
         assert!(err("lr 1e-3").contains("KEY = V1"));
         assert_eq!(err("nope = 1, 2"), "`nope` is not a config key");
-        assert_eq!(err("seed = 1, 2"), "seeds are swept with Seeds");
+        assert_eq!(err("seed = 1, 2"), "the seeds have their own setting (Seeds; --seeds)");
         assert!(err("lora_targets = q, v").contains("takes a list"));
         assert_eq!(err("lr = 1e-3"), "give two or more values");
         assert!(err("lr = 1e-3,,2e-3").contains("empty value"));

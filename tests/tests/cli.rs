@@ -400,3 +400,43 @@ fn compare_evaluates_the_trainings_along_the_way() {
         assert!(!o.status.success() && err.contains(says) && !err.contains("panicked"), "{bad:?}: {err}");
     }
 }
+
+/// `compare --sweep`: the GFlowNet trains once per value, each value's rows
+/// are what a comparison with that config gives, and its curves are its own.
+#[test]
+fn compare_sweeps_the_gfn_over_one_key() {
+    let (dir, model) = tiny();
+    let config = custom_task_config(dir.path());
+    let (config, out) = (config.to_str().unwrap(), dir.path().join("sweep"));
+    let common = ["compare", "--task", "custom", "--model", &model, "--config", config, "--seeds", "2", "--samples", "3", "--json"];
+    let args = [&common[..], &["--methods", "base,gfn", "--sweep", "steps=2,3", "--eval-every", "2", "--out", out.to_str().unwrap()]].concat();
+    let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    let methods: Vec<&str> = v["rows"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["base", "gfn[steps=2]", "gfn[steps=3]"]);
+    for (stem, steps) in [("gfn-steps2", 2), ("gfn-steps3", 3)] {
+        for seed in 0..2 {
+            let metrics = std::fs::read_to_string(out.join(format!("{stem}-seed{seed}/metrics.jsonl"))).unwrap();
+            assert_eq!(metrics.lines().count(), steps, "{stem} seed {seed} trains its own steps");
+        }
+    }
+    let curve_steps = |name: &str| -> Vec<u64> { v["curves"][name]["valid_rate"].as_array().unwrap_or_else(|| panic!("{name}: {v}")).iter().map(|p| p["step"].as_u64().unwrap()).collect() };
+    assert_eq!((curve_steps("gfn[steps=2]"), curve_steps("gfn[steps=3]")), (vec![2], vec![2, 3]));
+    // A value's row is the row of a comparison run with that config.
+    let plain = dir.path().join("plain");
+    let p: serde_json::Value = serde_json::from_str(stdout(&run(&[&common[..], &["--methods", "gfn", "--steps", "3", "--out", plain.to_str().unwrap()]].concat())).trim()).unwrap();
+    assert_eq!(p["rows"][0]["metrics"], v["rows"][2]["metrics"]);
+
+    let adapter = format!("gfn={}", plain.join("gfn-seed0/adapter").display());
+    for (bad, says) in [
+        (&["--methods", "gfn", "--sweep", "lr=1e-3"][..], "invalid --sweep: give two or more values"),
+        (&["--methods", "gfn", "--sweep", "seed=1,2"][..], "--seeds"),
+        (&["--methods", "gfn", "--sweep", "lr 1e-3"][..], "KEY = V1"),
+        (&["--methods", "base,ppo", "--sweep", "lr=1e-3,1e-2"][..], "no method trains one"),
+        (&["--methods", "gfn", "--adapters", &adapter, "--sweep", "lr=1e-3,1e-2"][..], "--adapters gfn=DIR"),
+        (&["--methods", "gfn", "--sweep", "steps=2,3", "--eval-every", "3"][..], "3 is more than gfn[steps=2]'s 2 training steps"),
+    ] {
+        let o = run(&[&common[..], &["--out", dir.path().join("bad").to_str().unwrap()], bad].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says) && err.lines().count() == 1, "{bad:?}: {err}");
+    }
+}

@@ -8,11 +8,13 @@
 //! `[task] reward_adapter = "sft"` (infilling), the GFlowNet's reward scores
 //! with the SFT adapter trained here first, the paper's §4.2 recipe in one call.
 //! With `--eval-every N`, the adapters trained here are evaluated along their
-//! training too, and the curves over seeds are tabulated (`along`).
+//! training too, and the curves over seeds are tabulated (`along`). With
+//! `--sweep KEY=V1,V2,…`, the GFlowNet trains once per value (`sweep`).
 //! See docs/compare.md.
 
 mod adapters;
 mod along;
+mod sweep;
 mod table;
 
 use std::collections::BTreeMap;
@@ -63,6 +65,11 @@ pub struct CompareArgs {
     /// std over seeds by step) go to curves.md and compare.json's "curves".
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// KEY=V1,V2,…: train the GFlowNet once per value of this config key (each
+    /// over the seeds, in gfn-KEYV-seedS), a row per value (gfn[KEY=V], and
+    /// gfn+sft[KEY=V]); the other methods keep the config.
+    #[arg(long, value_name = "KEY=V1,V2,…")]
+    pub sweep: Option<String>,
     /// Trained adapters, samples and the tables go here; default runs/compare-TASK.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -133,17 +140,26 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     ppo.validate()?;
+    let variants = sweep::variants(&cfg, a.sweep.as_deref())?;
+    if a.sweep.is_some() {
+        if given.contains_key("gfn") {
+            bail!("invalid --sweep: --adapters gfn=DIR gives the GFlowNet adapter; a sweep trains one per value");
+        } else if !methods.iter().any(|m| sweep::swept(&m.kind)) {
+            bail!("invalid --sweep: it varies the GFlowNet's training, and no method trains one (gfn, gfn+sft do)");
+        }
+    }
     if let Some(n) = a.eval_every {
         // The trainings this call can run (a given adapter trains nothing).
         let runs = |k: &str| methods.iter().any(|m| trainings(&m.kind).contains(&k)) || (k == "sft" && sft_reward && methods.iter().any(|m| trainings(&m.kind).contains(&"gfn")));
         let trains = |k: &str| !given.contains_key(k) && runs(k);
-        let steps = [("gfn", cfg.steps), ("ppo", ppo.steps)];
+        let mut steps: Vec<(String, &str, usize)> = variants.iter().map(|v| (format!("gfn{}", v.suffix), "gfn", v.cfg.steps)).collect();
+        steps.push(("ppo".into(), "ppo", ppo.steps));
         if n == 0 {
             bail!("invalid --eval-every: must be at least 1");
         } else if !along::TRAINED.iter().any(|k| trains(k)) {
             bail!("invalid --eval-every: none of the methods trains an adapter here (gfn, ppo, sft, gfn+sft do)");
-        } else if let Some((k, s)) = steps.iter().find(|(k, s)| trains(k) && n > *s) {
-            bail!("invalid --eval-every: {n} is more than {k}'s {s} training steps");
+        } else if let Some((name, _, s)) = steps.iter().find(|(_, k, s)| trains(k) && n > *s) {
+            bail!("invalid --eval-every: {n} is more than {name}'s {s} training steps");
         }
     }
     // Everything that can be refused is refused before anything trains.
@@ -162,17 +178,22 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("samples")).with_context(|| format!("creating {}", out.display()))?;
     let (lm, _) = a.model.load()?;
 
+    let rows = sweep::rows(&methods, &variants);
+    let labels: Vec<String> = rows.iter().map(|(l, _, _)| l.clone()).collect();
     let mut results = table::Results::new();
     for seed in 0..a.seeds {
-        let gfn_cfg = TrainConfig { seed: cfg.seed + seed, ..cfg.clone() };
-        let gfn_dir = out.join(format!("gfn-seed{seed}"));
         let sft_dir = out.join(format!("sft-seed{seed}"));
         sft.seed = seed;
-        // The plain decoding of the comparison's evaluation, along each training.
-        let along = a.eval_every.map(|every| along::Along { every, task: task.as_ref(), opts: plain_eval(&a, &cfg, seed) });
+        // The plain decoding of the comparison's evaluation (of a variant's
+        // lengths), along each training.
+        let along_with = |c: &TrainConfig| a.eval_every.map(|every| along::Along { every, task: task.as_ref(), opts: plain_eval(&a, c, seed) });
+        let along = along_with(&cfg);
         let along = along.as_ref();
         // --adapters gfn=DIR stands in for the GFlowNet adapter here too (gfn+sft samples from it).
-        let gfn = || -> anyhow::Result<LoraAdapter> {
+        let gfn = |v: &sweep::Variant| -> anyhow::Result<LoraAdapter> {
+            let gfn_cfg = TrainConfig { seed: v.cfg.seed + seed, ..v.cfg.clone() };
+            let gfn_dir = out.join(format!("gfn{}-seed{seed}", v.stem));
+            let along = along_with(&v.cfg);
             match given.get("gfn") {
                 Some(dir) => Ok(LoraAdapter::load_peft(dir, lm.config(), lm.device())?),
                 // (An adapter an earlier call trained is reused, and needs no reward.)
@@ -181,28 +202,28 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                     let reward_dir = match given.get("sft") {
                         Some(dir) => dir.clone(),
                         None => {
-                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along)?;
+                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along.as_ref())?;
                             sft_dir.join("adapter")
                         }
                     };
                     eprintln!("gfn: the reward scores with the SFT adapter {}", reward_dir.display());
                     let mut opts = task_opts.clone();
                     opts.insert("reward_adapter".into(), toml::Value::String(reward_dir.to_string_lossy().into_owned()));
-                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, along)
+                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref())
                 }
-                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, along),
+                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref()),
             }
         };
-        for m in &methods {
+        for (label, m, v) in &rows {
             let adapter = match &m.kind {
                 MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?),
                 MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => None,
-                MethodKind::Gfn => Some(gfn()?),
+                MethodKind::Gfn => Some(gfn(v)?),
                 MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along)?),
                 MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")), along)?),
                 MethodKind::GfnSft => {
-                    let g = gfn()?;
-                    Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &cfg, &em, &sft, &out.join(format!("gfn-sft-seed{seed}")))?)
+                    let g = gfn(v)?;
+                    Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &v.cfg, &em, &sft, &out.join(format!("gfn-sft{}-seed{seed}", v.stem)))?)
                 }
             };
             let prompt: Option<Arc<dyn PromptTransform>> = match shots.get(&m.label) {
@@ -211,13 +232,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             };
             // Folded into the weights: evaluation decodes thousands of tokens.
             let view = adapter.as_ref().map(|ad| lm.folded(ad)).transpose()?;
-            let opts = EvalOptions { decoding: m.decoding.clone(), prompt, ..plain_eval(&a, &cfg, seed) };
-            eprintln!("evaluating {} (seed {seed})…", m.label);
+            let opts = EvalOptions { decoding: m.decoding.clone(), prompt, ..plain_eval(&a, &v.cfg, seed) };
+            eprintln!("evaluating {label} (seed {seed})…");
             let stages = StageBar::new(false);
             let report = task.evaluate(&lm, view.as_ref(), &opts)?;
             drop(stages);
-            amortize::util::write_atomic(&out.join("samples").join(format!("{}-seed{seed}.json", file_name(&m.label))), serde_json::to_string_pretty(&report)?.as_bytes())?;
-            let row = results.entry(m.label.clone()).or_default();
+            amortize::util::write_atomic(&out.join("samples").join(format!("{}-seed{seed}.json", file_name(label))), serde_json::to_string_pretty(&report)?.as_bytes())?;
+            let row = results.entry(label.clone()).or_default();
             for (k, v) in report.metrics {
                 row.entry(k).or_default().push(v);
             }
@@ -228,7 +249,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let mut json = table::json(&a.task, a.seeds, &labels, &results);
     let md = table::markdown(&labels, &columns, &results);
     if a.eval_every.is_some() {
-        let curves = curves(&a, &cfg, &out);
+        let curves = curves(&a, &cfg, &variants, &out);
         json["curves"] = along::json(&curves);
         amortize::util::write_atomic(&out.join("curves.md"), along::markdown(&columns, &curves).as_bytes())?;
     }
@@ -261,13 +282,18 @@ fn plain_eval(a: &CompareArgs, cfg: &TrainConfig, seed: u64) -> EvalOptions {
 }
 
 /// The evaluations along training of the adapters in `out` made as this
-/// call's, as curves over its seeds (a method whose seeds have none is left out).
-fn curves(a: &CompareArgs, cfg: &TrainConfig, out: &Path) -> along::Curves {
+/// call's, as curves over its seeds (a method whose seeds have none is left
+/// out), the GFlowNet's once per variant.
+fn curves(a: &CompareArgs, cfg: &TrainConfig, variants: &[sweep::Variant], out: &Path) -> along::Curves {
     let mut curves = along::Curves::new();
-    for kind in along::TRAINED {
+    let trained = along::TRAINED.iter().flat_map(|&k| match k {
+        "gfn" => variants.iter().map(|v| (format!("gfn{}", v.suffix), format!("gfn{}", v.stem), &v.cfg)).collect(),
+        _ => vec![(k.to_string(), k.to_string(), cfg)],
+    });
+    for (kind, stem, cfg) in trained {
         let mut seeds = Vec::new();
         for seed in 0..a.seeds {
-            let dir = out.join(format!("{kind}-seed{seed}"));
+            let dir = out.join(format!("{stem}-seed{seed}"));
             let (points, other) = along::read(&dir, &plain_eval(a, cfg, seed));
             if other > 0 {
                 eprintln!("{kind} seed {seed}: {other} evaluations along training made otherwise (an earlier call's sizes) left out");
