@@ -132,7 +132,7 @@ impl Task for RandomNumber {
             lr: 1e-3,
             warmup_steps: 10,
             batch_size: 16,
-            // 400 steps: KL 1.33 → 0.019 on SmolLM2-135M (README); still improving.
+            // 400 steps: KL 1.33 → 0.019 on SmolLM2-135M (docs/results.md); still improving.
             steps: 400,
             p_replay: 0.25,
             p_tempered: 0.25,
