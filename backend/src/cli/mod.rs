@@ -1,10 +1,11 @@
-//! Command-line interface: `serve`, `train`, `eval`, `sample`, `score`, `bench`. Each command is a small
+//! Command-line interface: `serve`, `train`, `eval`, `compare`, `import`, `sample`, `score`, `bench`. Each command is a small
 //! function over the engine's public API; nothing here reaches into internals.
 
 mod bench;
 mod bench_gfn;
 mod common;
 mod compare;
+mod import;
 mod interrupt;
 mod sample;
 mod score;
@@ -37,6 +38,8 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Serve the JSON API and the browser app (runs, live progress, sampling, comparisons).
     Serve(serve::ServeArgs),
+    /// Bring runs trained by `train --out` or `compare` into the server's data dir.
+    Import(import::ImportArgs),
     /// Benchmarks (tokens/s) on the real model or random weights of a real shape.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => train::eval(a),
         Command::Compare(a) => compare::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Import(a) => import::run(a),
         Command::Bench(b) => bench::run(b),
     }
 }

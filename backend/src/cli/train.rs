@@ -6,6 +6,8 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use amortize::gfn::Trainer;
+use amortize::jobs::import::RunFile;
+use amortize_shared::api::Method;
 use amortize::tasks::{self, EvalOptions};
 use anyhow::Context;
 use clap::Args;
@@ -69,6 +71,14 @@ pub(super) fn task_and_config(name: &str, file: Option<&std::path::Path>) -> any
     task_and_config_from(name, &task_options(file)?, file)
 }
 
+/// A `[task]` table as the JSON object a run stores.
+pub(super) fn json_table(t: &toml::Table) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::to_value(t)? {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => anyhow::bail!("a [task] table is not an object"),
+    }
+}
+
 /// The config file's `[task]` table (empty without a file).
 pub(super) fn task_options(file: Option<&std::path::Path>) -> anyhow::Result<toml::Table> {
     Ok(tasks::config::load(&amortize::gfn::TrainConfig::default(), file)?.1)
@@ -112,10 +122,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let stages = StageBar::new(a.quiet);
     let train_task = task.train_task(&lm)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(
-        out.join("run.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"task": a.task, "model": a.model.model, "config": cfg}))?,
-    )?;
+    // What `amortize import` reads to bring the run into the app.
+    RunFile { task: a.task.clone(), method: Method::Gfn, model: a.model.model.clone(), config: cfg.clone(), task_options: Some(json_table(&task_options(a.config.as_deref())?)?), settings: None, eval_every: a.eval_every, eval_samples: a.eval_samples }.write(&out)?;
     let started = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out) } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out)) };
     let mut trainer = match started {
         Err(amortize::Error::Cancelled) => return Err(Interrupted::by(&signalled, "during set-up: no step was trained").into()),

@@ -4,6 +4,8 @@
 //! active when the server died are resumed from their last checkpoint) and the
 //! per-run event channels the server streams as SSE. Knows nothing of HTTP.
 
+pub mod import;
+pub mod points;
 mod runner;
 pub mod spec;
 mod throttle;

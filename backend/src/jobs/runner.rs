@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use amortize_shared::api::{EvalPoint, MetricPoint, Method, Progress, Run, RunEvent, RunStatus, StepSample};
 
 use super::throttle::Throttle;
-use super::{lock, spec, Jobs, Stop};
+use super::{lock, points, spec, Jobs, Stop};
 use crate::gfn::{checkpoint, StepMetrics, Trainer};
 use crate::baselines::{train_sft_observed, FewShot, Ppo, PpoConfig, SftConfig};
 use crate::model::LoraAdapter;
@@ -39,25 +39,6 @@ pub(super) enum Ended {
 impl From<Error> for Ended {
     fn from(e: Error) -> Self {
         Ended::Failed(e)
-    }
-}
-
-pub(super) fn point(m: &StepMetrics) -> MetricPoint {
-    MetricPoint {
-        step: m.step,
-        loss: m.loss,
-        log_z: m.log_z,
-        mean_log_r: m.mean_log_r,
-        max_log_r: m.max_log_r,
-        mean_len: m.mean_len,
-        sampler_ess: m.sampler_ess,
-        log_w_std: m.log_w_std,
-        lr: m.lr,
-        reward_temp: m.reward_temp,
-        grad_norm: m.grad_norm,
-        tokens_per_s: m.tokens_per_s,
-        traj_per_s: m.traj_per_s,
-        seconds: m.seconds,
     }
 }
 
@@ -170,7 +151,7 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
                 log_reward: s.log_reward,
             })
             .collect();
-        let p = point(m);
+        let p = points::gfn(m);
         let checkpointed = (every > 0 && m.step % every == 0) || m.step == t.cfg.steps;
         let recorded = ctx.handle.block_on(async {
             store.record_step(&run.id, &p, &samples).await?;
@@ -319,18 +300,12 @@ fn baseline(ctx: &Context, run: &Run, task: &dyn tasks::Task, train: crate::gfn:
         Method::Ppo => {
             let pc = PpoConfig { steps: cfg.steps, batch_size: cfg.batch_size, seed: cfg.seed, ..PpoConfig::default() };
             let (lr, mut ppo) = (pc.lr, Ppo::new(&lm, train, cfg.clone(), pc)?);
-            ppo.run_observed(Some(dir), |p, m| {
-                let (mean_log_r, max_log_r, mean_len, seconds) = (m.mean_log_r, m.max_log_r, m.mean_len, m.seconds);
-                record(&p.adapter, MetricPoint { step: m.step, loss: m.pg_loss, log_z: None, mean_log_r, max_log_r, mean_len, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds })
-            })
-            .map(|()| ppo.adapter)
+            ppo.run_observed(Some(dir), |p, m| record(&p.adapter, points::ppo(m, lr))).map(|()| ppo.adapter)
         }
         _ => {
             let sc = SftConfig { batch_size: cfg.batch_size, seed: cfg.seed, ..SftConfig::default() };
             let lr = sc.lr;
-            train_sft_observed(&lm, &train, cfg, &sc, Some(dir), |a, m| {
-                record(a, MetricPoint { step: m.step, loss: m.loss, log_z: None, mean_log_r: 0.0, max_log_r: 0.0, mean_len: 0.0, sampler_ess: None, log_w_std: None, lr, reward_temp: 1.0, grad_norm: 0.0, tokens_per_s: 0.0, traj_per_s: 0.0, seconds: m.seconds })
-            })
+            train_sft_observed(&lm, &train, cfg, &sc, Some(dir), |a, m| record(a, points::sft(m, lr)))
         }
     };
     match result {
@@ -356,7 +331,7 @@ async fn catch_up(store: &Store, id: &str, dir: &Path, step: usize) -> crate::Re
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let m: StepMetrics = serde_json::from_str(line).map_err(|e| Error::file(&path, e))?;
             if m.step <= step && !stored.contains(&m.step) {
-                store.record_step(id, &point(&m), &[]).await?;
+                store.record_step(id, &points::gfn(&m), &[]).await?;
             }
         }
         store.set_checkpoint(id, step).await?;

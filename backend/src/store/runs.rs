@@ -95,6 +95,51 @@ impl Store {
         self.run(&n.id).await
     }
 
+    /// A run trained elsewhere (`jobs::import`), whole and completed: its
+    /// row, its series, its evaluations and its final metrics in one
+    /// transaction, so a failure leaves nothing of it.
+    pub async fn insert_finished_run(&self, n: NewRun, points: &[MetricPoint], evals: &[EvalPoint], final_metrics: Option<&std::collections::BTreeMap<String, f64>>) -> Result<Run> {
+        let experiment_id = match &n.experiment {
+            Some(e) => Some(self.experiment_id(e).await?),
+            None => None,
+        };
+        let now = now_rfc3339();
+        let step = points.last().map_or(0, |p| p.step);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
+             eval_samples, final_metrics, created_at, updated_at, notes, shots, eval_every) VALUES (?, ?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&n.id)
+        .bind(&n.name)
+        .bind(experiment_id)
+        .bind(&n.task)
+        .bind(n.method.as_str())
+        .bind(step as i64)
+        // SFT's steps are its batches: the run's length is where it ended.
+        .bind(if n.method == Method::Sft { step as i64 } else { n.config.steps as i64 })
+        .bind(serde_json::to_string(&n.config)?)
+        .bind(serde_json::to_string(&n.task_options)?)
+        .bind(&n.dataset)
+        .bind(n.eval_samples.map(|n| n as i64))
+        .bind(final_metrics.map(serde_json::to_string).transpose()?)
+        .bind(&now)
+        .bind(&now)
+        .bind(&n.notes)
+        .bind(n.shots.map(|k| k as i64))
+        .bind(n.eval_every.map(|k| k as i64))
+        .execute(&mut *tx)
+        .await?;
+        for p in points {
+            sqlx::query("INSERT OR REPLACE INTO metrics (run_id, step, point) VALUES (?, ?, ?)").bind(&n.id).bind(p.step as i64).bind(serde_json::to_string(p)?).execute(&mut *tx).await?;
+        }
+        for e in evals {
+            sqlx::query("INSERT OR REPLACE INTO evals (run_id, step, metrics) VALUES (?, ?, ?)").bind(&n.id).bind(e.step as i64).bind(serde_json::to_string(&e.metrics)?).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.run(&n.id).await
+    }
+
     /// Renames a run, replaces its notes and/or moves it to another
     /// experiment (`Some("")`: none); `None` keeps a field.
     pub async fn update_run(&self, id: &str, name: Option<&str>, notes: Option<&str>, experiment: Option<&str>) -> Result<Run> {

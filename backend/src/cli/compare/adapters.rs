@@ -2,17 +2,39 @@
 //! and the EM step (SFT on accepted GFlowNet samples) — each in its own
 //! folder under `--out`, reused by a later call when its `adapter/` exists;
 //! the first three evaluated along the way with `--eval-every` ([`Along`]).
+//! Each writes its folder's `run.json` ([`Source`]), so `amortize import`
+//! can bring it into the app.
 
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use amortize::baselines::{train_gfn_sft, train_sft_observed, EmConfig, Ppo, PpoConfig, SftConfig};
 use amortize::gfn::{TrainConfig, Trainer};
+use amortize::jobs::import::RunFile;
+use amortize_shared::api::Method;
 use amortize::model::{LanguageModel, LoraAdapter};
 use amortize::tasks::Task;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::along::{self, Along};
+
+/// What the comparison's trainings share in their `run.json`.
+#[derive(Clone)]
+pub struct Source {
+    pub task: String,
+    pub model: PathBuf,
+    pub task_options: serde_json::Map<String, serde_json::Value>,
+    pub eval_every: Option<usize>,
+    pub eval_samples: Option<usize>,
+}
+
+impl Source {
+    fn write(&self, dir: &Path, method: Method, cfg: &TrainConfig, settings: Option<serde_json::Value>, along: bool) -> anyhow::Result<()> {
+        let (eval_every, eval_samples) = if along { (self.eval_every, self.eval_samples) } else { (None, None) };
+        let file = RunFile { task: self.task.clone(), method, model: self.model.clone(), config: cfg.clone(), task_options: Some(self.task_options.clone()), settings, eval_every, eval_samples };
+        Ok(file.write(dir)?)
+    }
+}
 
 pub fn bar(len: usize, label: &str) -> ProgressBar {
     let b = ProgressBar::new(len as u64);
@@ -61,7 +83,7 @@ fn evaluate_last(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapte
 }
 
 /// GFlowNet fine-tuning with the task preset, or the adapter of an earlier call.
-pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, along: Option<&Along>) -> anyhow::Result<LoraAdapter> {
+pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
         if dir.join("checkpoints").exists() {
             std::fs::remove_dir_all(dir.join("checkpoints"))?;
@@ -78,6 +100,7 @@ pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, a
         });
         ended(ran, failed, &b)?;
         evaluate_last(lm, along, &t.adapter, t.step, dir)?;
+        src.write(dir, Method::Gfn, cfg, None, along.is_some())?;
         t.adapter.save_peft(&dir.join("adapter"), &lm.name)?;
     } else {
         eprintln!("gfn: reusing {}", dir.join("adapter").display());
@@ -86,7 +109,7 @@ pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, a
 }
 
 /// PPO against the task's reward, or the adapter of an earlier call.
-pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoConfig, dir: &Path, along: Option<&Along>) -> anyhow::Result<LoraAdapter> {
+pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
         along::clear(dir);
@@ -100,6 +123,7 @@ pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoCo
         });
         ended(ran, failed, &b)?;
         evaluate_last(lm, along, &p.adapter, p.step, dir)?;
+        src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
     } else {
         eprintln!("ppo: reusing {}", dir.join("adapter").display());
     }
@@ -107,7 +131,7 @@ pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoCo
 }
 
 /// Supervised fine-tuning on the task's reference Z's, or the adapter of an earlier call.
-pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftConfig, dir: &Path, along: Option<&Along>) -> anyhow::Result<LoraAdapter> {
+pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
         along::clear(dir);
         let b = bar(0, "sft");
@@ -120,6 +144,7 @@ pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftCo
         });
         let adapter = ended(ran, failed, &b)?;
         evaluate_last(lm, along, &adapter, last, dir)?;
+        src.write(dir, Method::Sft, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
     } else {
         eprintln!("sft: reusing {}", dir.join("adapter").display());
     }
@@ -128,7 +153,7 @@ pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftCo
 
 /// The EM step on the GFlowNet adapter `gfn_adapter`: SFT on its accepted
 /// samples, or the adapter of an earlier call.
-pub fn gfn_sft(lm: &LanguageModel, task: &dyn Task, gfn_adapter: &LoraAdapter, shape: &TrainConfig, em: &EmConfig, cfg: &SftConfig, dir: &Path) -> anyhow::Result<LoraAdapter> {
+pub fn gfn_sft(lm: &LanguageModel, task: &dyn Task, gfn_adapter: &LoraAdapter, shape: &TrainConfig, (em, cfg): (&EmConfig, &SftConfig), dir: &Path, src: &Source) -> anyhow::Result<LoraAdapter> {
     if !trained(dir) {
         // Folded into the weights: the E-step samples thousands of tokens.
         let view = lm.folded(gfn_adapter)?;
@@ -141,6 +166,7 @@ pub fn gfn_sft(lm: &LanguageModel, task: &dyn Task, gfn_adapter: &LoraAdapter, s
         })?;
         b.finish();
         eprintln!("gfn+sft: {} of {} sampled Z's accepted ({} of {} problems)", stats.accepted, stats.sampled, stats.problems_covered, stats.problems);
+        src.write(dir, Method::Sft, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::json!({"sft": cfg, "em": em, "lr": cfg.lr})), false)?;
     } else {
         eprintln!("gfn+sft: reusing {}", dir.join("adapter").display());
     }

@@ -177,6 +177,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", a.task)));
     std::fs::create_dir_all(out.join("samples")).with_context(|| format!("creating {}", out.display()))?;
     let (lm, _) = a.model.load()?;
+    // What each training writes to its run.json (`amortize import` reads it).
+    let src = adapters::Source { task: a.task.clone(), model: a.model.model.clone(), task_options: super::train::json_table(&task_opts)?, eval_every: a.eval_every, eval_samples: a.size.samples };
 
     let rows = sweep::rows(&methods, &variants);
     let labels: Vec<String> = rows.iter().map(|(l, _, _)| l.clone()).collect();
@@ -202,16 +204,17 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                     let reward_dir = match given.get("sft") {
                         Some(dir) => dir.clone(),
                         None => {
-                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along.as_ref())?;
+                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along.as_ref(), &src)?;
                             sft_dir.join("adapter")
                         }
                     };
                     eprintln!("gfn: the reward scores with the SFT adapter {}", reward_dir.display());
                     let mut opts = task_opts.clone();
                     opts.insert("reward_adapter".into(), toml::Value::String(reward_dir.to_string_lossy().into_owned()));
-                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref())
+                    let src = adapters::Source { task_options: super::train::json_table(&opts)?, ..src.clone() };
+                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref(), &src)
                 }
-                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref()),
+                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref(), &src),
             }
         };
         for (label, m, v) in &rows {
@@ -219,11 +222,11 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?),
                 MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => None,
                 MethodKind::Gfn => Some(gfn(v)?),
-                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along)?),
-                MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")), along)?),
+                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along, &src)?),
+                MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")), along, &src)?),
                 MethodKind::GfnSft => {
                     let g = gfn(v)?;
-                    Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &v.cfg, &em, &sft, &out.join(format!("gfn-sft{}-seed{seed}", v.stem)))?)
+                    Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &v.cfg, (&em, &sft), &out.join(format!("gfn-sft{}-seed{seed}", v.stem)), &src)?)
                 }
             };
             let prompt: Option<Arc<dyn PromptTransform>> = match shots.get(&m.label) {
