@@ -98,6 +98,9 @@ pub fn HomePage() -> impl IntoView {
             <p class="empty" id="runs-empty">
                 {move || if filter.with(String::is_empty) && search.with(String::is_empty) { "No runs yet. " } else { "No runs match. " }}
                 <A href="/runs/new">"Start one"</A>
+                {move || (filter.with(String::is_empty) && search.with(String::is_empty)).then(|| view! {
+                    ", or bring in runs trained from the command line: "<code>"amortize import DIR…"</code>"."
+                })}
             </p>
         }
         .into_any(),
