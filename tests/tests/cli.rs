@@ -358,7 +358,10 @@ fn compare_evaluates_the_trainings_along_the_way() {
     let config = custom_task_config(dir.path());
     let (config, out) = (config.to_str().unwrap(), dir.path().join("cmp"));
     let args = ["compare", "--task", "custom", "--model", &model, "--config", config, "--methods", "base,gfn,ppo", "--steps", "3", "--seeds", "2", "--samples", "3", "--eval-every", "2", "--json", "--out", out.to_str().unwrap()];
-    let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    let first = run(&args);
+    let v: serde_json::Value = serde_json::from_str(stdout(&first).trim()).unwrap();
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(said.contains("gfn (seed 1): the evaluation at its last training step") && !said.contains("evaluating gfn (seed"), "{said}");
     for method in ["gfn", "ppo"] {
         for seed in 0..2 {
             let lines = std::fs::read_to_string(out.join(format!("{method}-seed{seed}/evals.jsonl"))).unwrap();
@@ -378,8 +381,15 @@ fn compare_evaluates_the_trainings_along_the_way() {
     assert!(v["curves"].get("base").is_none(), "the base model trains nothing: {v}");
     let md = std::fs::read_to_string(out.join("curves.md")).unwrap();
     assert!(md.contains("| step | gfn | ppo |\n") && md.contains("\n| 3 | "), "{md}");
-    // A second call reuses the adapters and reads their evaluations back.
-    let again: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    // The rows of trained adapters were their last evaluations along training;
+    // a second call reuses the adapters, evaluates them afresh and agrees,
+    // examples too, and reads the evaluations along training back.
+    let samples = std::fs::read_to_string(out.join("samples/gfn-seed1.json")).unwrap();
+    let o = run(&args);
+    let again: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("evaluating gfn (seed 1)"), "the second call evaluates: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(again["rows"], v["rows"]);
+    assert_eq!(std::fs::read_to_string(out.join("samples/gfn-seed1.json")).unwrap(), samples);
     assert_eq!(again["curves"], v["curves"]);
     // Adapters an earlier call trained without --eval-every have no curves, and it says so.
     let plain = dir.path().join("plain");

@@ -13,7 +13,7 @@ use amortize::gfn::{TrainConfig, Trainer};
 use amortize::jobs::import::RunFile;
 use amortize_shared::api::Method;
 use amortize::model::{LanguageModel, LoraAdapter};
-use amortize::tasks::Task;
+use amortize::tasks::{EvalReport, Task};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::along::{self, Along};
@@ -51,24 +51,38 @@ fn load(lm: &LanguageModel, dir: &Path) -> anyhow::Result<LoraAdapter> {
     Ok(LoraAdapter::load_peft(&dir.join("adapter"), lm.config(), lm.device())?)
 }
 
-/// Evaluates `adapter` at `step` along the training when due (`along`),
-/// keeping the first failure in `failed` and stopping the training with it.
-fn evaluate_along(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapter, step: usize, dir: &Path, b: &ProgressBar, failed: &mut Option<anyhow::Error>) -> ControlFlow<()> {
+/// A training's adapter, and (trained by this call with `--eval-every`)
+/// its final adapter's evaluation, which is the comparison's plain row.
+pub type Trained = (LoraAdapter, Option<EvalReport>);
+
+/// What the evaluations along one training left: the first failure (it
+/// stops the training) and the newest report with its step.
+#[derive(Default)]
+struct Watch {
+    failed: Option<anyhow::Error>,
+    latest: Option<(usize, EvalReport)>,
+}
+
+/// Evaluates `adapter` at `step` along the training when due (`along`).
+fn evaluate_along(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapter, step: usize, dir: &Path, b: &ProgressBar, w: &mut Watch) -> ControlFlow<()> {
     let Some(a) = along.filter(|a| a.due(step)) else { return ControlFlow::Continue(()) };
     b.set_message(format!("evaluating at step {step}…"));
     match a.record(lm, adapter, step, dir) {
-        Ok(()) => ControlFlow::Continue(()),
+        Ok(r) => {
+            w.latest = Some((step, r));
+            ControlFlow::Continue(())
+        }
         Err(e) => {
-            *failed = Some(e.context(format!("evaluating at step {step} of {}", dir.display())));
+            w.failed = Some(e.context(format!("evaluating at step {step} of {}", dir.display())));
             ControlFlow::Break(())
         }
     }
 }
 
-/// A training's outcome: an evaluation's error first (`failed`: it stopped
-/// the training), else the training's own.
-fn ended<T>(ran: amortize::Result<T>, failed: Option<anyhow::Error>, b: &ProgressBar) -> anyhow::Result<T> {
-    if let Some(e) = failed {
+/// A training's outcome: an evaluation's error first (it stopped the
+/// training), else the training's own.
+fn ended<T>(ran: amortize::Result<T>, w: &mut Watch, b: &ProgressBar) -> anyhow::Result<T> {
+    if let Some(e) = w.failed.take() {
         b.abandon();
         return Err(e);
     }
@@ -77,13 +91,20 @@ fn ended<T>(ran: amortize::Result<T>, failed: Option<anyhow::Error>, b: &Progres
     Ok(v)
 }
 
-/// The final adapter of a training that ended at `last`, evaluated there too.
-fn evaluate_last(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapter, last: usize, dir: &Path) -> anyhow::Result<()> {
-    along.map_or(Ok(()), |a| a.finish(lm, adapter, last, dir))
+/// The final adapter of a training that ended at `last`, evaluated there
+/// too: the evaluation along training made at `last`, or one made now.
+fn evaluate_last(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapter, last: usize, dir: &Path, w: Watch) -> anyhow::Result<Option<EvalReport>> {
+    match (along, w.latest) {
+        (None, _) => Ok(None),
+        (Some(_), Some((step, r))) if step == last => Ok(Some(r)),
+        (Some(_), _) if last == 0 => Ok(None),
+        (Some(a), _) => Ok(Some(a.record(lm, adapter, last, dir)?)),
+    }
 }
 
 /// GFlowNet fine-tuning with the task preset, or the adapter of an earlier call.
-pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<LoraAdapter> {
+pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<Trained> {
+    let mut last_eval = None;
     if !trained(dir) {
         if dir.join("checkpoints").exists() {
             std::fs::remove_dir_all(dir.join("checkpoints"))?;
@@ -92,63 +113,65 @@ pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, a
         along::clear(dir);
         let mut t = Trainer::new(lm, task.train_task(lm)?, cfg.clone(), Some(dir))?;
         let b = bar(cfg.steps, "gfn");
-        let mut failed = None;
+        let mut w = Watch::default();
         let ran = t.run_observed(|t, m| {
             b.set_position(m.step as u64);
             b.set_message(format!("loss {:.3}  log R {:.2}", m.loss, m.mean_log_r));
-            evaluate_along(lm, along, &t.adapter, m.step, dir, &b, &mut failed)
+            evaluate_along(lm, along, &t.adapter, m.step, dir, &b, &mut w)
         });
-        ended(ran, failed, &b)?;
-        evaluate_last(lm, along, &t.adapter, t.step, dir)?;
+        ended(ran, &mut w, &b)?;
+        last_eval = evaluate_last(lm, along, &t.adapter, t.step, dir, w)?;
         src.write(dir, Method::Gfn, cfg, None, along.is_some())?;
         t.adapter.save_peft(&dir.join("adapter"), &lm.name)?;
     } else {
         eprintln!("gfn: reusing {}", dir.join("adapter").display());
     }
-    load(lm, dir)
+    Ok((load(lm, dir)?, last_eval))
 }
 
 /// PPO against the task's reward, or the adapter of an earlier call.
-pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<LoraAdapter> {
+pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<Trained> {
+    let mut last_eval = None;
     if !trained(dir) {
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
         along::clear(dir);
         let mut p = Ppo::new(lm, task.train_task(lm)?, shape.clone(), cfg.clone())?;
         let b = bar(cfg.steps, "ppo");
-        let mut failed = None;
+        let mut w = Watch::default();
         let ran = p.run_observed(Some(dir), |p, m| {
             b.set_position(m.step as u64);
             b.set_message(format!("log R {:.2}  KL {:.2}", m.mean_log_r, m.kl));
-            evaluate_along(lm, along, &p.adapter, m.step, dir, &b, &mut failed)
+            evaluate_along(lm, along, &p.adapter, m.step, dir, &b, &mut w)
         });
-        ended(ran, failed, &b)?;
-        evaluate_last(lm, along, &p.adapter, p.step, dir)?;
+        ended(ran, &mut w, &b)?;
+        last_eval = evaluate_last(lm, along, &p.adapter, p.step, dir, w)?;
         src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
     } else {
         eprintln!("ppo: reusing {}", dir.join("adapter").display());
     }
-    load(lm, dir)
+    Ok((load(lm, dir)?, last_eval))
 }
 
 /// Supervised fine-tuning on the task's reference Z's, or the adapter of an earlier call.
-pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<LoraAdapter> {
+pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<Trained> {
+    let mut last_eval = None;
     if !trained(dir) {
         along::clear(dir);
         let b = bar(0, "sft");
-        let (mut failed, mut last) = (None, 0);
+        let (mut w, mut last) = (Watch::default(), 0);
         let ran = train_sft_observed(lm, &task.train_task(lm)?, shape, cfg, Some(dir), |a, m| {
             b.set_position(m.step as u64);
             b.set_message(format!("epoch {}  loss {:.3}", m.epoch, m.loss));
             last = m.step;
-            evaluate_along(lm, along, a, m.step, dir, &b, &mut failed)
+            evaluate_along(lm, along, a, m.step, dir, &b, &mut w)
         });
-        let adapter = ended(ran, failed, &b)?;
-        evaluate_last(lm, along, &adapter, last, dir)?;
+        let adapter = ended(ran, &mut w, &b)?;
+        last_eval = evaluate_last(lm, along, &adapter, last, dir, w)?;
         src.write(dir, Method::Sft, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
     } else {
         eprintln!("sft: reusing {}", dir.join("adapter").display());
     }
-    load(lm, dir)
+    Ok((load(lm, dir)?, last_eval))
 }
 
 /// The EM step on the GFlowNet adapter `gfn_adapter`: SFT on its accepted

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use amortize::model::{LanguageModel, LoraAdapter};
-use amortize::tasks::{EvalOptions, Task};
+use amortize::tasks::{EvalOptions, EvalReport, Task};
 use amortize_shared::groups::mean_curve;
 use serde_json::{json, Value};
 
@@ -29,27 +29,19 @@ pub struct Along<'a> {
 }
 
 impl Along<'_> {
-    /// Whether `step` is one of the evaluated (the last is added by [`Along::finish`]).
+    /// Whether `step` is one of the evaluated (the training's last is evaluated too).
     pub fn due(&self, step: usize) -> bool {
         step.is_multiple_of(self.every)
     }
 
-    /// Evaluates `adapter` as trained to `step` and appends the point to `dir`'s file.
-    pub fn record(&self, lm: &LanguageModel, adapter: &LoraAdapter, step: usize, dir: &Path) -> anyhow::Result<()> {
+    /// Evaluates `adapter` as trained to `step` and appends the point to
+    /// `dir`'s file; the report (its examples too) is returned.
+    pub fn record(&self, lm: &LanguageModel, adapter: &LoraAdapter, step: usize, dir: &Path) -> anyhow::Result<EvalReport> {
         // Folded into the weights: an evaluation decodes thousands of tokens.
         let view = lm.folded(adapter)?;
         let report = self.task.evaluate(lm, Some(&view), &self.opts)?;
         amortize::util::append_jsonl(&dir.join(FILE), &json!({"step": step, "metrics": report.metrics, "eval": self.opts}))?;
-        Ok(())
-    }
-
-    /// After a training that ended at `last`: its final adapter evaluated
-    /// there too, unless `last` was one of the due steps.
-    pub fn finish(&self, lm: &LanguageModel, adapter: &LoraAdapter, last: usize, dir: &Path) -> anyhow::Result<()> {
-        if last > 0 && !self.due(last) {
-            self.record(lm, adapter, last, dir)?;
-        }
-        Ok(())
+        Ok(report)
     }
 }
 

@@ -192,19 +192,20 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let along = along_with(&cfg);
         let along = along.as_ref();
         // --adapters gfn=DIR stands in for the GFlowNet adapter here too (gfn+sft samples from it).
-        let gfn = |v: &sweep::Variant| -> anyhow::Result<LoraAdapter> {
+        let gfn = |v: &sweep::Variant| -> anyhow::Result<adapters::Trained> {
             let gfn_cfg = TrainConfig { seed: v.cfg.seed + seed, ..v.cfg.clone() };
             let gfn_dir = out.join(format!("gfn{}-seed{seed}", v.stem));
             let along = along_with(&v.cfg);
             match given.get("gfn") {
-                Some(dir) => Ok(LoraAdapter::load_peft(dir, lm.config(), lm.device())?),
+                Some(dir) => Ok((LoraAdapter::load_peft(dir, lm.config(), lm.device())?, None)),
                 // (An adapter an earlier call trained is reused, and needs no reward.)
                 None if sft_reward && !gfn_dir.join("adapter").join("adapter_config.json").exists() => {
                     // The reward's adapter: --adapters sft=DIR, else this seed's SFT (trained if missing).
                     let reward_dir = match given.get("sft") {
                         Some(dir) => dir.clone(),
                         None => {
-                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along.as_ref(), &src)?;
+                            // (SFT keeps the comparison's config: its evaluations along training too.)
+                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along_with(&cfg).as_ref(), &src)?;
                             sft_dir.join("adapter")
                         }
                     };
@@ -218,28 +219,52 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             }
         };
         for (label, m, v) in &rows {
-            let adapter = match &m.kind {
-                MethodKind::Adapter(n) => Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?),
-                MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => None,
-                MethodKind::Gfn => Some(gfn(v)?),
-                MethodKind::Sft => Some(adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along, &src)?),
-                MethodKind::Ppo => Some(adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")), along, &src)?),
+            // A GFlowNet row has its variant; the rest keep the config.
+            let own = v.map_or(&cfg, |v| &v.cfg);
+            let variant = || v.ok_or_else(|| anyhow::anyhow!("{label}: a GFlowNet row without its config"));
+            // With the adapter, its final evaluation along training when this call trained it.
+            let (adapter, last_eval) = match &m.kind {
+                MethodKind::Adapter(n) => (Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?), None),
+                MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => (None, None),
+                MethodKind::Gfn => {
+                    let (g, r) = gfn(variant()?)?;
+                    (Some(g), r)
+                }
+                MethodKind::Sft => {
+                    let (s, r) = adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along, &src)?;
+                    (Some(s), r)
+                }
+                MethodKind::Ppo => {
+                    let (p, r) = adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")), along, &src)?;
+                    (Some(p), r)
+                }
                 MethodKind::GfnSft => {
-                    let g = gfn(v)?;
-                    Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &v.cfg, (&em, &sft), &out.join(format!("gfn-sft{}-seed{seed}", v.stem)), &src)?)
+                    let v = variant()?;
+                    let (g, _) = gfn(v)?;
+                    (Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &v.cfg, (&em, &sft), &out.join(format!("gfn-sft{}-seed{seed}", v.stem)), &src)?), None)
                 }
             };
             let prompt: Option<Arc<dyn PromptTransform>> = match shots.get(&m.label) {
                 Some(&k) => Some(Arc::new(FewShot::new(demos.clone(), k, seed)?.fixed(fewshot.fixed))),
                 None => None,
             };
-            // Folded into the weights: evaluation decodes thousands of tokens.
-            let view = adapter.as_ref().map(|ad| lm.folded(ad)).transpose()?;
-            let opts = EvalOptions { decoding: m.decoding.clone(), prompt, ..plain_eval(&a, &v.cfg, seed) };
-            eprintln!("evaluating {label} (seed {seed})…");
-            let stages = StageBar::new(false);
-            let report = task.evaluate(&lm, view.as_ref(), &opts)?;
-            drop(stages);
+            let report = match last_eval.filter(|_| m.decoding.is_none() && prompt.is_none()) {
+                // The row's very evaluation (plain decoding, same samples and seed), made along training.
+                Some(r) => {
+                    eprintln!("{label} (seed {seed}): the evaluation at its last training step");
+                    r
+                }
+                None => {
+                    // Folded into the weights: evaluation decodes thousands of tokens.
+                    let view = adapter.as_ref().map(|ad| lm.folded(ad)).transpose()?;
+                    let opts = EvalOptions { decoding: m.decoding.clone(), prompt, ..plain_eval(&a, own, seed) };
+                    eprintln!("evaluating {label} (seed {seed})…");
+                    let stages = StageBar::new(false);
+                    let report = task.evaluate(&lm, view.as_ref(), &opts)?;
+                    drop(stages);
+                    report
+                }
+            };
             amortize::util::write_atomic(&out.join("samples").join(format!("{}-seed{seed}.json", file_name(label))), serde_json::to_string_pretty(&report)?.as_bytes())?;
             let row = results.entry(label.clone()).or_default();
             for (k, v) in report.metrics {

@@ -42,15 +42,19 @@ pub fn swept(kind: &MethodKind) -> bool {
     matches!(kind, MethodKind::Gfn | MethodKind::GfnSft)
 }
 
+/// One row of the table: its name, its method, and for a GFlowNet method
+/// its variant (the other methods keep the comparison's config).
+pub type Row<'a> = (String, &'a Method, Option<&'a Variant>);
+
 /// The table's rows in order: each method once, a GFlowNet method once per
 /// variant (its label with the variant's suffix).
-pub fn rows<'a>(methods: &'a [Method], variants: &'a [Variant]) -> Vec<(String, &'a Method, &'a Variant)> {
+pub fn rows<'a>(methods: &'a [Method], variants: &'a [Variant]) -> Vec<Row<'a>> {
     let mut out = Vec::new();
     for m in methods {
         if swept(&m.kind) {
-            out.extend(variants.iter().map(|v| (format!("{}{}", m.label, v.suffix), m, v)));
+            out.extend(variants.iter().map(|v| (format!("{}{}", m.label, v.suffix), m, Some(v))));
         } else {
-            out.push((m.label.clone(), m, &variants[0]));
+            out.push((m.label.clone(), m, None));
         }
     }
     out
@@ -71,7 +75,10 @@ mod tests {
         assert_eq!(labels, ["base", "gfn@greedy[lr=3e-4]", "gfn@greedy[lr=1e-3]", "ppo", "gfn+sft[lr=3e-4]", "gfn+sft[lr=1e-3]"]);
         // Without a sweep: one variant, the labels as given.
         let one = variants(&cfg, None).unwrap();
-        assert_eq!(rows(&methods, &one).into_iter().map(|(l, _, v)| (l, v.stem.clone())).collect::<Vec<_>>(), methods.iter().map(|m| (m.label.clone(), String::new())).collect::<Vec<_>>());
+        let stems = |m: &Method| swept(&m.kind).then(String::new);
+        assert_eq!(rows(&methods, &one).into_iter().map(|(l, _, v)| (l, v.map(|v| v.stem.clone()))).collect::<Vec<_>>(), methods.iter().map(|m| (m.label.clone(), stems(m))).collect::<Vec<_>>());
+        // The methods that train no GFlowNet have no variant, with a sweep too.
+        assert!(rows(&methods, &vs).iter().all(|(_, m, v)| v.is_some() == swept(&m.kind)));
     }
 
     #[test]
