@@ -175,3 +175,34 @@ fn copy_run(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder as an older `train` left it: run.json without method or task options.
+    #[test]
+    fn an_older_run_file_reads_as_a_gfn_run_without_task_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("old-run");
+        std::fs::create_dir_all(run.join("adapter")).unwrap();
+        std::fs::write(run.join("adapter/adapter_config.json"), "{}").unwrap();
+        let cfg = serde_json::to_value(TrainConfig { steps: 2, ..TrainConfig::default() }).unwrap();
+        std::fs::write(run.join(RUN_FILE), serde_json::json!({"task": "rng", "model": "m.gguf", "config": cfg}).to_string()).unwrap();
+        let step = |s: usize| {
+            let m = StepMetrics { step: s, loss: s as f64, log_z: None, mean_log_r: -1.0, max_log_r: 0.0, mean_len: 3.0, sampler_ess: None, log_w_std: None, lr: 1e-3, reward_temp: 1.0, grad_norm: 0.5, tokens_per_s: 1.0, traj_per_s: 1.0, sources: [1, 0, 0], buffer_size: 0, seconds: 0.1, phases: None };
+            serde_json::to_string(&m).unwrap()
+        };
+        std::fs::write(run.join("metrics.jsonl"), format!("{}\n{}\n", step(1), step(2))).unwrap();
+        let p = prepare(&run, None).unwrap();
+        assert_eq!((p.name.as_str(), p.file.method, p.file.task_options.is_none()), ("old-run", Method::Gfn, true));
+        assert_eq!(p.points.iter().map(|m| (m.step, m.loss)).collect::<Vec<_>>(), [(1, 1.0), (2, 2.0)]);
+        assert!(p.evals.is_empty());
+        // A task it does not know, and a folder without a step, are refused.
+        std::fs::write(run.join(RUN_FILE), serde_json::json!({"task": "chess", "model": "m.gguf", "config": cfg}).to_string()).unwrap();
+        assert!(prepare(&run, None).err().unwrap().to_string().contains("unknown task `chess`"));
+        std::fs::write(run.join(RUN_FILE), serde_json::json!({"task": "rng", "model": "m.gguf", "config": cfg}).to_string()).unwrap();
+        std::fs::write(run.join("metrics.jsonl"), "\n").unwrap();
+        assert!(prepare(&run, None).err().unwrap().to_string().contains("holds no step"));
+    }
+}
