@@ -1,5 +1,5 @@
-//! `amortize import`: runs trained by the CLI (`train --out`, `compare`'s
-//! GFlowNet and PPO folders) brought into a running server's data dir show
+//! `amortize import`: runs trained by the CLI (`train --out`, a `compare`
+//! folder's GFlowNet and PPO trainings) brought into a running server's data dir show
 //! up over HTTP as completed runs with their series, evaluations and
 //! adapter, which the server samples from; bad folders are refused with one
 //! line and import nothing.
@@ -31,10 +31,9 @@ fn cli_runs_enter_the_app_whole() {
 
     let data = dir.path().join("data");
     let server = Server::start(std::path::Path::new(model), &data, &[]);
+    // A run folder, and a comparison's folder (its trainings).
     let dirs = [train_dir.clone(), cmp.join("gfn-seed0"), cmp.join("ppo-seed0")];
-    let mut args = vec!["import", "--data-dir", data.to_str().unwrap(), "--experiment", "cli"];
-    args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
-    let printed = ok(&run(&args));
+    let printed = ok(&run(&["import", "--data-dir", data.to_str().unwrap(), "--experiment", "cli", train_dir.to_str().unwrap(), cmp.to_str().unwrap()]));
     assert_eq!(printed.lines().count(), 3, "{printed}");
 
     let (_, runs) = server.get("/api/runs");
@@ -90,6 +89,7 @@ fn cli_runs_enter_the_app_whole() {
         (vec![good, unfinished.to_str().unwrap()], "did not finish"),
         (vec![good, corrupt.to_str().unwrap()], "metrics.jsonl line 1"),
         (vec![good, good, "--name", "x"], "invalid --name"),
+        (vec![cmp.to_str().unwrap(), "--name", "x"], "holds 2 runs"),
         (vec![good, "--name", "a b"], "run name `a b`"),
         (vec![good, "--experiment", "a/b"], "invalid --experiment"),
     ] {

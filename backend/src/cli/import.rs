@@ -3,7 +3,7 @@
 //! and samples (`amortize::jobs::import`). Every folder is read and checked
 //! before any is added; the server may be running.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use amortize::jobs::import;
 use amortize::store::Store;
@@ -12,7 +12,8 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
-    /// Run folders: `train --out DIR`, or `compare`'s gfn-…/ppo-…/sft-… folders.
+    /// Run folders: `train --out DIR`, `compare`'s gfn-…/ppo-…/sft-… folders,
+    /// or a `compare --out` folder (all its trainings).
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
     /// The server's data dir (as `serve --data-dir`).
@@ -33,7 +34,14 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
     if let Some(e) = &a.experiment {
         amortize_shared::api::valid_name(e).map_err(|m| anyhow::anyhow!("invalid --experiment `{e}`: {m}"))?;
     }
-    let prepared = a.dirs.iter().map(|d| import::prepare(d, a.name.as_deref())).collect::<amortize::Result<Vec<_>>>()?;
+    let mut dirs = Vec::new();
+    for d in &a.dirs {
+        dirs.extend(run_folders(d)?);
+    }
+    if a.name.is_some() && dirs.len() > 1 {
+        bail!("invalid --name: it names one run, and {} holds {} runs", a.dirs[0].display(), dirs.len());
+    }
+    let prepared = dirs.iter().map(|d| import::prepare(d, a.name.as_deref())).collect::<amortize::Result<Vec<_>>>()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let store = Store::open(&a.data_dir).await?;
@@ -44,4 +52,19 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `dir` itself when it is a run folder, else the run folders in it (a
+/// `compare --out` folder's trainings, by name); nothing found is an error.
+fn run_folders(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if dir.join(import::RUN_FILE).exists() || !dir.is_dir() {
+        // (A folder that is no run is refused by `prepare`, with its reason.)
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let mut inner: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.join(import::RUN_FILE).exists()).collect();
+    if inner.is_empty() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    inner.sort();
+    Ok(inner)
 }

@@ -290,18 +290,17 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", table::plain(&labels, &columns, &results));
         eprintln!("tables{} and samples in {}", if a.eval_every.is_some() { " (curves.md: evaluations along training)" } else { "" }, out.display());
-        let trained: Vec<String> = ["gfn", "ppo", "sft"].iter().filter(|k| has_trainings(&out, k)).map(|k| format!("{}/{k}-*", out.display())).collect();
-        if !trained.is_empty() {
-            eprintln!("`amortize import {}` shows the trainings in the app", trained.join(" "));
+        if has_trainings(&out) {
+            eprintln!("`amortize import {}` shows the trainings in the app", out.display());
         }
     }
     Ok(())
 }
 
-/// Whether `out` holds a finished training of `kind` (`gfn-seed0/`, `gfn-lr1e-3-seed0/`, …).
-fn has_trainings(out: &Path, kind: &str) -> bool {
+/// Whether `out` holds a finished training (`gfn-seed0/`, `ppo-seed1/`, …).
+fn has_trainings(out: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(out) else { return false };
-    entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&format!("{kind}-")) && e.path().join("adapter").exists() && e.path().join("run.json").exists())
+    entries.flatten().any(|e| e.path().join("adapter").exists() && e.path().join("run.json").exists())
 }
 
 /// The trainings (folder stems) a method runs when its adapters are missing.
