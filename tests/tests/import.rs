@@ -27,7 +27,10 @@ fn cli_runs_enter_the_app_whole() {
     let config = config.to_str().unwrap();
     let (train_dir, cmp) = (dir.path().join("rng-cli"), dir.path().join("cmp"));
     ok(&run(&["train", "--model", model, "--task", "rng", "--config", config, "--steps", "3", "--eval-every", "2", "--eval-samples", "4", "--quiet", "--out", train_dir.to_str().unwrap()]));
-    ok(&run(&["compare", "--model", model, "--task", "rng", "--config", config, "--methods", "gfn,ppo", "--steps", "2", "--samples", "4", "--eval-every", "1", "--json", "--out", cmp.to_str().unwrap()]));
+    // The comparison's GFlowNet trains 3 steps, its PPO 2.
+    let cmp_config = dir.path().join("cmp.toml");
+    std::fs::write(&cmp_config, "steps = 3\nbatch_size = 4\nlr = 0.05\n[ppo]\nsteps = 2\nbatch_size = 4\n").unwrap();
+    ok(&run(&["compare", "--model", model, "--task", "rng", "--config", cmp_config.to_str().unwrap(), "--methods", "gfn,ppo", "--samples", "4", "--eval-every", "1", "--json", "--out", cmp.to_str().unwrap()]));
 
     let data = dir.path().join("data");
     let server = Server::start(std::path::Path::new(model), &data, &[]);
@@ -41,7 +44,7 @@ fn cli_runs_enter_the_app_whole() {
     let names = ["rng-cli", "gfn-seed0", "ppo-seed0"];
     let runs: Vec<Value> = names.iter().map(|n| runs.as_array().unwrap().iter().find(|r| r["name"] == *n).unwrap_or_else(|| panic!("no run {n}: {runs}")).clone()).collect();
     let summary: Vec<(&str, &str, &str, u64)> = runs.iter().map(|r| (r["name"].as_str().unwrap(), r["method"].as_str().unwrap(), r["status"].as_str().unwrap(), r["step"].as_u64().unwrap())).collect();
-    assert_eq!(summary, [("rng-cli", "gfn", "completed", 3), ("gfn-seed0", "gfn", "completed", 2), ("ppo-seed0", "ppo", "completed", 2)]);
+    assert_eq!(summary, [("rng-cli", "gfn", "completed", 3), ("gfn-seed0", "gfn", "completed", 3), ("ppo-seed0", "ppo", "completed", 2)]);
     for (r, d) in runs.iter().zip(&dirs) {
         let id = r["id"].as_str().unwrap();
         assert_eq!(r["experiment"], "cli");
@@ -61,6 +64,8 @@ fn cli_runs_enter_the_app_whole() {
         let copied = std::fs::read(data.join("runs").join(id).join("adapter/adapter_model.safetensors")).unwrap();
         assert_eq!(copied, std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap());
     }
+    // PPO's steps are its own, not the GFlowNet's.
+    assert_eq!((runs[2]["steps"].as_u64(), runs[2]["config"]["steps"].as_u64()), (Some(2), Some(2)), "{}", runs[2]);
     let id = runs[0]["id"].as_str().unwrap();
     assert_eq!(runs[0]["config"]["steps"], 3);
     assert_eq!(runs[0]["eval_every"], 2);

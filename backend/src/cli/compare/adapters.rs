@@ -145,7 +145,8 @@ pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoCo
         });
         ended(ran, &mut w, &b)?;
         last_eval = evaluate_last(lm, along, &p.adapter, p.step, dir, w)?;
-        src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
+        // As the server stores a PPO run: its steps, batch and seed in the config.
+        src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, steps: cfg.steps, batch_size: cfg.batch_size, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
     } else {
         eprintln!("ppo: reusing {}", dir.join("adapter").display());
     }
