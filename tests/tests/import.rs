@@ -91,6 +91,7 @@ fn cli_runs_enter_the_app_whole() {
     let data_dir = data.to_str().unwrap();
     for (bad, says) in [
         (vec![good, dir.path().join("model").to_str().unwrap()], "has no run.json"),
+        (vec![good, "/nonexistent-run"], "/nonexistent-run: no such folder"),
         (vec![good, unfinished.to_str().unwrap()], "did not finish"),
         (vec![good, corrupt.to_str().unwrap()], "metrics.jsonl line 1"),
         (vec![good, good, "--name", "x"], "invalid --name"),

@@ -58,6 +58,9 @@ impl RunFile {
 
     fn read(dir: &Path) -> Result<RunFile> {
         let path = dir.join(RUN_FILE);
+        if !dir.is_dir() {
+            return Err(Error::invalid("run", format!("{}: no such folder", dir.display())));
+        }
         if !path.exists() {
             return Err(Error::invalid("run", format!("{} has no {RUN_FILE}: not a run folder of `amortize train --out` or `amortize compare`", dir.display())));
         }
