@@ -423,6 +423,7 @@ fn compare_sweeps_the_gfn_over_one_key() {
     let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
     let methods: Vec<&str> = v["rows"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
     assert_eq!(methods, ["base", "gfn[steps=2]", "gfn[steps=3]"]);
+    assert_eq!(v["sweep"], serde_json::json!({"key": "steps", "values": ["2", "3"]}));
     for (stem, steps) in [("gfn-steps2", 2), ("gfn-steps3", 3)] {
         for seed in 0..2 {
             let metrics = std::fs::read_to_string(out.join(format!("{stem}-seed{seed}/metrics.jsonl"))).unwrap();

@@ -275,6 +275,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
 
     let columns = table::columns(tasks::metric_names(&a.task), &labels, &results);
     let mut json = table::json(&a.task, a.seeds, &labels, &results);
+    if a.sweep.is_some() {
+        json["sweep"] = sweep::json(&variants);
+    }
     let md = table::markdown(&labels, &columns, &results);
     if a.eval_every.is_some() {
         let curves = curves(&a, &cfg, &variants, &out);

@@ -18,12 +18,14 @@ pub struct Variant {
     pub suffix: String,
     /// Added to its folders' stems: `-lr3e-4`, or nothing without a sweep.
     pub stem: String,
+    /// The swept key and this variant's value as written; none without a sweep.
+    pub setting: Option<(String, String)>,
     pub cfg: TrainConfig,
 }
 
 /// The comparison's own config alone, or one variant per swept value.
 pub fn variants(cfg: &TrainConfig, sweep: Option<&str>) -> anyhow::Result<Vec<Variant>> {
-    let Some(text) = sweep else { return Ok(vec![Variant { suffix: String::new(), stem: String::new(), cfg: cfg.clone() }]) };
+    let Some(text) = sweep else { return Ok(vec![Variant { suffix: String::new(), stem: String::new(), setting: None, cfg: cfg.clone() }]) };
     let Value::Object(base) = serde_json::to_value(cfg)? else { bail!("a config is not an object") };
     let sweep = parse_sweep(text, &base).map_err(|e| anyhow!("invalid --sweep: {e}"))?.ok_or_else(|| anyhow!("invalid --sweep: empty; write KEY=V1,V2,…"))?;
     let mut out = Vec::new();
@@ -32,9 +34,18 @@ pub fn variants(cfg: &TrainConfig, sweep: Option<&str>) -> anyhow::Result<Vec<Va
         m.insert(sweep.key.clone(), v);
         let cfg: TrainConfig = serde_json::from_value(Value::Object(m))?;
         let stem = format!("-{}{}", sweep.key, super::file_name(&t));
-        out.push(Variant { suffix: format!("[{}={t}]", sweep.key), stem, cfg });
+        out.push(Variant { suffix: format!("[{}={t}]", sweep.key), stem, setting: Some((sweep.key.clone(), t)), cfg });
     }
     Ok(out)
+}
+
+/// `compare.json`'s `"sweep"`: `{"key", "values"}` as written, or null.
+pub fn json(variants: &[Variant]) -> Value {
+    let settings: Vec<&(String, String)> = variants.iter().filter_map(|v| v.setting.as_ref()).collect();
+    match settings.first() {
+        Some((key, _)) => serde_json::json!({"key": key, "values": settings.iter().map(|(_, v)| v).collect::<Vec<_>>()}),
+        None => Value::Null,
+    }
 }
 
 /// Whether a method's rows depend on the GFlowNet's training.
@@ -70,11 +81,13 @@ mod tests {
         let vs = variants(&cfg, Some("lr = 3e-4, 1e-3")).unwrap();
         assert_eq!(vs.iter().map(|v| (v.suffix.as_str(), v.stem.as_str(), v.cfg.lr)).collect::<Vec<_>>(), [("[lr=3e-4]", "-lr3e-4", 3e-4), ("[lr=1e-3]", "-lr1e-3", 1e-3)]);
         assert_eq!(vs[1].cfg.steps, cfg.steps, "the rest of the config stays");
+        assert_eq!(json(&vs), serde_json::json!({"key": "lr", "values": ["3e-4", "1e-3"]}));
         let methods: Vec<Method> = ["base", "gfn@greedy", "ppo", "gfn+sft"].iter().map(|l| Method::parse(l, &[]).unwrap()).collect();
         let labels: Vec<String> = rows(&methods, &vs).into_iter().map(|(l, _, _)| l).collect();
         assert_eq!(labels, ["base", "gfn@greedy[lr=3e-4]", "gfn@greedy[lr=1e-3]", "ppo", "gfn+sft[lr=3e-4]", "gfn+sft[lr=1e-3]"]);
         // Without a sweep: one variant, the labels as given.
         let one = variants(&cfg, None).unwrap();
+        assert_eq!(json(&one), Value::Null);
         let stems = |m: &Method| swept(&m.kind).then(String::new);
         assert_eq!(rows(&methods, &one).into_iter().map(|(l, _, v)| (l, v.map(|v| v.stem.clone()))).collect::<Vec<_>>(), methods.iter().map(|m| (m.label.clone(), stems(m))).collect::<Vec<_>>());
         // The methods that train no GFlowNet have no variant, with a sweep too.
