@@ -53,7 +53,7 @@ pub struct TrainConfig {
     /// Projections with an adapter: any of q, k, v, o, gate, up, down.
     pub lora_targets: Vec<String>,
     pub lr: f64,
-    /// Learning rate of log Z (TB only).
+    /// Learning rate of log Z (TB's, or s_0's flow when `min_len > 0`).
     pub logz_lr: f64,
     pub warmup_steps: usize,
     pub weight_decay: f64,

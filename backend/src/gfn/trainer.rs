@@ -40,7 +40,8 @@ pub struct TrainTask {
 pub struct StepMetrics {
     pub step: usize,
     pub loss: f64,
-    /// Mean learned log Z of the step's problems (TB only).
+    /// Mean learned log Z of the step's problems: TB's, or with `min_len > 0`
+    /// the flow out of s_0 (which cannot stop); `None` otherwise.
     pub log_z: Option<f64>,
     /// Untempered log-reward of the full trajectories: mean and max.
     pub mean_log_r: f64,

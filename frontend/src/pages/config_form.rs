@@ -20,7 +20,7 @@ const GROUPS: &[(&str, &[(&str, &str)])] = &[
     ("Optimisation", &[
         ("steps", "optimiser steps"),
         ("lr", "learning rate of the adapter"),
-        ("logz_lr", "learning rate of log Z (TB only)"),
+        ("logz_lr", "learning rate of log Z (TB, or any objective with min_len > 0)"),
         ("warmup_steps", "linear warm-up, in steps"),
         ("weight_decay", "AdamW weight decay"),
         ("batch_size", "trajectories per micro-batch (one problem)"),
