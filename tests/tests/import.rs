@@ -34,6 +34,9 @@ fn cli_runs_enter_the_app_whole() {
 
     let data = dir.path().join("data");
     let server = Server::start(std::path::Path::new(model), &data, &[]);
+    // An imported run was created when its run.json was written.
+    let touched = std::process::Command::new("touch").args(["-d", "2026-01-02T03:04:05Z"]).arg(train_dir.join("run.json")).status().unwrap();
+    assert!(touched.success());
     // A run folder, and a comparison's folder (its trainings).
     let dirs = [train_dir.clone(), cmp.join("gfn-seed0"), cmp.join("ppo-seed0")];
     let printed = ok(&run(&["import", "--data-dir", data.to_str().unwrap(), "--experiment", "cli", train_dir.to_str().unwrap(), cmp.to_str().unwrap()]));
@@ -64,6 +67,7 @@ fn cli_runs_enter_the_app_whole() {
         let copied = std::fs::read(data.join("runs").join(id).join("adapter/adapter_model.safetensors")).unwrap();
         assert_eq!(copied, std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap());
     }
+    assert_eq!(runs[0]["created_at"], "2026-01-02T03:04:05Z");
     // PPO's steps are its own, not the GFlowNet's.
     assert_eq!((runs[2]["steps"].as_u64(), runs[2]["config"]["steps"].as_u64()), (Some(2), Some(2)), "{}", runs[2]);
     let id = runs[0]["id"].as_str().unwrap();

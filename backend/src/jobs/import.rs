@@ -152,7 +152,11 @@ pub async fn import(store: &Store, p: Prepared, experiment: Option<&str>) -> Res
         shots: None,
         eval_every: p.file.eval_every,
     };
-    match store.insert_finished_run(run, &p.points, &p.evals, final_metrics.as_ref()).await {
+    // Created when its run.json was written (a run's start for `train`, its
+    // end for `compare`), so imported runs keep the order they were trained in.
+    let created = std::fs::metadata(p.dir.join(RUN_FILE)).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let created_at = created.map_or_else(crate::util::now_rfc3339, |d| crate::util::rfc3339(d.as_secs()));
+    match store.insert_finished_run(run, &created_at, &p.points, &p.evals, final_metrics.as_ref()).await {
         Ok(r) => Ok(r),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&to);

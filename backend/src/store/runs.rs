@@ -96,9 +96,9 @@ impl Store {
     }
 
     /// A run trained elsewhere (`jobs::import`), whole and completed: its
-    /// row, its series, its evaluations and its final metrics in one
-    /// transaction, so a failure leaves nothing of it.
-    pub async fn insert_finished_run(&self, n: NewRun, points: &[MetricPoint], evals: &[EvalPoint], final_metrics: Option<&std::collections::BTreeMap<String, f64>>) -> Result<Run> {
+    /// row (created at `created_at`), its series, its evaluations and its
+    /// final metrics in one transaction, so a failure leaves nothing of it.
+    pub async fn insert_finished_run(&self, n: NewRun, created_at: &str, points: &[MetricPoint], evals: &[EvalPoint], final_metrics: Option<&std::collections::BTreeMap<String, f64>>) -> Result<Run> {
         let experiment_id = match &n.experiment {
             Some(e) => Some(self.experiment_id(e).await?),
             None => None,
@@ -123,7 +123,7 @@ impl Store {
         .bind(&n.dataset)
         .bind(n.eval_samples.map(|n| n as i64))
         .bind(final_metrics.map(serde_json::to_string).transpose()?)
-        .bind(&now)
+        .bind(created_at)
         .bind(&now)
         .bind(&n.notes)
         .bind(n.shots.map(|k| k as i64))
