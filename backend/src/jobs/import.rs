@@ -128,15 +128,13 @@ pub async fn import(store: &Store, p: Prepared, experiment: Option<&str>) -> Res
             break id;
         }
     };
-    let to = store.run_dir(&id);
-    let copied = copy_run(&p.dir, &to);
-    if let Err(e) = copied {
-        let _ = std::fs::remove_dir_all(&to);
-        return Err(e);
-    }
     let last = p.points.last().map_or(0, |m| m.step);
     // The final evaluation: the one at the last step, as a server run's.
     let final_metrics = p.evals.last().filter(|e| e.step == last).map(|e| e.metrics.clone());
+    // Created when its run.json was written (a run's start for `train`, its
+    // end for `compare`), so imported runs keep the order they were trained in.
+    let created = std::fs::metadata(p.dir.join(RUN_FILE)).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let created_at = created.map_or_else(crate::util::now_rfc3339, |d| crate::util::rfc3339(d.as_secs()));
     let source = p.dir.canonicalize().unwrap_or(p.dir.clone());
     let run = NewRun {
         id: id.clone(),
@@ -152,17 +150,16 @@ pub async fn import(store: &Store, p: Prepared, experiment: Option<&str>) -> Res
         shots: None,
         eval_every: p.file.eval_every,
     };
-    // Created when its run.json was written (a run's start for `train`, its
-    // end for `compare`), so imported runs keep the order they were trained in.
-    let created = std::fs::metadata(p.dir.join(RUN_FILE)).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-    let created_at = created.map_or_else(crate::util::now_rfc3339, |d| crate::util::rfc3339(d.as_secs()));
-    match store.insert_finished_run(run, &created_at, &p.points, &p.evals, final_metrics.as_ref()).await {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&to);
-            Err(e)
-        }
+    let to = store.run_dir(&id);
+    let added = match copy_run(&p.dir, &to) {
+        Ok(()) => store.insert_finished_run(run, &created_at, &p.points, &p.evals, final_metrics.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    if added.is_err() {
+        // Nothing of a run that did not enter the store stays behind.
+        let _ = std::fs::remove_dir_all(&to);
     }
+    added
 }
 
 /// The adapter and the series files of `from` into the new run folder `to`.
