@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use amortize::baselines::{train_gfn_sft, train_sft_observed, EmConfig, Ppo, PpoConfig, SftConfig};
 use amortize::gfn::{TrainConfig, Trainer};
 use amortize::jobs::import::RunFile;
-use amortize_shared::api::Method;
 use amortize::model::{LanguageModel, LoraAdapter};
 use amortize::tasks::{EvalReport, Task};
+use amortize_shared::api::Method;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::along::{self, Along};
