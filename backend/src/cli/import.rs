@@ -55,10 +55,10 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
 }
 
 /// `dir` itself when it is a run folder, else the run folders in it (a
-/// `compare --out` folder's trainings, by name); nothing found is an error.
+/// `compare --out` folder's trainings, by name); a folder with neither is
+/// kept, for `prepare` to refuse with its reason.
 fn run_folders(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if dir.join(import::RUN_FILE).exists() || !dir.is_dir() {
-        // (A folder that is no run is refused by `prepare`, with its reason.)
         return Ok(vec![dir.to_path_buf()]);
     }
     let mut inner: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.join(import::RUN_FILE).exists()).collect();

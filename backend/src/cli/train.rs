@@ -6,9 +6,9 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use amortize::gfn::Trainer;
-use amortize::jobs::import::RunFile;
-use amortize_shared::api::Method;
+use amortize::jobs::import::{RunFile, RUN_FILE};
 use amortize::tasks::{self, EvalOptions};
+use amortize_shared::api::Method;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -122,8 +122,11 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let stages = StageBar::new(a.quiet);
     let train_task = task.train_task(&lm)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // What `amortize import` reads to bring the run into the app.
-    RunFile { task: a.task.clone(), method: Method::Gfn, model: a.model.model.clone(), config: cfg.clone(), task_options: Some(json_table(&task_options(a.config.as_deref())?)?), settings: None, eval_every: a.eval_every, eval_samples: a.eval_samples }.write(&out)?;
+    // What `amortize import` reads to bring the run into the app, written
+    // when the run starts (a resume keeps it, and so the run's date).
+    if !a.resume || !out.join(RUN_FILE).exists() {
+        RunFile { task: a.task.clone(), method: Method::Gfn, model: a.model.model.clone(), config: cfg.clone(), task_options: Some(json_table(&task_options(a.config.as_deref())?)?), settings: None, eval_every: a.eval_every, eval_samples: a.eval_samples }.write(&out)?;
+    }
     let started = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out) } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out)) };
     let mut trainer = match started {
         Err(amortize::Error::Cancelled) => return Err(Interrupted::by(&signalled, "during set-up: no step was trained").into()),
