@@ -65,33 +65,11 @@ fn run_from_row(r: &SqliteRow) -> Result<Run> {
 
 impl Store {
     pub async fn insert_run(&self, n: NewRun) -> Result<Run> {
-        let experiment_id = match &n.experiment {
-            Some(e) => Some(self.experiment_id(e).await?),
-            None => None,
-        };
-        let now = now_rfc3339();
-        sqlx::query(
-            "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
-             eval_samples, created_at, updated_at, notes, shots, eval_every) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&n.id)
-        .bind(&n.name)
-        .bind(experiment_id)
-        .bind(&n.task)
-        .bind(n.method.as_str())
         // A base-model run trains no steps: its progress is its evaluation.
-        .bind(if n.method.trains() { n.config.steps as i64 } else { 0 })
-        .bind(serde_json::to_string(&n.config)?)
-        .bind(serde_json::to_string(&n.task_options)?)
-        .bind(&n.dataset)
-        .bind(n.eval_samples.map(|n| n as i64))
-        .bind(&now)
-        .bind(&now)
-        .bind(&n.notes)
-        .bind(n.shots.map(|k| k as i64))
-        .bind(n.eval_every.map(|k| k as i64))
-        .execute(&self.pool)
-        .await?;
+        let steps = if n.method.trains() { n.config.steps } else { 0 };
+        let row = RowState { status: "queued", step: 0, steps, final_metrics: None, created_at: None };
+        let experiment_id = self.experiment_of(&n).await?;
+        insert_row(&mut *self.pool.acquire().await?, &n, experiment_id, row).await?;
         self.run(&n.id).await
     }
 
@@ -99,37 +77,13 @@ impl Store {
     /// row (created at `created_at`), its series, its evaluations and its
     /// final metrics in one transaction, so a failure leaves nothing of it.
     pub async fn insert_finished_run(&self, n: NewRun, created_at: &str, points: &[MetricPoint], evals: &[EvalPoint], final_metrics: Option<&std::collections::BTreeMap<String, f64>>) -> Result<Run> {
-        let experiment_id = match &n.experiment {
-            Some(e) => Some(self.experiment_id(e).await?),
-            None => None,
-        };
-        let now = now_rfc3339();
         let step = points.last().map_or(0, |p| p.step);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
-             eval_samples, final_metrics, created_at, updated_at, notes, shots, eval_every) VALUES (?, ?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&n.id)
-        .bind(&n.name)
-        .bind(experiment_id)
-        .bind(&n.task)
-        .bind(n.method.as_str())
-        .bind(step as i64)
         // SFT's steps are its batches: the run's length is where it ended.
-        .bind(if n.method == Method::Sft { step as i64 } else { n.config.steps as i64 })
-        .bind(serde_json::to_string(&n.config)?)
-        .bind(serde_json::to_string(&n.task_options)?)
-        .bind(&n.dataset)
-        .bind(n.eval_samples.map(|n| n as i64))
-        .bind(final_metrics.map(serde_json::to_string).transpose()?)
-        .bind(created_at)
-        .bind(&now)
-        .bind(&n.notes)
-        .bind(n.shots.map(|k| k as i64))
-        .bind(n.eval_every.map(|k| k as i64))
-        .execute(&mut *tx)
-        .await?;
+        let steps = if n.method == Method::Sft { step } else { n.config.steps };
+        let row = RowState { status: "completed", step, steps, final_metrics: final_metrics.map(serde_json::to_string).transpose()?, created_at: Some(created_at.to_string()) };
+        let experiment_id = self.experiment_of(&n).await?;
+        let mut tx = self.pool.begin().await?;
+        insert_row(&mut tx, &n, experiment_id, row).await?;
         for p in points {
             sqlx::query("INSERT OR REPLACE INTO metrics (run_id, step, point) VALUES (?, ?, ?)").bind(&n.id).bind(p.step as i64).bind(serde_json::to_string(p)?).execute(&mut *tx).await?;
         }
@@ -138,6 +92,14 @@ impl Store {
         }
         tx.commit().await?;
         self.run(&n.id).await
+    }
+
+    /// The id of the run's experiment (created when missing), if it names one.
+    async fn experiment_of(&self, n: &NewRun) -> Result<Option<i64>> {
+        match &n.experiment {
+            Some(e) => Ok(Some(self.experiment_id(e).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Renames a run, replaces its notes and/or moves it to another
@@ -303,6 +265,46 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// What a new run row starts with besides its request.
+struct RowState {
+    status: &'static str,
+    step: usize,
+    steps: usize,
+    final_metrics: Option<String>,
+    /// `None`: now, as its `updated_at`.
+    created_at: Option<String>,
+}
+
+/// The one INSERT of a run row.
+async fn insert_row(conn: &mut sqlx::SqliteConnection, n: &NewRun, experiment_id: Option<i64>, row: RowState) -> Result<()> {
+    let now = now_rfc3339();
+    sqlx::query(
+        "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
+         eval_samples, final_metrics, created_at, updated_at, notes, shots, eval_every) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&n.id)
+    .bind(&n.name)
+    .bind(experiment_id)
+    .bind(&n.task)
+    .bind(n.method.as_str())
+    .bind(row.status)
+    .bind(row.step as i64)
+    .bind(row.steps as i64)
+    .bind(serde_json::to_string(&n.config)?)
+    .bind(serde_json::to_string(&n.task_options)?)
+    .bind(&n.dataset)
+    .bind(n.eval_samples.map(|n| n as i64))
+    .bind(row.final_metrics)
+    .bind(row.created_at.as_deref().unwrap_or(&now))
+    .bind(&now)
+    .bind(&n.notes)
+    .bind(n.shots.map(|k| k as i64))
+    .bind(n.eval_every.map(|k| k as i64))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
