@@ -69,3 +69,34 @@ fn smollm2_parity_with_transformers() {
     eprintln!("max |Δ log p| per token vs transformers: {worst:.2e}");
     assert!(worst < 1e-3, "max per-token difference {worst}");
 }
+
+/// The arithmetic preset's `max_len` leaves room on SmolLM2's tokenizer for
+/// the full chain of every question the paper tests (3–5 one-digit operands)
+/// and the stop token after it: the policy can always finish a chain.
+#[test]
+fn arithmetic_chains_fit_the_preset_on_smollm2() {
+    use amortize::tasks::arithmetic::{generate, worked, Arithmetic};
+    use amortize::tasks::Task;
+    use rand::SeedableRng;
+    let lm = model();
+    let task = Arithmetic::from_options(&toml::Table::new()).unwrap();
+    let max_len = task.default_config().max_len;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut questions: Vec<_> = (0..300).map(|i| generate(3 + i % 3, &mut rng)).collect();
+    // The longest: every accumulator after the first has two digits.
+    questions.push(amortize::tasks::arithmetic::Item { str_query: "Question: 9 + 9 + 9 + 9 + 9 = ? Answer:".into(), num_sol: 45, str_rationale: Some("9 + 9 =, 18 + 9 =, 27 + 9 =, 36 + 9 =".into()) });
+    questions.push(amortize::tasks::arithmetic::Item { str_query: "Question: 0 - 9 - 9 - 9 - 9 = ? Answer:".into(), num_sol: -36, str_rationale: Some("0 - 9 =, -9 - 9 =, -18 - 9 =, -27 - 9 =".into()) });
+    let mut longest = (0, String::new());
+    for q in &questions {
+        let rationale = q.str_rationale.as_deref().unwrap();
+        let t = Arithmetic::seed_trajectory(&lm, rationale).unwrap();
+        // The calculator's tokens are not actions, and its results are the chain's.
+        assert_eq!(lm.tokenizer.decode(&t.tokens, true).unwrap().trim(), worked(rationale), "{rationale}");
+        if t.num_actions() > longest.0 {
+            longest = (t.num_actions(), worked(rationale));
+        }
+    }
+    eprintln!("longest chain: {} actions ({:?}); preset max_len {max_len}", longest.0, longest.1);
+    assert!(longest.0 < max_len, "{:?} needs {} actions and the stop; max_len is {max_len}", longest.1, longest.0);
+    assert!(longest.0 >= 30, "the two-digit worst case should need 30 actions, got {}", longest.0);
+}
