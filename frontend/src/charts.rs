@@ -424,9 +424,16 @@ pub struct ScatterPoint {
     pub y_std: f64,
 }
 
-/// A scatter of labelled points with error bars.
+/// A scatter of labelled points with error bars; `xticks`, when given, are
+/// the x axis's ticks (a categorical axis), else round numbers.
 #[component]
-pub fn Scatter(id: String, xtitle: String, ytitle: String, #[prop(into)] points: Signal<Vec<ScatterPoint>>) -> impl IntoView {
+pub fn Scatter(
+    id: String,
+    xtitle: String,
+    ytitle: String,
+    #[prop(into)] points: Signal<Vec<ScatterPoint>>,
+    #[prop(optional)] xticks: Option<Vec<(f64, String)>>,
+) -> impl IntoView {
     let body = move || {
         let pts = points.get();
         let (Some(xr), Some(yr)) = (
@@ -444,7 +451,7 @@ pub fn Scatter(id: String, xtitle: String, ytitle: String, #[prop(into)] points:
         let yticks = tick_labels(&nice_ticks(f.y0, f.y1, 4));
         view! {
             <svg viewBox=format!("0 0 {W} {H}") role="img" aria-label=format!("{ytitle} against {xtitle}")>
-                {axes(f, tick_labels(&nice_ticks(f.x0, f.x1, 4)), yticks, xtitle.clone(), ytitle.clone())}
+                {axes(f, xticks.clone().unwrap_or_else(|| tick_labels(&nice_ticks(f.x0, f.x1, 4))), yticks, xtitle.clone(), ytitle.clone())}
                 {pts.into_iter().map(|p| {
                     let (cx, cy) = (f.px(p.x), f.py(p.y));
                     let color = PALETTE[p.color % PALETTE.len()];

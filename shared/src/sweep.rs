@@ -4,7 +4,8 @@
 //! Each value is read by the type of the key's value in the config (a whole
 //! number, a number, a word) and the whole config with it must pass
 //! [`TrainConfig::validate`], so every run of the sweep is one the server
-//! accepts. Knows nothing of how the runs are launched or named.
+//! accepts. [`axis`] places a sweep's values on a plot's x axis. Knows
+//! nothing of how the runs are launched or named.
 
 use serde_json::{Map, Value};
 
@@ -65,6 +66,47 @@ fn read(t: &str, base: &Value) -> Result<Value, String> {
     }
 }
 
+/// Where a sweep's lines sit on a plot's x axis, from each line's value of
+/// the swept setting as the settings table shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Axis {
+    /// Each line's position, in the order given.
+    pub x: Vec<f64>,
+    /// Positions are log10 of the values (positive numbers spanning more than
+    /// a factor of 20, such as learning rates).
+    pub log: bool,
+    /// For values that are not all numbers (an objective, a flag): a tick per
+    /// distinct value at 0, 1, 2, … in the order they first appear; `None`
+    /// for numbers, which take the axis's own ticks.
+    pub ticks: Option<Vec<(f64, String)>>,
+}
+
+/// The x axis of a sweep whose lines have `values` (one each).
+pub fn axis(values: &[String]) -> Axis {
+    let numbers: Option<Vec<f64>> = values.iter().map(|v| v.trim().parse::<f64>().ok().filter(|x| x.is_finite())).collect();
+    match numbers {
+        Some(xs) => {
+            let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+            let log = lo > 0.0 && hi / lo > 20.0;
+            Axis { x: if log { xs.iter().map(|x| x.log10()).collect() } else { xs }, log, ticks: None }
+        }
+        None => {
+            let mut seen: Vec<&str> = Vec::new();
+            let x = values
+                .iter()
+                .map(|v| {
+                    let i = seen.iter().position(|s| *s == v.as_str()).unwrap_or_else(|| {
+                        seen.push(v);
+                        seen.len() - 1
+                    });
+                    i as f64
+                })
+                .collect();
+            Axis { x, log: false, ticks: Some(seen.iter().enumerate().map(|(i, s)| (i as f64, s.to_string())).collect()) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +147,24 @@ mod tests {
         // Read, but the config with it fails TrainConfig::validate (T > 0).
         assert!(err("reward_temp_end = 1, 0").starts_with("reward_temp_end = 0: reward_temp_end"), "{}", err("reward_temp_end = 1, 0"));
         assert!(err("objective = tb, nope").starts_with("objective = nope:"), "{}", err("objective = tb, nope"));
+    }
+
+    #[test]
+    fn axis_places_numbers_words_and_learning_rates() {
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = axis(&strs(&["1", "10", "0.5"]));
+        assert_eq!((a.x, a.log, a.ticks), (vec![1.0, 10.0, 0.5], false, None));
+        let a = axis(&strs(&["0.0003", "0.001", "0.01"]));
+        assert!(a.log && a.ticks.is_none());
+        for (x, want) in a.x.iter().zip([-3.5229, -3.0, -2.0]) {
+            assert!((x - want).abs() < 1e-4, "{x} vs {want}");
+        }
+        // -1 to 100: not all positive, so linear.
+        assert!(!axis(&strs(&["-1", "100"])).log);
+        let a = axis(&strs(&["tb", "subtb", "tb", "db"]));
+        assert_eq!(a.x, vec![0.0, 1.0, 0.0, 2.0]);
+        assert_eq!(a.ticks, Some(vec![(0.0, "tb".to_string()), (1.0, "subtb".to_string()), (2.0, "db".to_string())]));
+        // One word among numbers makes the whole axis categorical.
+        assert_eq!(axis(&strs(&["1", "inf", "true"])).ticks.map(|t| t.len()), Some(3));
     }
 }
