@@ -391,14 +391,26 @@ fn compare_evaluates_the_trainings_along_the_way() {
     assert_eq!(again["rows"], v["rows"]);
     assert_eq!(std::fs::read_to_string(out.join("samples/gfn-seed1.json")).unwrap(), samples);
     assert_eq!(again["curves"], v["curves"]);
-    // Adapters an earlier call trained without --eval-every have no curves, and it says so.
+    // Without --eval-every, a training is evaluated at its last step only (its
+    // row): reused by a call with --eval-every, its curve is that one point.
     let plain = dir.path().join("plain");
     let first = ["compare", "--task", "custom", "--model", &model, "--config", config, "--methods", "gfn", "--steps", "2", "--samples", "3", "--json", "--out", plain.to_str().unwrap()];
-    stdout(&run(&first));
+    let o = run(&first);
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("gfn (seed 0): the evaluation at its last training step"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&[&first[..], &["--eval-every", "1"]].concat());
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let curves = v["curves"]["gfn"].as_object().unwrap_or_else(|| panic!("{v}"));
+    for (name, points) in curves {
+        assert_eq!(points.as_array().map(|p| p.len()), Some(1), "{name}: {points}");
+        assert_eq!((points[0]["step"].as_u64(), &points[0]["mean"]), (Some(2), &row["rows"][0]["metrics"][name]["mean"]), "{name}");
+    }
+    // Points made with other evaluation settings are left out, and it says so.
+    let o = run(&[&first[..], &["--eval-every", "1", "--batch", "8"]].concat());
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["curves"], serde_json::json!({}), "{v}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("gfn seed 0: no evaluations along training"), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("gfn seed 0: 1 evaluations along training made otherwise"), "{said}");
 
     for (bad, says) in [
         (&["--methods", "gfn", "--eval-every", "0"][..], "invalid --eval-every: must be at least 1"),

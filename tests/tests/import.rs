@@ -79,6 +79,20 @@ fn cli_runs_enter_the_app_whole() {
     assert_eq!(samples.len(), 3);
     assert!(samples.iter().any(|g| (g["logprob"].as_f64().unwrap() - g["base_logprob"].as_f64().unwrap()).abs() > 1e-6), "sampled from the base model: {out}");
 
+    // Without --eval-every, each training's last step is still evaluated (the
+    // row's evaluation): the imported run's final metrics are the table's.
+    let plain = dir.path().join("plain");
+    let table: Value = serde_json::from_str(&ok(&run(&["compare", "--model", model, "--task", "rng", "--config", cmp_config.to_str().unwrap(), "--methods", "gfn", "--samples", "4", "--json", "--out", plain.to_str().unwrap()]))).unwrap();
+    let lines = jsonl(&plain.join("gfn-seed0/evals.jsonl"));
+    assert_eq!((lines.len(), lines[0]["step"].as_u64()), (1, Some(3)), "{lines:?}");
+    ok(&run(&["import", "--data-dir", data.to_str().unwrap(), "--name", "plain-gfn", plain.join("gfn-seed0").to_str().unwrap()]));
+    let (_, all) = server.get("/api/runs");
+    let imported = all.as_array().unwrap().iter().find(|r| r["name"] == "plain-gfn").unwrap_or_else(|| panic!("{all}"));
+    let row = &table["rows"][0]["metrics"];
+    let finals = imported["final_metrics"].as_object().unwrap_or_else(|| panic!("no final metrics: {imported}"));
+    assert!(!finals.is_empty() && finals.iter().all(|(k, v)| row[k]["mean"] == *v), "{finals:?} vs {row}");
+    assert_eq!((imported["eval_every"].as_u64(), imported["eval_samples"].as_u64()), (None, Some(4)), "{imported}");
+
     // Bad folders: one line each, nothing imported (not even the good folder beside them).
     let unfinished = dir.path().join("unfinished");
     std::fs::create_dir_all(&unfinished).unwrap();
@@ -108,6 +122,6 @@ fn cli_runs_enter_the_app_whole() {
         assert!(!o.status.success() && err.contains(says) && err.lines().count() == 1, "{bad:?}: {err}");
     }
     let (_, after) = server.get("/api/runs");
-    assert_eq!(after.as_array().unwrap().len(), 3, "{after}");
+    assert_eq!(after.as_array().unwrap().len(), 4, "{after}");
     server.kill();
 }

@@ -1,7 +1,8 @@
 //! The adapters `compare` trains when they are missing — GFlowNet, PPO, SFT
 //! and the EM step (SFT on accepted GFlowNet samples) — each in its own
 //! folder under `--out`, reused by a later call when its `adapter/` exists;
-//! the first three evaluated along the way with `--eval-every` ([`Along`]).
+//! the first three evaluated at their last step and, with `--eval-every`,
+//! along the way ([`Along`]).
 //! Each writes its folder's `run.json` ([`Source`]), so `amortize import`
 //! can bring it into the app.
 

@@ -1,11 +1,12 @@
-//! `compare --eval-every N`: the comparison's own evaluation (its samples,
-//! test items, batch and seed, the plain decoding) of each adapter it trains
-//! — GFlowNet, PPO, SFT — repeated every N steps of that training and at its
-//! last, into the method's folder (`evals.jsonl`, each line with the
-//! evaluation's settings, so a reused adapter's points count only when they
-//! were made the same way); then the curves over seeds: at each step all the
-//! seeds have, the mean ± std of each metric (`compare.json`'s `curves`,
-//! `curves.md`). Trains nothing and decides nothing about the table.
+//! The comparison's own evaluation (its samples, test items, batch and seed,
+//! the plain decoding) of each adapter it trains — GFlowNet, PPO, SFT — at
+//! the training's last step (the row's evaluation, and the run's final
+//! metrics for `amortize import`) and, with `--eval-every N`, every N steps,
+//! into the method's folder (`evals.jsonl`, each line with the evaluation's
+//! settings, so a reused adapter's points count only when they were made the
+//! same way); then the curves over seeds: at each step all the seeds have,
+//! the mean ± std of each metric (`compare.json`'s `curves`, `curves.md`).
+//! Trains nothing and decides nothing about the table.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +23,8 @@ pub const TRAINED: [&str; 3] = ["gfn", "ppo", "sft"];
 
 /// How the trainings of one seed are evaluated along the way.
 pub struct Along<'a> {
-    pub every: usize,
+    /// `--eval-every`; `None`: at the last step only.
+    pub every: Option<usize>,
     /// The comparison's task (the GFlowNet may train against another reward).
     pub task: &'a dyn Task,
     pub opts: EvalOptions,
@@ -31,7 +33,7 @@ pub struct Along<'a> {
 impl Along<'_> {
     /// Whether `step` is one of the evaluated (the training's last is evaluated too).
     pub fn due(&self, step: usize) -> bool {
-        step.is_multiple_of(self.every)
+        self.every.is_some_and(|n| step.is_multiple_of(n))
     }
 
     /// Evaluates `adapter` as trained to `step` and appends the point to

@@ -7,8 +7,10 @@
 //! missing under `--out`, reuses what an earlier call trained. With
 //! `[task] reward_adapter = "sft"` (infilling), the GFlowNet's reward scores
 //! with the SFT adapter trained here first, the paper's §4.2 recipe in one call.
-//! With `--eval-every N`, the adapters trained here are evaluated along their
-//! training too, and the curves over seeds are tabulated (`along`). With
+//! The adapters trained here are evaluated at their last step into their
+//! folder (the row; `amortize import` reads it as the final metrics); with
+//! `--eval-every N`, along their training too, and the curves over seeds are
+//! tabulated (`along`). With
 //! `--sweep KEY=V1,V2,…`, the GFlowNet trains once per value (`sweep`).
 //! See docs/compare.md.
 
@@ -187,10 +189,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let sft_dir = out.join(format!("sft-seed{seed}"));
         sft.seed = seed;
         // The plain decoding of the comparison's evaluation (of a variant's
-        // lengths), along each training.
-        let along_with = |c: &TrainConfig| a.eval_every.map(|every| along::Along { every, task: task.as_ref(), opts: plain_eval(&a, c, seed) });
+        // lengths), at each training's last step and every --eval-every.
+        let along_with = |c: &TrainConfig| along::Along { every: a.eval_every, task: task.as_ref(), opts: plain_eval(&a, c, seed) };
         let along = along_with(&cfg);
-        let along = along.as_ref();
+        let along = Some(&along);
         // --adapters gfn=DIR stands in for the GFlowNet adapter here too (gfn+sft samples from it).
         let gfn = |v: &sweep::Variant| -> anyhow::Result<adapters::Trained> {
             let gfn_cfg = TrainConfig { seed: v.cfg.seed + seed, ..v.cfg.clone() };
@@ -204,8 +206,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                     let reward_dir = match given.get("sft") {
                         Some(dir) => dir.clone(),
                         None => {
-                            // (SFT keeps the comparison's config: its evaluations along training too.)
-                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along_with(&cfg).as_ref(), &src)?;
+                            // (SFT keeps the comparison's config; not a row, it is
+                            // evaluated only along training, with --eval-every.)
+                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, a.eval_every.map(|_| along_with(&cfg)).as_ref(), &src)?;
                             sft_dir.join("adapter")
                         }
                     };
@@ -213,9 +216,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                     let mut opts = task_opts.clone();
                     opts.insert("reward_adapter".into(), toml::Value::String(reward_dir.to_string_lossy().into_owned()));
                     let src = adapters::Source { task_options: super::train::json_table(&opts)?, ..src.clone() };
-                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref(), &src)
+                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, Some(&along), &src)
                 }
-                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, along.as_ref(), &src),
+                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, Some(&along), &src),
             }
         };
         for (label, m, v) in &rows {
@@ -340,7 +343,7 @@ fn curves(a: &CompareArgs, cfg: &TrainConfig, variants: &[sweep::Variant], out: 
             }
             if dir.join("adapter").exists() {
                 if points.is_empty() && other == 0 {
-                    eprintln!("{kind} seed {seed}: no evaluations along training (its adapter was trained by an earlier call without --eval-every)");
+                    eprintln!("{kind} seed {seed}: no evaluations along training (its folder has no evals.jsonl)");
                 }
                 seeds.push(points);
             }
