@@ -245,19 +245,29 @@ impl Arithmetic {
         ))
     }
 
-    fn accuracy(&self, lm: &LanguageModel, lora: Option<&LoraView>, items: &[Item], opts: &EvalOptions, examples: &mut Vec<serde_json::Value>, stage: &str) -> Result<f64> {
-        // `xC`: C times the samples, all in the vote.
-        let k = opts.samples.unwrap_or(self.opts.eval_samples) * opts.compute();
-        // Built once: the allowed set scans the whole vocabulary.
+    /// How an evaluation samples `k` rationales a question: the task's mask,
+    /// stop and temperature, the training's lengths — below `min_len` the
+    /// policy's stop action was never trained (it is masked there), so it
+    /// stays masked here — and `opts`' decoding.
+    fn eval_config(&self, lm: &LanguageModel, opts: &EvalOptions, k: usize) -> Result<SampleConfig> {
+        let (min_len, max_len) = opts.lengths_or(&self.default_config());
         let base = SampleConfig {
             n: k,
-            max_new_tokens: opts.lengths_or(&self.default_config()).1,
+            max_new_tokens: max_len,
+            min_new_tokens: min_len,
             temperature: self.opts.eval_temperature,
             mask: TokenMask::Allow(Self::allowed_tokens(lm)),
             stop_tokens: Some(vec![Self::stop_token(lm)?]),
             ..SampleConfig::default()
         };
-        let base = opts.decode(base);
+        Ok(opts.decode(base))
+    }
+
+    fn accuracy(&self, lm: &LanguageModel, lora: Option<&LoraView>, items: &[Item], opts: &EvalOptions, examples: &mut Vec<serde_json::Value>, stage: &str) -> Result<f64> {
+        // `xC`: C times the samples, all in the vote.
+        let k = opts.samples.unwrap_or(self.opts.eval_samples) * opts.compute();
+        // Built once: the allowed set scans the whole vocabulary.
+        let base = self.eval_config(lm, opts, k)?;
         let cfg = |seed| SampleConfig { seed, ..base.clone() };
         let per_batch = (opts.batch / k).max(1);
         let mut answers: Vec<Vec<String>> = Vec::new();
@@ -444,5 +454,15 @@ mod tests {
         assert_eq!(task.default_shots(), 3);
         let beam = EvalOptions { decoding: Some(crate::tasks::Decoding::parse("beam").unwrap()), ..Default::default() };
         assert!(task.check_eval(&beam).unwrap_err().to_string().contains("calculator"));
+    }
+
+    #[test]
+    fn evaluation_samples_with_the_training_lengths() {
+        let (_dir, lm, task) = tiny_task();
+        let preset = task.default_config();
+        let cfg = task.eval_config(&lm, &EvalOptions::default(), 10).unwrap();
+        assert_eq!((cfg.min_new_tokens, cfg.max_new_tokens, cfg.n), (preset.min_len, preset.max_len, 10));
+        let cfg = task.eval_config(&lm, &EvalOptions { lengths: Some((2, 9)), ..Default::default() }, 3).unwrap();
+        assert_eq!((cfg.min_new_tokens, cfg.max_new_tokens), (2, 9));
     }
 }
