@@ -75,7 +75,7 @@ fn smollm2_parity_with_transformers() {
 /// and the stop token after it: the policy can always finish a chain.
 #[test]
 fn arithmetic_chains_fit_the_preset_on_smollm2() {
-    use amortize::tasks::arithmetic::{generate, worked, Arithmetic};
+    use amortize::tasks::arithmetic::{generate, worked, Arithmetic, Item};
     use amortize::tasks::Task;
     use rand::SeedableRng;
     let lm = model();
@@ -84,8 +84,8 @@ fn arithmetic_chains_fit_the_preset_on_smollm2() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut questions: Vec<_> = (0..300).map(|i| generate(3 + i % 3, &mut rng)).collect();
     // The longest: every accumulator after the first has two digits.
-    questions.push(amortize::tasks::arithmetic::Item { str_query: "Question: 9 + 9 + 9 + 9 + 9 = ? Answer:".into(), num_sol: 45, str_rationale: Some("9 + 9 =, 18 + 9 =, 27 + 9 =, 36 + 9 =".into()) });
-    questions.push(amortize::tasks::arithmetic::Item { str_query: "Question: 0 - 9 - 9 - 9 - 9 = ? Answer:".into(), num_sol: -36, str_rationale: Some("0 - 9 =, -9 - 9 =, -18 - 9 =, -27 - 9 =".into()) });
+    questions.push(Item { str_query: "Question: 9 + 9 + 9 + 9 + 9 = ? Answer:".into(), num_sol: 45, str_rationale: Some("9 + 9 =, 18 + 9 =, 27 + 9 =, 36 + 9 =".into()) });
+    questions.push(Item { str_query: "Question: 0 - 9 - 9 - 9 - 9 = ? Answer:".into(), num_sol: -36, str_rationale: Some("0 - 9 =, -9 - 9 =, -18 - 9 =, -27 - 9 =".into()) });
     let mut longest = (0, String::new());
     for q in &questions {
         let rationale = q.str_rationale.as_deref().unwrap();

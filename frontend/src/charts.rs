@@ -432,7 +432,7 @@ pub fn Scatter(
     xtitle: String,
     ytitle: String,
     #[prop(into)] points: Signal<Vec<ScatterPoint>>,
-    #[prop(optional)] xticks: Option<Vec<(f64, String)>>,
+    #[prop(optional_no_strip)] xticks: Option<Vec<(f64, String)>>,
 ) -> impl IntoView {
     let body = move || {
         let pts = points.get();

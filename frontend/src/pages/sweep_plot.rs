@@ -60,11 +60,7 @@ pub fn SweepPlot(
                     })
                     .collect();
                 let xtitle = if ax.log { format!("{key} (log10)") } else { key.clone() };
-                let xticks = ax.ticks.clone();
-                (points.len() >= 2).then(|| match xticks {
-                    Some(t) => view! { <Scatter id=format!("sweep-{m}") xtitle=xtitle ytitle=m points=points xticks=t /> }.into_any(),
-                    None => view! { <Scatter id=format!("sweep-{m}") xtitle=xtitle ytitle=m points=points /> }.into_any(),
-                })
+                (points.len() >= 2).then(|| view! { <Scatter id=format!("sweep-{m}") xtitle=xtitle ytitle=m points=points xticks=ax.ticks.clone() /> })
             })
             .collect::<Vec<_>>();
         (!charts.is_empty()).then(|| {
