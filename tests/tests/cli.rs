@@ -463,3 +463,65 @@ fn compare_sweeps_the_gfn_over_one_key() {
         assert!(!o.status.success() && err.contains(says) && err.lines().count() == 1, "{bad:?}: {err}");
     }
 }
+
+/// The LoRA tensors of a PEFT adapter folder, by name.
+fn adapter_tensors(dir: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap()
+}
+
+/// ‖a − b‖ over the tensors of two adapters of the same shape.
+fn adapter_distance(a: &std::path::Path, b: &std::path::Path) -> f64 {
+    let (a, b) = (adapter_tensors(a), adapter_tensors(b));
+    assert_eq!(a.len(), b.len());
+    let sq: f64 = a.iter().map(|(k, t)| (t - &b[k]).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).sum();
+    sq.sqrt()
+}
+
+/// A GFlowNet started from an SFT adapter: compare's `sft+gfn` and `train
+/// --adapter`. Two small steps move an adapter little, so one that started
+/// from SFT's stays near it while a fresh one (A random, B = 0) is as far
+/// from it as SFT went; the run's `run.json` names where it started.
+#[test]
+fn the_gfn_starts_from_an_sft_adapter() {
+    let (dir, model) = tiny();
+    let out = dir.path().join("cmp");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "lr = 1e-4\n[task]\nk_shot = 1\n[sft]\nepochs = 1\nlr = 0.01\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    let args = ["compare", "--task", "arithmetic", "--model", &model, "--config", cfg, "--methods", "sft,gfn,sft+gfn", "--steps", "2", "--samples", "1", "--limit", "1", "--json", "--out", out.to_str().unwrap()];
+    let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
+    assert_eq!(rows(&v).iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["sft", "gfn", "sft+gfn"]);
+    let sft = out.join("sft-seed0/adapter");
+    let (from_sft, fresh) = (adapter_distance(&out.join("sft-gfn-seed0/adapter"), &sft), adapter_distance(&out.join("gfn-seed0/adapter"), &sft));
+    assert!(from_sft < 0.2 * fresh, "sft+gfn is {from_sft} from SFT's adapter, the fresh GFlowNet {fresh}");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("sft-gfn-seed0/run.json")).unwrap()).unwrap();
+    assert_eq!(file["init_adapter"].as_str(), sft.to_str(), "{file}");
+    assert!(std::fs::read_to_string(out.join("gfn-seed0/run.json")).unwrap().find("init_adapter").is_none());
+
+    // `train --adapter`: the same start from the command line.
+    let run_dir = dir.path().join("run");
+    let o = run(&["train", "--model", &model, "--task", "arithmetic", "--config", cfg, "--steps", "2", "--quiet", "--adapter", sft.to_str().unwrap(), "--out", run_dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(adapter_distance(&run_dir.join("adapter"), &sft) < 0.2 * fresh);
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(file["init_adapter"].as_str(), sft.to_str(), "{file}");
+
+    // Refused with one line: with --resume, another rank, no adapter there.
+    let other = dir.path().join("r4.toml");
+    std::fs::write(&other, "lora_r = 4\n[task]\nk_shot = 1\n").unwrap();
+    let fresh_out = dir.path().join("again");
+    for (extra, config, want) in [
+        (&["--resume"][..], cfg, "a resumed run goes on from its checkpoint's adapter"),
+        (&[][..], other.to_str().unwrap(), "the run's config has lora_r = 4"),
+    ] {
+        let out_dir = if extra.is_empty() { &fresh_out } else { &run_dir };
+        let mut args = vec!["train", "--model", &model, "--task", "arithmetic", "--config", config, "--steps", "1", "--quiet", "--adapter", sft.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && err.trim().lines().count() == 1, "{extra:?}: {err}");
+    }
+    let o = run(&["train", "--model", &model, "--task", "arithmetic", "--config", cfg, "--steps", "1", "--quiet", "--adapter", dir.path().join("nowhere").to_str().unwrap(), "--out", fresh_out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("nowhere") && err.trim().lines().count() == 1, "{err}");
+}

@@ -1,5 +1,5 @@
 //! The method names `amortize compare` understands, parsed from strings such
-//! as `base`, `fewshot:k=5`, `gfn+sft` or `base@dbeam+x5`:
+//! as `base`, `fewshot:k=5`, `gfn+sft`, `sft+gfn` or `base@dbeam+x5`:
 //! `NAME[:k=N][@DECODING]`. Owns only the grammar and its error messages (each
 //! names the bad part); what a method does lives in the compare command, the
 //! baselines and the tasks.
@@ -25,6 +25,9 @@ pub enum MethodKind {
     /// The EM step: SFT on Z's sampled from the GFlowNet adapter that the
     /// task's reward accepts.
     GfnSft,
+    /// GFlowNet fine-tuning whose adapter starts from the SFT adapter (the
+    /// order of the name is the order of the trainings, as in `gfn+sft`).
+    SftGfn,
     /// An adapter given with `--adapters NAME=DIR`.
     Adapter(String),
 }
@@ -39,7 +42,7 @@ pub struct Method {
 }
 
 /// The built-in names, for messages.
-pub const NAMES: &str = "base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft";
+pub const NAMES: &str = "base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft, sft+gfn";
 
 impl Method {
     /// Parses `NAME[:k=N][@DECODING]`; `adapters` are the names given with `--adapters`.
@@ -63,6 +66,7 @@ impl Method {
             "ppo" => MethodKind::Ppo,
             "sft" => MethodKind::Sft,
             "gfn+sft" => MethodKind::GfnSft,
+            "sft+gfn" => MethodKind::SftGfn,
             "" => return Err(Error::invalid("method", format!("`{spec_t}` has no method name (known: {NAMES}, or a name given with --adapters)"))),
             n => return Err(Error::invalid("method", format!("unknown method `{n}` (known: {NAMES}, or a name given with --adapters; add @greedy, @t=…, @beam, @x5, … for a decoding)"))),
         };
@@ -96,6 +100,7 @@ mod tests {
         assert_eq!((m.label.as_str(), &m.kind, m.decoding.is_none()), ("fewshot:k=5", &MethodKind::FewShot { k: Some(5) }, true));
         assert_eq!(Method::parse("fewshot", &[]).unwrap().kind, MethodKind::FewShot { k: None });
         assert_eq!(Method::parse("gfn+sft", &[]).unwrap().kind, MethodKind::GfnSft);
+        assert_eq!(Method::parse("sft+gfn@greedy", &[]).unwrap().kind, MethodKind::SftGfn);
         let m = Method::parse("base@dbeam=8+x5", &[]).unwrap();
         assert_eq!(m.kind, MethodKind::Base);
         assert_eq!(m.decoding.as_ref().unwrap().compute, Some(5));

@@ -28,7 +28,9 @@ pub struct ModelArgs {
     /// A `.gguf` file or a Hugging Face directory (config.json + safetensors + tokenizer.json).
     #[arg(long, default_value = DEFAULT_MODEL, env = "AMORTIZE_MODEL")]
     pub model: PathBuf,
-    /// A LoRA adapter directory in the PEFT layout.
+    /// A LoRA adapter directory in the PEFT layout (`train`: the new run's
+    /// adapter starts from it, e.g. an SFT adapter; its rank, alpha and
+    /// targets must be the config's).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto (the first GPU when the binary was built

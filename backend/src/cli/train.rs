@@ -112,10 +112,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if !a.resume && out.join("checkpoints").exists() {
         anyhow::bail!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display());
     }
-    if a.model.adapter.is_some() {
-        anyhow::bail!("invalid --adapter: train starts a new adapter (use --resume to continue a run)");
+    if a.resume && a.model.adapter.is_some() {
+        anyhow::bail!("invalid --adapter: a resumed run goes on from its checkpoint's adapter (--adapter starts a new run from an adapter)");
     }
-    let (lm, _) = a.model.load()?;
+    // The adapter is the run's starting point, not a view over the model.
+    let (lm, _) = ModelArgs { adapter: None, ..a.model.clone() }.load()?;
+    let start = match &a.model.adapter {
+        Some(dir) => Some(amortize::gfn::starting_adapter(dir, &cfg, lm.config(), lm.device()).with_context(|| format!("starting from {}", dir.display()))?),
+        None => None,
+    };
     // Ctrl-C or SIGTERM: the step in flight ends, a checkpoint is written, `--resume` continues.
     let signalled = on_signals()?;
     let _scope = amortize::cancel::scope(signalled.clone());
@@ -125,9 +130,13 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     // What `amortize import` reads to bring the run into the app, written
     // when the run starts (a resume keeps it, and so the run's date).
     if !a.resume || !out.join(RUN_FILE).exists() {
-        RunFile { task: a.task.clone(), method: Method::Gfn, model: a.model.model.clone(), config: cfg.clone(), task_options: Some(json_table(&task_options(a.config.as_deref())?)?), settings: None, eval_every: a.eval_every, eval_samples: a.eval_samples }.write(&out)?;
+        RunFile { task: a.task.clone(), method: Method::Gfn, model: a.model.model.clone(), config: cfg.clone(), task_options: Some(json_table(&task_options(a.config.as_deref())?)?), settings: None, eval_every: a.eval_every, eval_samples: a.eval_samples, init_adapter: a.model.adapter.clone() }.write(&out)?;
     }
-    let started = if a.resume { Trainer::resume(&lm, train_task, cfg.clone(), &out) } else { Trainer::new(&lm, train_task, cfg.clone(), Some(&out)) };
+    let started = match start {
+        _ if a.resume => Trainer::resume(&lm, train_task, cfg.clone(), &out),
+        Some(adapter) => Trainer::starting_from(&lm, train_task, cfg.clone(), Some(&out), adapter),
+        None => Trainer::new(&lm, train_task, cfg.clone(), Some(&out)),
+    };
     let mut trainer = match started {
         Err(amortize::Error::Cancelled) => return Err(Interrupted::by(&signalled, "during set-up: no step was trained").into()),
         t => t?,

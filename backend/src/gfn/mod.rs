@@ -19,5 +19,5 @@ pub mod policy;
 mod policy_head;
 pub mod trainer;
 
-pub use config::{Objective, TrainConfig};
+pub use config::{starting_adapter, Objective, TrainConfig};
 pub use trainer::{Backward, Phases, RecentSample, StepMetrics, TrainTask, Trainer};

@@ -146,10 +146,18 @@ impl<'a> Trainer<'a> {
     /// A fresh run: new adapter, empty optimiser, buffer seeded with the task's Z's.
     pub fn new(lm: &'a LanguageModel, task: TrainTask, cfg: TrainConfig, out: Option<&Path>) -> Result<Self> {
         cfg.validate()?;
+        let adapter = LoraAdapter::new(lm.config(), super::config::lora_config(&cfg)?, lm.device(), cfg.seed)?;
+        Self::starting_from(lm, task, cfg, out, adapter)
+    }
+
+    /// A fresh run whose adapter starts as `adapter` (an SFT adapter, say;
+    /// see [`super::config::starting_adapter`]) instead of B = 0: new
+    /// optimiser and log Z, buffer seeded with the task's Z's.
+    pub fn starting_from(lm: &'a LanguageModel, task: TrainTask, cfg: TrainConfig, out: Option<&Path>, adapter: LoraAdapter) -> Result<Self> {
+        cfg.validate()?;
         if task.problems.is_empty() {
             return Err(Error::invalid("dataset", "the task has no problems to train on"));
         }
-        let adapter = LoraAdapter::new(lm.config(), super::config::lora_config(&cfg)?, lm.device(), cfg.seed)?;
         let mut t = Self::assemble(lm, task, cfg, adapter, out)?;
         t.seed_buffer()?;
         Ok(t)

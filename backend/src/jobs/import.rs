@@ -42,6 +42,10 @@ pub struct RunFile {
     pub eval_every: Option<usize>,
     #[serde(default)]
     pub eval_samples: Option<usize>,
+    /// The adapter the training started from (`train --adapter`, compare's
+    /// `sft+gfn`), as given; absent: a fresh adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_adapter: Option<PathBuf>,
 }
 
 fn gfn() -> Method {
@@ -146,7 +150,10 @@ pub async fn import(store: &Store, p: Prepared, experiment: Option<&str>) -> Res
         task_options: p.file.task_options.unwrap_or_default(),
         dataset: None,
         eval_samples: p.file.eval_samples,
-        notes: format!("imported from {}", source.display()),
+        notes: match &p.file.init_adapter {
+            Some(a) => format!("imported from {}; its adapter started from {}", source.display(), a.display()),
+            None => format!("imported from {}", source.display()),
+        },
         shots: None,
         eval_every: p.file.eval_every,
     };

@@ -1,5 +1,6 @@
-//! The adapters `compare` trains when they are missing — GFlowNet, PPO, SFT
-//! and the EM step (SFT on accepted GFlowNet samples) — each in its own
+//! The adapters `compare` trains when they are missing — GFlowNet (from a
+//! fresh adapter or from SFT's), PPO, SFT and the EM step (SFT on accepted
+//! GFlowNet samples) — each in its own
 //! folder under `--out`, reused by a later call when its `adapter/` exists;
 //! the first three evaluated at their last step and, with `--eval-every`,
 //! along the way ([`Along`]).
@@ -10,11 +11,12 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use amortize::baselines::{train_gfn_sft, train_sft_observed, EmConfig, Ppo, PpoConfig, SftConfig};
-use amortize::gfn::{TrainConfig, Trainer};
+use amortize::gfn::{starting_adapter, TrainConfig, Trainer};
 use amortize::jobs::import::RunFile;
 use amortize::model::{LanguageModel, LoraAdapter};
 use amortize::tasks::{EvalReport, Task};
 use amortize_shared::api::Method;
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::along::{self, Along};
@@ -30,9 +32,10 @@ pub struct Source {
 }
 
 impl Source {
-    fn write(&self, dir: &Path, method: Method, cfg: &TrainConfig, settings: Option<serde_json::Value>, along: bool) -> anyhow::Result<()> {
+    fn write(&self, dir: &Path, method: Method, cfg: &TrainConfig, settings: Option<serde_json::Value>, along: bool, start: Option<&Path>) -> anyhow::Result<()> {
         let (eval_every, eval_samples) = if along { (self.eval_every, self.eval_samples) } else { (None, None) };
-        let file = RunFile { task: self.task.clone(), method, model: self.model.clone(), config: cfg.clone(), task_options: Some(self.task_options.clone()), settings, eval_every, eval_samples };
+        let init_adapter = start.map(Path::to_path_buf);
+        let file = RunFile { task: self.task.clone(), method, model: self.model.clone(), config: cfg.clone(), task_options: Some(self.task_options.clone()), settings, eval_every, eval_samples, init_adapter };
         Ok(file.write(dir)?)
     }
 }
@@ -103,8 +106,9 @@ fn evaluate_last(lm: &LanguageModel, along: Option<&Along>, adapter: &LoraAdapte
     }
 }
 
-/// GFlowNet fine-tuning with the task preset, or the adapter of an earlier call.
-pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<Trained> {
+/// GFlowNet fine-tuning with the task preset — its adapter fresh, or
+/// starting from the PEFT adapter in `start` — or the adapter of an earlier call.
+pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, along: Option<&Along>, src: &Source, start: Option<&Path>) -> anyhow::Result<Trained> {
     let mut last_eval = None;
     if !trained(dir) {
         if dir.join("checkpoints").exists() {
@@ -112,8 +116,14 @@ pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, a
         }
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
         along::clear(dir);
-        let mut t = Trainer::new(lm, task.train_task(lm)?, cfg.clone(), Some(dir))?;
-        let b = bar(cfg.steps, "gfn");
+        let mut t = match start {
+            Some(from) => {
+                let adapter = starting_adapter(from, cfg, lm.config(), lm.device()).with_context(|| format!("starting from {}", from.display()))?;
+                Trainer::starting_from(lm, task.train_task(lm)?, cfg.clone(), Some(dir), adapter)?
+            }
+            None => Trainer::new(lm, task.train_task(lm)?, cfg.clone(), Some(dir))?,
+        };
+        let b = bar(cfg.steps, if start.is_some() { "sft+gfn" } else { "gfn" });
         let mut w = Watch::default();
         let ran = t.run_observed(|t, m| {
             b.set_position(m.step as u64);
@@ -122,10 +132,10 @@ pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, a
         });
         ended(ran, &mut w, &b)?;
         last_eval = evaluate_last(lm, along, &t.adapter, t.step, dir, w)?;
-        src.write(dir, Method::Gfn, cfg, None, along.is_some())?;
+        src.write(dir, Method::Gfn, cfg, None, along.is_some(), start)?;
         t.adapter.save_peft(&dir.join("adapter"), &lm.name)?;
     } else {
-        eprintln!("gfn: reusing {}", dir.join("adapter").display());
+        eprintln!("{}: reusing {}", if start.is_some() { "sft+gfn" } else { "gfn" }, dir.join("adapter").display());
     }
     Ok((load(lm, dir)?, last_eval))
 }
@@ -147,7 +157,7 @@ pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoCo
         ended(ran, &mut w, &b)?;
         last_eval = evaluate_last(lm, along, &p.adapter, p.step, dir, w)?;
         // As the server stores a PPO run: its steps, batch and seed in the config.
-        src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, steps: cfg.steps, batch_size: cfg.batch_size, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
+        src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, steps: cfg.steps, batch_size: cfg.batch_size, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some(), None)?;
     } else {
         eprintln!("ppo: reusing {}", dir.join("adapter").display());
     }
@@ -169,7 +179,7 @@ pub fn sft(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &SftCo
         });
         let adapter = ended(ran, &mut w, &b)?;
         last_eval = evaluate_last(lm, along, &adapter, last, dir, w)?;
-        src.write(dir, Method::Sft, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some())?;
+        src.write(dir, Method::Sft, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some(), None)?;
     } else {
         eprintln!("sft: reusing {}", dir.join("adapter").display());
     }
@@ -191,7 +201,7 @@ pub fn gfn_sft(lm: &LanguageModel, task: &dyn Task, gfn_adapter: &LoraAdapter, s
         })?;
         b.finish();
         eprintln!("gfn+sft: {} of {} sampled Z's accepted ({} of {} problems)", stats.accepted, stats.sampled, stats.problems_covered, stats.problems);
-        src.write(dir, Method::Sft, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::json!({"sft": cfg, "em": em, "lr": cfg.lr})), false)?;
+        src.write(dir, Method::Sft, &TrainConfig { seed: cfg.seed, ..shape.clone() }, Some(serde_json::json!({"sft": cfg, "em": em, "lr": cfg.lr})), false, None)?;
     } else {
         eprintln!("gfn+sft: reusing {}", dir.join("adapter").display());
     }

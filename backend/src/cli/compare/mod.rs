@@ -1,7 +1,7 @@
 //! `amortize compare`: several methods on one task, evaluated the same way
 //! (same test items, samples and seeds), as a table of mean ± std over seeds.
 //! Methods: the base model, prompting (zero-/k-shot), GFlowNet, PPO, SFT, the
-//! EM step (gfn+sft), adapters given with `--adapters NAME=DIR`, each with an
+//! EM step (gfn+sft), the GFlowNet started from the SFT adapter (sft+gfn), adapters given with `--adapters NAME=DIR`, each with an
 //! optional decoding (`@greedy`, `@t=…`, `@beam`, `@dbeam+x5`, …). Without
 //! `--methods`, the task's preset (the paper's table for it). Trains what is
 //! missing under `--out`, reuses what an earlier call trained. With
@@ -44,7 +44,8 @@ pub struct CompareArgs {
     /// `[fewshot]`, `[em]` settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Comma-separated: base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft, or
+    /// Comma-separated: base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft
+    /// (SFT on the GFlowNet's samples), sft+gfn (the GFlowNet from SFT's adapter), or
     /// names given with --adapters; each may add a decoding: base@greedy,
     /// base@t=0.7, gfn@p=0.9, base@beam, base@dbeam=8+g=4, base@dbeam+x5, gfn@x5.
     /// Default: the task's preset (the paper's table; see docs/compare.md).
@@ -69,7 +70,7 @@ pub struct CompareArgs {
     pub eval_every: Option<usize>,
     /// KEY=V1,V2,…: train the GFlowNet once per value of this config key (each
     /// over the seeds, in gfn-KEYV-seedS), a row per value (gfn[KEY=V], and
-    /// gfn+sft[KEY=V]); the other methods keep the config.
+    /// gfn+sft[KEY=V], sft+gfn[KEY=V]); the other methods keep the config.
     #[arg(long, value_name = "KEY=V1,V2,…")]
     pub sweep: Option<String>,
     /// Trained adapters, samples and the tables go here; default runs/compare-TASK.
@@ -147,19 +148,19 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         if given.contains_key("gfn") {
             bail!("invalid --sweep: --adapters gfn=DIR gives the GFlowNet adapter; a sweep trains one per value");
         } else if !methods.iter().any(|m| sweep::swept(&m.kind)) {
-            bail!("invalid --sweep: it varies the GFlowNet's training, and no method trains one (gfn, gfn+sft do)");
+            bail!("invalid --sweep: it varies the GFlowNet's training, and no method trains one (gfn, gfn+sft, sft+gfn do)");
         }
     }
     if let Some(n) = a.eval_every {
         // The trainings this call can run (a given adapter trains nothing).
         let runs = |k: &str| methods.iter().any(|m| trainings(&m.kind).contains(&k)) || (k == "sft" && sft_reward && methods.iter().any(|m| trainings(&m.kind).contains(&"gfn")));
         let trains = |k: &str| !given.contains_key(k) && runs(k);
-        let mut steps: Vec<(String, &str, usize)> = variants.iter().map(|v| (format!("gfn{}", v.suffix), "gfn", v.cfg.steps)).collect();
+        let mut steps: Vec<(String, &str, usize)> = variants.iter().flat_map(|v| [(format!("gfn{}", v.suffix), "gfn", v.cfg.steps), (format!("sft+gfn{}", v.suffix), "sft-gfn", v.cfg.steps)]).collect();
         steps.push(("ppo".into(), "ppo", ppo.steps));
         if n == 0 {
             bail!("invalid --eval-every: must be at least 1");
         } else if !along::TRAINED.iter().any(|k| trains(k)) {
-            bail!("invalid --eval-every: none of the methods trains an adapter here (gfn, ppo, sft, gfn+sft do)");
+            bail!("invalid --eval-every: none of the methods trains an adapter here (gfn, ppo, sft, gfn+sft, sft+gfn do)");
         } else if let Some((name, _, s)) = steps.iter().find(|(_, k, s)| trains(k) && n > *s) {
             bail!("invalid --eval-every: {n} is more than {name}'s {s} training steps");
         }
@@ -193,33 +194,38 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let along_with = |c: &TrainConfig| along::Along { every: a.eval_every, task: task.as_ref(), opts: plain_eval(&a, c, seed) };
         let along = along_with(&cfg);
         let along = Some(&along);
-        // --adapters gfn=DIR stands in for the GFlowNet adapter here too (gfn+sft samples from it).
-        let gfn = |v: &sweep::Variant| -> anyhow::Result<adapters::Trained> {
-            let gfn_cfg = TrainConfig { seed: v.cfg.seed + seed, ..v.cfg.clone() };
-            let gfn_dir = out.join(format!("gfn{}-seed{seed}", v.stem));
-            let along = along_with(&v.cfg);
-            match given.get("gfn") {
-                Some(dir) => Ok((LoraAdapter::load_peft(dir, lm.config(), lm.device())?, None)),
-                // (An adapter an earlier call trained is reused, and needs no reward.)
-                None if sft_reward && !gfn_dir.join("adapter").join("adapter_config.json").exists() => {
-                    // The reward's adapter: --adapters sft=DIR, else this seed's SFT (trained if missing).
-                    let reward_dir = match given.get("sft") {
-                        Some(dir) => dir.clone(),
-                        None => {
-                            // (SFT keeps the comparison's config; not a row, it is
-                            // evaluated only along training, with --eval-every.)
-                            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, a.eval_every.map(|_| along_with(&cfg)).as_ref(), &src)?;
-                            sft_dir.join("adapter")
-                        }
-                    };
-                    eprintln!("gfn: the reward scores with the SFT adapter {}", reward_dir.display());
-                    let mut opts = task_opts.clone();
-                    opts.insert("reward_adapter".into(), toml::Value::String(reward_dir.to_string_lossy().into_owned()));
-                    let src = adapters::Source { task_options: super::train::json_table(&opts)?, ..src.clone() };
-                    adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, Some(&along), &src)
-                }
-                None => adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, Some(&along), &src),
+        // This seed's SFT adapter where another training needs it (the reward's,
+        // sft+gfn's start): --adapters sft=DIR, else trained if missing. (SFT keeps
+        // the comparison's config; when not a row, it is evaluated only along
+        // training, with --eval-every.)
+        let sft_adapter = || -> anyhow::Result<PathBuf> {
+            if let Some(dir) = given.get("sft") {
+                return Ok(dir.clone());
             }
+            adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, a.eval_every.map(|_| along_with(&cfg)).as_ref(), &src)?;
+            Ok(sft_dir.join("adapter"))
+        };
+        // A GFlowNet of variant `v`, fresh or (sft+gfn) from the SFT adapter.
+        // --adapters gfn=DIR stands in for the fresh one here too (gfn+sft samples from it).
+        let gfn = |v: &sweep::Variant, from_sft: bool| -> anyhow::Result<adapters::Trained> {
+            let gfn_cfg = TrainConfig { seed: v.cfg.seed + seed, ..v.cfg.clone() };
+            let gfn_dir = out.join(format!("{}{}-seed{seed}", if from_sft { "sft-gfn" } else { "gfn" }, v.stem));
+            let along = along_with(&v.cfg);
+            if let (Some(dir), false) = (given.get("gfn"), from_sft) {
+                return Ok((LoraAdapter::load_peft(dir, lm.config(), lm.device())?, None));
+            }
+            // (An adapter an earlier call trained is reused, and needs neither.)
+            let fresh = !gfn_dir.join("adapter").join("adapter_config.json").exists();
+            let start = if from_sft && fresh { Some(sft_adapter()?) } else { None };
+            if sft_reward && fresh {
+                let reward_dir = sft_adapter()?;
+                eprintln!("gfn: the reward scores with the SFT adapter {}", reward_dir.display());
+                let mut opts = task_opts.clone();
+                opts.insert("reward_adapter".into(), toml::Value::String(reward_dir.to_string_lossy().into_owned()));
+                let src = adapters::Source { task_options: super::train::json_table(&opts)?, ..src.clone() };
+                return adapters::gfn(&lm, tasks::load(&a.task, &opts)?.as_ref(), &gfn_cfg, &gfn_dir, Some(&along), &src, start.as_deref());
+            }
+            adapters::gfn(&lm, task.as_ref(), &gfn_cfg, &gfn_dir, Some(&along), &src, start.as_deref())
         };
         for (label, m, v) in &rows {
             // A GFlowNet row has its variant; the rest keep the config.
@@ -230,7 +236,11 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 MethodKind::Adapter(n) => (Some(LoraAdapter::load_peft(&given[n.as_str()], lm.config(), lm.device())?), None),
                 MethodKind::Base | MethodKind::ZeroShot | MethodKind::FewShot { .. } => (None, None),
                 MethodKind::Gfn => {
-                    let (g, r) = gfn(variant()?)?;
+                    let (g, r) = gfn(variant()?, false)?;
+                    (Some(g), r)
+                }
+                MethodKind::SftGfn => {
+                    let (g, r) = gfn(variant()?, true)?;
                     (Some(g), r)
                 }
                 MethodKind::Sft => {
@@ -243,7 +253,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 }
                 MethodKind::GfnSft => {
                     let v = variant()?;
-                    let (g, _) = gfn(v)?;
+                    let (g, _) = gfn(v, false)?;
                     (Some(adapters::gfn_sft(&lm, task.as_ref(), &g, &v.cfg, (&em, &sft), &out.join(format!("gfn-sft{}-seed{seed}", v.stem)), &src)?), None)
                 }
             };
@@ -313,6 +323,7 @@ fn has_trainings(out: &Path) -> bool {
 fn trainings(kind: &MethodKind) -> &'static [&'static str] {
     match kind {
         MethodKind::Gfn | MethodKind::GfnSft => &["gfn"],
+        MethodKind::SftGfn => &["sft", "sft-gfn"],
         MethodKind::Ppo => &["ppo"],
         MethodKind::Sft => &["sft"],
         _ => &[],
@@ -331,6 +342,7 @@ fn curves(a: &CompareArgs, cfg: &TrainConfig, variants: &[sweep::Variant], out: 
     let mut curves = along::Curves::new();
     let trained = along::TRAINED.iter().flat_map(|&k| match k {
         "gfn" => variants.iter().map(|v| (format!("gfn{}", v.suffix), format!("gfn{}", v.stem), &v.cfg)).collect(),
+        "sft-gfn" => variants.iter().map(|v| (format!("sft+gfn{}", v.suffix), format!("sft-gfn{}", v.stem), &v.cfg)).collect(),
         _ => vec![(k.to_string(), k.to_string(), cfg)],
     });
     for (kind, stem, cfg) in trained {

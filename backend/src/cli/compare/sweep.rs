@@ -2,7 +2,7 @@
 //! one config key. Each value is a variant — its own config, read and
 //! validated by `amortize_shared::sweep` exactly as the app's new-run form
 //! reads a sweep, its own folders (`gfn-KEYV-seedS`) and its own rows
-//! (`gfn[KEY=V]`, `gfn+sft[KEY=V]`, with any decoding). The other methods
+//! (`gfn[KEY=V]`, `gfn+sft[KEY=V]`, `sft+gfn[KEY=V]`, with any decoding). The other methods
 //! keep the comparison's config. Knows nothing of training or evaluating.
 
 use amortize::baselines::{Method, MethodKind};
@@ -50,7 +50,7 @@ pub fn json(variants: &[Variant]) -> Value {
 
 /// Whether a method's rows depend on the GFlowNet's training.
 pub fn swept(kind: &MethodKind) -> bool {
-    matches!(kind, MethodKind::Gfn | MethodKind::GfnSft)
+    matches!(kind, MethodKind::Gfn | MethodKind::GfnSft | MethodKind::SftGfn)
 }
 
 /// One row of the table: its name, its method, and for a GFlowNet method
