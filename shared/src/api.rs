@@ -155,6 +155,12 @@ pub struct CreateRun {
     /// the task's metrics over training; absent: at the end only.
     #[serde(default)]
     pub eval_every: Option<usize>,
+    /// A GFlowNet run only: its adapter starts as this finished run's (an SFT
+    /// run's, say) instead of a fresh one; the LoRA rank, alpha and targets of
+    /// the two configs must agree. The adapter is copied at creation, so
+    /// deleting that run later changes nothing.
+    #[serde(default)]
+    pub init_from: Option<String>,
 }
 
 /// Longest `notes` of a run, in characters.
@@ -256,6 +262,9 @@ pub struct Run {
     /// Steps between evaluations during training (`None`: at the end only).
     #[serde(default)]
     pub eval_every: Option<usize>,
+    /// The run whose adapter this one started from (`CreateRun::init_from`).
+    #[serde(default)]
+    pub init_from: Option<String>,
     /// How far the stage in flight has come while the run sets up (before its
     /// first step) or evaluates: the running job's, in `GET /api/runs` and
     /// `GET /api/runs/{id}`.

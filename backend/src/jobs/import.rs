@@ -156,6 +156,7 @@ pub async fn import(store: &Store, p: Prepared, experiment: Option<&str>) -> Res
         },
         shots: None,
         eval_every: p.file.eval_every,
+        init_from: None,
     };
     let to = store.run_dir(&id);
     let added = match copy_run(&p.dir, &to) {

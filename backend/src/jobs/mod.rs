@@ -8,6 +8,7 @@ pub mod import;
 pub mod points;
 mod runner;
 pub mod spec;
+pub mod start;
 mod throttle;
 
 use std::collections::{HashMap, VecDeque};
@@ -100,6 +101,11 @@ impl Jobs {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The model the runs train.
+    pub fn lm(&self) -> Arc<LanguageModel> {
+        self.inner.lm.clone()
     }
 
     /// Queues a stored run (status `queued`); 503 when the queue is full.

@@ -130,10 +130,13 @@ fn train_in_scope(ctx: &Context, run: Run) -> Result<(), Ended> {
     let mut trainer = match checkpoint::latest(&dir)? {
         Some(_) => Trainer::resume(&lm, train_task, run.config.clone(), &dir)?,
         None => {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+            // A fresh start (again, when it stopped before its first
+            // checkpoint): nothing of an earlier try stays but the adapter it starts from.
+            super::start::clear(&dir)?;
+            match super::start::load(&lm, &dir, &run.config)? {
+                Some(adapter) => Trainer::starting_from(&lm, train_task, run.config.clone(), Some(&dir), adapter)?,
+                None => Trainer::new(&lm, train_task, run.config.clone(), Some(&dir))?,
             }
-            Trainer::new(&lm, train_task, run.config.clone(), Some(&dir))?
         }
     };
     ctx.handle.block_on(catch_up(&store, &run.id, &dir, trainer.step))?;

@@ -56,6 +56,11 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
         Some(_) if req.eval_samples == Some(0) => return Err(ApiErr::bad("eval_every", "eval_samples is 0: there is no evaluation to repeat")),
         _ => {}
     }
+    let init_from = match &req.init_from {
+        Some(_) if method != Method::Gfn => return Err(ApiErr::bad("init_from", format!("a {} run starts from a fresh adapter; init_from is for GFlowNet runs", method.as_str()))),
+        Some(from) => Some(s.store.run(from).await.map_err(|_| ApiErr::bad("init_from", format!("no run `{from}`")))?),
+        None => None,
+    };
     if let Some(n) = &req.name {
         check_name("name", n)?;
     }
@@ -97,7 +102,19 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
         return Err(Error::Busy("the job queue is full; try again later".into()).into());
     }
     let id = format!("run-{:08x}", rand::rng().random::<u32>());
-    let run = s
+    if let Some(from) = init_from {
+        // Checked and copied into the new run's folder before the run exists.
+        let (lm, cfg, from_dir, to) = (s.jobs.lm(), resolved.clone(), s.store.run_dir(&from.id), s.store.run_dir(&id));
+        let taken = tokio::task::spawn_blocking(move || {
+            let r = crate::jobs::start::take(&lm, &from, &from_dir, &cfg, &to);
+            if r.is_err() {
+                let _ = std::fs::remove_dir_all(&to);
+            }
+            r
+        });
+        taken.await.map_err(|e| ApiErr::from(Error::Conflict(e.to_string())))??;
+    }
+    let inserted = s
         .store
         .insert_run(NewRun {
             id: id.clone(),
@@ -115,8 +132,16 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
             notes: req.notes.clone().unwrap_or_default(),
             shots: req.shots,
             eval_every: req.eval_every,
+            init_from: req.init_from.clone(),
         })
-        .await?;
+        .await;
+    let run = match inserted {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(s.store.run_dir(&id));
+            return Err(e.into());
+        }
+    };
     s.jobs.enqueue(&id).await?;
     let run = s.store.run(&run.id).await?;
     Ok((StatusCode::CREATED, Json(run)))

@@ -26,13 +26,14 @@ pub struct NewRun {
     pub notes: String,
     pub shots: Option<usize>,
     pub eval_every: Option<usize>,
+    pub init_from: Option<String>,
 }
 
 /// Recent training samples kept per run.
 const KEEP_SAMPLE_STEPS: i64 = 20;
 
 const RUN_COLUMNS: &str = "r.id, r.name, e.name AS experiment, r.task, r.method, r.status, r.step, r.steps, r.config, \
-     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at, r.notes, r.shots, r.eval_every";
+     r.task_options, r.dataset, r.eval_samples, r.error, r.final_metrics, r.checkpoint_step, r.created_at, r.updated_at, r.notes, r.shots, r.eval_every, r.init_from";
 
 fn run_from_row(r: &SqliteRow) -> Result<Run> {
     let method: String = r.get("method");
@@ -59,6 +60,7 @@ fn run_from_row(r: &SqliteRow) -> Result<Run> {
         notes: r.get("notes"),
         shots: r.get::<Option<i64>, _>("shots").map(|n| n as usize),
         eval_every: r.get::<Option<i64>, _>("eval_every").map(|n| n as usize),
+        init_from: r.get("init_from"),
         progress: None,
     })
 }
@@ -282,7 +284,7 @@ async fn insert_row(conn: &mut sqlx::SqliteConnection, n: &NewRun, experiment_id
     let now = now_rfc3339();
     sqlx::query(
         "INSERT INTO runs (id, name, experiment_id, task, method, status, step, steps, config, task_options, dataset, \
-         eval_samples, final_metrics, created_at, updated_at, notes, shots, eval_every) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         eval_samples, final_metrics, created_at, updated_at, notes, shots, eval_every, init_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&n.id)
     .bind(&n.name)
@@ -302,6 +304,7 @@ async fn insert_row(conn: &mut sqlx::SqliteConnection, n: &NewRun, experiment_id
     .bind(&n.notes)
     .bind(n.shots.map(|k| k as i64))
     .bind(n.eval_every.map(|k| k as i64))
+    .bind(&n.init_from)
     .execute(conn)
     .await?;
     Ok(())
@@ -320,7 +323,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let store = Store::open(dir.path()).await.unwrap();
-            let new = NewRun { id: "run-1".into(), name: "r".into(), experiment: None, task: "rng".into(), method: Method::Gfn, config: TrainConfig::default(), task_options: Default::default(), dataset: None, eval_samples: None, notes: String::new(), shots: None, eval_every: Some(2) };
+            let new = NewRun { id: "run-1".into(), name: "r".into(), experiment: None, task: "rng".into(), method: Method::Gfn, config: TrainConfig::default(), task_options: Default::default(), dataset: None, eval_samples: None, notes: String::new(), shots: None, eval_every: Some(2), init_from: None };
             store.insert_run(new).await.unwrap();
             // A value the default (fast) parser reads one ulp off.
             let kl = 0.22216313218492734_f64;

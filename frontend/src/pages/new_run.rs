@@ -9,9 +9,10 @@
 //! task options, to launch it again with a change. "Seeds" N > 1 launches
 //! the run N times with consecutive seeds (named `NAME-seedS`), and "Sweep"
 //! `KEY = V1, V2, …` once per value (`NAME-KEYV`, times the seeds); several
-//! runs open together on the compare page.
+//! runs open together on the compare page. A GFlowNet run may start from a
+//! finished run's adapter ("Start from", `?init=RUN`), an SFT run's say.
 
-use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run, NOTES_MAX};
+use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run, RunStatus, NOTES_MAX};
 use amortize_shared::sweep::{parse_sweep, Sweep};
 use leptos::ev::SubmitEvent;
 use leptos::prelude::*;
@@ -41,7 +42,17 @@ fn empty_or_positive(text: &str, message: &str) -> Option<String> {
 const SEEDS_MAX: u64 = 16;
 
 /// Form fields outside the config that a server error may name.
-const OWN_FIELDS: [&str; 14] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "eval_every", "shots", "seeds", "sweep", "notes", "policy_template", "reward_template", "examples"];
+const OWN_FIELDS: [&str; 15] = ["task", "name", "experiment", "method", "dataset", "eval_samples", "eval_every", "shots", "seeds", "sweep", "notes", "policy_template", "reward_template", "examples", "init_from"];
+
+/// The LoRA settings an adapter a run starts from must share with its config.
+const LORA_SHAPE: [&str; 3] = ["lora_r", "lora_alpha", "lora_targets"];
+
+/// Why `from`'s adapter cannot start a run of config `full`, if it cannot.
+fn shape_mismatch(from: &Run, full: &serde_json::Map<String, Value>) -> Option<String> {
+    let theirs = serde_json::to_value(&from.config).ok()?;
+    let differ: Vec<String> = LORA_SHAPE.iter().filter(|k| full.get(**k) != theirs.get(**k)).map(|k| format!("{k} = {}", theirs[*k])).collect();
+    (!differ.is_empty()).then(|| format!("run `{}` was trained with {}: set the config's to match", from.name, differ.join(", ")))
+}
 
 #[component]
 pub fn NewRunPage() -> impl IntoView {
@@ -58,6 +69,9 @@ pub fn NewRunPage() -> impl IntoView {
     let sweep = RwSignal::new(String::new());
     let eval_every = RwSignal::new(String::new());
     let notes = RwSignal::new(String::new());
+    // The run whose adapter a GFlowNet run starts from (`?init=ID`); "" for a fresh one.
+    let init_from = RwSignal::new(query.get_untracked().get("init").unwrap_or_default());
+    let runs = Polled::<Vec<Run>>::start("/api/runs", None);
     let templates = Templates::new();
     let cfg = RwSignal::new(CfgGroups::new());
     let server_err = RwSignal::new(None::<ApiErr>);
@@ -77,6 +91,7 @@ pub fn NewRunPage() -> impl IntoView {
                     eval_samples.set(r.eval_samples.map(|n| n.to_string()).unwrap_or_default());
                     shots.set(r.shots.map(|n| n.to_string()).unwrap_or_default());
                     eval_every.set(r.eval_every.map(|n| n.to_string()).unwrap_or_default());
+                    init_from.set(r.init_from.clone().unwrap_or_default());
                     let text = |k: &str| r.task_options.get(k).and_then(Value::as_str).map(String::from);
                     if let Some(p) = text("policy_template") {
                         templates.policy.set(p);
@@ -197,6 +212,11 @@ pub fn NewRunPage() -> impl IntoView {
                 if field == "policy_template" { p } else { r }
             }
             "examples" if is_custom() => templates.examples.with(|t| examples_error(t)),
+            "init_from" if method.with(|m| m == "gfn") => {
+                let id = init_from.get();
+                let from = runs.data.with(|rs| rs.as_ref().and_then(|rs| rs.iter().find(|r| r.id == id).cloned()))?;
+                checked.with(|c| c.full.as_ref().and_then(|full| shape_mismatch(&from, full)))
+            }
             f => checked.with(|c| c.errors.get(f).cloned()),
         }
     };
@@ -258,6 +278,8 @@ pub fn NewRunPage() -> impl IntoView {
             // Few-shot examples belong to base-model runs only.
             shots: method.with_untracked(|m| m == "base").then(|| shots.get_untracked().trim().parse().ok()).flatten(),
             notes: opt(notes.get_untracked()),
+            // A starting adapter belongs to GFlowNet runs only.
+            init_from: method.with_untracked(|m| m == "gfn").then(|| opt(init_from.get_untracked())).flatten(),
         };
         busy.set(true);
         server_err.set(None);
@@ -369,6 +391,7 @@ pub fn NewRunPage() -> impl IntoView {
                         {move || method.with(|m| m != "base").then(|| text_input("eval_every", "Evaluate every", "optional; steps between evaluations during training, charted on the run page; each costs what the final one does (same samples and seed: lower Evaluation samples to make them cheap)", eval_every, None))}
                         {text_input("seeds", "Seeds", "optional; N > 1 launches N runs with seeds s, s+1, … from the config's seed and opens them on the compare page", seeds, None)}
                         {text_input("sweep", "Sweep", "optional; KEY = V1, V2, … launches a run per value of a config key (each over the seeds), e.g. max_grad_norm = 1, 10", sweep, None)}
+                        {move || method.with(|m| m == "gfn").then(|| start_select(task, init_from, runs, field_err("init_from")))}
                         {move || method.with(|m| m == "base").then(|| text_input("shots", "Few-shot examples", "optional; k worked examples from the task's training data before each prompt", shots, None))}
                         <div class="field wide">
                             <label for="notes">"Notes " <span class="help">"optional; why this run, what to look for"</span></label>
@@ -394,6 +417,28 @@ pub fn NewRunPage() -> impl IntoView {
                 </div>
             </form>
         </section>
+    }
+}
+
+/// "Start from": a fresh adapter, or a finished run's of this task (its
+/// final adapter; an SFT run's is the usual choice).
+fn start_select(task: RwSignal<String>, selected: RwSignal<String>, runs: Polled<Vec<Run>>, error: impl IntoView + 'static) -> impl IntoView {
+    let options = move || {
+        let mine: Vec<Run> = runs.data.get().unwrap_or_default().into_iter().filter(|r| task.with(|t| *t == r.task) && r.method.trains() && r.status == RunStatus::Completed).collect();
+        mine.into_iter().map(|r| {
+            let id = r.id.clone();
+            view! { <option value=r.id.clone() selected=move || selected.with(|s| *s == id)>{format!("{} ({}, {} steps)", r.name, r.method.as_str(), r.step)}</option> }
+        }).collect_view()
+    };
+    view! {
+        <div class="field">
+            <label for="init_from">"Start from " <span class="help">"optional; the adapter starts as a finished run's (an SFT run's, say) instead of a fresh one"</span></label>
+            <select id="init_from" name="init_from" on:change=move |ev| selected.set(event_target_value(&ev))>
+                <option value="" selected=move || selected.with(String::is_empty)>"a fresh adapter"</option>
+                {options}
+            </select>
+            {error}
+        </div>
     }
 }
 

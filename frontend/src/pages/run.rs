@@ -390,6 +390,9 @@ fn RunBody(
                 <progress max="100" value=pct aria-label="training progress"></progress>
                 <span>"checkpoint " {field(|r| r.checkpoint_step.map_or("none".into(), |s| format!("step {s}")))}</span>
                 <span>{field(|r| r.experiment.clone().map(|e| format!("experiment {e}")).unwrap_or_default())}</span>
+                {move || r.with(|r| r.as_ref().and_then(|r| r.init_from.clone())).map(|from| view! {
+                    <span id="init-from">"started from " <A href=format!("/runs/{}", api::encode(&from))>{from.clone()}</A></span>
+                })}
                 <span class="muted">"created " {field(|r| fmt_time(&r.created_at))}</span>
             </p>
             {move || stage.get().filter(|_| status().is_some_and(RunStatus::is_active)).map(|st| view! {
@@ -414,6 +417,10 @@ fn RunBody(
                 <A href=format!("/compare?runs={},base", api::encode(&id)) attr:class="button" attr:id="compare-link">"Compare with base"</A>
                 <SeedsLink run=run />
                 <A href=format!("/runs/new?from={}", api::encode(&id)) attr:class="button" attr:id="copy-run">"New run from this"</A>
+                {move || r.with(|r| r.as_ref().filter(|r| r.status == RunStatus::Completed && r.method.trains()).map(|r| {
+                    let href = format!("/runs/new?task={}&init={}", api::encode(&r.task), api::encode(&r.id));
+                    view! { <A href=href attr:class="button" attr:id="train-from" attr:title="A GFlowNet run whose adapter starts as this run's">"GFlowNet from its adapter"</A> }
+                }))}
                 <button type="button" id="delete-run" class="danger" on:click=delete disabled=move || acting.get() || status().is_none_or(RunStatus::is_active)
                     title="Only a run that is not queued or running can be deleted">"Delete"</button>
                 <A href=format!("/infill?runs={},base", api::encode(&id)) attr:class="button" attr:id="infill-link">"Infilling"</A>
