@@ -335,6 +335,31 @@ fn the_app_in_a_real_browser() {
     b.wait("#eval-curve-valid_rate svg path.series", T);
     assert_eq!(b.find_all("#eval-curves path.series").len(), 1, "run2 has no eval_every: one curve");
 
+    // A GFlowNet from a finished run's adapter: the run page's link fills
+    // "Start from"; a LoRA rank other than that run's is refused in the form.
+    b.goto(&format!("{base}/runs/{run2}"));
+    b.click(&b.wait("#train-from", T));
+    until(|| value(&b, "#init_from") == json!(run2.as_str()), || format!("Start from is {}", value(&b, "#init_from")));
+    let rank = b.wait("#cfg-lora_r", T);
+    let r0 = value(&b, "#cfg-lora_r");
+    b.type_text(&rank, "0");
+    b.wait_text("#err-init_from", T, |t| t.contains("lora_r = ") && t.contains("set the config's to match"));
+    b.type_text(&rank, "\u{E003}");
+    assert_eq!(value(&b, "#cfg-lora_r"), r0);
+    b.wait_text("#err-init_from", T, |t| t.trim().is_empty());
+    let steps = b.wait("#cfg-steps", T);
+    b.clear(&steps);
+    b.type_text(&steps, "1");
+    b.click(&b.wait("#launch", T));
+    let started = eventually(
+        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2) && !p.ends_with(&copy)).map(|p| p.trim_start_matches("/runs/").to_string()),
+        || format!("launch did not open the new run's page (at {})", path(&b)),
+    );
+    b.wait_text("#init-from", T, |t| t.contains(run2.as_str()));
+    let (_, st) = server.get(&format!("/api/runs/{started}"));
+    assert_eq!((st["init_from"].as_str(), st["method"].as_str()), (Some(run2.as_str()), Some("gfn")), "{st}");
+    server.wait_run(&started, Duration::from_secs(120), |r| r["status"] == "completed");
+
     // A base-model run from the form: no training, its evaluation only.
     b.goto(&format!("{base}/runs/new"));
     b.wait("#new-run-form", T);
@@ -352,7 +377,7 @@ fn the_app_in_a_real_browser() {
     b.type_text(&samples, "20");
     b.click(&b.wait("#launch", T));
     let untrained = eventually(
-        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2) && !p.ends_with(&copy)).map(|p| p.trim_start_matches("/runs/").to_string()),
+        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2) && !p.ends_with(&copy) && !p.ends_with(&started)).map(|p| p.trim_start_matches("/runs/").to_string()),
         || format!("launch did not open the base run's page (at {})", path(&b)),
     );
     b.wait_text("#metrics-empty", T, |t| t.contains("base-model run trains nothing"));
