@@ -51,3 +51,29 @@ pub fn starting_adapter(dir: &Path, cfg: &TrainConfig, model: &LlamaConfig, devi
     a.config.dropout = want.dropout;
     Ok(a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An adapter saved with one config starts a run of the same LoRA shape
+    /// (taking the run's dropout) and is refused, naming both, by another.
+    #[test]
+    fn a_starting_adapter_must_have_the_configs_shape() {
+        let model = LlamaConfig::tiny(40);
+        let cfg = TrainConfig { lora_r: 4, lora_alpha: 8.0, lora_dropout: 0.0, lora_targets: vec!["q".into(), "v".into()], ..TrainConfig::default() };
+        let dir = tempfile::tempdir().unwrap();
+        LoraAdapter::new(&model, lora_config(&cfg).unwrap(), &Device::Cpu, 3).unwrap().save_peft(dir.path(), "tiny").unwrap();
+        let run = TrainConfig { lora_dropout: 0.1, lora_targets: vec!["v".into(), "q".into()], ..cfg.clone() };
+        let a = starting_adapter(dir.path(), &run, &model, &Device::Cpu).unwrap();
+        assert_eq!((a.config.r, a.config.dropout), (4, 0.1));
+        for (other, says) in [
+            (TrainConfig { lora_r: 8, ..cfg.clone() }, "lora_r = 8"),
+            (TrainConfig { lora_alpha: 16.0, ..cfg.clone() }, "lora_alpha = 16"),
+            (TrainConfig { lora_targets: vec!["q".into()], ..cfg.clone() }, "lora_targets = [q]"),
+        ] {
+            let e = starting_adapter(dir.path(), &other, &model, &Device::Cpu).err().unwrap().to_string();
+            assert!(e.contains("has rank 4, alpha 8 on [q, v]") && e.contains(says), "{e}");
+        }
+    }
+}
