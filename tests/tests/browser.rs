@@ -359,6 +359,9 @@ fn the_app_in_a_real_browser() {
     let (_, st) = server.get(&format!("/api/runs/{started}"));
     assert_eq!((st["init_from"].as_str(), st["method"].as_str()), (Some(run2.as_str()), Some("gfn")), "{st}");
     server.wait_run(&started, Duration::from_secs(120), |r| r["status"] == "completed");
+    // Where a run started is one of the settings the compare page sets side by side.
+    b.goto(&format!("{base}/compare?runs={run2},{started}"));
+    b.wait_text("#runs-differences", T, |t| t.contains("init_from") && t.contains(run2.as_str()));
 
     // A base-model run from the form: no training, its evaluation only.
     b.goto(&format!("{base}/runs/new"));

@@ -1,5 +1,6 @@
 //! The compare page's table of the picked runs: what differs between them
-//! (task, method, dataset, evaluation samples and schedule, few-shot examples, each config key and task
+//! (task, method, dataset, evaluation samples and schedule, few-shot examples,
+//! the run whose adapter it started from, each config key and task
 //! option whose values are not all equal) and each run's own final
 //! evaluation (its task's metrics first, in the task's order), a row per run
 //! in the colour of its training curves; runs that differ only in their
@@ -30,6 +31,8 @@ pub fn settings(r: &Run) -> BTreeMap<String, String> {
     out.insert("eval_samples".to_string(), r.eval_samples.map_or("default".into(), |n| n.to_string()));
     out.insert("shots".to_string(), r.shots.map_or("–".into(), |k| k.to_string()));
     out.insert("eval_every".to_string(), r.eval_every.map_or("–".into(), |k| k.to_string()));
+    // The run whose adapter it started from: runs from different ones are not seeds of one setup.
+    out.insert("init_from".to_string(), r.init_from.clone().unwrap_or_else(|| "–".into()));
     if let Ok(Value::Object(cfg)) = serde_json::to_value(&r.config) {
         out.extend(cfg.iter().map(|(k, v)| (k.clone(), to_text(v))));
     }
