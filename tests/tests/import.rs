@@ -93,6 +93,14 @@ fn cli_runs_enter_the_app_whole() {
     assert!(!finals.is_empty() && finals.iter().all(|(k, v)| row[k]["mean"] == *v), "{finals:?} vs {row}");
     assert_eq!((imported["eval_every"].as_u64(), imported["eval_samples"].as_u64()), (None, Some(4)), "{imported}");
 
+    // A run that started from another's adapter (`train --adapter`) says so in its notes.
+    let (started, from) = (dir.path().join("started"), train_dir.join("adapter"));
+    ok(&run(&["train", "--model", model, "--task", "rng", "--config", config, "--steps", "1", "--quiet", "--adapter", from.to_str().unwrap(), "--out", started.to_str().unwrap()]));
+    ok(&run(&["import", "--data-dir", data.to_str().unwrap(), started.to_str().unwrap()]));
+    let (_, all) = server.get("/api/runs");
+    let imported = all.as_array().unwrap().iter().find(|r| r["name"] == "started").unwrap_or_else(|| panic!("{all}"));
+    assert!(imported["notes"].as_str().unwrap().ends_with(&format!("; its adapter started from {}", from.display())), "{imported}");
+
     // Bad folders: one line each, nothing imported (not even the good folder beside them).
     let unfinished = dir.path().join("unfinished");
     std::fs::create_dir_all(&unfinished).unwrap();
@@ -122,6 +130,6 @@ fn cli_runs_enter_the_app_whole() {
         assert!(!o.status.success() && err.contains(says) && err.lines().count() == 1, "{bad:?}: {err}");
     }
     let (_, after) = server.get("/api/runs");
-    assert_eq!(after.as_array().unwrap().len(), 4, "{after}");
+    assert_eq!(after.as_array().unwrap().len(), 5, "{after}");
     server.kill();
 }

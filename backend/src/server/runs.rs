@@ -58,7 +58,10 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
     }
     let init_from = match &req.init_from {
         Some(_) if method != Method::Gfn => return Err(ApiErr::bad("init_from", format!("a {} run starts from a fresh adapter; init_from is for GFlowNet runs", method.as_str()))),
-        Some(from) => Some(s.store.run(from).await.map_err(|_| ApiErr::bad("init_from", format!("no run `{from}`")))?),
+        Some(from) => match s.store.run(from).await {
+            Err(Error::NotFound(_)) => return Err(ApiErr::bad("init_from", format!("no run `{from}`"))),
+            found => Some(found?),
+        },
         None => None,
     };
     if let Some(n) = &req.name {
