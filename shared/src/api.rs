@@ -155,8 +155,9 @@ pub struct CreateRun {
     /// the task's metrics over training; absent: at the end only.
     #[serde(default)]
     pub eval_every: Option<usize>,
-    /// A GFlowNet run only: its adapter starts as this finished run's (an SFT
-    /// run's, say) instead of a fresh one; the LoRA rank, alpha and targets of
+    /// A GFlowNet or PPO run only: its adapter starts as this finished run's
+    /// (an SFT run's, say) instead of a fresh one — and PPO's KL penalty keeps
+    /// to it instead of the base model; the LoRA rank, alpha and targets of
     /// the two configs must agree. The adapter is copied at creation, so
     /// deleting that run later changes nothing.
     #[serde(default)]

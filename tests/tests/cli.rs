@@ -477,25 +477,33 @@ fn adapter_distance(a: &std::path::Path, b: &std::path::Path) -> f64 {
     sq.sqrt()
 }
 
-/// A GFlowNet started from an SFT adapter: compare's `sft+gfn` and `train
-/// --adapter`. Two small steps move an adapter little, so one that started
-/// from SFT's stays near it while a fresh one (A random, B = 0) is as far
-/// from it as SFT went; the run's `run.json` names where it started.
+/// A GFlowNet and PPO started from an SFT adapter: compare's `sft+gfn` and
+/// `sft+ppo`, and `train --adapter`. Two small steps move an adapter little,
+/// so one that started from SFT's stays near it while a fresh one (A random,
+/// B = 0) is as far from it as SFT went; the run's `run.json` names where it
+/// started. PPO's KL penalty then keeps to the SFT policy, not the base model:
+/// before its first update the policy is its reference, KL 0.
 #[test]
-fn the_gfn_starts_from_an_sft_adapter() {
+fn gfn_and_ppo_start_from_an_sft_adapter() {
     let (dir, model) = tiny();
     let out = dir.path().join("cmp");
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "lr = 1e-4\n[task]\nk_shot = 1\n[sft]\nepochs = 1\nlr = 0.01\n").unwrap();
+    std::fs::write(&config, "lr = 1e-4\n[task]\nk_shot = 1\n[sft]\nepochs = 1\nlr = 0.01\n[ppo]\nsteps = 2\nbatch_size = 4\nlr = 1e-5\n").unwrap();
     let cfg = config.to_str().unwrap();
-    let args = ["compare", "--task", "arithmetic", "--model", &model, "--config", cfg, "--methods", "sft,gfn,sft+gfn", "--steps", "2", "--samples", "1", "--limit", "1", "--json", "--out", out.to_str().unwrap()];
+    let args = ["compare", "--task", "arithmetic", "--model", &model, "--config", cfg, "--methods", "sft,gfn,sft+gfn,sft+ppo", "--steps", "2", "--samples", "1", "--limit", "1", "--json", "--out", out.to_str().unwrap()];
     let v: serde_json::Value = serde_json::from_str(stdout(&run(&args)).trim()).unwrap();
-    assert_eq!(rows(&v).iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["sft", "gfn", "sft+gfn"]);
+    assert_eq!(rows(&v).iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["sft", "gfn", "sft+gfn", "sft+ppo"]);
     let sft = out.join("sft-seed0/adapter");
     let (from_sft, fresh) = (adapter_distance(&out.join("sft-gfn-seed0/adapter"), &sft), adapter_distance(&out.join("gfn-seed0/adapter"), &sft));
     assert!(from_sft < 0.2 * fresh, "sft+gfn is {from_sft} from SFT's adapter, the fresh GFlowNet {fresh}");
-    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("sft-gfn-seed0/run.json")).unwrap()).unwrap();
-    assert_eq!(file["init_adapter"].as_str(), sft.to_str(), "{file}");
+    let ppo = adapter_distance(&out.join("sft-ppo-seed0/adapter"), &sft);
+    assert!(ppo < 0.2 * fresh, "sft+ppo is {ppo} from SFT's adapter, the fresh GFlowNet {fresh}");
+    for run in ["sft-gfn-seed0", "sft-ppo-seed0"] {
+        let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(run).join("run.json")).unwrap()).unwrap();
+        assert_eq!(file["init_adapter"].as_str(), sft.to_str(), "{file}");
+    }
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(out.join("sft-ppo-seed0/metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert!(first["kl"].as_f64().unwrap().abs() < 1e-4, "the first step's KL to the SFT policy: {first}");
     assert!(std::fs::read_to_string(out.join("gfn-seed0/run.json")).unwrap().find("init_adapter").is_none());
 
     // `train --adapter`: the same start from the command line.

@@ -1,5 +1,5 @@
 //! The method names `amortize compare` understands, parsed from strings such
-//! as `base`, `fewshot:k=5`, `gfn+sft`, `sft+gfn` or `base@dbeam+x5`:
+//! as `base`, `fewshot:k=5`, `gfn+sft`, `sft+ppo` or `base@dbeam+x5`:
 //! `NAME[:k=N][@DECODING]`. Owns only the grammar and its error messages (each
 //! names the bad part); what a method does lives in the compare command, the
 //! baselines and the tasks.
@@ -28,6 +28,9 @@ pub enum MethodKind {
     /// GFlowNet fine-tuning whose adapter starts from the SFT adapter (the
     /// order of the name is the order of the trainings, as in `gfn+sft`).
     SftGfn,
+    /// PPO whose policy starts from the SFT adapter and is kept close to it
+    /// (TRL's recipe).
+    SftPpo,
     /// An adapter given with `--adapters NAME=DIR`.
     Adapter(String),
 }
@@ -42,7 +45,7 @@ pub struct Method {
 }
 
 /// The built-in names, for messages.
-pub const NAMES: &str = "base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft, sft+gfn";
+pub const NAMES: &str = "base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft, sft+gfn, sft+ppo";
 
 impl Method {
     /// Parses `NAME[:k=N][@DECODING]`; `adapters` are the names given with `--adapters`.
@@ -67,6 +70,7 @@ impl Method {
             "sft" => MethodKind::Sft,
             "gfn+sft" => MethodKind::GfnSft,
             "sft+gfn" => MethodKind::SftGfn,
+            "sft+ppo" => MethodKind::SftPpo,
             "" => return Err(Error::invalid("method", format!("`{spec_t}` has no method name (known: {NAMES}, or a name given with --adapters)"))),
             n => return Err(Error::invalid("method", format!("unknown method `{n}` (known: {NAMES}, or a name given with --adapters; add @greedy, @t=…, @beam, @x5, … for a decoding)"))),
         };
@@ -101,6 +105,7 @@ mod tests {
         assert_eq!(Method::parse("fewshot", &[]).unwrap().kind, MethodKind::FewShot { k: None });
         assert_eq!(Method::parse("gfn+sft", &[]).unwrap().kind, MethodKind::GfnSft);
         assert_eq!(Method::parse("sft+gfn@greedy", &[]).unwrap().kind, MethodKind::SftGfn);
+        assert_eq!(Method::parse("sft+ppo", &[]).unwrap().kind, MethodKind::SftPpo);
         let m = Method::parse("base@dbeam=8+x5", &[]).unwrap();
         assert_eq!(m.kind, MethodKind::Base);
         assert_eq!(m.decoding.as_ref().unwrap().compute, Some(5));

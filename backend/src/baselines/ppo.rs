@@ -3,7 +3,9 @@
 //! the base model from 0.2, 4 epochs on each batch). Token-level, as in TRL:
 //! every action pays −β·(log π − log p_base), the last one also gets the task's
 //! score; advantages by GAE from a linear value head on the policy's last
-//! hidden state, whitened per batch. Uses the GFlowNet trainer's pieces (task,
+//! hidden state, whitened per batch. [`Ppo::starting_from`] starts the policy
+//! from an adapter (SFT's: TRL's recipe), which is then also the reference of
+//! the KL penalty in place of the base model. Uses the GFlowNet trainer's pieces (task,
 //! sampler, policy pass, AdamW); knows nothing of the GFlowNet losses.
 
 use std::ops::ControlFlow;
@@ -17,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::gfn::optim::{AdamW, AdamWConfig};
 use crate::gfn::policy::{policy_logprobs_and_states, policy_logprobs_taped, TapedPolicy};
 use crate::gfn::trainer::sample_trajectories;
-use crate::gfn::{config::lora_config, Problem, States, TrainConfig, TrainTask, Trajectory};
-use crate::model::{LanguageModel, LoraAdapter, Mode};
+use crate::gfn::{config::lora_config, starting_adapter, Problem, States, TrainConfig, TrainTask, Trajectory};
+use crate::model::{LanguageModel, LoraAdapter, LoraView, Mode};
 use crate::{Error, Result};
 
 /// PPO's own settings; the task's shape (lengths, LoRA) comes from its preset.
@@ -101,7 +103,8 @@ pub struct PpoMetrics {
     /// The task's log-reward of the sampled trajectories: mean and max.
     pub mean_log_r: f64,
     pub max_log_r: f64,
-    /// Mean per-sequence KL(π ‖ base) estimate, and the coefficient after the update.
+    /// Mean per-sequence KL(π ‖ reference) estimate (the base model, or the
+    /// adapter the policy started from), and the coefficient after the update.
     pub kl: f64,
     pub kl_coef: f64,
     pub mean_len: f64,
@@ -120,6 +123,8 @@ pub struct Ppo<'a> {
     kl_coef: f64,
     pub step: usize,
     bias: Option<Tensor>,
+    /// The KL penalty's reference policy: `None`, the base model.
+    reference: Option<LoraView>,
 }
 
 /// GAE over one trajectory's actions: (advantages, returns).
@@ -144,13 +149,28 @@ fn num_actions(t: &Trajectory, max_len: usize) -> usize {
 }
 
 impl<'a> Ppo<'a> {
+    /// The paper's baseline: a fresh adapter, kept close to the base model.
     pub fn new(lm: &'a LanguageModel, task: TrainTask, shape: TrainConfig, cfg: PpoConfig) -> Result<Self> {
-        cfg.validate()?;
         shape.validate()?;
+        let adapter = LoraAdapter::new(lm.config(), lora_config(&shape)?, lm.device(), cfg.seed)?;
+        Self::assemble(lm, task, shape, cfg, adapter, None)
+    }
+
+    /// The policy starts as the PEFT adapter in `start` (checked against
+    /// `shape`'s LoRA settings) and is kept close to it: a second, frozen copy
+    /// read from the same folder is the KL penalty's reference.
+    pub fn starting_from(lm: &'a LanguageModel, task: TrainTask, shape: TrainConfig, cfg: PpoConfig, start: &Path) -> Result<Self> {
+        shape.validate()?;
+        let adapter = starting_adapter(start, &shape, lm.config(), lm.device())?;
+        let reference = starting_adapter(start, &shape, lm.config(), lm.device())?.view(Mode::Infer, lm.llama.dtype())?;
+        Self::assemble(lm, task, shape, cfg, adapter, Some(reference))
+    }
+
+    fn assemble(lm: &'a LanguageModel, task: TrainTask, shape: TrainConfig, cfg: PpoConfig, adapter: LoraAdapter, reference: Option<LoraView>) -> Result<Self> {
+        cfg.validate()?;
         if task.problems.is_empty() {
             return Err(Error::invalid("dataset", "the task has no problems to train on"));
         }
-        let adapter = LoraAdapter::new(lm.config(), lora_config(&shape)?, lm.device(), cfg.seed)?;
         let h = lm.config().hidden_size;
         let value = (Var::zeros((h, 1), DType::F32, lm.device())?, Var::zeros(1, DType::F32, lm.device())?);
         let mut params = adapter.vars();
@@ -161,7 +181,7 @@ impl<'a> Ppo<'a> {
             Some(b) => Some(Tensor::from_vec(b, lm.config().vocab_size, lm.device())?),
             None => None,
         };
-        Ok(Ppo { lm, task, shape, kl_coef: cfg.init_kl_coef, cfg, adapter, value, opt, step: 0, bias })
+        Ok(Ppo { lm, task, shape, kl_coef: cfg.init_kl_coef, cfg, adapter, value, opt, step: 0, bias, reference })
     }
 
     fn sample(&self, problem: &Problem, seed: u64) -> Result<Vec<Trajectory>> {
@@ -228,7 +248,7 @@ impl<'a> Ppo<'a> {
         let infer = self.adapter.view(Mode::Infer, self.lm.llama.dtype())?;
         let (old_lp, old_v) = self.pass(Some(&infer), &problem, &trajs, &stop_at)?;
         let (old_lp, old_v) = (old_lp.detach(), old_v.detach());
-        let (base_lp, _) = self.pass(None, &problem, &trajs, &stop_at)?;
+        let (base_lp, _) = self.pass(self.reference.as_ref(), &problem, &trajs, &stop_at)?;
         let (old, base, vals) = (old_lp.to_vec2::<f32>()?, base_lp.to_vec2::<f32>()?, old_v.to_vec2::<f32>()?);
 
         // Per-action rewards: the KL penalty, plus the score on the last action.

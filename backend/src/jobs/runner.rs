@@ -271,9 +271,7 @@ fn metrics_of(ctx: &Context, run: &Run, task: &dyn tasks::Task, adapter: Option<
 /// last step.
 fn baseline(ctx: &Context, run: &Run, task: &dyn tasks::Task, train: crate::gfn::TrainTask, dir: &Path) -> Result<(LoraAdapter, usize), Ended> {
     let (store, lm) = (ctx.jobs.store().clone(), ctx.jobs.inner.lm.clone());
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    }
+    super::start::clear(dir)?;
     ctx.handle.block_on(store.rewind(&run.id, 0))?;
     let cfg = &run.config;
     let mut failure = None;
@@ -302,7 +300,10 @@ fn baseline(ctx: &Context, run: &Run, task: &dyn tasks::Task, train: crate::gfn:
     let result = match run.method {
         Method::Ppo => {
             let pc = PpoConfig { steps: cfg.steps, batch_size: cfg.batch_size, seed: cfg.seed, ..PpoConfig::default() };
-            let (lr, mut ppo) = (pc.lr, Ppo::new(&lm, train, cfg.clone(), pc)?);
+            // From the adapter it was created from (and kept close to it), else fresh.
+            let start = dir.join(super::start::DIR);
+            let lr = pc.lr;
+            let mut ppo = if start.exists() { Ppo::starting_from(&lm, train, cfg.clone(), pc, &start) } else { Ppo::new(&lm, train, cfg.clone(), pc) }?;
             ppo.run_observed(Some(dir), |p, m| record(&p.adapter, points::ppo(m, lr))).map(|()| ppo.adapter)
         }
         _ => {

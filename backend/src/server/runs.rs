@@ -57,7 +57,7 @@ pub async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -
         _ => {}
     }
     let init_from = match &req.init_from {
-        Some(_) if method != Method::Gfn => return Err(ApiErr::bad("init_from", format!("a {} run starts from a fresh adapter; init_from is for GFlowNet runs", method.as_str()))),
+        Some(_) if !matches!(method, Method::Gfn | Method::Ppo) => return Err(ApiErr::bad("init_from", format!("a {} run starts from a fresh adapter; init_from is for GFlowNet and PPO runs", method.as_str()))),
         Some(from) => match s.store.run(from).await {
             Err(Error::NotFound(_)) => return Err(ApiErr::bad("init_from", format!("no run `{from}`"))),
             found => Some(found?),

@@ -9,8 +9,8 @@
 //! task options, to launch it again with a change. "Seeds" N > 1 launches
 //! the run N times with consecutive seeds (named `NAME-seedS`), and "Sweep"
 //! `KEY = V1, V2, …` once per value (`NAME-KEYV`, times the seeds); several
-//! runs open together on the compare page. A GFlowNet run may start from a
-//! finished run's adapter ("Start from", `?init=RUN`), an SFT run's say.
+//! runs open together on the compare page. A GFlowNet or PPO run may start
+//! from a finished run's adapter ("Start from", `?init=RUN`), an SFT run's say.
 
 use amortize_shared::api::{valid_name, CreateRun, Dataset, Experiment, Method, Run, RunStatus, NOTES_MAX};
 use amortize_shared::sweep::{parse_sweep, Sweep};
@@ -212,7 +212,7 @@ pub fn NewRunPage() -> impl IntoView {
                 if field == "policy_template" { p } else { r }
             }
             "examples" if is_custom() => templates.examples.with(|t| examples_error(t)),
-            "init_from" if method.with(|m| m == "gfn") => {
+            "init_from" if method.with(|m| m == "gfn" || m == "ppo") => {
                 let id = init_from.get();
                 let from = runs.data.with(|rs| rs.as_ref().and_then(|rs| rs.iter().find(|r| r.id == id).cloned()))?;
                 checked.with(|c| c.full.as_ref().and_then(|full| shape_mismatch(&from, full)))
@@ -278,8 +278,8 @@ pub fn NewRunPage() -> impl IntoView {
             // Few-shot examples belong to base-model runs only.
             shots: method.with_untracked(|m| m == "base").then(|| shots.get_untracked().trim().parse().ok()).flatten(),
             notes: opt(notes.get_untracked()),
-            // A starting adapter belongs to GFlowNet runs only.
-            init_from: method.with_untracked(|m| m == "gfn").then(|| opt(init_from.get_untracked())).flatten(),
+            // A starting adapter belongs to GFlowNet and PPO runs only.
+            init_from: method.with_untracked(|m| m == "gfn" || m == "ppo").then(|| opt(init_from.get_untracked())).flatten(),
         };
         busy.set(true);
         server_err.set(None);
@@ -391,7 +391,7 @@ pub fn NewRunPage() -> impl IntoView {
                         {move || method.with(|m| m != "base").then(|| text_input("eval_every", "Evaluate every", "optional; steps between evaluations during training, charted on the run page; each costs what the final one does (same samples and seed: lower Evaluation samples to make them cheap)", eval_every, None))}
                         {text_input("seeds", "Seeds", "optional; N > 1 launches N runs with seeds s, s+1, … from the config's seed and opens them on the compare page", seeds, None)}
                         {text_input("sweep", "Sweep", "optional; KEY = V1, V2, … launches a run per value of a config key (each over the seeds), e.g. max_grad_norm = 1, 10", sweep, None)}
-                        {move || method.with(|m| m == "gfn").then(|| start_select(task, init_from, runs, field_err("init_from")))}
+                        {move || method.with(|m| m == "gfn" || m == "ppo").then(|| start_select(task, init_from, runs, field_err("init_from")))}
                         {move || method.with(|m| m == "base").then(|| text_input("shots", "Few-shot examples", "optional; k worked examples from the task's training data before each prompt", shots, None))}
                         <div class="field wide">
                             <label for="notes">"Notes " <span class="help">"optional; why this run, what to look for"</span></label>
@@ -432,7 +432,7 @@ fn start_select(task: RwSignal<String>, selected: RwSignal<String>, runs: Polled
     };
     view! {
         <div class="field">
-            <label for="init_from">"Start from " <span class="help">"optional; the adapter starts as a finished run's (an SFT run's, say) instead of a fresh one"</span></label>
+            <label for="init_from">"Start from " <span class="help">"optional; the adapter starts as a finished run's (an SFT run's, say) instead of a fresh one; PPO then keeps close to it instead of the base model"</span></label>
             <select id="init_from" name="init_from" on:change=move |ev| selected.set(event_target_value(&ev))>
                 <option value="" selected=move || selected.with(String::is_empty)>"a fresh adapter"</option>
                 {options}

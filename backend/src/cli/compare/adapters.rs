@@ -1,6 +1,6 @@
-//! The adapters `compare` trains when they are missing — GFlowNet (from a
-//! fresh adapter or from SFT's), PPO, SFT and the EM step (SFT on accepted
-//! GFlowNet samples) — each in its own
+//! The adapters `compare` trains when they are missing — GFlowNet and PPO
+//! (each from a fresh adapter or from SFT's), SFT and the EM step (SFT on
+//! accepted GFlowNet samples) — each in its own
 //! folder under `--out`, reused by a later call when its `adapter/` exists;
 //! the first three evaluated at their last step and, with `--eval-every`,
 //! along the way ([`Along`]).
@@ -140,14 +140,20 @@ pub fn gfn(lm: &LanguageModel, task: &dyn Task, cfg: &TrainConfig, dir: &Path, a
     Ok((load(lm, dir)?, last_eval))
 }
 
-/// PPO against the task's reward, or the adapter of an earlier call.
-pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoConfig, dir: &Path, along: Option<&Along>, src: &Source) -> anyhow::Result<Trained> {
+/// PPO against the task's reward — from a fresh adapter kept close to the
+/// base model, or from the adapter in `start` kept close to it — or the
+/// adapter of an earlier call.
+pub fn ppo(lm: &LanguageModel, task: &dyn Task, (shape, cfg): (&TrainConfig, &PpoConfig), dir: &Path, along: Option<&Along>, src: &Source, start: Option<&Path>) -> anyhow::Result<Trained> {
     let mut last_eval = None;
     if !trained(dir) {
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
         along::clear(dir);
-        let mut p = Ppo::new(lm, task.train_task(lm)?, shape.clone(), cfg.clone())?;
-        let b = bar(cfg.steps, "ppo");
+        let mut p = match start {
+            Some(from) => Ppo::starting_from(lm, task.train_task(lm)?, shape.clone(), cfg.clone(), from).with_context(|| format!("starting from {}", from.display()))?,
+            None => Ppo::new(lm, task.train_task(lm)?, shape.clone(), cfg.clone())?,
+        };
+        let label = if start.is_some() { "sft+ppo" } else { "ppo" };
+        let b = bar(cfg.steps, label);
         let mut w = Watch::default();
         let ran = p.run_observed(Some(dir), |p, m| {
             b.set_position(m.step as u64);
@@ -157,9 +163,9 @@ pub fn ppo(lm: &LanguageModel, task: &dyn Task, shape: &TrainConfig, cfg: &PpoCo
         ended(ran, &mut w, &b)?;
         last_eval = evaluate_last(lm, along, &p.adapter, p.step, dir, w)?;
         // As the server stores a PPO run: its steps, batch and seed in the config.
-        src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, steps: cfg.steps, batch_size: cfg.batch_size, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some(), None)?;
+        src.write(dir, Method::Ppo, &TrainConfig { seed: cfg.seed, steps: cfg.steps, batch_size: cfg.batch_size, ..shape.clone() }, Some(serde_json::to_value(cfg)?), along.is_some(), start)?;
     } else {
-        eprintln!("ppo: reusing {}", dir.join("adapter").display());
+        eprintln!("{}: reusing {}", if start.is_some() { "sft+ppo" } else { "ppo" }, dir.join("adapter").display());
     }
     Ok((load(lm, dir)?, last_eval))
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 const FILE: &str = "evals.jsonl";
 
 /// The methods whose trainings are evaluated along the way, by their folder's stem.
-pub const TRAINED: [&str; 4] = ["gfn", "sft-gfn", "ppo", "sft"];
+pub const TRAINED: [&str; 5] = ["gfn", "sft-gfn", "ppo", "sft-ppo", "sft"];
 
 /// How the trainings of one seed are evaluated along the way.
 pub struct Along<'a> {

@@ -1,7 +1,8 @@
 //! `amortize compare`: several methods on one task, evaluated the same way
 //! (same test items, samples and seeds), as a table of mean ± std over seeds.
 //! Methods: the base model, prompting (zero-/k-shot), GFlowNet, PPO, SFT, the
-//! EM step (gfn+sft), the GFlowNet started from the SFT adapter (sft+gfn), adapters given with `--adapters NAME=DIR`, each with an
+//! EM step (gfn+sft), the GFlowNet and PPO started from the SFT adapter
+//! (sft+gfn, sft+ppo), adapters given with `--adapters NAME=DIR`, each with an
 //! optional decoding (`@greedy`, `@t=…`, `@beam`, `@dbeam+x5`, …). Without
 //! `--methods`, the task's preset (the paper's table for it). Trains what is
 //! missing under `--out`, reuses what an earlier call trained. With
@@ -45,7 +46,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Comma-separated: base, zeroshot, fewshot[:k=N], gfn, ppo, sft, gfn+sft
-    /// (SFT on the GFlowNet's samples), sft+gfn (the GFlowNet from SFT's adapter), or
+    /// (SFT on the GFlowNet's samples), sft+gfn, sft+ppo (from SFT's adapter), or
     /// names given with --adapters; each may add a decoding: base@greedy,
     /// base@t=0.7, gfn@p=0.9, base@beam, base@dbeam=8+g=4, base@dbeam+x5, gfn@x5.
     /// Default: the task's preset (the paper's table; see docs/compare.md).
@@ -157,10 +158,11 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let trains = |k: &str| !given.contains_key(k) && runs(k);
         let mut steps: Vec<(String, &str, usize)> = variants.iter().flat_map(|v| [(format!("gfn{}", v.suffix), "gfn", v.cfg.steps), (format!("sft+gfn{}", v.suffix), "sft-gfn", v.cfg.steps)]).collect();
         steps.push(("ppo".into(), "ppo", ppo.steps));
+        steps.push(("sft+ppo".into(), "sft-ppo", ppo.steps));
         if n == 0 {
             bail!("invalid --eval-every: must be at least 1");
         } else if !along::TRAINED.iter().any(|k| trains(k)) {
-            bail!("invalid --eval-every: none of the methods trains an adapter here (gfn, ppo, sft, gfn+sft, sft+gfn do)");
+            bail!("invalid --eval-every: none of the methods trains an adapter here (gfn, ppo, sft, gfn+sft, sft+gfn, sft+ppo do)");
         } else if let Some((name, _, s)) = steps.iter().find(|(_, k, s)| trains(k) && n > *s) {
             bail!("invalid --eval-every: {n} is more than {name}'s {s} training steps");
         }
@@ -247,8 +249,12 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                     let (s, r) = adapters::sft(&lm, task.as_ref(), &cfg, &sft, &sft_dir, along, &src)?;
                     (Some(s), r)
                 }
-                MethodKind::Ppo => {
-                    let (p, r) = adapters::ppo(&lm, task.as_ref(), &cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }, &out.join(format!("ppo-seed{seed}")), along, &src)?;
+                MethodKind::Ppo | MethodKind::SftPpo => {
+                    let from_sft = m.kind == MethodKind::SftPpo;
+                    let dir = out.join(format!("{}-seed{seed}", if from_sft { "sft-ppo" } else { "ppo" }));
+                    // (An adapter an earlier call trained is reused, and needs no start.)
+                    let start = if from_sft && !dir.join("adapter").join("adapter_config.json").exists() { Some(sft_adapter()?) } else { None };
+                    let (p, r) = adapters::ppo(&lm, task.as_ref(), (&cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }), &dir, along, &src, start.as_deref())?;
                     (Some(p), r)
                 }
                 MethodKind::GfnSft => {
@@ -324,6 +330,7 @@ fn trainings(kind: &MethodKind) -> &'static [&'static str] {
     match kind {
         MethodKind::Gfn | MethodKind::GfnSft => &["gfn"],
         MethodKind::SftGfn => &["sft", "sft-gfn"],
+        MethodKind::SftPpo => &["sft", "sft-ppo"],
         MethodKind::Ppo => &["ppo"],
         MethodKind::Sft => &["sft"],
         _ => &[],
@@ -343,6 +350,7 @@ fn curves(a: &CompareArgs, cfg: &TrainConfig, variants: &[sweep::Variant], out: 
     let trained = along::TRAINED.iter().flat_map(|&k| match k {
         "gfn" => variants.iter().map(|v| (format!("gfn{}", v.suffix), format!("gfn{}", v.stem), &v.cfg)).collect(),
         "sft-gfn" => variants.iter().map(|v| (format!("sft+gfn{}", v.suffix), format!("sft-gfn{}", v.stem), &v.cfg)).collect(),
+        "sft-ppo" => vec![("sft+ppo".to_string(), k.to_string(), cfg)],
         _ => vec![(k.to_string(), k.to_string(), cfg)],
     });
     for (kind, stem, cfg) in trained {
