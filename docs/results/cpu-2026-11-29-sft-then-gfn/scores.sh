@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# log R (T = 1) of Z's for three test questions under the arithmetic reward:
+# log R (T = 1) of Z's for five test questions under the arithmetic reward:
 # log p_LM(Z ". The answer is A." | 3 demonstrations, X), calculator results included.
 set -euo pipefail
 AMORTIZE=${AMORTIZE:-target/release/amortize}
