@@ -34,6 +34,15 @@ pub fn amortize_bin() -> PathBuf {
     bin
 }
 
+/// ‖a − b‖ over the LoRA tensors of two PEFT adapter folders of the same shape.
+pub fn adapter_distance(a: &std::path::Path, b: &std::path::Path) -> f64 {
+    let load = |d: &std::path::Path| candle_core::safetensors::load(d.join("adapter_model.safetensors"), &candle_core::Device::Cpu).expect("adapter tensors");
+    let (a, b) = (load(a), load(b));
+    assert_eq!(a.len(), b.len(), "adapters of different shapes");
+    let sq = |x: &candle_core::Tensor, y: &candle_core::Tensor| -> f64 { (x - y).and_then(|d| d.sqr()?.sum_all()?.to_scalar::<f32>()).expect("tensor arithmetic") as f64 };
+    a.iter().map(|(k, t)| sq(t, &b[k])).sum::<f64>().sqrt()
+}
+
 /// Runs `amortize ARGS…` and returns its output.
 pub fn run(args: &[&str]) -> Output {
     Command::new(amortize_bin()).args(args).env("AMORTIZE_LOG", "error").output().expect("spawn amortize")

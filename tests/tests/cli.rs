@@ -5,7 +5,7 @@
 //! SIGTERM stops `train` with a checkpoint that `--resume` continues.
 
 use amortize::model::tiny::write_tiny_model;
-use amortize_tests::{amortize_bin, run};
+use amortize_tests::{adapter_distance, amortize_bin, run};
 
 fn tiny() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -462,19 +462,6 @@ fn compare_sweeps_the_gfn_over_one_key() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(says) && err.lines().count() == 1, "{bad:?}: {err}");
     }
-}
-
-/// The LoRA tensors of a PEFT adapter folder, by name.
-fn adapter_tensors(dir: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
-    candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap()
-}
-
-/// ‖a − b‖ over the tensors of two adapters of the same shape.
-fn adapter_distance(a: &std::path::Path, b: &std::path::Path) -> f64 {
-    let (a, b) = (adapter_tensors(a), adapter_tensors(b));
-    assert_eq!(a.len(), b.len());
-    let sq: f64 = a.iter().map(|(k, t)| (t - &b[k]).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).sum();
-    sq.sqrt()
 }
 
 /// A GFlowNet and PPO started from an SFT adapter: compare's `sft+gfn` and

@@ -4,23 +4,14 @@
 //! they can (PPO keeping close to it: KL 0 before its first update), each
 //! owning a copy of it, so deleting the other run changes nothing.
 
-use std::path::Path;
 use std::time::Duration;
 
 use amortize::model::tiny::write_tiny_model;
-use amortize_tests::Server;
+use amortize_tests::{adapter_distance as distance, Server};
 use serde_json::{json, Value};
 
 fn finished(r: &Value) -> bool {
     !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating"))
-}
-
-/// ‖a − b‖ over the tensors of two adapter folders of the same shape.
-fn distance(a: &Path, b: &Path) -> f64 {
-    let load = |d: &Path| candle_core::safetensors::load(d.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
-    let (a, b) = (load(a), load(b));
-    assert_eq!(a.len(), b.len());
-    a.iter().map(|(k, t)| (t - &b[k]).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).sum::<f64>().sqrt()
 }
 
 #[test]
