@@ -47,6 +47,12 @@ const OWN_FIELDS: [&str; 15] = ["task", "name", "experiment", "method", "dataset
 /// The LoRA settings an adapter a run starts from must share with its config.
 const LORA_SHAPE: [&str; 3] = ["lora_r", "lora_alpha", "lora_targets"];
 
+/// Whether "Start from" offers run `r` for a run of `task`: a finished
+/// training of that task (its final adapter).
+fn offered(r: &Run, task: &str) -> bool {
+    r.task == task && r.method.trains() && r.status == RunStatus::Completed
+}
+
 /// Why `from`'s adapter cannot start a run of config `full`, if it cannot.
 fn shape_mismatch(from: &Run, full: &serde_json::Map<String, Value>) -> Option<String> {
     let theirs = serde_json::to_value(&from.config).ok()?;
@@ -214,7 +220,7 @@ pub fn NewRunPage() -> impl IntoView {
             "examples" if is_custom() => templates.examples.with(|t| examples_error(t)),
             "init_from" if method.with(|m| m == "gfn" || m == "ppo") => {
                 let id = init_from.get();
-                let from = runs.data.with(|rs| rs.as_ref().and_then(|rs| rs.iter().find(|r| r.id == id).cloned()))?;
+                let from = runs.data.with(|rs| rs.as_ref().and_then(|rs| rs.iter().find(|r| r.id == id && task.with(|t| offered(r, t))).cloned()))?;
                 checked.with(|c| c.full.as_ref().and_then(|full| shape_mismatch(&from, full)))
             }
             f => checked.with(|c| c.errors.get(f).cloned()),
@@ -278,8 +284,14 @@ pub fn NewRunPage() -> impl IntoView {
             // Few-shot examples belong to base-model runs only.
             shots: method.with_untracked(|m| m == "base").then(|| shots.get_untracked().trim().parse().ok()).flatten(),
             notes: opt(notes.get_untracked()),
-            // A starting adapter belongs to GFlowNet and PPO runs only.
-            init_from: method.with_untracked(|m| m == "gfn" || m == "ppo").then(|| opt(init_from.get_untracked())).flatten(),
+            // A starting adapter belongs to GFlowNet and PPO runs only, and
+            // only one the select offers for this task (it shows "a fresh
+            // adapter" for any other id, e.g. `?init=` of another task's run).
+            init_from: method
+                .with_untracked(|m| m == "gfn" || m == "ppo")
+                .then(|| opt(init_from.get_untracked()))
+                .flatten()
+                .filter(|id| runs.data.with_untracked(|rs| rs.as_ref().is_some_and(|rs| rs.iter().any(|r| r.id == *id && task.with_untracked(|t| offered(r, t)))))),
         };
         busy.set(true);
         server_err.set(None);
@@ -424,7 +436,7 @@ pub fn NewRunPage() -> impl IntoView {
 /// final adapter; an SFT run's is the usual choice).
 fn start_select(task: RwSignal<String>, selected: RwSignal<String>, runs: Polled<Vec<Run>>, error: impl IntoView + 'static) -> impl IntoView {
     let options = move || {
-        let mine: Vec<Run> = runs.data.get().unwrap_or_default().into_iter().filter(|r| task.with(|t| *t == r.task) && r.method.trains() && r.status == RunStatus::Completed).collect();
+        let mine: Vec<Run> = runs.data.get().unwrap_or_default().into_iter().filter(|r| task.with(|t| offered(r, t))).collect();
         mine.into_iter().map(|r| {
             let id = r.id.clone();
             view! { <option value=r.id.clone() selected=move || selected.with(|s| *s == id)>{format!("{} ({}, {} steps)", r.name, r.method.as_str(), r.step)}</option> }
