@@ -60,6 +60,13 @@ fn until(mut ok: impl FnMut() -> bool, why: impl Fn() -> String) {
     eventually(|| ok().then_some(()), why)
 }
 
+/// The id of the run whose page a launch opened: waits until the browser is
+/// on a run page other than those of `known` runs.
+fn launched(b: &Browser, known: &[&str], what: &str) -> String {
+    let new_run = |p: String| p.strip_prefix("/runs/").filter(|id| id.starts_with("run-") && !known.contains(id)).map(String::from);
+    eventually(|| new_run(path(b)), || format!("launch did not open {what}'s page (at {})", path(b)))
+}
+
 /// Points drawn by the line chart `#id` (0 when it has none yet).
 fn chart_points(b: &Browser, id: &str) -> usize {
     let js = "const f = document.getElementById(arguments[0]); if (!f) return 0; \
@@ -315,10 +322,7 @@ fn the_app_in_a_real_browser() {
     // Evaluated after every step as well: charted on its page.
     b.type_text(&b.wait("#eval_every", T), "1");
     b.click(&b.wait("#launch", T));
-    let copy = eventually(
-        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2)).map(|p| p.trim_start_matches("/runs/").to_string()),
-        || format!("launch did not open the copy's page (at {})", path(&b)),
-    );
+    let copy = launched(&b, &[&run2], "the copy");
     let (_, c) = server.get(&format!("/api/runs/{copy}"));
     assert_eq!((c["task"].as_str(), c["config"]["steps"].as_u64(), c["config"]["batch_size"].as_u64(), c["eval_samples"].as_u64()), (Some("rng"), Some(3), Some(4), Some(20)), "{c}");
     b.wait("#run-evals", T);
@@ -351,10 +355,7 @@ fn the_app_in_a_real_browser() {
     b.clear(&steps);
     b.type_text(&steps, "1");
     b.click(&b.wait("#launch", T));
-    let started = eventually(
-        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2) && !p.ends_with(&copy)).map(|p| p.trim_start_matches("/runs/").to_string()),
-        || format!("launch did not open the new run's page (at {})", path(&b)),
-    );
+    let started = launched(&b, &[&run2, &copy], "the new run");
     b.wait_text("#init-from", T, |t| t.contains(run2.as_str()));
     let (_, st) = server.get(&format!("/api/runs/{started}"));
     assert_eq!((st["init_from"].as_str(), st["method"].as_str()), (Some(run2.as_str()), Some("gfn")), "{st}");
@@ -379,10 +380,7 @@ fn the_app_in_a_real_browser() {
     b.clear(&samples);
     b.type_text(&samples, "20");
     b.click(&b.wait("#launch", T));
-    let untrained = eventually(
-        || Some(path(&b)).filter(|p| p.starts_with("/runs/run-") && !p.ends_with(&run2) && !p.ends_with(&copy) && !p.ends_with(&started)).map(|p| p.trim_start_matches("/runs/").to_string()),
-        || format!("launch did not open the base run's page (at {})", path(&b)),
-    );
+    let untrained = launched(&b, &[&run2, &copy, &started], "the base run");
     b.wait_text("#metrics-empty", T, |t| t.contains("base-model run trains nothing"));
     b.wait_text("#download-adapter-none", T, |t| t.contains("base model"));
     b.wait("#final-metrics", Duration::from_secs(120));
