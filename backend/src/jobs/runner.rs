@@ -301,9 +301,11 @@ fn baseline(ctx: &Context, run: &Run, task: &dyn tasks::Task, train: crate::gfn:
         Method::Ppo => {
             let pc = PpoConfig { steps: cfg.steps, batch_size: cfg.batch_size, seed: cfg.seed, ..PpoConfig::default() };
             // From the adapter it was created from (and kept close to it), else fresh.
-            let start = dir.join(super::start::DIR);
             let lr = pc.lr;
-            let mut ppo = if start.exists() { Ppo::starting_from(&lm, train, cfg.clone(), pc, &start) } else { Ppo::new(&lm, train, cfg.clone(), pc) }?;
+            let mut ppo = match super::start::path(dir) {
+                Some(start) => Ppo::starting_from(&lm, train, cfg.clone(), pc, &start),
+                None => Ppo::new(&lm, train, cfg.clone(), pc),
+            }?;
             ppo.run_observed(Some(dir), |p, m| record(&p.adapter, points::ppo(m, lr))).map(|()| ppo.adapter)
         }
         _ => {

@@ -1,10 +1,10 @@
-//! The adapter a GFlowNet run starts from when it is created from another
-//! run's (`CreateRun::init_from`): checked against the new run's LoRA
+//! The adapter a GFlowNet or PPO run starts from when it is created from
+//! another run's (`CreateRun::init_from`): checked against the new run's LoRA
 //! settings and the served model when the run is created, then copied into
 //! the new run's folder (`init-adapter/`), so that the run owns it whatever
 //! later happens to the other. Knows nothing of HTTP.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use amortize_shared::api::Run;
 use candle_core::Device;
@@ -42,13 +42,14 @@ fn plain(e: Error) -> String {
     }
 }
 
+/// The folder of the adapter the run in `dir` starts from, if it has one.
+pub fn path(dir: &Path) -> Option<PathBuf> {
+    Some(dir.join(DIR)).filter(|p| p.exists())
+}
+
 /// The adapter a fresh start of the run in `dir` begins with, if it has one.
 pub fn load(lm: &LanguageModel, dir: &Path, cfg: &TrainConfig) -> Result<Option<LoraAdapter>> {
-    let from = dir.join(DIR);
-    if !from.exists() {
-        return Ok(None);
-    }
-    starting_adapter(&from, cfg, lm.config(), lm.device()).map(Some)
+    path(dir).map(|from| starting_adapter(&from, cfg, lm.config(), lm.device())).transpose()
 }
 
 /// Empties a run's folder for a fresh start, keeping the adapter it starts from.

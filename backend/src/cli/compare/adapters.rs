@@ -47,7 +47,8 @@ pub fn bar(len: usize, label: &str) -> ProgressBar {
     b
 }
 
-fn trained(dir: &Path) -> bool {
+/// Whether `dir` holds the finished adapter of an earlier call.
+pub fn trained(dir: &Path) -> bool {
     dir.join("adapter").join("adapter_config.json").exists()
 }
 

@@ -217,7 +217,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 return Ok((LoraAdapter::load_peft(dir, lm.config(), lm.device())?, None));
             }
             // (An adapter an earlier call trained is reused, and needs neither.)
-            let fresh = !gfn_dir.join("adapter").join("adapter_config.json").exists();
+            let fresh = !adapters::trained(&gfn_dir);
             let start = if from_sft && fresh { Some(sft_adapter()?) } else { None };
             if sft_reward && fresh {
                 let reward_dir = sft_adapter()?;
@@ -253,7 +253,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                     let from_sft = m.kind == MethodKind::SftPpo;
                     let dir = out.join(format!("{}-seed{seed}", if from_sft { "sft-ppo" } else { "ppo" }));
                     // (An adapter an earlier call trained is reused, and needs no start.)
-                    let start = if from_sft && !dir.join("adapter").join("adapter_config.json").exists() { Some(sft_adapter()?) } else { None };
+                    let start = if from_sft && !adapters::trained(&dir) { Some(sft_adapter()?) } else { None };
                     let (p, r) = adapters::ppo(&lm, task.as_ref(), (&cfg, &PpoConfig { seed: ppo.seed + seed, ..ppo.clone() }), &dir, along, &src, start.as_deref())?;
                     (Some(p), r)
                 }
