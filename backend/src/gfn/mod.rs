@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod policy;
 mod policy_head;
+pub mod probe;
 pub mod trainer;
 
 pub use config::{starting_adapter, Objective, TrainConfig};

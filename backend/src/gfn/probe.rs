@@ -1,0 +1,87 @@
+//! Draws from a policy the way its training draws them — the task's token
+//! mask, stop tokens, tool and lengths — each scored by the task's reward at
+//! T = 1: what a side-by-side of trained policies shows per problem (the
+//! app's comparisons, `amortize sample --task`). Reads a [`TrainTask`];
+//! never trains, never touches a buffer or an optimiser.
+
+use super::{Problem, Reward, States, TrainTask, Trajectory};
+use crate::decode::{self, SampleConfig, StopReason};
+use crate::model::{LanguageModel, LoraView};
+use crate::Result;
+
+/// How to draw: `n` per problem, between `lengths.0` and `lengths.1` policy
+/// actions, at `temperature` (top-k / top-p optional), from `seed`.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub n: usize,
+    pub lengths: (usize, usize),
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: u64,
+}
+
+/// One drawn Z and what the task makes of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// Z as text (tool output included, the stop token not).
+    pub text: String,
+    pub trajectory: Trajectory,
+    /// The policy chose to stop (not cut at the maximum length).
+    pub stopped: bool,
+    /// log q(Z ⊤ | prompt) at temperature 1 with the task's mask (the stop
+    /// action included when it was chosen).
+    pub log_q: f64,
+    /// log R(Z ⊤) at reward temperature 1: the task's reward of Z's last state.
+    pub log_r: f64,
+}
+
+/// `cfg.n` draws for each problem, from `view` (the base model when `None`)
+/// conditioned on `prompts[k]` (usually `problems[k].policy_prompt`; a
+/// few-shot run reads a longer one), scored by `task.reward` on `problems[k]`.
+pub fn draw_scored(lm: &LanguageModel, task: &TrainTask, view: Option<&LoraView>, problems: &[&Problem], prompts: &[Vec<u32>], cfg: &ProbeConfig) -> Result<Vec<Vec<Probe>>> {
+    if problems.len() != prompts.len() {
+        return Err(crate::Error::invalid("prompts", format!("{} prompts for {} problems", prompts.len(), problems.len())));
+    }
+    let sc = SampleConfig {
+        n: cfg.n,
+        min_new_tokens: cfg.lengths.0,
+        max_new_tokens: cfg.lengths.1,
+        temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
+        mask: task.mask.clone(),
+        mask_penalty: task.mask_penalty,
+        stop_tokens: Some(task.stop_tokens.clone()),
+        seed: cfg.seed,
+        ..SampleConfig::default()
+    };
+    let samples = decode::sample(lm, prompts, &sc, view, task.tool.as_deref())?;
+    let mut drawn: Vec<Vec<(Trajectory, bool, f64)>> = vec![Vec::new(); problems.len()];
+    for mut s in samples {
+        let log_q = s.logprob() as f64;
+        let stopped = s.stop == StopReason::StopToken;
+        if stopped {
+            s.tokens.pop();
+            s.tool.pop();
+        }
+        drawn[s.prompt_index].push((Trajectory { tokens: s.tokens, tool: s.tool }, stopped, log_q));
+    }
+    let trajs: Vec<Vec<Trajectory>> = drawn.iter().map(|g| g.iter().map(|d| d.0.clone()).collect()).collect();
+    let items: Vec<(&Problem, &[Trajectory])> = problems.iter().zip(&trajs).map(|(p, t)| (*p, t.as_slice())).collect();
+    let rewards = task.reward.log_rewards_many(lm, &items, States::Last)?;
+    drawn
+        .into_iter()
+        .zip(rewards)
+        .map(|(group, r)| {
+            group
+                .into_iter()
+                .zip(r)
+                .map(|((trajectory, stopped, log_q), r)| {
+                    let log_r = r.last().copied().unwrap_or(f32::NEG_INFINITY) as f64;
+                    Ok(Probe { text: lm.tokenizer.decode(&trajectory.tokens, true)?, trajectory, stopped, log_q, log_r })
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,80 @@
+//! `gfn::probe::draw_scored` on the tiny random model and the arithmetic
+//! task: draws follow the task's rules (allowed tokens, the calculator, the
+//! lengths), each is paired with its own problem's reward at its last state,
+//! and a seed repeats them.
+
+use amortize::gfn::probe::{draw_scored, ProbeConfig};
+use amortize::decode::ToolHook;
+use amortize::gfn::Problem;
+use amortize::model::tiny::write_tiny_model;
+use amortize::model::LanguageModel;
+use amortize::tasks::arithmetic::{generate, Arithmetic};
+use amortize::tasks::Task;
+use candle_core::{DType, Device};
+use rand::SeedableRng;
+
+struct Plus;
+
+impl ToolHook for Plus {
+    fn after_token(&self, generated: &str) -> Option<String> {
+        generated.ends_with('+').then(|| " 7".to_string())
+    }
+}
+
+#[test]
+fn draws_follow_the_task_and_carry_their_own_problems_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &Device::Cpu, DType::F32).unwrap();
+    let demos = dir.path().join("demos.json");
+    let items: Vec<_> = (0..4u64).map(|i| generate(3 + i as usize % 2, &mut rand_chacha::ChaCha8Rng::seed_from_u64(i))).collect();
+    std::fs::write(&demos, serde_json::to_string(&items).unwrap()).unwrap();
+    let task = Arithmetic::from_options(&format!("demos_file = {:?}\ngenerated = 0", demos.display().to_string()).parse().unwrap()).unwrap();
+    let mut tt = task.train_task(&lm).unwrap();
+    // Random weights write no two-term sums, so the calculator would stay
+    // silent: a tool that answers every "+" shows the draws call the task's.
+    tt.tool = Some(Box::new(Plus));
+    let problems: Vec<&Problem> = tt.problems.iter().take(3).collect();
+    let prompts: Vec<Vec<u32>> = problems.iter().map(|p| p.policy_prompt.clone()).collect();
+    let cfg = ProbeConfig { n: 6, lengths: (4, 16), temperature: 4.0 /* the random policy rarely stops at 1 */, top_k: None, top_p: None, seed: 5 };
+    let drawn = draw_scored(&lm, &tt, None, &problems, &prompts, &cfg).unwrap();
+    assert_eq!(drawn.iter().map(Vec::len).collect::<Vec<_>>(), [6, 6, 6]);
+
+    let allowed: Vec<String> = (0..lm.config().vocab_size as u32)
+        .filter(|&t| match &tt.mask {
+            amortize::decode::TokenMask::Allow(ids) => ids.contains(&t),
+            _ => panic!("arithmetic allows a set of tokens"),
+        })
+        .map(|t| lm.tokenizer.decode(&[t], false).unwrap())
+        .collect();
+    let mut tool_calls = 0;
+    for (k, group) in drawn.iter().enumerate() {
+        let t: Vec<_> = group.iter().map(|d| d.trajectory.clone()).collect();
+        let by_reward = tt.reward.log_rewards(&lm, problems[k], &t).unwrap();
+        for (d, r) in group.iter().zip(by_reward) {
+            let n = d.trajectory.num_actions();
+            assert!((4..=16).contains(&n), "{n} actions: {:?}", d.text);
+            assert!(d.stopped || n == 16, "only the length cap ends a draw without the stop token");
+            for a in d.trajectory.actions() {
+                let s = lm.tokenizer.decode(&[a], false).unwrap();
+                assert!(allowed.contains(&s), "policy token {s:?} is not allowed");
+            }
+            let answered = d.text.matches("+ 7").count();
+            assert_eq!(answered, d.text.matches('+').count(), "{:?}", d.text);
+            tool_calls += answered;
+            assert!(d.log_q < 0.0 && d.log_q.is_finite());
+            // The reward of the draw's last state, for its own problem (the
+            // three problems' rewards differ).
+            let last = *r.last().unwrap() as f64;
+            assert!((d.log_r - last).abs() < 1e-4, "{} vs {last}", d.log_r);
+            let other = tt.reward.log_rewards(&lm, problems[(k + 1) % 3], std::slice::from_ref(&d.trajectory)).unwrap();
+            assert!((d.log_r - *other[0].last().unwrap() as f64).abs() > 1e-3, "another problem's reward");
+            assert_eq!(d.text, lm.tokenizer.decode(&d.trajectory.tokens, true).unwrap());
+        }
+    }
+    assert!(drawn.iter().flatten().any(|d| d.stopped), "some draws stop (at 4 and more actions)");
+    assert!(tool_calls > 0, "the tool answered some '+'");
+    assert_eq!(draw_scored(&lm, &tt, None, &problems, &prompts, &cfg).unwrap(), drawn, "a seed repeats the draws");
+    let other = draw_scored(&lm, &tt, None, &problems, &prompts, &ProbeConfig { seed: 6, ..cfg.clone() }).unwrap();
+    assert_ne!(other, drawn);
+    assert!(draw_scored(&lm, &tt, None, &problems, &prompts[..2], &cfg).is_err(), "a prompt per problem");
+}
