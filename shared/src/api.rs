@@ -389,6 +389,10 @@ pub struct Generation {
     pub logprob: f64,
     /// log p_base(text | prompt) under the base model.
     pub base_logprob: f64,
+    /// log R(text) under the task's reward at temperature 1 (comparisons
+    /// drawn the task's way; see [`Comparison::task`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_reward: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -448,7 +452,10 @@ pub struct InfillResponse {
 pub struct CreateComparison {
     /// Run ids or "base" (at least one).
     pub runs: Vec<String>,
-    /// Prompts; empty: the task's own test prompts (needs runs of one task).
+    /// Prompts, sampled freely; empty: the first problems of the runs' task
+    /// (runs of one task), drawn as its training draws them — its allowed
+    /// tokens, stop token, tool and each run's lengths (`max_tokens` and
+    /// `stop` do not apply) — and scored by its reward.
     #[serde(default)]
     pub prompts: Vec<String>,
     #[serde(default)]
@@ -460,6 +467,10 @@ pub struct CreateComparison {
 pub struct Comparison {
     pub id: i64,
     pub created_at: String,
+    /// The task whose problems the prompts are, when drawn its way: every
+    /// sample then has its `log_reward`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     pub prompts: Vec<String>,
     pub columns: Vec<ComparisonColumn>,
 }

@@ -269,6 +269,18 @@ fn the_app_in_a_real_browser() {
     until(|| d_of(&second) != raw, || format!("smoothing did not change the curve {raw:?}"));
     b.execute("document.getElementById('training-curves').scrollIntoView()", json!([]));
     shot(&b, "compare-curves");
+    // Without prompts: the task's problems drawn its way, each sample with its log-reward.
+    let first = b.attr(&b.wait("#comparison", T), "data-comparison-id").expect("comparison id");
+    b.execute("document.getElementById('compare-form').scrollIntoView()", json!([]));
+    b.execute("const p = document.getElementById('compare-prompts'); p.value = ''; p.dispatchEvent(new Event('input'));", json!([]));
+    b.click(&b.wait("#compare-submit", T));
+    until(
+        || b.find_all("#comparison").iter().any(|c| b.attr(c, "data-comparison-id").is_some_and(|id| id != first)),
+        || "no second comparison".to_string(),
+    );
+    b.wait_text("#compare-drawn-as", T, |t| t.contains("rng task"));
+    let meta = b.text(&b.wait(".compare-sample .sample-meta", T));
+    assert!(meta.starts_with("log R "), "{meta}");
     // A saved comparison is deleted from the list; the one shown closes with it.
     let shown = b.attr(&b.wait("#comparison", T), "data-comparison-id").expect("comparison id");
     b.click(&b.wait(&format!("#comparison-list li[data-comparison=\"{shown}\"] button"), T));

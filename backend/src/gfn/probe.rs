@@ -4,7 +4,7 @@
 //! app's comparisons, `amortize sample --task`). Reads a [`TrainTask`];
 //! never trains, never touches a buffer or an optimiser.
 
-use super::{Problem, Reward, States, TrainTask, Trajectory};
+use super::{Problem, States, TrainTask, Trajectory};
 use crate::decode::{self, SampleConfig, StopReason};
 use crate::model::{LanguageModel, LoraView};
 use crate::Result;

@@ -1,6 +1,7 @@
 //! Generation endpoints: samples from one source, the infilling playground
 //! (k middles per source), and comparisons (one prompt set × several sources,
-//! side by side, with metrics per source).
+//! side by side, with metrics per source; without prompts, the task's
+//! problems drawn the task's way and scored by its reward).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,12 @@ use axum::extract::State;
 use super::error::{ApiErr, ApiResult, Json, Path};
 use super::sampler::{generate_blocking, Source};
 use super::AppState;
-use crate::tasks::{self, infill};
+use crate::baselines::FewShot;
+use crate::decode::{self, SampleConfig};
+use crate::gfn::probe::{self, Probe, ProbeConfig};
+use crate::gfn::Problem;
+use crate::model::LanguageModel;
+use crate::tasks::{self, infill, PromptTransform};
 use crate::Error;
 
 /// Longest prompt text accepted (the token check against the context comes after).
@@ -101,22 +107,32 @@ pub async fn create_comparison(State(s): State<AppState>, Json(req): Json<Create
     for id in &req.runs {
         sources.push(s.sampler.source(Some(id)).await.map_err(|e| field_error("runs", e))?);
     }
-    let prompts = if req.prompts.is_empty() { task_prompts(&s, &sources).await? } else { req.prompts.clone() };
-    let mut columns = Vec::new();
-    for src in sources {
-        let (ps, c, sc) = (prompts.clone(), cfg.clone(), src.clone());
-        let samples = s.sampler.run(move |lm| ps.iter().map(|p| generate_blocking(lm, p, &sc, &c)).collect::<crate::Result<Vec<_>>>()).await?;
-        columns.push(column(&src, samples));
-    }
-    let c = Comparison { id: 0, created_at: String::new(), prompts, columns };
+    let c = if req.prompts.is_empty() {
+        task_draws(&s, &sources, &cfg).await?
+    } else {
+        let mut columns = Vec::new();
+        for src in sources {
+            let (ps, c, sc) = (req.prompts.clone(), cfg.clone(), src.clone());
+            let samples = s.sampler.run(move |lm| ps.iter().map(|p| generate_blocking(lm, p, &sc, &c)).collect::<crate::Result<Vec<_>>>()).await?;
+            columns.push(column(&src, samples));
+        }
+        Comparison { id: 0, created_at: String::new(), task: None, prompts: req.prompts.clone(), columns }
+    };
     Ok((axum::http::StatusCode::CREATED, Json(s.store.put_comparison(&req, c).await?)))
 }
 
-/// Without prompts: the policy prompts of the task the runs share (first 8).
-async fn task_prompts(s: &AppState, sources: &[Source]) -> ApiResult<Vec<String>> {
+/// Problems a comparison without prompts draws for.
+const TASK_PROBLEMS: usize = 8;
+
+/// Without prompts: the first problems of the task the runs share, drawn
+/// from every source as its training draws them (the task's allowed tokens,
+/// stop token and tool; each run's own lengths, a base run's few-shot
+/// prompt; the base model takes the first run's lengths) and scored by the
+/// task's reward at T = 1. The problems and the reward are the first run's.
+async fn task_draws(s: &AppState, sources: &[Source], cfg: &SampleConfig) -> ApiResult<Comparison> {
     let runs: Vec<_> = sources.iter().filter_map(|x| x.run.clone()).collect();
-    let Some(first) = runs.first() else {
-        return Err(ApiErr::bad("prompts", "give prompts, or compare at least one run so its task's prompts can be used"));
+    let Some(first) = runs.first().cloned() else {
+        return Err(ApiErr::bad("prompts", "give prompts, or compare at least one run so its task's problems can be used"));
     };
     if runs.iter().any(|r| r.task != first.task) {
         return Err(ApiErr::bad("prompts", "the runs belong to different tasks: give the prompts"));
@@ -125,14 +141,58 @@ async fn task_prompts(s: &AppState, sources: &[Source]) -> ApiResult<Vec<String>
     if let (Some(d), Some((key, _))) = (&first.dataset, tasks::dataset_spec(&task)) {
         options.insert(key.into(), toml::Value::String(s.store.dataset_path(d).display().to_string()));
     }
-    let prompts = s
+    let (name, sources_, cfg) = (task.clone(), sources.to_vec(), cfg.clone());
+    let (prompts, samples) = s
         .sampler
         .run(move |lm| {
-            let t = tasks::load(&task, &options)?.train_task(lm)?;
-            t.problems.iter().take(8).map(|p| lm.tokenizer.decode(&p.policy_prompt, false)).collect::<crate::Result<Vec<_>>>()
+            let t = tasks::load(&name, &options)?;
+            let train = t.train_task(lm)?;
+            let problems: Vec<&Problem> = train.problems.iter().take(TASK_PROBLEMS).collect();
+            let texts = problems.iter().map(|p| lm.tokenizer.decode(&p.policy_prompt, false)).collect::<crate::Result<Vec<_>>>()?;
+            let mut all = Vec::with_capacity(sources_.len());
+            for src in &sources_ {
+                let run = src.run.as_ref().unwrap_or(&first);
+                let prompts = match src.run.as_ref().and_then(|r| r.shots) {
+                    Some(k) => {
+                        let few = FewShot::new(t.demonstrations(), k, run.config.seed)?;
+                        texts.iter().map(|x| lm.tokenizer.encode(&few.apply(x))).collect::<crate::Result<Vec<_>>>()?
+                    }
+                    None => problems.iter().map(|p| p.policy_prompt.clone()).collect(),
+                };
+                let pc = ProbeConfig { n: cfg.n, lengths: (run.config.min_len, run.config.max_len), temperature: cfg.temperature, top_k: cfg.top_k, top_p: cfg.top_p, seed: cfg.seed };
+                let view = src.view(lm, cfg.n * problems.len() * run.config.max_len)?;
+                let drawn = probe::draw_scored(lm, &train, view.as_ref(), &problems, &prompts, &pc)?;
+                all.push(with_base_scores(lm, &problems, drawn)?);
+            }
+            Ok((texts, all))
         })
         .await?;
-    Ok(prompts)
+    let columns = sources.iter().zip(samples).map(|(src, g)| column(src, g)).collect();
+    Ok(Comparison { id: 0, created_at: String::new(), task: Some(task), prompts, columns })
+}
+
+/// The draws as generations, each with log p_base(Z | the problem's policy prompt).
+fn with_base_scores(lm: &LanguageModel, problems: &[&Problem], drawn: Vec<Vec<Probe>>) -> crate::Result<Vec<Vec<Generation>>> {
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = problems
+        .iter()
+        .zip(&drawn)
+        .flat_map(|(p, g)| g.iter().filter(|d| !d.trajectory.tokens.is_empty()).map(|d| (p.policy_prompt.clone(), d.trajectory.tokens.clone())))
+        .collect();
+    let mut scores = decode::score(lm, &pairs, None, 16)?.into_iter();
+    Ok(drawn
+        .into_iter()
+        .map(|g| {
+            g.into_iter()
+                .map(|d| Generation {
+                    base_logprob: if d.trajectory.tokens.is_empty() { 0.0 } else { scores.next().map_or(0.0, |x| x.total as f64) },
+                    tokens: d.trajectory.tokens.len(),
+                    text: d.text,
+                    logprob: d.log_q,
+                    log_reward: Some(d.log_r),
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// Metrics of one source over the prompts (mean ± std across prompts), plus
@@ -148,6 +208,9 @@ fn column(src: &Source, samples: Vec<Vec<Generation>>) -> ComparisonColumn {
     metrics.insert("base_loglik".to_string(), per_prompt(&|g| mean(g, &|x| x.base_logprob)));
     metrics.insert("distinct2".to_string(), per_prompt(&|g| distinct_bigrams(g)));
     metrics.insert("length".to_string(), per_prompt(&|g| mean(g, &|x| x.tokens as f64)));
+    if samples.iter().flatten().any(|x| x.log_reward.is_some()) {
+        metrics.insert("log_reward".to_string(), per_prompt(&|g| mean(g, &|x| x.log_reward.unwrap_or(f64::NAN))));
+    }
     if let Some(m) = src.run.as_ref().and_then(|r| r.final_metrics.as_ref()) {
         for (k, v) in m {
             metrics.insert(format!("final.{k}"), MetricSummary { mean: *v, std: 0.0 });

@@ -205,6 +205,7 @@ pub fn generate_blocking(lm: &LanguageModel, prompt: &str, source: &Source, cfg:
             tokens: s.tokens.len(),
             logprob: s.logprob() as f64,
             base_logprob: if s.tokens.is_empty() { 0.0 } else { scores.next().map_or(0.0, |x| x.total as f64) },
+            log_reward: None,
         })
         .collect())
 }

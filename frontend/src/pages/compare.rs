@@ -185,7 +185,7 @@ pub fn ComparePage() -> impl IntoView {
                 <SourcePicker id="compare-sources" runs=runs selected=selected />
                 {server_err("sources")}
                 <div class="field wide">
-                    <label for="compare-prompts">"Prompts " <span class="help">"one per line; empty: the task's own test prompts (runs of one task)"</span></label>
+                    <label for="compare-prompts">"Prompts " <span class="help">"one per line, sampled freely; empty: the first problems of the runs' task, drawn as its training draws them (its tokens, stop, tool and each run's lengths; max tokens does not apply), each sample with its log-reward"</span></label>
                     <textarea id="compare-prompts" rows="4" prop:value=move || prompts.get() on:input=move |ev| prompts.set(event_target_value(&ev))></textarea>
                 </div>
                 {server_err("text")}
@@ -317,6 +317,9 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
             </div>
             {picture}
             <h2>"Samples"</h2>
+            {c.task.clone().map(|t| view! {
+                <p class="muted" id="compare-drawn-as">{format!("The {t} task's problems, drawn as its training draws them: its allowed tokens, stop token and tool, each run's lengths. log R: the task's reward at temperature 1.")}</p>
+            })}
             <div class="scroll">
                 <table class="data samples-grid" id="compare-samples">
                     <thead><tr>
@@ -335,7 +338,7 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
                                             {k.samples.get(i).cloned().unwrap_or_default().into_iter().map(|g| view! {
                                                 <li class="compare-sample">
                                                     <span class="sample-text">{g.text}</span>
-                                                    <span class="sample-meta">{format!("log q {} · log p_base {} · {} tok", fmt_num(g.logprob), fmt_num(g.base_logprob), g.tokens)}</span>
+                                                    <span class="sample-meta">{g.log_reward.map(|r| format!("log R {} · ", fmt_num(r))).unwrap_or_default()}{format!("log q {} · log p_base {} · {} tok", fmt_num(g.logprob), fmt_num(g.base_logprob), g.tokens)}</span>
                                                 </li>
                                             }).collect_view()}
                                         </ol>
