@@ -36,6 +36,31 @@ fn sample_prints_one_json_object_per_sample() {
     assert_eq!(out, again);
 }
 
+/// `sample --task`: the task's problems drawn its way, each Z with its
+/// log-reward, one JSON object a line; a seed repeats them.
+#[test]
+fn sample_task_draws_problems_with_their_rewards() {
+    let (dir, model) = tiny();
+    let config = dir.path().join("arith.toml");
+    std::fs::write(&config, "min_len = 2\nmax_len = 6\n[task]\ngenerated = 3\nk_shot = 1\n").unwrap();
+    let args = ["sample", "--model", &model, "--task", "arithmetic", "--config", config.to_str().unwrap(), "--problems", "2", "-n", "3", "--temperature", "3", "--seed", "4", "--json"];
+    let out = stdout(&run(&args));
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["problem"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 0, 0, 1, 1, 1]);
+    for l in &lines {
+        assert!(l["prompt"].as_str().unwrap().starts_with("Question: "), "{l}");
+        assert!(l["log_r"].as_f64().is_some_and(|r| r.is_finite() && r < 0.0), "{l}");
+        assert!(l["log_q"].as_f64().is_some_and(|q| q < 0.0), "{l}");
+        let text = l["text"].as_str().unwrap();
+        assert!(text.chars().all(|c| c.is_ascii_digit() || " +-=,".contains(c)), "the task's tokens: {text:?}");
+        let n = l["tokens"].as_array().unwrap().len();
+        assert!(n >= 2 && (l["stopped"] == true || n >= 6), "min_len 2, max_len 6 (tool tokens beside): {l}");
+    }
+    assert_eq!(stdout(&run(&args)), out, "a seed repeats the draws");
+    let text = stdout(&run(&args[..args.len() - 1]));
+    assert!(text.starts_with("# problem 0: Question: ") && text.contains("log R "), "{text}");
+}
+
 #[test]
 fn score_prints_tokens_logprobs_and_total() {
     let (_dir, model) = tiny();
@@ -117,6 +142,8 @@ fn bad_inputs_exit_nonzero_with_one_clear_line() {
         (vec!["sample", "--model", &model, "--prompt", "x", "--adapter", "/nonexistent/adapter"], "adapter"),
         (vec!["score", "--model", &model, "--text", "t", "--json"], "2 tokens"),
         (vec!["sample", "--model", &model, "--prompt", "x", "--device", "tpu"], "device"),
+        (vec!["sample", "--model", &model, "--task", "nope"], "unknown task"),
+        (vec!["sample", "--model", &model, "--task", "rng", "--problems", "0"], "--problems"),
         (vec!["train", "--model", &model, "--task", "rng", "--steps", "2", "--eval-every", "3"], "more than the run's 2 steps"),
         (vec!["train", "--model", &model, "--task", "rng", "--eval-samples", "3"], "--eval-every"),
     ];
