@@ -59,6 +59,11 @@ fn sample_task_draws_problems_with_their_rewards() {
     assert_eq!(stdout(&run(&args)), out, "a seed repeats the draws");
     let text = stdout(&run(&args[..args.len() - 1]));
     assert!(text.starts_with("# problem 0: Question: ") && text.contains("log R "), "{text}");
+    // --from: the problems after the first; numbered as the task numbers them.
+    let later = stdout(&run(&[&args[..], &["--from", "1"]].concat()));
+    let later: Vec<serde_json::Value> = later.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(later.iter().map(|l| l["problem"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 1, 1, 2, 2, 2]);
+    assert_eq!(later[0]["prompt"], lines[3]["prompt"]);
 }
 
 #[test]
@@ -144,6 +149,7 @@ fn bad_inputs_exit_nonzero_with_one_clear_line() {
         (vec!["sample", "--model", &model, "--prompt", "x", "--device", "tpu"], "device"),
         (vec!["sample", "--model", &model, "--task", "nope"], "unknown task"),
         (vec!["sample", "--model", &model, "--task", "rng", "--problems", "0"], "--problems"),
+        (vec!["sample", "--model", &model, "--task", "rng", "--from", "99"], "--from"),
         (vec!["train", "--model", &model, "--task", "rng", "--steps", "2", "--eval-every", "3"], "more than the run's 2 steps"),
         (vec!["train", "--model", &model, "--task", "rng", "--eval-samples", "3"], "--eval-every"),
     ];

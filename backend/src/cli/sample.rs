@@ -32,6 +32,11 @@ pub struct SampleArgs {
     /// How many of the task's problems (its training problems, in order).
     #[arg(long, default_value_t = 4, requires = "task")]
     pub problems: usize,
+    /// The index of the first of them (arithmetic: 0–49 are the worked
+    /// demonstrations, the first k_shot of them inside the reward's prompt;
+    /// the generated questions follow).
+    #[arg(long, default_value_t = 0, requires = "task")]
+    pub from: usize,
     /// Wrap the prompt in the model's chat format (ChatML: <|im_start|>user …).
     #[arg(long, conflicts_with = "task")]
     pub chat: bool,
@@ -119,11 +124,14 @@ fn task_draws(a: &SampleArgs, name: &str) -> anyhow::Result<()> {
     SampleConfig { n: pc.n, min_new_tokens: pc.lengths.0, max_new_tokens: pc.lengths.1, temperature: pc.temperature, top_k: pc.top_k, top_p: pc.top_p, ..SampleConfig::default() }.validate()?;
     let (lm, lora) = a.model.load()?;
     let train = task.train_task(&lm)?;
-    let problems: Vec<&Problem> = train.problems.iter().take(a.problems).collect();
+    if a.from >= train.problems.len() {
+        anyhow::bail!("invalid --from: the task has {} problems (0 to {})", train.problems.len(), train.problems.len() - 1);
+    }
+    let problems: Vec<&Problem> = train.problems.iter().skip(a.from).take(a.problems).collect();
     let prompts: Vec<Vec<u32>> = problems.iter().map(|p| p.policy_prompt.clone()).collect();
     let lora = folded(&lm, lora, a.n * problems.len() * cfg.max_len)?;
     let drawn = draw_scored(&lm, &train, lora.as_ref(), &problems, &prompts, &pc)?;
-    for (k, (p, group)) in problems.iter().zip(drawn).enumerate() {
+    for (k, (p, group)) in (a.from..).zip(problems.iter().zip(drawn)) {
         let prompt = lm.tokenizer.decode(&p.policy_prompt, false)?;
         if !a.json {
             println!("# problem {k}: {prompt}");
