@@ -281,6 +281,7 @@ fn the_app_in_a_real_browser() {
     b.wait_text("#compare-drawn-as", T, |t| t.contains("rng task"));
     let meta = b.text(&b.wait(".compare-sample .sample-meta", T));
     assert!(meta.starts_with("log R "), "{meta}");
+    b.wait_text("#comparison-list", T, |t| t.contains("rng problem(s), drawn its way") && t.contains("2 prompt(s)"));
     // A saved comparison is deleted from the list; the one shown closes with it.
     let shown = b.attr(&b.wait("#comparison", T), "data-comparison-id").expect("comparison id");
     b.click(&b.wait(&format!("#comparison-list li[data-comparison=\"{shown}\"] button"), T));

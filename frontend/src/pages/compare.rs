@@ -220,7 +220,10 @@ pub fn ComparePage() -> impl IntoView {
                             {list.into_iter().map(|c| view! {
                                 <li data-comparison=c.id><A href=format!("/compare?id={}", c.id)>{format!("#{} · {}", c.id, fmt_time(&c.created_at))}</A>
                                 <span class="muted">" " {c.columns.iter().map(|k| k.label.clone()).collect::<Vec<_>>().join(" vs ")}
-                                {format!(" · {} prompt(s)", c.prompts.len())}</span>
+                                {match &c.task {
+                                    Some(t) => format!(" · {} {t} problem(s), drawn its way", c.prompts.len()),
+                                    None => format!(" · {} prompt(s)", c.prompts.len()),
+                                }}</span>
                                 " " <button type="button" class="link danger" title="Delete this saved comparison" on:click=move |_| forget(c.id)>"delete"</button></li>
                             }).collect_view()}
                         </ul>
