@@ -265,8 +265,15 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
         .into_any()
     } else {
         let mut missing = Vec::new();
+        // Drawn the task's way, the samples carry the task's reward: the
+        // paper's axis (for continuation, log p(Z "." | X) itself).
+        let drawn = c.task.is_some();
         let points: Vec<ScatterPoint> = c.columns.iter().enumerate().filter_map(|(i, col)| {
-            let x = find_key(&col.metrics, &["base_loglik", "mean_base_loglik", "base_logprob", "mean_base_logprob"], &["base", "log"]);
+            let x = if drawn {
+                col.metrics.get_key_value("log_reward")
+            } else {
+                find_key(&col.metrics, &["base_loglik", "mean_base_loglik", "base_logprob", "mean_base_logprob"], &["base", "log"])
+            };
             let y = find_key(&col.metrics, &["distinct_2", "distinct-2", "distinct2"], &["distinct"]);
             match (x, y) {
                 (Some((_, x)), Some((_, y))) => Some(ScatterPoint { label: col.label.clone(), color: i, x: x.mean, y: y.mean, x_std: x.std, y_std: y.std }),
@@ -276,9 +283,10 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
                 }
             }
         }).collect();
+        let xtitle = if drawn { "mean log R, the task's reward (nats)" } else { "mean base log-likelihood (nats)" }.to_string();
         view! {
-            <h2>"Likelihood against diversity"</h2>
-            <Scatter id="chart-scatter".into() xtitle="mean base log-likelihood (nats)".into() ytitle="distinct-2".into() points=points />
+            <h2>{if drawn { "Reward against diversity" } else { "Likelihood against diversity" }}</h2>
+            <Scatter id="chart-scatter".into() xtitle=xtitle ytitle="distinct-2".into() points=points />
             {(!missing.is_empty()).then(|| view! { <p class="muted">"No log-likelihood or distinct-2 metric for: " {missing.join(", ")}</p> })}
         }
         .into_any()
