@@ -1,14 +1,15 @@
 //! `gfn::probe::draw_scored` on the tiny random model and the arithmetic
 //! task: draws follow the task's rules (allowed tokens, the calculator, the
 //! lengths), each is paired with its own problem's reward at its last state,
-//! and a seed repeats them.
+//! and a seed repeats them; a text becomes the task's trajectory (the tool's
+//! answers as tool tokens) and is rated by the same reward.
 
-use amortize::gfn::probe::{draw_scored, ProbeConfig};
+use amortize::gfn::probe::{draw_scored, rate, trajectory_of, ProbeConfig};
 use amortize::decode::ToolHook;
 use amortize::gfn::Problem;
 use amortize::model::tiny::write_tiny_model;
 use amortize::model::LanguageModel;
-use amortize::tasks::arithmetic::{generate, Arithmetic};
+use amortize::tasks::arithmetic::{generate, worked, Arithmetic};
 use amortize::tasks::Task;
 use candle_core::{DType, Device};
 use rand::SeedableRng;
@@ -77,4 +78,31 @@ fn draws_follow_the_task_and_carry_their_own_problems_reward() {
     let other = draw_scored(&lm, &tt, None, &problems, &prompts, &ProbeConfig { seed: 6, ..cfg.clone() }).unwrap();
     assert_ne!(other, drawn);
     assert!(draw_scored(&lm, &tt, None, &problems, &prompts[..2], &cfg).is_err(), "a prompt per problem");
+}
+
+/// A worked rationale's text becomes the trajectory the task seeds its buffer
+/// with (the calculator's answers as tool tokens) and is rated by the task's
+/// reward; a text that overrules the calculator is refused, naming the place.
+#[test]
+fn texts_become_the_tasks_trajectories_and_are_rated() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &Device::Cpu, DType::F32).unwrap();
+    let demos = dir.path().join("demos.json");
+    let items: Vec<_> = (0..3u64).map(|i| generate(3 + i as usize % 2, &mut rand_chacha::ChaCha8Rng::seed_from_u64(i))).collect();
+    std::fs::write(&demos, serde_json::to_string(&items).unwrap()).unwrap();
+    let task = Arithmetic::from_options(&format!("demos_file = {:?}\ngenerated = 0\nk_shot = 1", demos.display().to_string()).parse().unwrap()).unwrap();
+    let tt = task.train_task(&lm).unwrap();
+    for (it, problem) in items.iter().zip(&tt.problems) {
+        let rationale = it.str_rationale.as_deref().unwrap();
+        let text = format!(" {}", worked(rationale));
+        let t = trajectory_of(&lm, &tt, &text).unwrap();
+        assert_eq!(t, Arithmetic::seed_trajectory(&lm, rationale).unwrap(), "{text:?}");
+        assert!(t.tool.iter().any(|&x| x), "the calculator's answers");
+        let rated = rate(&lm, &tt, problem, &[text.clone(), " 1, 1".into()]).unwrap();
+        let want = *tt.reward.log_rewards(&lm, problem, std::slice::from_ref(&t)).unwrap()[0].last().unwrap() as f64;
+        assert!((rated[0].1 - want).abs() < 1e-4, "{} vs {want}", rated[0].1);
+        assert!(rated[1].0.tool.iter().all(|&x| !x) && rated[1].1 < 0.0, "no '=': every token the policy's");
+    }
+    let e = trajectory_of(&lm, &tt, " 2 + 3 = 7").unwrap_err().to_string();
+    assert!(e.contains("\" 2 + 3 =\"") && e.contains("\" 5\"") && e.contains("\" 7\""), "{e}");
 }

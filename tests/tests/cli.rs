@@ -64,6 +64,11 @@ fn sample_task_draws_problems_with_their_rewards() {
     let later: Vec<serde_json::Value> = later.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(later.iter().map(|l| l["problem"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 1, 1, 2, 2, 2]);
     assert_eq!(later[0]["prompt"], lines[3]["prompt"]);
+    // score --task: a text rated as a Z of one problem, the calculator's answer in it.
+    let rated = stdout(&run(&["score", "--model", &model, "--task", "arithmetic", "--config", config.to_str().unwrap(), "--problem", "1", "--text", " 2 + 3 = 5, 5 - 1 = 4", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(rated.trim()).unwrap();
+    assert_eq!((v["problem"].as_u64(), v["prompt"].clone()), (Some(1), lines[3]["prompt"].clone()), "{v}");
+    assert!(v["log_r"].as_f64().is_some_and(|r| r.is_finite() && r < 0.0) && v["actions"].as_u64().unwrap() > 0, "{v}");
 }
 
 #[test]
@@ -150,6 +155,9 @@ fn bad_inputs_exit_nonzero_with_one_clear_line() {
         (vec!["sample", "--model", &model, "--task", "nope"], "unknown task"),
         (vec!["sample", "--model", &model, "--task", "rng", "--problems", "0"], "--problems"),
         (vec!["sample", "--model", &model, "--task", "rng", "--from", "99"], "--from"),
+        (vec!["score", "--model", &model, "--task", "arithmetic", "--text", " 2 + 3 = 7"], "tool answers \" 2 + 3 =\" with \" 5\""),
+        (vec!["score", "--model", &model, "--task", "rng", "--problem", "99", "--text", "7"], "--problem"),
+        (vec!["score", "--model", &model, "--task", "rng", "--adapter", "x", "--text", "7"], "--adapter"),
         (vec!["train", "--model", &model, "--task", "rng", "--steps", "2", "--eval-every", "3"], "more than the run's 2 steps"),
         (vec!["train", "--model", &model, "--task", "rng", "--eval-samples", "3"], "--eval-every"),
     ];

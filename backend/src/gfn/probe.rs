@@ -85,3 +85,42 @@ pub fn draw_scored(lm: &LanguageModel, task: &TrainTask, view: Option<&LoraView>
         })
         .collect()
 }
+
+/// `text` as the task's trajectory: cut where the task's tool answers (its
+/// hook fires on the text so far), the pieces between encoded as the
+/// policy's actions and each answer as the tool's tokens — what a draw that
+/// wrote `text` holds, up to how the policy split its pieces into tokens.
+/// A text that goes on otherwise where the tool answers is no draw of the
+/// task: an error that names the place.
+pub fn trajectory_of(lm: &LanguageModel, task: &TrainTask, text: &str) -> Result<Trajectory> {
+    let mut t = Trajectory::default();
+    let push = |piece: &str, tool: bool, t: &mut Trajectory| -> Result<()> {
+        for id in lm.tokenizer.encode(piece)? {
+            t.tokens.push(id);
+            t.tool.push(tool);
+        }
+        Ok(())
+    };
+    let (mut start, mut i) = (0, 0);
+    while let Some(c) = text[i..].chars().next() {
+        i += c.len_utf8();
+        let Some(answer) = task.tool.as_ref().and_then(|tool| tool.after_token(&text[..i])) else { continue };
+        if !text[i..].starts_with(&answer) {
+            let rest: String = text[i..].chars().take(answer.chars().count().max(1)).collect();
+            return Err(crate::Error::invalid("text", format!("the task's tool answers {:?} with {answer:?}, but the text goes on with {rest:?}", &text[start..i])));
+        }
+        push(&text[start..i], false, &mut t)?;
+        push(&answer, true, &mut t)?;
+        i += answer.len();
+        start = i;
+    }
+    push(&text[start..], false, &mut t)?;
+    Ok(t)
+}
+
+/// log R (T = 1) of each text as a Z of `problem` ([`trajectory_of`]).
+pub fn rate(lm: &LanguageModel, task: &TrainTask, problem: &Problem, texts: &[String]) -> Result<Vec<(Trajectory, f64)>> {
+    let trajs = texts.iter().map(|x| trajectory_of(lm, task, x)).collect::<Result<Vec<_>>>()?;
+    let rewards = task.reward.log_rewards_of(lm, problem, &trajs, States::Last)?;
+    Ok(trajs.into_iter().zip(rewards).map(|(t, r)| (t, r.last().copied().unwrap_or(f32::NEG_INFINITY) as f64)).collect())
+}
