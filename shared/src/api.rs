@@ -404,6 +404,30 @@ pub struct SampleResponse {
     pub samples: Vec<Generation>,
 }
 
+/// `POST /api/rate`: the task's log-reward of a Z written by hand, for one of
+/// the problems of a run's task (numbered as a comparison without prompts
+/// lists them), the task's tool answers placed as the task would place them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RateRequest {
+    pub run: String,
+    pub problem: usize,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RateResponse {
+    /// The problem's policy prompt.
+    pub prompt: String,
+    pub text: String,
+    /// Policy actions in the text (the tool's tokens not counted).
+    pub actions: usize,
+    /// log R(text) at reward temperature 1.
+    pub log_reward: f64,
+}
+
 /// `POST /api/infill`: k middles between a beginning and an end, per source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

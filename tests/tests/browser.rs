@@ -282,6 +282,11 @@ fn the_app_in_a_real_browser() {
     let meta = b.text(&b.wait(".compare-sample .sample-meta", T));
     assert!(meta.starts_with("log R "), "{meta}");
     b.wait_text("#comparison-list", T, |t| t.contains("rng problem(s), drawn its way") && t.contains("2 prompt(s)"));
+    // A Z of one's own, rated by the task's reward under the problem.
+    let input = b.wait(".rate-form[data-problem=\"0\"] .rate-text", T);
+    b.type_text(&input, " 42");
+    b.click(&b.wait(".rate-form[data-problem=\"0\"] .rate-submit", T));
+    b.wait_text(".rate-form[data-problem=\"0\"] .rate-out", T, |t| t.starts_with("log R ") && t.contains("actions"));
     // A saved comparison is deleted from the list; the one shown closes with it.
     let shown = b.attr(&b.wait("#comparison", T), "data-comparison-id").expect("comparison id");
     b.click(&b.wait(&format!("#comparison-list li[data-comparison=\"{shown}\"] button"), T));

@@ -2,8 +2,9 @@
 //! prompts draws the runs' task's first problems the way its training draws
 //! them (arithmetic: only digits, signs, '=', ',' and spaces; the stop token
 //! not shown) from every source — a trained run, a few-shot base run and the
-//! base model — and gives every sample its log-reward; with prompts, samples
-//! are free text without one.
+//! base model — and gives every sample its log-reward; a Z written by hand
+//! is rated for one of those problems; with prompts, samples are free text
+//! without a reward.
 
 use std::time::Duration;
 
@@ -67,6 +68,20 @@ fn a_comparison_without_prompts_draws_the_tasks_way_with_rewards() {
     // The same seed draws the same samples.
     let (_, twice) = server.post("/api/comparisons", &req);
     assert_eq!(twice["columns"], cmp["columns"]);
+
+    // A Z written by hand, rated for one of those problems (the calculator's answer in it).
+    let (s, r) = server.post("/api/rate", &json!({"run": ids[0], "problem": 1, "text": " 2 + 3 = 5, 5 - 1 = 4"}));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["prompt"].as_str(), Some(prompts[1]), "{r}");
+    assert!(r["log_reward"].as_f64().is_some_and(|x| x.is_finite() && x < 0.0) && r["actions"].as_u64().unwrap() > 0, "{r}");
+    for (body, field, needle) in [
+        (json!({"run": ids[0], "problem": 1, "text": " 2 + 3 = 7"}), "text", "tool answers \" 2 + 3 =\" with \" 5\""),
+        (json!({"run": ids[0], "problem": 999, "text": " 1"}), "problem", "problems"),
+        (json!({"run": "run-nope", "problem": 0, "text": " 1"}), "run", "run-nope"),
+    ] {
+        let (s, e) = server.post("/api/rate", &body);
+        assert!(s == 400 && e["field"] == field && e["error"].as_str().unwrap().contains(needle), "{body}: {s} {e}");
+    }
 
     // Prompts given: free text, no reward.
     let (s, free) = server.post("/api/comparisons", &json!({"runs": [ids[0], "base"], "prompts": ["one"], "decoding": {"n": 2, "max_tokens": 4}}));

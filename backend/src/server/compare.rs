@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use amortize_shared::api::{
-    ApiError, Comparison, ComparisonColumn, CreateComparison, Generation, InfillColumn, InfillMiddle, InfillRequest, InfillResponse, MetricSummary, SampleRequest,
-    SampleResponse,
+    ApiError, Comparison, ComparisonColumn, CreateComparison, Generation, InfillColumn, InfillMiddle, InfillRequest, InfillResponse, MetricSummary, RateRequest,
+    RateResponse, Run, SampleRequest, SampleResponse,
 };
 use amortize_shared::metrics::mean_std;
 use axum::extract::State;
@@ -137,11 +137,8 @@ async fn task_draws(s: &AppState, sources: &[Source], cfg: &SampleConfig) -> Api
     if runs.iter().any(|r| r.task != first.task) {
         return Err(ApiErr::bad("prompts", "the runs belong to different tasks: give the prompts"));
     }
-    let (task, mut options) = (first.task.clone(), crate::jobs::spec::options_table(&first.task_options)?);
-    if let (Some(d), Some((key, _))) = (&first.dataset, tasks::dataset_spec(&task)) {
-        options.insert(key.into(), toml::Value::String(s.store.dataset_path(d).display().to_string()));
-    }
-    let (name, sources_, cfg) = (task.clone(), sources.to_vec(), cfg.clone());
+    let (task, options) = (first.task.clone(), task_options(s, &first)?);
+    let (name, owned, cfg) = (task.clone(), sources.to_vec(), cfg.clone());
     let (prompts, samples) = s
         .sampler
         .run(move |lm| {
@@ -149,8 +146,8 @@ async fn task_draws(s: &AppState, sources: &[Source], cfg: &SampleConfig) -> Api
             let train = t.train_task(lm)?;
             let problems: Vec<&Problem> = train.problems.iter().take(TASK_PROBLEMS).collect();
             let texts = problems.iter().map(|p| lm.tokenizer.decode(&p.policy_prompt, false)).collect::<crate::Result<Vec<_>>>()?;
-            let mut all = Vec::with_capacity(sources_.len());
-            for src in &sources_ {
+            let mut all = Vec::with_capacity(owned.len());
+            for src in &owned {
                 let run = src.run.as_ref().unwrap_or(&first);
                 let prompts = match src.run.as_ref().and_then(|r| r.shots) {
                     Some(k) => {
@@ -169,6 +166,35 @@ async fn task_draws(s: &AppState, sources: &[Source], cfg: &SampleConfig) -> Api
         .await?;
     let columns = sources.iter().zip(samples).map(|(src, g)| column(src, g)).collect();
     Ok(Comparison { id: 0, created_at: String::new(), task: Some(task), prompts, columns })
+}
+
+/// A run's task options, its uploaded dataset among them.
+fn task_options(s: &AppState, run: &Run) -> ApiResult<toml::Table> {
+    let mut options = crate::jobs::spec::options_table(&run.task_options)?;
+    if let (Some(d), Some((key, _))) = (&run.dataset, tasks::dataset_spec(&run.task)) {
+        options.insert(key.into(), toml::Value::String(s.store.dataset_path(d).display().to_string()));
+    }
+    Ok(options)
+}
+
+#[utoipa::path(post, path = "/api/rate", request_body = RateRequest,
+    responses((status = 200, body = RateResponse), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn rate(State(s): State<AppState>, Json(req): Json<RateRequest>) -> ApiResult<Json<RateResponse>> {
+    check_prompt("text", &req.text)?;
+    let run = s.store.run(&req.run).await.map_err(|e| field_error("run", e))?;
+    let (name, options) = (run.task.clone(), task_options(&s, &run)?);
+    let out = s
+        .sampler
+        .run(move |lm| {
+            let train = tasks::load(&name, &options)?.train_task(lm)?;
+            let Some(problem) = train.problems.get(req.problem) else {
+                return Err(Error::invalid("problem", format!("the task has {} problems (0 to {})", train.problems.len(), train.problems.len().saturating_sub(1))));
+            };
+            let (t, log_reward) = probe::rate(lm, &train, problem, std::slice::from_ref(&req.text))?.remove(0);
+            Ok(RateResponse { prompt: lm.tokenizer.decode(&problem.policy_prompt, false)?, actions: t.num_actions(), text: req.text, log_reward })
+        })
+        .await?;
+    Ok(Json(out))
 }
 
 /// The draws as generations, each with log p_base(Z | the problem's policy prompt).

@@ -101,6 +101,7 @@ pub fn router(state: AppState, dist: PathBuf) -> Router {
         .routes(routes!(export::metrics_csv))
         .routes(routes!(compare::sample))
         .routes(routes!(compare::infill))
+        .routes(routes!(compare::rate))
         .routes(routes!(compare::list_comparisons, compare::create_comparison))
         .routes(routes!(compare::get_comparison, compare::delete_comparison))
         .split_for_parts();

@@ -23,6 +23,7 @@ use crate::charts::{fmt_num, Distribution, DistributionChart, Scatter, ScatterPo
 use crate::components::{error_slot, fmt_time, ErrorMsg, Loading, Polled, SourcePicker};
 use crate::pages::curves::TrainingCurves;
 use crate::pages::compare_evals::EvalCurves;
+use crate::pages::compare_rate::RateZ;
 use crate::pages::differences::{picked_runs, seed_groups, RunsTable};
 use crate::pages::sweep_plot::SweepPlot;
 
@@ -292,6 +293,8 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
         .into_any()
     };
     let columns = c.columns.clone();
+    // A comparison drawn the task's way rates hand-written Z's with its first run's task.
+    let rater = c.task.as_ref().and_then(|_| columns.iter().find(|k| k.source != "base").map(|k| k.source.clone()));
     let save_err = RwSignal::new(None::<String>);
     let (md, json) = (markdown(&c, &names), serde_json::to_string_pretty(&c).unwrap_or_default());
     let id = c.id;
@@ -356,6 +359,9 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
                                     </td>
                                 }).collect_view()}
                             </tr>
+                            {rater.clone().map(|run| view! {
+                                <tr class="rate-row"><td colspan=columns.len()><RateZ run=run problem=i /></td></tr>
+                            })}
                         }).collect_view()}
                     </tbody>
                 </table>

@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod compare_evals;
+pub mod compare_rate;
 pub mod config_form;
 pub mod curves;
 pub mod custom_task;
