@@ -120,12 +120,11 @@ fn task_draws(a: &SampleArgs, name: &str) -> anyhow::Result<()> {
         anyhow::bail!("invalid --problems: must be at least 1");
     }
     let pc = ProbeConfig { n: a.n, lengths: (cfg.min_len, cfg.max_len), temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
-    // Checked before the (slow) model load.
-    SampleConfig { n: pc.n, min_new_tokens: pc.lengths.0, max_new_tokens: pc.lengths.1, temperature: pc.temperature, top_k: pc.top_k, top_p: pc.top_p, ..SampleConfig::default() }.validate()?;
+    pc.validate()?; // before the (slow) model load
     let (lm, lora) = a.model.load()?;
     let train = task.train_task(&lm)?;
     if a.from >= train.problems.len() {
-        anyhow::bail!("invalid --from: the task has {} problems (0 to {})", train.problems.len(), train.problems.len() - 1);
+        anyhow::bail!("invalid --from: the task has {} problems (0 to {})", train.problems.len(), train.problems.len().saturating_sub(1));
     }
     let problems: Vec<&Problem> = train.problems.iter().skip(a.from).take(a.problems).collect();
     let prompts: Vec<Vec<u32>> = problems.iter().map(|p| p.policy_prompt.clone()).collect();

@@ -21,6 +21,27 @@ pub struct ProbeConfig {
     pub seed: u64,
 }
 
+impl ProbeConfig {
+    /// The decoding settings, without the task's mask, stop tokens and tool.
+    fn decoding(&self) -> SampleConfig {
+        SampleConfig {
+            n: self.n,
+            min_new_tokens: self.lengths.0,
+            max_new_tokens: self.lengths.1,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            ..SampleConfig::default()
+        }
+    }
+
+    /// Checks the settings (what [`draw_scored`] would refuse), before a model is loaded.
+    pub fn validate(&self) -> Result<()> {
+        self.decoding().validate()
+    }
+}
+
 /// One drawn Z and what the task makes of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
@@ -43,19 +64,7 @@ pub fn draw_scored(lm: &LanguageModel, task: &TrainTask, view: Option<&LoraView>
     if problems.len() != prompts.len() {
         return Err(crate::Error::invalid("prompts", format!("{} prompts for {} problems", prompts.len(), problems.len())));
     }
-    let sc = SampleConfig {
-        n: cfg.n,
-        min_new_tokens: cfg.lengths.0,
-        max_new_tokens: cfg.lengths.1,
-        temperature: cfg.temperature,
-        top_k: cfg.top_k,
-        top_p: cfg.top_p,
-        mask: task.mask.clone(),
-        mask_penalty: task.mask_penalty,
-        stop_tokens: Some(task.stop_tokens.clone()),
-        seed: cfg.seed,
-        ..SampleConfig::default()
-    };
+    let sc = SampleConfig { mask: task.mask.clone(), mask_penalty: task.mask_penalty, stop_tokens: Some(task.stop_tokens.clone()), ..cfg.decoding() };
     let samples = decode::sample(lm, prompts, &sc, view, task.tool.as_deref())?;
     let mut drawn: Vec<Vec<(Trajectory, bool, f64)>> = vec![Vec::new(); problems.len()];
     for mut s in samples {
