@@ -288,7 +288,7 @@ fn ComparisonView(c: Comparison) -> impl IntoView {
         view! {
             <h2>{if drawn { "Reward against diversity" } else { "Likelihood against diversity" }}</h2>
             <Scatter id="chart-scatter".into() xtitle=xtitle ytitle="distinct-2".into() points=points />
-            {(!missing.is_empty()).then(|| view! { <p class="muted">"No log-likelihood or distinct-2 metric for: " {missing.join(", ")}</p> })}
+            {(!missing.is_empty()).then(|| view! { <p class="muted">{if drawn { "No log-reward or distinct-2 metric for: " } else { "No log-likelihood or distinct-2 metric for: " }} {missing.join(", ")}</p> })}
         }
         .into_any()
     };
