@@ -9,10 +9,21 @@ use amortize::decode::ToolHook;
 use amortize::gfn::Problem;
 use amortize::model::tiny::write_tiny_model;
 use amortize::model::LanguageModel;
-use amortize::tasks::arithmetic::{generate, worked, Arithmetic};
+use amortize::tasks::arithmetic::{generate, worked, Arithmetic, Item};
 use amortize::tasks::Task;
 use candle_core::{DType, Device};
 use rand::SeedableRng;
+
+/// The tiny model and an arithmetic task over `n` generated worked questions
+/// (no others), `k` of them in the reward's prompt.
+fn tiny_arithmetic(dir: &std::path::Path, n: u64, k: usize) -> (LanguageModel, Vec<Item>, Arithmetic) {
+    let lm = LanguageModel::load(&write_tiny_model(dir, 7).unwrap().gguf, &Device::Cpu, DType::F32).unwrap();
+    let demos = dir.join("demos.json");
+    let items: Vec<_> = (0..n).map(|i| generate(3 + i as usize % 2, &mut rand_chacha::ChaCha8Rng::seed_from_u64(i))).collect();
+    std::fs::write(&demos, serde_json::to_string(&items).unwrap()).unwrap();
+    let task = Arithmetic::from_options(&format!("demos_file = {:?}\ngenerated = 0\nk_shot = {k}", demos.display().to_string()).parse().unwrap()).unwrap();
+    (lm, items, task)
+}
 
 struct Plus;
 
@@ -25,11 +36,7 @@ impl ToolHook for Plus {
 #[test]
 fn draws_follow_the_task_and_carry_their_own_problems_reward() {
     let dir = tempfile::tempdir().unwrap();
-    let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &Device::Cpu, DType::F32).unwrap();
-    let demos = dir.path().join("demos.json");
-    let items: Vec<_> = (0..4u64).map(|i| generate(3 + i as usize % 2, &mut rand_chacha::ChaCha8Rng::seed_from_u64(i))).collect();
-    std::fs::write(&demos, serde_json::to_string(&items).unwrap()).unwrap();
-    let task = Arithmetic::from_options(&format!("demos_file = {:?}\ngenerated = 0", demos.display().to_string()).parse().unwrap()).unwrap();
+    let (lm, _, task) = tiny_arithmetic(dir.path(), 4, 3);
     let mut tt = task.train_task(&lm).unwrap();
     // Random weights write no two-term sums, so the calculator would stay
     // silent: a tool that answers every "+" shows the draws call the task's.
@@ -86,11 +93,7 @@ fn draws_follow_the_task_and_carry_their_own_problems_reward() {
 #[test]
 fn texts_become_the_tasks_trajectories_and_are_rated() {
     let dir = tempfile::tempdir().unwrap();
-    let lm = LanguageModel::load(&write_tiny_model(dir.path(), 7).unwrap().gguf, &Device::Cpu, DType::F32).unwrap();
-    let demos = dir.path().join("demos.json");
-    let items: Vec<_> = (0..3u64).map(|i| generate(3 + i as usize % 2, &mut rand_chacha::ChaCha8Rng::seed_from_u64(i))).collect();
-    std::fs::write(&demos, serde_json::to_string(&items).unwrap()).unwrap();
-    let task = Arithmetic::from_options(&format!("demos_file = {:?}\ngenerated = 0\nk_shot = 1", demos.display().to_string()).parse().unwrap()).unwrap();
+    let (lm, items, task) = tiny_arithmetic(dir.path(), 3, 1);
     let tt = task.train_task(&lm).unwrap();
     for (it, problem) in items.iter().zip(&tt.problems) {
         let rationale = it.str_rationale.as_deref().unwrap();

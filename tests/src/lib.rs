@@ -234,3 +234,8 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A run that is no longer queued, running or evaluating (what `Server::wait_run` waits for).
+pub fn finished(r: &serde_json::Value) -> bool {
+    !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating"))
+}

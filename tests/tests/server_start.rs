@@ -7,12 +7,8 @@
 use std::time::Duration;
 
 use amortize::model::tiny::write_tiny_model;
-use amortize_tests::{adapter_distance as distance, Server};
+use amortize_tests::{adapter_distance as distance, finished, Server};
 use serde_json::{json, Value};
-
-fn finished(r: &Value) -> bool {
-    !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating"))
-}
 
 #[test]
 fn a_gfn_run_starts_from_another_runs_adapter() {

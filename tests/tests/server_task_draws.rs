@@ -9,12 +9,8 @@
 use std::time::Duration;
 
 use amortize::model::tiny::write_tiny_model;
-use amortize_tests::Server;
-use serde_json::{json, Value};
-
-fn finished(r: &Value) -> bool {
-    !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating"))
-}
+use amortize_tests::{finished, Server};
+use serde_json::json;
 
 #[test]
 fn a_comparison_without_prompts_draws_the_tasks_way_with_rewards() {
