@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use amortize::model::tiny::write_tiny_model;
-use amortize_tests::Server;
+use amortize_tests::{finished, Server};
 use serde_json::{json, Value};
 
 fn tiny() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -448,7 +448,7 @@ fn ppo_sft_and_base_runs_over_the_api() {
     req["method"] = json!("ppo");
     let (s, run) = server.post("/api/runs", &req);
     assert_eq!(s, 201, "{run}");
-    let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+    let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(120), finished);
     assert_eq!((r["status"].as_str(), r["method"].as_str(), r["step"].as_u64()), (Some("completed"), Some("ppo"), Some(5)), "{r}");
     assert!(r["final_metrics"]["valid_rate"].as_f64().is_some(), "{r}");
     let (_, series) = server.get(&format!("/api/runs/{}/metrics", r["id"].as_str().unwrap()));
@@ -472,7 +472,7 @@ fn ppo_sft_and_base_runs_over_the_api() {
     let (s, run) = server.post("/api/runs", &req);
     assert_eq!((s, run["steps"].as_u64()), (201, Some(0)), "{run}");
     let id = run["id"].as_str().unwrap().to_string();
-    let r = server.wait_run(&id, Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+    let r = server.wait_run(&id, Duration::from_secs(120), finished);
     assert_eq!((r["status"].as_str(), r["method"].as_str(), r["step"].as_u64()), (Some("completed"), Some("base"), Some(0)), "{r}");
     assert_eq!(r["final_metrics"]["samples"].as_f64(), Some(30.0), "{r}");
     let (_, series) = server.get(&format!("/api/runs/{id}/metrics"));
@@ -505,7 +505,7 @@ fn ppo_sft_and_base_runs_over_the_api() {
     for shots in [json!(null), json!(1)] {
         let (s, run) = server.post("/api/runs", &json!({"task": "infill", "method": "base", "dataset": "short.jsonl", "shots": shots, "eval_samples": 2, "config": {"seed": 3}}));
         assert_eq!(s, 201, "{run}");
-        let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(120), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+        let r = server.wait_run(run["id"].as_str().unwrap(), Duration::from_secs(120), finished);
         assert_eq!((r["status"].as_str(), &r["shots"]), (Some("completed"), &shots), "{r}");
         finals.push(r["final_metrics"].clone());
     }
@@ -539,7 +539,7 @@ fn evaluations_along_training_over_the_api() {
         let (s, e) = server.post("/api/runs", &req);
         assert!(s == 400 && e["field"] == "eval_every" && e["error"].as_str().unwrap().contains(want), "{change}: {s} {e}");
     }
-    let done = |id: &str| server.wait_run(id, Duration::from_secs(180), |r| !matches!(r["status"].as_str(), Some("queued" | "running" | "evaluating")));
+    let done = |id: &str| server.wait_run(id, Duration::from_secs(180), finished);
     let mut req = custom("along", 4);
     req["eval_every"] = json!(2);
     let (s, run) = server.post("/api/runs", &req);
