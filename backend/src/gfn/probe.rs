@@ -57,6 +57,36 @@ pub struct Probe {
     pub log_r: f64,
 }
 
+/// One draw before it is scored.
+#[derive(Debug, Clone)]
+pub struct Drawn {
+    /// Which prompt it continues.
+    pub prompt: usize,
+    /// Z, without the stop token.
+    pub trajectory: Trajectory,
+    pub stopped: bool,
+    /// log q(Z ⊤) at temperature 1 with the task's mask.
+    pub log_q: f64,
+}
+
+/// `cfg.n` draws for each prompt with the task's mask, stop tokens and tool
+/// (the trainer's, PPO's and the probe's draws).
+pub fn draw(lm: &LanguageModel, task: &TrainTask, view: Option<&LoraView>, prompts: &[Vec<u32>], cfg: &ProbeConfig) -> Result<Vec<Drawn>> {
+    let sc = SampleConfig { mask: task.mask.clone(), mask_penalty: task.mask_penalty, stop_tokens: Some(task.stop_tokens.clone()), ..cfg.decoding() };
+    Ok(decode::sample(lm, prompts, &sc, view, task.tool.as_deref())?
+        .into_iter()
+        .map(|mut s| {
+            let log_q = s.logprob() as f64;
+            let stopped = s.stop == StopReason::StopToken;
+            if stopped {
+                s.tokens.pop();
+                s.tool.pop();
+            }
+            Drawn { prompt: s.prompt_index, trajectory: Trajectory { tokens: s.tokens, tool: s.tool }, stopped, log_q }
+        })
+        .collect())
+}
+
 /// `cfg.n` draws for each problem, from `view` (the base model when `None`)
 /// conditioned on `prompts[k]` (usually `problems[k].policy_prompt`; a
 /// few-shot run reads a longer one), scored by `task.reward` on `problems[k]`.
@@ -64,19 +94,11 @@ pub fn draw_scored(lm: &LanguageModel, task: &TrainTask, view: Option<&LoraView>
     if problems.len() != prompts.len() {
         return Err(crate::Error::invalid("prompts", format!("{} prompts for {} problems", prompts.len(), problems.len())));
     }
-    let sc = SampleConfig { mask: task.mask.clone(), mask_penalty: task.mask_penalty, stop_tokens: Some(task.stop_tokens.clone()), ..cfg.decoding() };
-    let samples = decode::sample(lm, prompts, &sc, view, task.tool.as_deref())?;
-    let mut drawn: Vec<Vec<(Trajectory, bool, f64)>> = vec![Vec::new(); problems.len()];
-    for mut s in samples {
-        let log_q = s.logprob() as f64;
-        let stopped = s.stop == StopReason::StopToken;
-        if stopped {
-            s.tokens.pop();
-            s.tool.pop();
-        }
-        drawn[s.prompt_index].push((Trajectory { tokens: s.tokens, tool: s.tool }, stopped, log_q));
+    let mut drawn: Vec<Vec<Drawn>> = vec![Vec::new(); problems.len()];
+    for d in draw(lm, task, view, prompts, cfg)? {
+        drawn[d.prompt].push(d);
     }
-    let trajs: Vec<Vec<Trajectory>> = drawn.iter().map(|g| g.iter().map(|d| d.0.clone()).collect()).collect();
+    let trajs: Vec<Vec<Trajectory>> = drawn.iter().map(|g| g.iter().map(|d| d.trajectory.clone()).collect()).collect();
     let items: Vec<(&Problem, &[Trajectory])> = problems.iter().zip(&trajs).map(|(p, t)| (*p, t.as_slice())).collect();
     let rewards = task.reward.log_rewards_many(lm, &items, States::Last)?;
     drawn
@@ -86,9 +108,9 @@ pub fn draw_scored(lm: &LanguageModel, task: &TrainTask, view: Option<&LoraView>
             group
                 .into_iter()
                 .zip(r)
-                .map(|((trajectory, stopped, log_q), r)| {
+                .map(|(d, r)| {
                     let log_r = r.last().copied().unwrap_or(f32::NEG_INFINITY) as f64;
-                    Ok(Probe { text: lm.tokenizer.decode(&trajectory.tokens, true)?, trajectory, stopped, log_q, log_r })
+                    Ok(Probe { text: lm.tokenizer.decode(&d.trajectory.tokens, true)?, trajectory: d.trajectory, stopped: d.stopped, log_q: d.log_q, log_r })
                 })
                 .collect()
         })

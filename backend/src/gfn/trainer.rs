@@ -21,7 +21,7 @@ use super::reward::{log_rewards_in_calls, Reward, States, ROWS_PER_CALL};
 use super::schedule::warmup_lr;
 use super::trajectory::{Problem, Trajectory};
 use super::{checkpoint, loss};
-use crate::decode::{self, SampleConfig, StopReason, TokenMask, ToolHook};
+use crate::decode::{TokenMask, ToolHook};
 use crate::model::{LanguageModel, LoraAdapter, LoraGrads, Mode};
 use crate::{Error, Result};
 
@@ -502,28 +502,9 @@ pub fn sample_trajectories(
     temperature: f32,
     seed: u64,
 ) -> Result<Vec<Trajectory>> {
-    let cfg = SampleConfig {
-        n,
-        max_new_tokens: max_len,
-        min_new_tokens: min_len,
-        temperature,
-        mask: task.mask.clone(),
-        mask_penalty: task.mask_penalty,
-        stop_tokens: Some(task.stop_tokens.clone()),
-        seed,
-        ..SampleConfig::default()
-    };
-    let samples = decode::sample(lm, std::slice::from_ref(&problem.policy_prompt), &cfg, Some(view), task.tool.as_deref())?;
-    Ok(samples
-        .into_iter()
-        .map(|mut s| {
-            if s.stop == StopReason::StopToken {
-                s.tokens.pop();
-                s.tool.pop();
-            }
-            Trajectory { tokens: s.tokens, tool: s.tool }
-        })
-        .collect())
+    let cfg = super::probe::ProbeConfig { n, lengths: (min_len, max_len), temperature, top_k: None, top_p: None, seed };
+    let drawn = super::probe::draw(lm, task, Some(view), std::slice::from_ref(&problem.policy_prompt), &cfg)?;
+    Ok(drawn.into_iter().map(|d| d.trajectory).collect())
 }
 
 fn accumulate(acc: &mut [Option<Tensor>], vars: &[Var], g: &candle_core::backprop::GradStore) -> Result<()> {
